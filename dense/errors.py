@@ -1,0 +1,44 @@
+"""Errors that users see, and the one safe way to read a weights file.
+
+Every refusal is a single line saying what was wrong and how to fix it. The entry scripts print
+`DenseError`s as that one line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+
+import torch
+
+
+class DenseError(Exception):
+    """Base class of the errors meant for users: the message is the whole story."""
+
+
+class WeightsError(DenseError, ValueError):
+    """A weights or checkpoint file that cannot be used (missing, corrupt, unsafe, or for another model)."""
+
+
+def load_weights_file(path: str | os.PathLike) -> dict:
+    """torch.load with weights_only=True: tensors and plain containers only, never arbitrary code."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise WeightsError(f"weights file not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise WeightsError(f"{path} is empty (0 bytes): download or copy it again")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # weights_only refuses anything that would execute code when unpickled.
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise WeightsError(
+            f"{path} was refused by safe loading (weights_only=True): it holds objects other than tensors "
+            f"({first_line[:160]}). Only load files you trust; re-save it as a plain state dict"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
+        raise WeightsError(
+            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt? {type(error).__name__}: "
+            f"{str(error).strip().splitlines()[0][:120] if str(error).strip() else ''})"
+        ) from None

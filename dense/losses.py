@@ -1,0 +1,335 @@
+"""Training losses: depth (SigLoss + GradientLoss, the official DINOv2 recipe) and segmentation.
+
+Depth losses take a prediction and a ground truth of shape B×1×H×W (metres). Invalid ground-truth
+pixels are 0 (or beyond `max_depth`) and are masked out. Segmentation losses take logits B×C×H×W and
+integer labels B×H×W, with `ignore_index` marking pixels that do not count.
+
+Where the official DINOv2 code (dinov2/eval/depth/models/losses) defines a loss, the formula is
+matched here and every choice is noted next to the line that makes it, except for one deliberate
+fix: the official GradientLoss indexes as if maps were 2-D and gives ~0 on batched input.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dense.errors import DenseError
+
+
+class BadInputError(DenseError, ValueError):
+    """A loss or metric was handed tensors it cannot use (wrong shape, NaN/inf, labels out of range)."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Input checks shared by the losses and the metrics (dense/metrics.py imports these).
+# Each check that looks at values costs one device sync; that is cheap next to a training step and
+# turns a silent NaN loss into a one-line error naming the culprit.
+# ----------------------------------------------------------------------------------------------------
+
+
+def check_finite(tensor: torch.Tensor, what: str, where: str) -> None:
+    """Raise if `tensor` holds NaN or inf, naming which tensor (`what`) and which loss/metric (`where`)."""
+    if torch.isfinite(tensor).all():
+        return
+    kinds = [name for name, bad in (("NaN", torch.isnan(tensor)), ("inf", torch.isinf(tensor))) if bad.any()]
+    raise BadInputError(f"{where}: the {what} contains {' and '.join(kinds)} values")
+
+
+def check_depth_pair(pred: torch.Tensor, target: torch.Tensor, where: str) -> None:
+    """Depth prediction and ground truth: both B×1×H×W, same shape, finite."""
+    for name, tensor in (("prediction", pred), ("target", target)):
+        if not isinstance(tensor, torch.Tensor):
+            raise BadInputError(f"{where}: the {name} must be a torch.Tensor, got {type(tensor).__name__}")
+        if tensor.dim() != 4 or tensor.shape[1] != 1:
+            raise BadInputError(f"{where}: the {name} must be B×1×H×W, got shape {tuple(tensor.shape)}")
+    if pred.shape != target.shape:
+        raise BadInputError(
+            f"{where}: prediction shape {tuple(pred.shape)} != target shape {tuple(target.shape)}"
+        )
+    check_finite(pred, "prediction", where)
+    check_finite(target, "target", where)
+
+
+def depth_valid_mask(target: torch.Tensor, valid_mask: bool, max_depth: float | None) -> torch.Tensor:
+    """Upstream's validity rule: gt > 0, and gt <= max_depth when set (inclusive, as upstream);
+    with valid_mask=False every pixel counts."""
+    if not valid_mask:
+        return torch.ones_like(target, dtype=torch.bool)
+    mask = target > 0
+    if max_depth is not None:
+        mask = mask & (target <= max_depth)
+    return mask
+
+
+def _zero_like_graph(pred: torch.Tensor) -> torch.Tensor:
+    """A 0 loss still attached to the graph, so backward() and DDP see every parameter."""
+    return pred.sum() * 0.0
+
+
+# ----------------------------------------------------------------------------------------------------
+# Depth
+# ----------------------------------------------------------------------------------------------------
+
+
+class SigLoss(nn.Module):
+    """Scale-invariant log loss (Eigen et al. / AdaBins form), as the official DINOv2 SigLoss.
+
+    Matched to upstream (dinov2/eval/depth/models/losses/sigloss.py):
+      g    = log(pred + eps) - log(gt + eps)          eps = 1e-3 added to BOTH, inside the log
+      loss = sqrt(var(g) + 0.15 * mean(g)^2)          var UNBIASED (torch.var default, divides by n-1)
+      warm-up (first `warm_iter` counted calls): loss = sqrt(0.15 * mean(g)^2)
+      statistics are pooled over all valid pixels of the WHOLE BATCH (upstream flattens pred[mask]),
+      not computed per image.
+      result is multiplied by loss_weight.
+    Differences, all on purpose:
+      * warm_up defaults to True here (the recipe's setting; upstream's class default is False);
+      * the warm-up counter is a buffer, so it is saved in checkpoints and a resumed run continues
+        exactly where it stopped (upstream keeps a Python int that restarts at 0);
+      * the counter only advances in training mode (module.train()); validation calls made under
+        model.eval() do not eat warm-up steps (upstream only calls the loss in training anyway);
+      * no valid pixel in the batch gives 0 (upstream: NaN); exactly one gives var = 0 (upstream: NaN).
+    The module must be a submodule of the LightningModule for the buffer to reach the checkpoint.
+    """
+
+    def __init__(
+        self,
+        valid_mask: bool = True,
+        loss_weight: float = 1.0,
+        max_depth: float | None = None,
+        warm_up: bool = True,
+        warm_iter: int = 100,
+        eps: float = 1e-3,
+    ):
+        super().__init__()
+        self.valid_mask = valid_mask
+        self.loss_weight = loss_weight
+        self.max_depth = max_depth
+        self.warm_up = warm_up
+        self.warm_iter = int(warm_iter)
+        self.eps = eps  # upstream: 0.001, "avoid grad explode" near gt/pred = 0
+        # Counts warm-up calls made so far (saturates at warm_iter). A persistent buffer, not an int:
+        # it goes into state_dict / Lightning checkpoints and follows the module across devices.
+        self.register_buffer("warm_up_counter", torch.zeros((), dtype=torch.long))
+
+    @property
+    def in_warm_up(self) -> bool:
+        return self.warm_up and int(self.warm_up_counter) < self.warm_iter
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        check_depth_pair(pred, target, "SigLoss")
+        return self._loss(pred, target)
+
+    def _loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss on already-checked inputs (DepthLoss checks once for both of its parts)."""
+        mask = depth_valid_mask(target, self.valid_mask, self.max_depth)
+        g = torch.log(pred[mask] + self.eps) - torch.log(target[mask] + self.eps)
+
+        warming_up = self.in_warm_up
+        if warming_up and self.training:
+            self.warm_up_counter += 1  # every warm-up call counts, as upstream, even one without valid pixels
+        if g.numel() == 0:
+            return _zero_like_graph(pred)
+        if warming_up:
+            return self.loss_weight * torch.sqrt(0.15 * g.mean() ** 2)
+
+        # torch.var's default correction=1 (unbiased) is what upstream uses; with one pixel it is
+        # undefined (NaN), so that case takes variance 0.
+        var = torch.var(g) if g.numel() > 1 else g.new_zeros(())
+        return self.loss_weight * torch.sqrt(var + 0.15 * g.mean() ** 2)
+
+
+class GradientLoss(nn.Module):
+    """Multi-scale gradient-matching loss on log depth (MegaDepth), fixed for batched input.
+
+    Per image and per scale s (maps subsampled with stride s in {1, 2, 4, 6} — upstream's
+    `[:: 2*i]` for i = 1..3, so 6 and not 8, matched):
+        d    = (log(pred + eps) - log(gt + eps)) * mask          eps = 1e-3, as upstream
+        term = ( sum |d[y, x] - d[y+2, x]| * mask[y]mask[y+2]      (vertical, 2-pixel step as upstream)
+               + sum |d[y, x] - d[y, x+2]| * mask[x]mask[x+2] )    (horizontal)
+               / N_s                                               N_s = valid pixels at that scale
+        loss(image) = sum over the 4 scales of term
+    loss(batch) = loss_weight * mean over images of loss(image).
+
+    Upstream applies exactly this to a 2-D H×W map, so for one image the values agree. On B×1×H×W it
+    slices the batch and channel axes instead of H and W and returns ~0 (REFERENCE.md); here the slicing
+    is on the last two axes and each image is normalised by its own valid count, i.e. a batch gives
+    the mean of the per-image losses (MegaDepth's per-image definition). Images without any valid pixel
+    are left out of the mean; a scale without valid pixels contributes 0 (upstream: 0/0 = NaN).
+    """
+
+    # Subsampling strides of the four scales, as upstream: [input] + [input[::2*i, ::2*i] for i in 1..3].
+    STRIDES = (1, 2, 4, 6)
+
+    def __init__(
+        self,
+        valid_mask: bool = True,
+        loss_weight: float = 0.5,
+        max_depth: float | None = None,
+        eps: float = 1e-3,
+    ):
+        super().__init__()
+        self.valid_mask = valid_mask
+        self.loss_weight = loss_weight
+        self.max_depth = max_depth
+        self.eps = eps
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        check_depth_pair(pred, target, "GradientLoss")
+        return self._loss(pred, target)
+
+    def _loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        full_mask = depth_valid_mask(target, self.valid_mask, self.max_depth)
+        # Log-difference on every pixel; invalid pixels are then zeroed with where() (not a product),
+        # so nothing odd at an invalid pixel can leak in.
+        diff = torch.log(pred + self.eps) - torch.log(target + self.eps)
+        diff = torch.where(full_mask, diff, torch.zeros_like(diff))
+        fmask = full_mask.to(diff.dtype)
+
+        per_image = diff.new_zeros(diff.shape[0])
+        for s in self.STRIDES:
+            d = diff[..., ::s, ::s]  # B×1×h×w: slice H and W only, never the batch axis
+            m = fmask[..., ::s, ::s]
+            v_mask = m[..., :-2, :] * m[..., 2:, :]
+            h_mask = m[..., :, :-2] * m[..., :, 2:]
+            v_grad = (d[..., :-2, :] - d[..., 2:, :]).abs() * v_mask
+            h_grad = (d[..., :, :-2] - d[..., :, 2:]).abs() * h_mask
+            numerator = v_grad.sum(dim=(1, 2, 3)) + h_grad.sum(dim=(1, 2, 3))
+            count = m.sum(dim=(1, 2, 3))
+            # count == 0 implies numerator == 0: clamp so that case adds 0 instead of NaN.
+            per_image = per_image + numerator / count.clamp(min=1)
+
+        has_valid = full_mask.flatten(1).any(dim=1)
+        if not bool(has_valid.any()):
+            return _zero_like_graph(pred)
+        return self.loss_weight * per_image[has_valid].mean()
+
+
+class DepthLoss(nn.Module):
+    """The recipe's depth loss: SigLoss (weight 1, warm-up 100 calls) + GradientLoss (weight 0.5).
+
+    forward(pred, target) -> {"loss": total, "loss_sig": weighted SigLoss, "loss_grad": weighted
+    GradientLoss}; "loss_grad" is absent when grad_weight is 0. The parts are already weighted, so
+    loss == loss_sig + loss_grad.
+    """
+
+    def __init__(
+        self,
+        sig_weight: float = 1.0,
+        grad_weight: float = 0.5,
+        valid_mask: bool = True,
+        max_depth: float | None = None,
+        warm_up: bool = True,
+        warm_iter: int = 100,
+        eps: float = 1e-3,
+    ):
+        super().__init__()
+        self.sig = SigLoss(valid_mask, sig_weight, max_depth, warm_up, warm_iter, eps)
+        self.grad = GradientLoss(valid_mask, grad_weight, max_depth, eps) if grad_weight else None
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        check_depth_pair(pred, target, "DepthLoss")  # once for both parts
+        parts = {"loss_sig": self.sig._loss(pred, target)}
+        if self.grad is not None:
+            parts["loss_grad"] = self.grad._loss(pred, target)
+        return {"loss": sum(parts.values()), **parts}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Segmentation
+# ----------------------------------------------------------------------------------------------------
+
+
+def check_labels(labels: torch.Tensor, num_classes: int, ignore_index: int | None, what: str, where: str):
+    """Integer labels in [0, num_classes) or equal to ignore_index."""
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex():
+        raise BadInputError(f"{where}: the {what} must hold integer class labels, got dtype {labels.dtype}")
+    bad = (labels < 0) | (labels >= num_classes)
+    if ignore_index is not None:
+        bad &= labels != ignore_index
+    if bad.any():
+        values = torch.unique(labels[bad])[:5].tolist()
+        ignore = f" and is not the ignore index {ignore_index}" if ignore_index is not None else ""
+        raise BadInputError(
+            f"{where}: the {what} has labels {values} outside [0, {num_classes - 1}]{ignore} "
+            f"({int(bad.sum())} pixels)"
+        )
+
+
+def as_label_map(target: torch.Tensor, batch_hw: tuple[int, ...], where: str) -> torch.Tensor:
+    """Accept labels as B×H×W or B×1×H×W; return B×H×W, or refuse a shape that does not match."""
+    if target.dim() == 4 and target.shape[1] == 1:
+        target = target[:, 0]
+    if tuple(target.shape) != tuple(batch_hw):
+        raise BadInputError(
+            f"{where}: target shape {tuple(target.shape)} does not match the prediction's B×H×W {tuple(batch_hw)}"
+        )
+    return target
+
+
+class SegLoss(nn.Module):
+    """Cross-entropy (ignore_index) + optional Dice and Lovasz-softmax from segmentation_models_pytorch.
+
+    forward(logits B×C×H×W, target B×H×W int) -> {"loss": total, "loss_ce", "loss_dice",
+    "loss_lovasz"}; a part is present only when its weight is non-zero, and parts are weighted.
+    CE is the mean over non-ignored pixels of the batch (F.cross_entropy's mean); a batch where
+    every pixel is ignored gives 0 instead of NaN.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        ignore_index: int = 255,
+        ce_weight: float = 1.0,
+        dice_weight: float = 0.0,
+        lovasz_weight: float = 0.0,
+    ):
+        super().__init__()
+        import segmentation_models_pytorch as smp  # imported here: only segmentation needs it
+
+        if not (ce_weight or dice_weight or lovasz_weight):
+            raise BadInputError(
+                "SegLoss: all loss weights are 0; set ce_weight, dice_weight or lovasz_weight"
+            )
+        self.num_classes = int(num_classes)
+        self.ignore_index = ignore_index
+        self.ce_weight = ce_weight
+        self.dice_weight = dice_weight
+        self.lovasz_weight = lovasz_weight
+        # smp's multiclass Dice/Lovasz take logits B×C×H×W and labels B×H×W and drop ignore_index pixels.
+        self.dice = (
+            smp.losses.DiceLoss(mode="multiclass", ignore_index=ignore_index, from_logits=True)
+            if dice_weight
+            else None
+        )
+        self.lovasz = (
+            smp.losses.LovaszLoss(mode="multiclass", ignore_index=ignore_index) if lovasz_weight else None
+        )
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        where = "SegLoss"
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 4:
+            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise BadInputError(f"{where}: the prediction must be B×C×H×W logits, got {shape}")
+        if logits.shape[1] != self.num_classes:
+            raise BadInputError(
+                f"{where}: the prediction has {logits.shape[1]} channels but num_classes is {self.num_classes}"
+            )
+        target = as_label_map(target, (logits.shape[0], *logits.shape[2:]), where)
+        check_finite(logits, "prediction", where)
+        check_labels(target, self.num_classes, self.ignore_index, "target", where)
+        target = target.long()
+
+        parts = {}
+        if self.ce_weight:
+            # Sum / count rather than reduction="mean": identical when some pixel is valid, and 0 rather
+            # than NaN (0/0) when every pixel is ignored, without a device sync to test for it.
+            ce_sum = F.cross_entropy(logits, target, ignore_index=self.ignore_index, reduction="sum")
+            n_valid = (target != self.ignore_index).sum().clamp(min=1)
+            parts["loss_ce"] = self.ce_weight * ce_sum / n_valid
+        if self.dice is not None:
+            parts["loss_dice"] = self.dice_weight * self.dice(logits, target)
+        if self.lovasz is not None:
+            parts["loss_lovasz"] = self.lovasz_weight * self.lovasz(logits, target)
+        return {"loss": sum(parts.values()), **parts}

@@ -1,0 +1,296 @@
+"""DenseModel: a frozen DINOv2 backbone under one head, for any input size.
+
+    images (ImageNet-normalised B×3×H×W, any H, W)
+      → centre-pad to a multiple of 14 (the extra pixel of an odd pad goes bottom/right, as upstream)
+      → backbone.get_intermediate_tokens(layers, norm) → FeatureMaps
+      → head → raw output on the head's own grid
+      → depth: clamp to [min_depth, max_depth]
+      → resize to the padded size, crop the padding away → B×1×H×W metres | B×K×H×W logits
+
+Upstream resizes the padded prediction straight to H×W, which shifts it by up to half a patch; we
+resize to the padded size and then crop, so the prediction stays aligned with the image. The two agree
+exactly whenever H and W are multiples of 14 (no padding).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import heads
+from dense.backbone import build_backbone, get_spec
+from dense.features import FeatureMaps
+
+DEFAULT_DEPTH_RANGE = (1e-3, 10.0)
+# Upstream's multi-scale test ratios for the "ms" segmentation evaluation.
+MS_SCALES = (1.0, 1.32, 1.73, 2.28, 3.0)
+
+
+def center_padding(height: int, width: int, multiple: int) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) padding to the next multiple; odd remainders go right/bottom."""
+    pad_h = math.ceil(height / multiple) * multiple - height
+    pad_w = math.ceil(width / multiple) * multiple - width
+    return pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2
+
+
+def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class DenseModel(nn.Module):
+    """Backbone + head + padding + resizing + inference modes. Build it with `build_model`.
+
+    The backbone is frozen: no gradients, never in the optimiser, always in eval mode (even after
+    `model.train()`), so training a head cannot change it.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        *,
+        task: str,
+        layers: Sequence[int],
+        norm: bool,
+        use_cls_token: bool,
+        min_depth: float | None = None,
+        max_depth: float | None = None,
+        config: dict | None = None,
+    ):
+        super().__init__()
+        if task not in ("depth", "segmentation"):
+            raise ValueError(f"task must be 'depth' or 'segmentation', got {task!r}")
+        self.backbone = backbone
+        self.head = head
+        self.task = task
+        self.layers = [int(i) for i in layers]
+        self.norm = norm
+        self.use_cls_token = use_cls_token
+        self.min_depth = min_depth
+        self.max_depth = max_depth
+        # Everything build_model needs to rebuild this model (stored in checkpoints).
+        self.config = dict(config or {})
+        self.backbone.requires_grad_(False)
+        self.backbone.eval()
+
+    @property
+    def patch_size(self) -> int:
+        return self.backbone.patch_size
+
+    @property
+    def num_classes(self) -> int | None:
+        return getattr(self.head, "num_classes", None)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.backbone.eval()  # frozen: dropout/BN-free anyway, but keep the contract explicit
+        return self
+
+    # ---- the pipeline, one step per method ------------------------------------------------------
+
+    def pad(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+        padding = center_padding(images.shape[-2], images.shape[-1], self.patch_size)
+        if any(padding):
+            images = F.pad(images, padding)
+        return images, padding
+
+    @torch.no_grad()
+    def extract_features(self, padded_images: torch.Tensor) -> FeatureMaps:
+        """The frozen backbone's FeatureMaps for images whose sides are multiples of 14."""
+        tokens = self.backbone.get_intermediate_tokens(padded_images, self.layers, norm=self.norm)
+        B, _, H, W = padded_images.shape
+        h, w = H // self.patch_size, W // self.patch_size
+        patches = tuple(t.patches.transpose(1, 2).reshape(B, -1, h, w) for t in tokens)
+        cls_tokens = tuple(t.cls for t in tokens) if self.use_cls_token else None
+        return FeatureMaps(patches, cls_tokens)
+
+    def decode(self, features: FeatureMaps, padding: tuple[int, int, int, int], size: tuple[int, int]):
+        """Head output → clamp (depth) → resize to the padded size → crop the padding → H×W."""
+        out = self.head(features)
+        if self.task == "depth":
+            out = out.clamp(self.min_depth, self.max_depth)
+        left, right, top, bottom = padding
+        height, width = size
+        out = resize(out, (height + top + bottom, width + left + right))
+        return out[..., top : top + height, left : left + width]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Depth B×1×H×W in metres, or class logits B×K×H×W, for ImageNet-normalised B×3×H×W."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape B×3×H×W, got {tuple(images.shape)}")
+        padded, padding = self.pad(images)
+        return self.decode(self.extract_features(padded), padding, tuple(images.shape[-2:]))
+
+    # ---- inference modes ---------------------------------------------------------------------
+
+    @torch.no_grad()
+    def predict(
+        self,
+        images: torch.Tensor,
+        mode: str = "whole",
+        *,
+        crop_size: int | tuple[int, int] | None = None,
+        stride: int | tuple[int, int] | None = None,
+        scales: Sequence[float] = (1.0,),
+        flip: bool = False,
+    ) -> torch.Tensor:
+        """Inference: depth B×1×H×W (metres) or class probabilities B×K×H×W (softmax).
+
+        mode "whole": the image at once; "slide": overlapping crop_size windows every `stride` pixels,
+        averaged where they overlap (upstream's slide_inference). `scales` resizes the image by each
+        ratio (e.g. MS_SCALES) and `flip` adds horizontally flipped copies; all are resized back to H×W
+        and averaged (depth in metres, segmentation as probabilities, as mmseg's aug_test does).
+        """
+        if mode not in ("whole", "slide"):
+            raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
+        if mode == "slide" and crop_size is None:
+            raise ValueError("mode='slide' needs crop_size (and optionally stride, default 2/3 of it)")
+        size = tuple(images.shape[-2:])
+        total = None
+        views = 0
+        for scale in scales:
+            scaled_size = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+            scaled = resize(images, scaled_size)
+            for flipped in (False, True) if flip else (False,):
+                view = scaled.flip(-1) if flipped else scaled
+                if mode == "slide":
+                    out = self.slide_inference(view, _pair(crop_size), _pair(stride or _two_thirds(crop_size)))
+                else:
+                    out = self(view)
+                if flipped:
+                    out = out.flip(-1)
+                out = resize(out.float(), size)
+                if self.task == "segmentation":
+                    out = out.softmax(dim=1)
+                total = out if total is None else total + out
+                views += 1
+        return total / views
+
+    def slide_inference(self, images: torch.Tensor, crop: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:
+        """Raw outputs (depth or logits) of overlapping windows, averaged; windows are clipped to the image."""
+        B, _, H, W = images.shape
+        (crop_h, crop_w), (stride_h, stride_w) = crop, stride
+        rows = max(H - crop_h + stride_h - 1, 0) // stride_h + 1
+        cols = max(W - crop_w + stride_w - 1, 0) // stride_w + 1
+        total = count = None
+        for r in range(rows):
+            for c in range(cols):
+                y2, x2 = min(r * stride_h + crop_h, H), min(c * stride_w + crop_w, W)
+                y1, x1 = max(y2 - crop_h, 0), max(x2 - crop_w, 0)
+                out = self(images[:, :, y1:y2, x1:x2]).float()
+                if total is None:
+                    total = out.new_zeros(B, out.shape[1], H, W)
+                    count = out.new_zeros(1, 1, H, W)
+                total[:, :, y1:y2, x1:x2] += out
+                count[:, :, y1:y2, x1:x2] += 1
+        return total / count
+
+
+def _pair(value) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    return int(value[0]), int(value[1])
+
+
+def _two_thirds(crop) -> tuple[int, int]:
+    h, w = _pair(crop)
+    return max(1, h * 2 // 3), max(1, w * 2 // 3)
+
+
+def default_layers(backbone_name: str, layer_set: str) -> list[int]:
+    spec = get_spec(backbone_name)
+    return list({"last": spec.last_layer, "four": spec.four_layers, "last4": spec.last_four_layers}[layer_set])
+
+
+def build_model(
+    backbone: str,
+    head: str,
+    *,
+    pretrained: bool = False,
+    backbone_weights: str | os.PathLike | None = None,
+    head_weights: str | os.PathLike | None = None,
+    layers: Sequence[int] | None = None,
+    norm: bool | None = None,
+    use_cls_token: bool | None = None,
+    min_depth: float | None = None,
+    max_depth: float | None = None,
+    **head_options,
+) -> DenseModel:
+    """A DenseModel: DINOv2 `backbone` (e.g. "vitl14", "vitg14_reg") under `head` (e.g. "depth_dpt").
+
+    pretrained / backbone_weights: official backbone weights (see build_backbone).
+    head_weights: one of Meta's released head files, or a checkpoint written by train.py.
+    layers / norm / use_cls_token: override upstream's defaults for this head and backbone.
+    min_depth / max_depth (depth heads, default 0.001–10 m), num_classes (segmentation heads), and any
+    other option of the head (n_bins, bins_strategy, norm_strategy, channels, dropout, …).
+    """
+    spec = heads.get_head_spec(head)
+    backbone_name = get_spec(backbone).name
+    layers = list(layers) if layers is not None else default_layers(backbone_name, spec.layers)
+    norm = spec.norm if norm is None else bool(norm)
+    use_cls_token = spec.use_cls_token if use_cls_token is None else bool(use_cls_token)
+    if spec.task == "depth":
+        min_depth = DEFAULT_DEPTH_RANGE[0] if min_depth is None else float(min_depth)
+        max_depth = DEFAULT_DEPTH_RANGE[1] if max_depth is None else float(max_depth)
+        head_options.update(min_depth=min_depth, max_depth=max_depth)
+    elif min_depth is not None or max_depth is not None:
+        raise ValueError(f"min_depth/max_depth are options of depth heads, not of {spec.name}")
+    if spec.task == "segmentation" and use_cls_token:
+        raise ValueError(f"head {spec.name} does not use class tokens (use_cls_token must be false)")
+
+    backbone_module = build_backbone(backbone_name, pretrained=pretrained, weights=backbone_weights)
+    head_module = heads.build_head(
+        spec.name,
+        backbone_module.embed_dim,
+        num_layers=len(layers),
+        use_cls_token=use_cls_token,
+        **head_options,
+    )
+    config = {
+        "backbone": backbone_name,
+        "head": spec.name,
+        "pretrained": bool(pretrained),
+        "backbone_weights": os.fspath(backbone_weights) if backbone_weights is not None else None,
+        "layers": layers,
+        "norm": norm,
+        "use_cls_token": use_cls_token,
+        **{k: v for k, v in head_options.items() if v is not None},
+    }
+    model = DenseModel(
+        backbone_module,
+        head_module,
+        task=spec.task,
+        layers=layers,
+        norm=norm,
+        use_cls_token=use_cls_token,
+        min_depth=min_depth,
+        max_depth=max_depth,
+        config=config,
+    )
+    if head_weights is not None:
+        load_head_weights(model, head_weights)
+    return model
+
+
+def load_head_weights(model: DenseModel, path: str | os.PathLike) -> None:
+    """Meta's released head files (`decode_head.*`) or a train.py checkpoint (`model.head.*`), strictly."""
+    from dense.errors import load_weights_file
+
+    checkpoint = load_weights_file(path)
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else checkpoint
+    ours = isinstance(state, dict) and any(k.startswith("model.head.") for k in state)
+    heads.load_released_head(model.head, checkpoint, prefix="model.head." if ours else "decode_head.")
+    if not ours and model.backbone.num_register_tokens:
+        warnings.warn(
+            f"{os.fspath(path)}: Meta's released heads were trained on backbones without registers; "
+            f"on {model.config.get('backbone')} their outputs are not what they were trained for",
+            stacklevel=3,
+        )

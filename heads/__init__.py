@@ -1,0 +1,26 @@
+"""Heads: map FeatureMaps (patch maps + class tokens of a few ViT blocks) to a raw output on their own grid.
+
+A head knows nothing about the backbone, padding or resizing to the image: DenseModel does that.
+Module names follow Meta's released head files, so those load with a key prefix strip
+(`load_released_head`).
+"""
+
+from heads._loading import describe_head_state, load_released_head
+from heads.depth_dpt import DPTDepthHead
+from heads.depth_linear import LinearDepthHead
+from heads.registry import ALIASES, HEADS, HeadSpec, build_head, get_head_spec, head_names
+from heads.seg_linear import LinearSegHead
+
+__all__ = [
+    "ALIASES",
+    "HEADS",
+    "DPTDepthHead",
+    "HeadSpec",
+    "LinearDepthHead",
+    "LinearSegHead",
+    "build_head",
+    "describe_head_state",
+    "get_head_spec",
+    "head_names",
+    "load_released_head",
+]

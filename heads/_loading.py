@@ -1,0 +1,111 @@
+"""Load Meta's released head files (mmcv checkpoints, keys `decode_head.*`) into our heads.
+
+Loading is strict. When a file does not fit, the user gets one line saying what the file holds and
+what the head expects ("a linear depth head for 3072 input channels (ViT-S linear4 or ViT-g linear)"),
+worked out from keys and shapes alone, so the same code explains every head/backbone mix-up.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import torch
+import torch.nn as nn
+
+# Widths of the four DINOv2 backbones; used only to put names on channel counts in messages.
+_BACKBONE_DIMS = {"ViT-S": 384, "ViT-B": 768, "ViT-L": 1024, "ViT-g": 1536}
+_MAX_LISTED = 3
+
+
+def load_released_head(
+    head: nn.Module, source: str | os.PathLike | Mapping, *, prefix: str = "decode_head."
+) -> nn.Module:
+    """Load a head file (path) or checkpoint/state dict (mapping) into `head`, strictly; returns `head`.
+
+    Accepts {"state_dict": {...}} (mmcv, Lightning) or a bare state dict. Keys under `prefix` are taken
+    with the prefix stripped (other keys, e.g. a backbone's, are ignored); without any such key, the
+    state dict is used as it is. Raises dense.errors.WeightsError with a one-line reason.
+    """
+    # Imported here, not at module level: `heads` must stay importable by `dense` without a cycle.
+    from dense.errors import WeightsError, load_weights_file
+
+    if isinstance(source, Mapping):
+        where, checkpoint = "the given state dict", source
+    else:
+        where, checkpoint = os.fspath(source), load_weights_file(source)
+    state = _head_state_dict(checkpoint, prefix)
+    if state is None:
+        raise WeightsError(f"{where} holds no state dict of tensors: not a head checkpoint")
+    problem = _mismatch(head.state_dict(), state)
+    if problem:
+        raise WeightsError(
+            f"{where} does not fit this head: the file holds {describe_head_state(state)}, "
+            f"the head is {describe_head_state(head.state_dict())} ({problem})"
+        )
+    head.load_state_dict(state, strict=True)
+    return head
+
+
+def _head_state_dict(checkpoint, prefix: str) -> dict[str, torch.Tensor] | None:
+    if not isinstance(checkpoint, Mapping):
+        return None
+    state = checkpoint.get("state_dict", checkpoint)
+    if not isinstance(state, Mapping):
+        return None
+    if any(k.startswith(prefix) for k in state):
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        return None
+    return dict(state)
+
+
+def _mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]) -> str:
+    """'' when keys and shapes agree, else a short account of the first differences."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    wrong = [k for k in expected if k in found and expected[k].shape != found[k].shape]
+    parts = []
+    if wrong:
+        k = wrong[0]
+        parts.append(f"{k}: file {list(found[k].shape)}, head {list(expected[k].shape)}")
+    if missing:
+        parts.append(f"missing {_listing(missing)}")
+    if unexpected:
+        parts.append(f"unexpected {_listing(unexpected)}")
+    return "; ".join(parts)
+
+
+def _listing(keys: list[str]) -> str:
+    more = f" and {len(keys) - _MAX_LISTED} more" if len(keys) > _MAX_LISTED else ""
+    return ", ".join(keys[:_MAX_LISTED]) + more
+
+
+def _guess(channels: int, per_layer: int, names: dict[int, str]) -> str:
+    """Backbone/head combinations whose width × layers × per_layer gives `channels`."""
+    hits = [
+        f"{b} {names[n]}" for b, d in _BACKBONE_DIMS.items() for n in names if d * n * per_layer == channels
+    ]
+    return f" ({' or '.join(hits)})" if hits else ""
+
+
+def describe_head_state(state: Mapping[str, torch.Tensor]) -> str:
+    """What kind of DINOv2 head a state dict is, from its keys and shapes, in a few words."""
+    if "reassemble_blocks.projects.0.conv.weight" in state:
+        dim = state["reassemble_blocks.projects.0.conv.weight"].shape[1]
+        names = [b for b, d in _BACKBONE_DIMS.items() if d == dim]
+        readout = (
+            "" if "reassemble_blocks.readout_projects.0.0.weight" in state else ", no class-token readout"
+        )
+        return f"a DPT depth head for {dim}-dim features{' (' + names[0] + ')' if names else ''}{readout}"
+    weight = state.get("conv_depth.weight")
+    if weight is not None and weight.dim() == 4:
+        n_bins, channels = weight.shape[:2]
+        guess = _guess(channels, 2, {1: "linear", 4: "linear4"})  # ×2: patch + class token per layer
+        return f"a linear depth head for {channels} input channels{guess}, {n_bins} bins"
+    weight = state.get("conv_seg.weight")
+    if weight is not None and weight.dim() == 4:
+        classes, channels = weight.shape[:2]
+        guess = _guess(channels, 1, {1: "linear", 4: "ms"})
+        return f"a linear segmentation head for {channels} input channels{guess}, {classes} classes"
+    return f"{len(state)} tensors of no known head layout (first keys: {_listing(list(state))})"

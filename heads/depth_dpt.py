@@ -1,0 +1,193 @@
+"""DPT depth head (Ranftl et al. 2021) as DINOv2 builds it for its "dpt" depth heads.
+
+Same function as upstream's `DPTHead` built by `_make_dinov2_dpt_depther` (readout "project",
+post-process channels [D/8, D/4, D/2, D], 256 fusion channels, no norm layers), and same module names,
+so the released `decode_head.*` weights load after a prefix strip:
+
+    reassemble_blocks.{projects.i.conv, resize_layers.i, readout_projects.i.0}
+    convs.i.conv
+    fusion_blocks.i.{project.conv, res_conv_unit1.conv{1,2}.conv, res_conv_unit2.conv{1,2}.conv}
+    project.conv
+    conv_depth.head.{0,2,4}
+
+Output grid: the four reassembled maps are 4h, 2h, h and ceil(h/2) (stride-2 conv); fusion starts at the
+coarsest and doubles four times, then the depth head doubles once more: 32·ceil(h/2) × 32·ceil(w/2),
+which is 16h × 16w for even grids and one patch larger (16(h+1)) for odd ones. Upstream just resizes
+this to the image size; we keep that behaviour (the model resizes).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from heads._common import check_features, pointwise_with_global
+
+if TYPE_CHECKING:
+    from dense.features import FeatureMaps
+
+READOUTS = ("project", "add", "ignore")
+
+
+class Conv(nn.Module):
+    """An nn.Conv2d one level down, so that keys read `<name>.conv.weight` as in the released files
+    (mmcv's ConvModule). Initialised as ConvModule does: Kaiming normal (fan_out, relu), zero bias."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
+        nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")
+        if bias:
+            nn.init.zeros_(self.conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Reassemble(nn.Module):
+    """Per layer: fold the class token in (readout), project to that stage's width, resize to ×4, ×2, ×1, ÷2."""
+
+    def __init__(self, embed_dim: int, out_channels: list[int], readout: str):
+        super().__init__()
+        if readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
+        self.readout = readout
+        self.projects = nn.ModuleList(Conv(embed_dim, c, 1) for c in out_channels)
+        c0, c1, _, c3 = out_channels
+        self.resize_layers = nn.ModuleList(
+            [
+                nn.ConvTranspose2d(c0, c0, kernel_size=4, stride=4),
+                nn.ConvTranspose2d(c1, c1, kernel_size=2, stride=2),
+                nn.Identity(),
+                nn.Conv2d(c3, c3, kernel_size=3, stride=2, padding=1),
+            ]
+        )
+        if readout == "project":
+            # Linear(2D → D) on concat(patch, class token) + GELU. Kept as a Sequential for the key names
+            # (`readout_projects.i.0`), but applied in forward without building the concat.
+            self.readout_projects = nn.ModuleList(
+                nn.Sequential(nn.Linear(2 * embed_dim, embed_dim), nn.GELU()) for _ in out_channels
+            )
+
+    def forward(self, patches: tuple[torch.Tensor, ...], cls_tokens: tuple[torch.Tensor, ...] | None):
+        out = []
+        for i, x in enumerate(patches):
+            if self.readout == "project":
+                linear, gelu = self.readout_projects[i]
+                d = x.shape[1]
+                x = gelu(
+                    pointwise_with_global(
+                        x, linear.weight[:, :d], linear.bias, cls_tokens[i], linear.weight[:, d:]
+                    )
+                )
+            elif self.readout == "add":
+                x = x + cls_tokens[i][:, :, None, None]
+            out.append(self.resize_layers[i](self.projects[i](x)))
+        return out
+
+
+class ResidualConvUnit(nn.Module):
+    """x + conv(relu(conv(relu(x)))), 3×3 convs without bias (upstream's PreActResidualConvUnit)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = Conv(channels, channels, 3, bias=False)
+        self.conv2 = Conv(channels, channels, 3, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.relu(self.conv1(F.relu(x))))
+
+
+class FusionBlock(nn.Module):
+    """Merge the running (coarser) map with the next stage's skip, refine, upsample ×2, 1×1 project."""
+
+    def __init__(self, channels: int, with_skip: bool):
+        super().__init__()
+        self.project = Conv(channels, channels, 1)
+        # The first (coarsest) block has no skip input, and upstream has no parameters for it.
+        self.res_conv_unit1 = ResidualConvUnit(channels) if with_skip else None
+        self.res_conv_unit2 = ResidualConvUnit(channels)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        if skip is not None:
+            # Odd grids make the running map one row/column larger than the skip (ceil(h/2)·2 = h + 1);
+            # upstream bilinearly stretches the skip to match (align_corners False). Keep that.
+            if skip.shape[-2:] != x.shape[-2:]:
+                skip = F.interpolate(skip, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            x = x + self.res_conv_unit1(skip)
+        x = self.res_conv_unit2(x)
+        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+        return self.project(x)
+
+
+class DepthOutput(nn.Module):
+    """3×3 conv to C/2, ×2 upsample, 3×3 conv to 32, ReLU, 1×1 conv to 1 (upstream's HeadDepth)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.head = nn.Sequential(
+            nn.Conv2d(channels, channels // 2, kernel_size=3, padding=1),
+            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True),
+            nn.Conv2d(channels // 2, 32, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 1, kernel_size=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x)
+
+
+class DPTDepthHead(nn.Module):
+    """FeatureMaps (exactly 4 layers, with class tokens unless readout="ignore") → depth in metres,
+    B×1×32·ceil(h/2)×32·ceil(w/2), = relu(x) + min_depth. Not clamped to max_depth (the model clamps)."""
+
+    num_layers = 4
+
+    def __init__(
+        self,
+        embed_dim: int,
+        channels: int = 256,
+        post_process_channels: list[int] | None = None,
+        readout: str = "project",
+        min_depth: float = 1e-3,
+        max_depth: float = 10.0,
+    ):
+        super().__init__()
+        if post_process_channels is None:
+            post_process_channels = [embed_dim // 8, embed_dim // 4, embed_dim // 2, embed_dim]
+        if len(post_process_channels) != 4:
+            raise ValueError(f"DPTDepthHead needs 4 post_process_channels, got {post_process_channels}")
+        if not 0 < min_depth < max_depth:
+            raise ValueError(f"need 0 < min_depth < max_depth, got {min_depth}, {max_depth}")
+        self.embed_dim = embed_dim
+        self.uses_cls_token = readout != "ignore"
+        self.min_depth = min_depth
+        self.max_depth = max_depth  # unused by the head itself; kept for the model's clamp and for repr
+        self.reassemble_blocks = Reassemble(embed_dim, list(post_process_channels), readout)
+        self.convs = nn.ModuleList(Conv(c, channels, 3, bias=False) for c in post_process_channels)
+        self.fusion_blocks = nn.ModuleList(FusionBlock(channels, with_skip=i > 0) for i in range(4))
+        self.project = Conv(channels, channels, 3)
+        self.conv_depth = DepthOutput(channels)
+
+    def forward(self, features: FeatureMaps) -> torch.Tensor:
+        check_features(
+            features,
+            head="DPTDepthHead",
+            embed_dim=self.embed_dim,
+            num_layers=4,
+            uses_cls=self.uses_cls_token,
+        )
+        stages = self.reassemble_blocks(features.patches, features.cls_tokens)
+        stages = [conv(x) for conv, x in zip(self.convs, stages, strict=True)]
+        out = self.fusion_blocks[0](stages[3])
+        for block, skip in zip(self.fusion_blocks[1:], reversed(stages[:3]), strict=True):
+            out = block(out, skip)
+        out = self.conv_depth(F.relu(self.project(out)))
+        # float32 output like the linear head, so the model's clamp/resize see one dtype.
+        return F.relu(out.float()) + self.min_depth
+
+    def extra_repr(self) -> str:
+        return f"readout={self.reassemble_blocks.readout}, depth=[{self.min_depth}, {self.max_depth}]"

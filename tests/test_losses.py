@@ -1,0 +1,246 @@
+"""Losses against independent numpy computations written out in the tests."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dense.losses import BadInputError, DepthLoss, GradientLoss, SegLoss, SigLoss
+
+EPS = 1e-3  # upstream's eps, added inside both logs
+
+
+def _depth_batch(seed=0, shape=(2, 1, 13, 11)):
+    """Positive predictions; ground truth with some invalid (0) pixels."""
+    gen = torch.Generator().manual_seed(seed)
+    pred = torch.rand(shape, generator=gen, dtype=torch.float64) * 5 + 0.5
+    gt = torch.rand(shape, generator=gen, dtype=torch.float64) * 5 + 0.5
+    gt[torch.rand(shape, generator=gen) < 0.2] = 0.0
+    return pred, gt
+
+
+# ----------------------------------------------------------------------------------------------------
+# SigLoss
+# ----------------------------------------------------------------------------------------------------
+
+
+def _np_sig(pred, gt, warm, max_depth=None):
+    """Upstream formula in numpy: whole-batch pooling, unbiased variance (ddof=1)."""
+    p, t = pred.numpy().ravel(), gt.numpy().ravel()
+    keep = t > 0 if max_depth is None else (t > 0) & (t <= max_depth)
+    g = np.log(p[keep] + EPS) - np.log(t[keep] + EPS)
+    if warm:
+        return math.sqrt(0.15 * g.mean() ** 2)
+    return math.sqrt(np.var(g, ddof=1) + 0.15 * g.mean() ** 2)
+
+
+def test_sigloss_matches_numpy_and_warm_up_switches():
+    pred, gt = _depth_batch()
+    loss = SigLoss(warm_up=True, warm_iter=3)
+    values = [float(loss(pred, gt)) for _ in range(5)]
+    warm, full = _np_sig(pred, gt, True), _np_sig(pred, gt, False)
+    assert values[:3] == pytest.approx([warm] * 3, rel=1e-12)  # the first warm_iter calls
+    assert values[3:] == pytest.approx([full] * 2, rel=1e-12)
+    assert warm != pytest.approx(full)
+    assert int(loss.warm_up_counter) == 3
+
+
+def test_sigloss_weight_max_depth_and_no_warm_up():
+    pred, gt = _depth_batch(1)
+    loss = SigLoss(warm_up=False, loss_weight=2.0, max_depth=4.0)
+    assert float(loss(pred, gt)) == pytest.approx(2 * _np_sig(pred, gt, False, max_depth=4.0), rel=1e-12)
+
+
+def test_sigloss_counter_state_dict_round_trip_and_eval_mode():
+    pred, gt = _depth_batch(2)
+    original = SigLoss(warm_iter=4)
+    original(pred, gt)
+    original(pred, gt)
+    state = original.state_dict()
+    assert "warm_up_counter" in state and int(state["warm_up_counter"]) == 2
+
+    resumed = SigLoss(warm_iter=4)
+    resumed.load_state_dict(state)
+    # Both continue identically: 2 more warm-up calls, then the full loss.
+    for _ in range(4):
+        assert float(resumed(pred, gt)) == float(original(pred, gt))
+    assert float(resumed(pred, gt)) == pytest.approx(_np_sig(pred, gt, False), rel=1e-12)
+
+    # Validation calls (module in eval mode) do not use up warm-up steps.
+    fresh = SigLoss(warm_iter=4).eval()
+    fresh(pred, gt)
+    assert int(fresh.warm_up_counter) == 0
+
+
+def test_sigloss_no_valid_pixel_is_zero_with_graph():
+    pred = torch.full((1, 1, 4, 4), 2.0, requires_grad=True)
+    value = SigLoss(warm_up=False)(pred, torch.zeros(1, 1, 4, 4))
+    value.backward()
+    assert float(value.detach()) == 0.0 and torch.all(pred.grad == 0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# GradientLoss
+# ----------------------------------------------------------------------------------------------------
+
+
+def _np_grad_2d(pred, gt):
+    """Upstream's 2-D formula as explicit pixel loops: scales with strides 1, 2, 4, 6; differences two
+    pixels apart; each scale's sum divided by that scale's valid-pixel count."""
+    total = 0.0
+    for s in (1, 2, 4, 6):
+        p, t = pred[::s, ::s], gt[::s, ::s]
+        m = t > 0
+        h, w = t.shape
+        d = np.where(m, np.log(p + EPS) - np.log(t + EPS), 0.0)
+        num = 0.0
+        for y in range(h):
+            for x in range(w):
+                if y + 2 < h and m[y, x] and m[y + 2, x]:
+                    num += abs(d[y, x] - d[y + 2, x])
+                if x + 2 < w and m[y, x] and m[y, x + 2]:
+                    num += abs(d[y, x] - d[y, x + 2])
+        if m.sum() > 0:
+            total += num / m.sum()
+    return total
+
+
+def test_gradient_loss_batched_matches_per_image_loop():
+    pred, gt = _depth_batch(3, shape=(3, 1, 13, 11))
+    gt[2] = 0.0  # an image without any valid pixel is left out of the mean
+    loss = GradientLoss(loss_weight=0.5)
+    batched = float(loss(pred, gt))
+    per_image = [_np_grad_2d(pred[i, 0].numpy(), gt[i, 0].numpy()) for i in range(2)]
+    assert batched == pytest.approx(0.5 * np.mean(per_image), rel=1e-12)
+    assert batched > 0.05  # the upstream indexing bug gives ~0 here
+    # One image at a time gives that image's value: the batch is the mean of per-image losses.
+    assert float(loss(pred[:1], gt[:1])) == pytest.approx(0.5 * per_image[0], rel=1e-12)
+
+
+def test_gradient_loss_zero_for_scaled_prediction():
+    # Scale invariance: pred = 3 * gt gives a constant log difference, hence zero gradients.
+    # (eps breaks exact invariance slightly, so compare with a tolerance.)
+    _, gt = _depth_batch(4)
+    value = GradientLoss()(3 * gt, gt)
+    assert abs(float(value)) < 1e-3
+
+
+# ----------------------------------------------------------------------------------------------------
+# DepthLoss
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_depth_loss_is_sum_of_parts():
+    pred, gt = _depth_batch(5)
+    pred.requires_grad_(True)
+    out = DepthLoss(warm_iter=0)(pred, gt)  # warm_iter 0: the full SigLoss from the first call
+    assert set(out) == {"loss", "loss_sig", "loss_grad"}
+    parts = {name: float(value.detach()) for name, value in out.items()}
+    assert parts["loss_sig"] == pytest.approx(_np_sig(pred.detach(), gt, False), rel=1e-12)
+    assert parts["loss_grad"] == pytest.approx(
+        float(GradientLoss(loss_weight=0.5)(pred.detach(), gt)), rel=1e-12
+    )
+    assert parts["loss"] == pytest.approx(parts["loss_sig"] + parts["loss_grad"])
+    out["loss"].backward()
+    assert torch.isfinite(pred.grad).all()
+    assert set(DepthLoss(grad_weight=0)(pred, gt)) == {"loss", "loss_sig"}
+
+
+# ----------------------------------------------------------------------------------------------------
+# SegLoss
+# ----------------------------------------------------------------------------------------------------
+
+
+def _seg_batch():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 5, 6, generator=gen)
+    target = torch.randint(0, 4, (2, 5, 6), generator=gen)
+    target[0, 0, :3] = 255
+    return logits, target
+
+
+def test_seg_loss_ce_by_hand():
+    logits, target = _seg_batch()
+    out = SegLoss(num_classes=4)(logits, target)
+    assert set(out) == {"loss", "loss_ce"}
+    # Mean over non-ignored pixels of -log softmax(logits)[label], as an explicit loop.
+    logp = torch.log_softmax(logits.double(), dim=1)
+    terms = [
+        -float(logp[b, target[b, y, x], y, x])
+        for b in range(2)
+        for y in range(5)
+        for x in range(6)
+        if target[b, y, x] != 255
+    ]
+    assert float(out["loss"]) == pytest.approx(sum(terms) / len(terms), rel=1e-5)
+
+
+def test_seg_loss_with_dice_and_lovasz():
+    import segmentation_models_pytorch as smp
+
+    logits, target = _seg_batch()
+    out = SegLoss(num_classes=4, ce_weight=1.0, dice_weight=0.5, lovasz_weight=0.25)(logits, target)
+    assert set(out) == {"loss", "loss_ce", "loss_dice", "loss_lovasz"}
+    dice = smp.losses.DiceLoss(mode="multiclass", ignore_index=255)(logits, target)
+    lovasz = smp.losses.LovaszLoss(mode="multiclass", ignore_index=255)(logits, target)
+    ce = F.cross_entropy(logits, target, ignore_index=255)
+    assert float(out["loss"]) == pytest.approx(float(ce + 0.5 * dice + 0.25 * lovasz), rel=1e-6)
+
+
+def test_seg_loss_all_ignored_is_zero_not_nan():
+    logits = torch.randn(1, 4, 3, 3, requires_grad=True)
+    out = SegLoss(num_classes=4)(logits, torch.full((1, 3, 3), 255))
+    out["loss"].backward()
+    assert float(out["loss"].detach()) == 0.0
+
+
+# ----------------------------------------------------------------------------------------------------
+# One-line errors
+# ----------------------------------------------------------------------------------------------------
+
+
+def _message(exc_info):
+    text = str(exc_info.value)
+    assert "\n" not in text
+    return text
+
+
+@pytest.mark.parametrize("loss_cls", [SigLoss, GradientLoss, DepthLoss])
+def test_depth_loss_errors(loss_cls):
+    pred, gt = _depth_batch()
+    bad_pred = pred.clone()
+    bad_pred[0, 0, 0, 0] = float("nan")
+    with pytest.raises(BadInputError, match="prediction contains NaN") as info:
+        loss_cls()(bad_pred, gt)
+    _message(info)
+    bad_gt = gt.clone()
+    bad_gt[1, 0, 2, 2] = float("inf")
+    with pytest.raises(BadInputError, match="target contains inf"):
+        loss_cls()(pred, bad_gt)
+    with pytest.raises(BadInputError, match="prediction shape .* != target shape"):
+        loss_cls()(pred, gt[..., :5])
+    with pytest.raises(BadInputError, match="B×1×H×W"):
+        loss_cls()(pred[:, 0], gt[:, 0])
+
+
+def test_seg_loss_errors():
+    logits, target = _seg_batch()
+    bad = target.clone()
+    bad[1, 2, 2] = 4
+    with pytest.raises(BadInputError, match=r"target has labels \[4\] outside \[0, 3\]") as info:
+        SegLoss(num_classes=4)(logits, bad)
+    _message(info)
+    with pytest.raises(BadInputError, match="4 channels but num_classes is 5"):
+        SegLoss(num_classes=5)(logits, target)
+    with pytest.raises(BadInputError, match="does not match"):
+        SegLoss(num_classes=4)(logits, target[:, :4])
+    with pytest.raises(BadInputError, match="integer"):
+        SegLoss(num_classes=4)(logits, target.float())
+    nan_logits = logits.clone()
+    nan_logits[0, 0, 0, 0] = float("inf")
+    with pytest.raises(BadInputError, match="prediction contains inf"):
+        SegLoss(num_classes=4)(nan_logits, target)
+    with pytest.raises(BadInputError, match="all loss weights are 0"):
+        SegLoss(num_classes=4, ce_weight=0)
