@@ -28,6 +28,14 @@ def load_weights_file(path: str | os.PathLike) -> dict:
         raise WeightsError(f"weights file not found: {path}")
     if os.path.getsize(path) == 0:
         raise WeightsError(f"{path} is empty (0 bytes): download or copy it again")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    # torch.save writes a zip archive ("PK\x03\x04"); files from before torch 1.6 are a bare pickle ("\x80").
+    if not (magic.startswith(b"PK\x03\x04") or magic.startswith(b"\x80")):
+        raise WeightsError(
+            f"{path} is not a PyTorch checkpoint (it starts with {magic!r}; an HTML error page or a text "
+            "file saved under a .pth name?): download or copy it again"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:

@@ -339,7 +339,7 @@ def test_unreadable_files_give_one_line(tmp_path):
     torch.save([1, 2, 3], tmp_path / "list.pth")
     cases = {
         "truncated.pth": "not a readable PyTorch checkpoint",
-        "text.pth": "not a readable PyTorch checkpoint",
+        "text.pth": "is not a PyTorch checkpoint",
         "empty.pth": "is empty",
         "list.pth": "holds no state dict",
         "absent.pth": "weights file not found",
