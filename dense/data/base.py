@@ -1,0 +1,383 @@
+"""What every dataset shares: the error type, file readers that fail with one clear line, the
+content checks, and the base class that turns a raw sample into the tensor contract.
+
+Sample contract (`DenseDataset.__getitem__`):
+    image: float32 3×H×W, ImageNet-normalised
+    depth: float32 1×H×W metres, 0 = no measurement (also padding)       [depth datasets]
+    mask:  int64 H×W class ids in [0, num_classes), 255 = ignore (also padding) [segmentation]
+    name:  str, the sample id (a relative path without extension; may contain '/')
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import albumentations as A
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+from ..errors import DenseError
+from .transforms import IGNORE_INDEX, compose, seg_recipe, to_sample
+
+TASKS = ("depth", "segmentation")
+SPLITS = (
+    "train",
+    "val",
+    "test",
+)  # NYU, KITTI, ADE20K and VOC serve their one evaluation split as both val and test
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class DatasetError(DenseError, ValueError):
+    """A data problem the user can fix. The message is one line: the path, what is wrong, and what
+    the layout should be."""
+
+
+class DepthScaleWarning(UserWarning):
+    """Depth values in an implausible range for the configured unit (metres vs millimetres)."""
+
+
+@dataclass
+class DatasetInfo:
+    """What the model, the training task and the metrics need to know before any file is read."""
+
+    task: str
+    class_names: tuple[str, ...] = ()
+    min_depth: float = 1e-3
+    max_depth: float = 10.0
+    eval_crop: str | None = None  # "eigen" (NYU), "garg" (KITTI) or None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclass
+class RawSample:
+    """A sample as read from disk, before augmentation. `source` names the file(s) for errors."""
+
+    name: str
+    image: np.ndarray  # uint8 H×W×3 RGB
+    depth: np.ndarray | None = None  # float32 H×W metres, 0 = invalid
+    mask: np.ndarray | None = None  # uint8 H×W class ids, 255 = ignore
+    source: str = ""
+    depth_unit: str = "m"  # what the file stored: "m" (floats) or "scaled" (integers = metres × depth_scale)
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Any PIL-readable image → uint8 H×W×3 RGB."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise DatasetError(f"image {path} does not exist") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise DatasetError(f"cannot read image {path} ({e}); the file is truncated or not an image") from None
+
+
+def _read_single_channel(path: str | os.PathLike, what: str) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L", "F", "1"):
+                raise DatasetError(
+                    f"{what} {path} is a {im.mode} image; expected a single-channel PNG "
+                    f"({'16-bit depth' if what == 'depth' else 'class ids as L or palette mode'})"
+                )
+            return np.asarray(im)
+    except DatasetError:
+        raise
+    except FileNotFoundError:
+        raise DatasetError(f"{what} {path} does not exist") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise DatasetError(f"cannot read {what} {path} ({e}); the file is truncated or not a PNG") from None
+
+
+def read_depth_png(path: str | os.PathLike, scale: float) -> np.ndarray:
+    """Integer depth PNG (16-bit, value = metres × scale; 0 = no measurement) → float32 metres."""
+    return _read_single_channel(path, "depth").astype(np.float32) / np.float32(scale)
+
+
+def read_depth_npy(path: str | os.PathLike) -> np.ndarray:
+    """A .npy H×W (or 1×H×W / H×W×1) float array in metres → float32 metres."""
+    try:
+        depth = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise DatasetError(f"depth {path} does not exist") from None
+    except (OSError, ValueError) as e:
+        raise DatasetError(
+            f"cannot read depth {path} ({e}); expected an H×W float array saved with np.save"
+        ) from None
+    depth = np.squeeze(depth)
+    if depth.ndim != 2 or not np.issubdtype(depth.dtype, np.number):
+        raise DatasetError(
+            f"depth {path} has shape {depth.shape} ({depth.dtype}); expected an H×W float array in metres"
+        )
+    return depth.astype(np.float32)
+
+
+def read_label_png(path: str | os.PathLike) -> np.ndarray:
+    """Single-channel PNG of class ids (L, or palette mode read as indices) → uint8 H×W."""
+    labels = _read_single_channel(path, "label map")
+    if labels.dtype != np.uint8:
+        if labels.max(initial=0) > 255 or labels.min(initial=0) < 0:
+            raise DatasetError(
+                f"label map {path} holds values outside 0–255; class ids must fit in 8 bits (255 = ignore)"
+            )
+        labels = labels.astype(np.uint8)
+    return labels
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_exists(path: Path, what: str, layout: str) -> Path:
+    if not path.exists():
+        raise DatasetError(f"{what} {path} does not exist; expected {layout}")
+    return path
+
+
+def check_sample(raw: RawSample, num_classes: int) -> None:
+    """Content checks at read time, each failing with the offending file named."""
+    h, w = raw.image.shape[:2]
+    if raw.depth is not None:
+        if raw.depth.shape != (h, w):
+            raise DatasetError(
+                f"{raw.source}: depth is {raw.depth.shape[0]}×{raw.depth.shape[1]} but the image is {h}×{w}; "
+                "depth must be pixel-aligned with the image"
+            )
+        finite = np.isfinite(raw.depth)
+        if not finite.all():
+            raise DatasetError(
+                f"{raw.source}: depth has {np.count_nonzero(~finite)} NaN/inf values; store missing depth as 0"
+            )
+        if (raw.depth < 0).any():
+            raise DatasetError(
+                f"{raw.source}: depth has negative values (min {raw.depth.min():.3g}); depth must be ≥ 0, 0 = missing"
+            )
+    if raw.mask is not None:
+        if raw.mask.shape != (h, w):
+            raise DatasetError(
+                f"{raw.source}: label map is {raw.mask.shape[0]}×{raw.mask.shape[1]} but the image is {h}×{w}; "
+                "labels must be pixel-aligned with the image"
+            )
+        bad = (raw.mask >= num_classes) & (raw.mask != IGNORE_INDEX)
+        if bad.any():
+            values = sorted(np.unique(raw.mask[bad]).tolist())[:5]
+            raise DatasetError(
+                f"{raw.source}: label values {values} are outside [0, {num_classes}) and not {IGNORE_INDEX} (ignore); "
+                "check the class count or the label encoding"
+            )
+
+
+def depth_scale_hint(depth: np.ndarray, source: str, unit: str) -> str | None:
+    """A message when valid depth looks stored in the other unit, else None.
+
+    "scaled" (integer PNG divided by depth_scale): a maximum under 0.1 m means the PNG holds metres.
+    "m" (float metres): a maximum over 1000 m means the values are millimetres.
+    """
+    valid = depth[depth > 0]
+    if valid.size == 0:
+        return None
+    peak = float(valid.max())
+    if unit == "scaled" and peak < 0.1:
+        return (
+            f"{source}: depth peaks at {peak:.4f} m after dividing by depth_scale; the PNG looks stored in "
+            "metres, but integers of metres × depth_scale (e.g. millimetres) are expected"
+        )
+    if unit == "m" and peak > 1000.0:
+        return (
+            f"{source}: depth peaks at {peak:.0f} m; it looks stored in millimetres, but metres are expected"
+        )
+    return None
+
+
+# --------------------------------------------------------------------------- base class
+
+
+class DenseDataset(Dataset):
+    """Base of every dataset: subclasses implement `__len__` and `read(index) -> RawSample`.
+
+    Class attributes describe the dataset before any file is read (see `describe`). `needs_root`
+    is False only for datasets generated in memory.
+    """
+
+    task: ClassVar[str | None] = None  # None: the config chooses (synthetic, folder)
+    class_names: ClassVar[tuple[str, ...]] = ()
+    min_depth: ClassVar[float] = 1e-3
+    max_depth: ClassVar[float] = 10.0
+    eval_crop: ClassVar[str | None] = None
+    needs_root: ClassVar[bool] = True
+
+    def __init__(self, transform: A.Compose, num_classes: int | None = None):
+        self.transform = transform
+        self._num_classes = len(self.class_names) if num_classes is None else num_classes
+        self._warned_scale = False
+
+    @classmethod
+    def describe(cls, root=None, task: str | None = None, **options) -> DatasetInfo:
+        return DatasetInfo(
+            task=cls.check_task(task),
+            class_names=tuple(cls.class_names),
+            min_depth=cls.min_depth,
+            max_depth=cls.max_depth,
+            eval_crop=cls.eval_crop,
+        )
+
+    @classmethod
+    def check_task(cls, task: str | None) -> str:
+        if task is not None and task not in TASKS:
+            raise DatasetError(f"data.task={task!r} is not one of {TASKS}")
+        if cls.task is not None and task not in (None, cls.task):
+            raise DatasetError(f"data.task={task!r}, but this dataset only provides {cls.task}")
+        return task or cls.task or "depth"
+
+    @classmethod
+    def check_split(cls, split: str) -> str:
+        if split not in SPLITS:
+            raise DatasetError(f"split {split!r} is not one of {SPLITS}")
+        return split
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        """The keyword options of the constructor, for validating configs early: its named
+        parameters, plus the parent's when it forwards **options."""
+        names = []
+        for klass in cls.__mro__:
+            if "__init__" not in klass.__dict__:
+                continue
+            params = inspect.signature(klass.__init__).parameters.values()
+            names += [p.name for p in params if p.kind == p.POSITIONAL_OR_KEYWORD or p.kind == p.KEYWORD_ONLY]
+            if not any(p.kind == p.VAR_KEYWORD for p in params):
+                break
+        return [n for n in dict.fromkeys(names) if n not in ("self", "root", "split")]
+
+    def read(self, index: int) -> RawSample:
+        raise NotImplementedError
+
+    def reseed(self, seed: int) -> None:
+        """Give this copy of the augmentation pipeline its own RNG (called in each loader worker)."""
+        self.transform.set_random_seed(seed)
+
+    def __getitem__(self, index: int) -> dict:
+        raw = self.read(index)
+        check_sample(raw, self._num_classes)
+        if raw.depth is not None and not self._warned_scale:
+            hint = depth_scale_hint(raw.depth, raw.source, raw.depth_unit)
+            if hint:
+                self._warned_scale = True  # once per dataset: the cause is the whole folder, not a file
+                warnings.warn(hint, DepthScaleWarning, stacklevel=2)
+        try:
+            sample = to_sample(self.transform, raw.image, raw.depth, raw.mask)
+        except ValueError as e:  # e.g. an image smaller than a fixed crop
+            raise DatasetError(f"{raw.source}: the augmentation recipe failed ({e})") from e
+        sample["name"] = raw.name
+        return sample
+
+
+def resolve_root(root, candidates: tuple[str, ...], marker: str, layout: str) -> Path:
+    """The first of root/<candidate> that contains `marker`; lets users point at either the dataset
+    folder or the folder above it (e.g. .../ADEChallengeData2016 or ...)."""
+    if root is None:
+        raise DatasetError(f"data.root is not set; expected {layout}")
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"data root {root} does not exist or is not a folder; expected {layout}")
+    for c in ("", *candidates):
+        if (root / c / marker).exists():
+            return root / c
+    raise DatasetError(f"{root} has no {marker}; expected {layout}")
+
+
+def read_pair_list(
+    list_file: Path, image_root: Path, depth_root: Path
+) -> tuple[list[tuple[str, Path, Path]], int]:
+    """A BTS-style file list: lines "rgb_path depth_path [focal]", paths relative to the roots
+    (a leading '/' is ignored, as in BTS lists). Lines whose depth is "None" (no ground truth) are
+    skipped. Returns ([(name, rgb, depth)], number skipped); fails on malformed lines, missing files
+    or an empty list."""
+    pairs, skipped, missing = [], 0, []
+    for lineno, line in enumerate(list_file.read_text().splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) < 2:
+            raise DatasetError(
+                f"{list_file}:{lineno}: expected 'rgb_path depth_path [focal]', got {line.strip()!r}"
+            )
+        rgb_rel, depth_rel = fields[0].lstrip("/\\"), fields[1].lstrip("/\\")
+        if depth_rel == "None":
+            skipped += 1
+            continue
+        rgb, depth = image_root / rgb_rel, depth_root / depth_rel
+        for p in (rgb, depth):
+            if not p.is_file():
+                missing.append(p)
+        pairs.append((str(Path(rgb_rel).with_suffix("")), rgb, depth))
+    if missing:
+        raise DatasetError(
+            f"{list_file} names {len(missing)} files that do not exist, e.g. {missing[0]}; "
+            f"rgb paths are relative to {image_root}, depth paths to {depth_root}"
+        )
+    if not pairs:
+        raise DatasetError(
+            f"{list_file} lists no samples with ground truth; expected lines 'rgb_path depth_path [focal]'"
+        )
+    return pairs, skipped
+
+
+def read_depth_pair(name: str, rgb: Path, depth: Path, depth_scale: float) -> RawSample:
+    """One line of a BTS-style file list: RGB image + integer depth PNG (metres × depth_scale)."""
+    return RawSample(
+        name, read_rgb(rgb), read_depth_png(depth, depth_scale), source=str(depth), depth_unit="scaled"
+    )
+
+
+class SegmentationFiles(DenseDataset):
+    """Image + label PNG pairs with the mmseg recipe: what ADE20K and VOC share. Subclasses
+    implement `find_items(root, split) -> [(name, image, label)]` and may override `decode`."""
+
+    task = "segmentation"
+
+    def __init__(
+        self,
+        root,
+        split: str = "train",
+        augment: bool = False,
+        task: str | None = None,
+        crop_size=512,
+        short_side: int = 512,
+        max_long_side: int = 2048,
+        ratio_range=(0.5, 2.0),
+        cat_max_ratio: float = 0.75,
+        eval_short_side: int | None = 512,
+        seed: int | None = None,
+    ):
+        self.check_task(task)
+        self.items = self.find_items(root, self.check_split(split))
+        recipe = seg_recipe(
+            augment, crop_size, short_side, max_long_side, ratio_range, cat_max_ratio, eval_short_side
+        )
+        super().__init__(compose(recipe, seed=seed))
+
+    def find_items(self, root, split: str) -> list[tuple[str, Path, Path]]:
+        raise NotImplementedError
+
+    def decode(self, labels: np.ndarray) -> np.ndarray:
+        """Stored label values → class ids (255 = ignore)."""
+        return labels
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def read(self, index: int) -> RawSample:
+        name, image, label = self.items[index]
+        return RawSample(name, read_rgb(image), mask=self.decode(read_label_png(label)), source=str(label))

@@ -1,0 +1,220 @@
+"""DenseDataModule: one LightningDataModule for every dataset, built from `configs/data/*.yaml`.
+
+It tells the model and the training task what they need before any file is read (`task`,
+`num_classes`, `class_names`, `ignore_index`, `min_depth`, `max_depth`, `eval_crop`), builds the
+datasets lazily per split, and makes loading reproducible: the shuffle order and the loader workers'
+seeds come from `seed`, and each worker re-seeds its copy of the albumentations pipeline (2.x keeps
+its own RNG, which forked workers would otherwise share and repeat).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import cv2
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, default_collate, get_worker_info
+
+from .ade20k import ADE20K
+from .base import DatasetError, DatasetInfo, DenseDataset
+from .folder import FolderDataset
+from .kitti import KITTIEigen
+from .nyu import NYUDepthV2
+from .synthetic import SyntheticScenes
+from .transforms import IGNORE_INDEX
+from .voc import PascalVOC
+
+DATASETS: dict[str, type[DenseDataset]] = {
+    "synthetic": SyntheticScenes,
+    "nyu": NYUDepthV2,
+    "kitti": KITTIEigen,
+    "ade20k": ADE20K,
+    "voc": PascalVOC,
+    "folder": FolderDataset,
+}
+SPLIT_SEED_OFFSETS = {"train": 0, "val": 1, "test": 2}
+PAD_VALUES = {"image": 0.0, "depth": 0.0, "mask": IGNORE_INDEX}  # image 0 = the mean colour after normalising
+
+
+def pad_collate(batch: list[dict]) -> dict:
+    """default_collate, after padding samples of different sizes to the largest (bottom/right):
+    image 0, depth 0 (no measurement), mask 255 (ignore), so the metrics skip the padding."""
+    sizes = {tuple(s["image"].shape[-2:]) for s in batch}
+    if len(sizes) > 1:
+        h, w = max(s[0] for s in sizes), max(s[1] for s in sizes)
+        batch = [
+            {
+                k: F.pad(v, (0, w - v.shape[-1], 0, h - v.shape[-2]), value=PAD_VALUES[k])
+                if k in PAD_VALUES
+                else v
+                for k, v in sample.items()
+            }
+            for sample in batch
+        ]
+    return default_collate(batch)
+
+
+def seed_worker(worker_id: int) -> None:
+    """Per-worker seeds derived from the loader's generator (so from `seed` and the epoch)."""
+    info = get_worker_info()
+    seed = info.seed % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+    cv2.setNumThreads(0)  # OpenCV threads inside forked workers oversubscribe the CPU and can deadlock
+    if isinstance(info.dataset, DenseDataset):
+        info.dataset.reseed(seed)
+
+
+def _plain(value):
+    """Hydra hands lists as ListConfig; datasets get plain Python values."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover - hydra is a dependency, but the module works without it
+        return value
+    return (
+        OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
+    )
+
+
+class DenseDataModule(L.LightningDataModule):
+    """Data for one dataset.
+
+    name: synthetic | nyu | kitti | ade20k | voc | folder
+    root: the dataset folder (unused by synthetic)
+    task: "depth" | "segmentation"; only synthetic and folder let you choose
+    batch_size / val_batch_size (default: batch_size) / num_workers / persistent_workers
+    pin_memory: None pins when CUDA is available
+    augment: apply the train recipe to the train split (False e.g. for feature caching)
+    seed: shuffle order, worker seeds and the augmentation RNG
+    drop_last: drop the last incomplete train batch (BatchNorm in the linear segmentation heads
+        dislikes a batch of 1)
+    **options: dataset-specific keys (crop sizes, depth_scale, num_train, ...); see each dataset's
+        constructor. Unknown keys fail here, naming the valid ones.
+    """
+
+    def __init__(
+        self,
+        name: str = "synthetic",
+        root: str | None = None,
+        task: str | None = None,
+        batch_size: int = 8,
+        val_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = False,
+        augment: bool = True,
+        seed: int | None = 0,
+        drop_last: bool = True,
+        **options,
+    ):
+        super().__init__()
+        if name not in DATASETS:
+            raise DatasetError(f"data.name={name!r} is not one of {sorted(DATASETS)}")
+        self.dataset_cls = DATASETS[name]
+        options = {k: _plain(v) for k, v in options.items()}
+        allowed = set(self.dataset_cls.option_names()) - {"augment", "seed", "task"}
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            raise DatasetError(
+                f"data.{unknown[0]} is not an option of the {name} dataset; its options: {sorted(allowed)}"
+            )
+        if self.dataset_cls.needs_root:
+            if root is None:
+                raise DatasetError(
+                    f"data.root is not set; the {name} dataset needs the folder it is stored in"
+                )
+            if not Path(root).expanduser().is_dir():
+                raise DatasetError(f"data root {root} does not exist or is not a folder (set data.root)")
+        self.save_hyperparameters(logger=False)
+        self.name, self.root, self.options = name, root, options
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.augment, self.seed, self.drop_last = augment, 0 if seed is None else int(seed), drop_last
+        self.info: DatasetInfo = self.dataset_cls.describe(root=root, task=task, **options)
+        self._datasets: dict[str, DenseDataset] = {}
+
+    # ---- what the model, task and metrics read
+    @property
+    def task(self) -> str:
+        return self.info.task
+
+    @property
+    def num_classes(self) -> int:
+        return self.info.num_classes
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.info.class_names
+
+    @property
+    def ignore_index(self) -> int:
+        return IGNORE_INDEX
+
+    @property
+    def min_depth(self) -> float:
+        return self.info.min_depth
+
+    @property
+    def max_depth(self) -> float:
+        return self.info.max_depth
+
+    @property
+    def eval_crop(self) -> str | None:
+        return self.info.eval_crop
+
+    # ---- datasets
+    def dataset(self, split: str) -> DenseDataset:
+        """The dataset of one split ("train" augmented unless augment=False; "val", "test" not)."""
+        if split not in SPLIT_SEED_OFFSETS:
+            raise DatasetError(f"split {split!r} is not one of {tuple(SPLIT_SEED_OFFSETS)}")
+        if split not in self._datasets:
+            self._datasets[split] = self.dataset_cls(
+                self.root,
+                split=split,
+                augment=self.augment and split == "train",
+                task=self.info.task,
+                seed=self.seed + SPLIT_SEED_OFFSETS[split],
+                **self.options,
+            )
+        return self._datasets[split]
+
+    def setup(self, stage: str | None = None) -> None:
+        # Building the datasets here surfaces layout errors before the first step.
+        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        for split in splits.get(stage, ("train", "val", "test")):
+            self.dataset(split)
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        dataset = self.dataset(split)
+        batch_size = self.batch_size if train else self.val_batch_size
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train and self.drop_last and len(dataset) >= batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            worker_init_fn=seed_worker,
+            generator=generator,
+            collate_fn=pad_collate,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)

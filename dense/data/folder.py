@@ -1,0 +1,213 @@
+"""Your own data: a folder of images with depth maps or label maps matched by file stem.
+
+    root/images/<stem>.{jpg,png,...}
+    root/depth/<stem>.png   16-bit integers, metres × depth_scale (default 1000: millimetres), 0 = none
+    root/depth/<stem>.npy   or float metres (H×W), 0 = none
+    root/masks/<stem>.png   or single-channel class ids (L or palette PNG), 255 = ignore
+    root/classes.txt        optional, one class name per line (segmentation)
+    root/{train,val,test}.txt   optional, one stem per line
+
+Without split files the split is deterministic: a stem goes to val when crc32(stem) falls in the
+first `val_fraction` of the hash range, so adding images never moves existing ones between splits;
+test is then the val split.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+from .base import (
+    IMAGE_SUFFIXES,
+    DatasetError,
+    DatasetInfo,
+    DenseDataset,
+    RawSample,
+    read_depth_npy,
+    read_depth_png,
+    read_label_png,
+    read_rgb,
+    resolve_root,
+)
+from .transforms import IGNORE_INDEX, compose, depth_train, seg_recipe, size_pair
+
+SPLITS = ("train", "val", "test")
+LAYOUT = (
+    "images/<stem>.jpg|png plus depth/<stem>.png|npy (task depth) or masks/<stem>.png (task segmentation)"
+)
+
+
+def resolve_class_names(root, class_names=None, num_classes=None) -> tuple[str, ...]:
+    """Class names from the config (names or a count) or root/classes.txt."""
+    if class_names is not None:
+        names = tuple(str(n) for n in class_names)
+        if num_classes is not None and num_classes != len(names):
+            raise DatasetError(f"data.num_classes={num_classes} but data.class_names has {len(names)} names")
+    elif num_classes is not None:
+        names = tuple(f"class_{i}" for i in range(int(num_classes)))
+    elif root is not None and (Path(root).expanduser() / "classes.txt").is_file():
+        path = Path(root).expanduser() / "classes.txt"
+        names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+    else:
+        raise DatasetError(
+            "a segmentation folder needs data.num_classes, data.class_names or <root>/classes.txt (one name per line)"
+        )
+    if not 0 < len(names) <= IGNORE_INDEX:
+        raise DatasetError(
+            f"a segmentation folder needs 1–{IGNORE_INDEX} classes (255 means ignore), got {len(names)}"
+        )
+    return names
+
+
+def hash_split(stems: list[str], val_fraction: float) -> dict[str, list[str]]:
+    """Deterministic train/val split by stem hash; val gets at least one stem when there are two."""
+    key = {s: zlib.crc32(s.encode()) / 2**32 for s in stems}
+    val = [s for s in stems if key[s] < val_fraction]
+    if not val and len(stems) > 1 and val_fraction > 0:
+        val = [min(stems, key=key.get)]
+    in_val = set(val)
+    train = [s for s in stems if s not in in_val]
+    return {"train": train, "val": val, "test": val}
+
+
+class FolderDataset(DenseDataset):
+    def __init__(
+        self,
+        root,
+        split: str = "train",
+        augment: bool = False,
+        task: str | None = "depth",
+        depth_scale: float = 1000.0,
+        min_depth: float = 1e-3,
+        max_depth: float = 10.0,
+        num_classes: int | None = None,
+        class_names=None,
+        val_fraction: float = 0.1,
+        crop_size=None,
+        short_side: int = 512,
+        max_long_side: int = 2048,
+        ratio_range=(0.5, 2.0),
+        cat_max_ratio: float = 0.75,
+        eval_short_side: int | None = 512,
+        seed: int | None = None,
+    ):
+        self.folder_task = self.check_task(task)
+        self.check_split(split)
+        self.root = resolve_root(root, (), "images", LAYOUT)
+        target_dir = self.root / ("depth" if self.folder_task == "depth" else "masks")
+        if not target_dir.is_dir():
+            raise DatasetError(f"{target_dir} does not exist; expected {LAYOUT}")
+        self.depth_scale = depth_scale
+
+        images = self._images_by_stem(self.root / "images")
+        # every image is checked, not only this split's: a missing target is a layout problem either way
+        targets = {s: self._target(target_dir, s) for s in images}
+        missing = [s for s, target in targets.items() if target is None]
+        if missing:
+            raise DatasetError(
+                f"{len(missing)} images have no {target_dir.name} file in {target_dir}, e.g. {missing[0]!r}; "
+                f"expected {LAYOUT}"
+            )
+        self.items = [
+            (s, images[s], targets[s]) for s in self._split_stems(split, sorted(images), val_fraction)
+        ]
+
+        if self.folder_task == "segmentation":
+            names = resolve_class_names(self.root, class_names, num_classes)
+            recipe = seg_recipe(
+                augment,
+                crop_size or 512,
+                short_side,
+                max_long_side,
+                ratio_range,
+                cat_max_ratio,
+                eval_short_side,
+            )
+        else:
+            names = ()
+            recipe = depth_train(size_pair(crop_size)) if augment else []
+        super().__init__(compose(recipe, seed=seed), num_classes=len(names))
+
+    @classmethod
+    def describe(
+        cls,
+        root=None,
+        task="depth",
+        num_classes=None,
+        class_names=None,
+        min_depth=1e-3,
+        max_depth=10.0,
+        **options,
+    ) -> DatasetInfo:
+        task = cls.check_task(task)
+        names = resolve_class_names(root, class_names, num_classes) if task == "segmentation" else ()
+        return DatasetInfo(task=task, class_names=names, min_depth=min_depth, max_depth=max_depth)
+
+    @staticmethod
+    def _images_by_stem(image_dir: Path) -> dict[str, Path]:
+        images: dict[str, Path] = {}
+        for p in sorted(image_dir.iterdir()):
+            if p.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if p.stem in images:
+                raise DatasetError(
+                    f"{image_dir} has two images with stem {p.stem!r} ({images[p.stem].name}, {p.name})"
+                )
+            images[p.stem] = p
+        if not images:
+            raise DatasetError(
+                f"{image_dir} holds no images ({', '.join(IMAGE_SUFFIXES)}); expected {LAYOUT}"
+            )
+        return images
+
+    def _split_stems(self, split: str, stems: list[str], val_fraction: float) -> list[str]:
+        split_files = {s: self.root / f"{s}.txt" for s in SPLITS}
+        if any(p.is_file() for p in split_files.values()):
+            path = split_files[split]
+            if split == "test" and not path.is_file():
+                path = split_files["val"]  # no test list: evaluate on val, as without split files
+            if not path.is_file():
+                raise DatasetError(
+                    f"{path} is missing; this folder has split files, so the {split} split needs one"
+                )
+            chosen = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+            known = set(stems)
+            unknown = [s for s in chosen if s not in known]
+            if unknown:
+                raise DatasetError(
+                    f"{path} names {len(unknown)} stems with no image in {self.root / 'images'}, e.g. {unknown[0]!r}"
+                )
+            where = str(path)
+        else:
+            chosen = hash_split(stems, val_fraction)[split]
+            where = f"the hash split of {self.root / 'images'} (val_fraction={val_fraction})"
+        if not chosen:
+            raise DatasetError(
+                f"the {split} split is empty ({where}); add images or split files train.txt/val.txt"
+            )
+        return chosen
+
+    def _target(self, target_dir: Path, stem: str) -> Path | None:
+        suffixes = (".png", ".npy") if self.folder_task == "depth" else (".png",)
+        found = [
+            target_dir / f"{stem}{suffix}"
+            for suffix in suffixes
+            if (target_dir / f"{stem}{suffix}").is_file()
+        ]
+        if len(found) > 1:
+            raise DatasetError(f"{target_dir} has both {stem}.png and {stem}.npy; keep one")
+        return found[0] if found else None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def read(self, index: int) -> RawSample:
+        name, image, target = self.items[index]
+        rgb = read_rgb(image)
+        if self.folder_task == "segmentation":
+            return RawSample(name, rgb, mask=read_label_png(target), source=str(target))
+        if target.suffix == ".npy":
+            return RawSample(name, rgb, read_depth_npy(target), source=str(target), depth_unit="m")
+        return RawSample(
+            name, rgb, read_depth_png(target, self.depth_scale), source=str(target), depth_unit="scaled"
+        )

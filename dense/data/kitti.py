@@ -1,0 +1,63 @@
+"""KITTI depth, Eigen split, in the Monocular-Depth-Estimation-Toolbox layout used by DINOv2.
+
+    root/kitti_eigen_train.txt, root/kitti_eigen_test.txt   lines "rgb depth focal"
+    root/input/<rgb path>        e.g. 2011_09_26/2011_09_26_drive_0002_sync/image_02/data/0000000069.png
+    root/gt_depth/<depth path>   e.g. 2011_09_26_drive_0002_sync/proj_depth/groundtruth/image_02/0000000069.png
+
+Depth PNGs are uint16 metres × 256, 0 where the projected LiDAR has no point. Lines whose depth is
+"None" (test frames without ground truth) are skipped. val and test are both the Eigen test split.
+Train: KB crop (bottom-centred 352×1216), rotate ±2.5°, flip, random crop 352×704, colour; eval: KB
+crop; metrics use the Garg crop and max depth 80 m.
+"""
+
+from __future__ import annotations
+
+from .base import (
+    DenseDataset,
+    RawSample,
+    check_exists,
+    read_depth_pair,
+    read_pair_list,
+    resolve_root,
+)
+from .transforms import compose, kitti_eval, kitti_train, size_pair
+
+LIST_FILES = {"train": "kitti_eigen_train.txt", "val": "kitti_eigen_test.txt", "test": "kitti_eigen_test.txt"}
+LAYOUT = (
+    "kitti_eigen_train.txt / kitti_eigen_test.txt (lines 'rgb depth focal') with the rgb paths under "
+    "<root>/input and the depth paths under <root>/gt_depth"
+)
+
+
+class KITTIEigen(DenseDataset):
+    task = "depth"
+    min_depth, max_depth = 1e-3, 80.0
+    eval_crop = "garg"
+
+    def __init__(
+        self,
+        root,
+        split: str = "train",
+        augment: bool = False,
+        task: str | None = None,
+        image_dir: str = "input",
+        depth_dir: str = "gt_depth",
+        crop_size=(352, 704),
+        depth_scale: float = 256.0,
+        seed: int | None = None,
+    ):
+        self.check_task(task)
+        self.check_split(split)
+        self.root = resolve_root(root, ("kitti",), LIST_FILES[split], LAYOUT)
+        image_root = check_exists(self.root / image_dir, "KITTI image folder", LAYOUT)
+        depth_root = check_exists(self.root / depth_dir, "KITTI depth folder", LAYOUT)
+        self.pairs, self.skipped = read_pair_list(self.root / LIST_FILES[split], image_root, depth_root)
+        self.split, self.depth_scale = split, depth_scale
+        recipe = kitti_train(size_pair(crop_size)) if augment else kitti_eval()
+        super().__init__(compose(recipe, seed=seed))
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def read(self, index: int) -> RawSample:
+        return read_depth_pair(*self.pairs[index], self.depth_scale)

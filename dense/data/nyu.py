@@ -1,0 +1,165 @@
+"""NYU-Depth v2, in either of its two common layouts.
+
+(a) The official labelled set: `root/nyu_depth_v2_labeled.mat` (MATLAB v7.3 = HDF5) with the
+    official split `root/splits.mat` (`trainNdxs` 795 / `testNdxs` 654, 1-based). MATLAB stores
+    column-major, so h5py sees `images` as N×3×W×H uint8 and `depths` as N×W×H float metres
+    (already hole-filled); both are transposed back to H×W here.
+(b) The BTS / Monocular-Depth-Estimation-Toolbox file lists: `root/nyu_train.txt` and
+    `root/nyu_test.txt`, lines "rgb_path depth_path [focal]" relative to root, RGB .jpg and 16-bit
+    depth .png in millimetres (0 = no measurement).
+
+val and test are both the 654-image test split, as in the upstream recipes. Train: the toolbox NYU
+recipe (crop [45:472, 43:608], rotate ±2.5°, flip, random crop 416×544, colour); eval: the full
+480×640 frame, metrics use the Eigen crop.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .base import (
+    DatasetError,
+    DenseDataset,
+    RawSample,
+    read_depth_pair,
+    read_pair_list,
+    resolve_root,
+)
+from .transforms import compose, nyu_train, size_pair
+
+MAT_FILE = "nyu_depth_v2_labeled.mat"
+SPLITS_FILE = "splits.mat"
+LIST_FILES = {"train": "nyu_train.txt", "val": "nyu_test.txt", "test": "nyu_test.txt"}
+ROOT_CANDIDATES = ("nyu", "nyu_depth_v2")  # root may also be the folder above the dataset
+LAYOUT = (
+    f"either the official labelled set ({MAT_FILE} with {SPLITS_FILE} beside it) or the BTS file-list "
+    "layout (nyu_train.txt / nyu_test.txt with lines 'rgb_path depth_path [focal]' relative to the root)"
+)
+
+
+def read_official_split(path: Path, split: str) -> np.ndarray:
+    """0-based indices of the official 795/654 split from splits.mat (1-based MATLAB indices)."""
+    key = "trainNdxs" if split == "train" else "testNdxs"
+    if not path.is_file():
+        raise DatasetError(
+            f"{path} is missing: the official NYU split (trainNdxs/testNdxs) is needed next to {MAT_FILE}; "
+            "get splits.mat from the NYU-Depth v2 toolbox page"
+        )
+    try:
+        import scipy.io
+
+        arrays = scipy.io.loadmat(path)
+    except NotImplementedError:  # a v7.3 (HDF5) .mat
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            arrays = {k: f[k][()] for k in f.keys()}
+    except (OSError, ValueError) as e:
+        raise DatasetError(
+            f"cannot read {path} ({e}); expected the NYU splits.mat with trainNdxs/testNdxs"
+        ) from None
+    if key not in arrays:
+        raise DatasetError(f"{path} has no {key}; expected the NYU splits.mat with trainNdxs/testNdxs")
+    return np.asarray(arrays[key]).astype(np.int64).ravel() - 1
+
+
+class NYUDepthV2(DenseDataset):
+    task = "depth"
+    min_depth, max_depth = 1e-3, 10.0
+    eval_crop = "eigen"
+
+    def __init__(
+        self,
+        root,
+        split: str = "train",
+        augment: bool = False,
+        task: str | None = None,
+        layout: str = "auto",
+        crop_size=(416, 544),
+        depth_scale: float = 1000.0,
+        seed: int | None = None,
+    ):
+        self.check_task(task)
+        self.check_split(split)
+        if layout not in ("auto", "mat", "filelist"):
+            raise DatasetError(f"data.layout={layout!r} is not one of 'auto', 'mat', 'filelist'")
+        self.layout = layout
+        if layout == "auto":  # whichever layout is present, the .mat first
+            try:
+                resolve_root(root, ROOT_CANDIDATES, MAT_FILE, LAYOUT)
+                self.layout = "mat"
+            except DatasetError:
+                self.layout = "filelist"
+        marker = MAT_FILE if self.layout == "mat" else LIST_FILES[split]
+        self.root = resolve_root(root, ROOT_CANDIDATES, marker, LAYOUT)
+        self.split, self.depth_scale = split, depth_scale
+        self._h5, self._h5_pid = None, None
+
+        if self.layout == "mat":
+            self.indices = self._check_mat()
+        else:
+            self.pairs, _ = read_pair_list(self.root / LIST_FILES[split], self.root, self.root)
+        super().__init__(compose(nyu_train(size_pair(crop_size)) if augment else [], seed=seed))
+
+    def _check_mat(self) -> np.ndarray:
+        import h5py
+
+        mat = self.root / MAT_FILE
+        try:
+            with h5py.File(mat, "r") as f:
+                images, depths = f["images"], f["depths"]
+                if (
+                    images.ndim != 4
+                    or images.shape[1] != 3
+                    or depths.shape != (images.shape[0], *images.shape[2:])
+                ):
+                    raise DatasetError(
+                        f"{mat}: images {images.shape} / depths {depths.shape} do not match the official layout "
+                        "(h5py view: images N×3×W×H, depths N×W×H)"
+                    )
+                n = images.shape[0]
+        except KeyError as e:
+            raise DatasetError(
+                f"{mat} has no {e}; expected the official labelled NYU-Depth v2 file"
+            ) from None
+        except OSError as e:
+            raise DatasetError(
+                f"cannot open {mat} as HDF5 ({e}); expected the official v7.3 labelled .mat"
+            ) from None
+        indices = read_official_split(self.root / SPLITS_FILE, self.split)
+        if indices.size == 0:
+            raise DatasetError(f"{self.root / SPLITS_FILE} lists no {self.split} indices")
+        if indices.min() < 0 or indices.max() >= n:
+            raise DatasetError(
+                f"{self.root / SPLITS_FILE} indexes images up to {indices.max() + 1} but {mat} has {n}; "
+                "the split and the .mat do not belong together"
+            )
+        return indices
+
+    def __len__(self) -> int:
+        return len(self.indices) if self.layout == "mat" else len(self.pairs)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_h5"] = None  # an open HDF5 handle cannot cross into a worker process
+        return state
+
+    def _file(self):
+        # One handle per process, opened lazily: h5py handles must not be shared across a fork.
+        if self._h5 is None or self._h5_pid != os.getpid():
+            import h5py
+
+            self._h5, self._h5_pid = h5py.File(self.root / MAT_FILE, "r"), os.getpid()
+        return self._h5
+
+    def read(self, index: int) -> RawSample:
+        if self.layout == "mat":
+            i = int(self.indices[index])
+            f = self._file()
+            image = np.ascontiguousarray(f["images"][i].transpose(2, 1, 0))  # 3×W×H → H×W×3
+            depth = np.ascontiguousarray(f["depths"][i].T).astype(np.float32)  # W×H → H×W, metres
+            return RawSample(f"{i + 1:04d}", image, depth, source=f"{self.root / MAT_FILE}[{i + 1}]")
+        return read_depth_pair(*self.pairs[index], self.depth_scale)

@@ -1,0 +1,353 @@
+"""Augmentation recipes, ImageNet normalisation and the conversion of one sample to tensors.
+
+Every dataset hands `to_sample` a uint8 H×W×3 image plus its targets (depth float32 metres, class ids
+uint8); the recipe runs them through one albumentations `Compose` so geometry is applied jointly.
+
+Padding: albumentations' `fill_mask` is one value for every mask target, so padding a segmentation
+map with 255 would also write 255 m into a depth map sharing the pipeline. Instead every geometric
+transform pads all targets with 0, and a `valid` target (ones before the pipeline) records where real
+pixels ended up; `to_sample` then sets depth 0 / mask 255 wherever `valid` is 0. That also covers the
+corners that rotation brings in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from albumentations.augmentations.crops.transforms import BaseCrop
+from albumentations.core.transforms_interface import DualTransform, ImageOnlyTransform
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IGNORE_INDEX = 255
+# Images are padded with the mean colour, which is 0 after normalisation: what mmseg gets by padding
+# after Normalize, and what `pad_collate` uses between batch items.
+MEAN_FILL = tuple(round(255 * m) for m in IMAGENET_MEAN)
+
+# Depth and the validity map are "mask" targets: nearest interpolation, no pixel (colour) transforms.
+ADDITIONAL_TARGETS = {"depth": "mask", "valid": "mask"}
+
+
+# --------------------------------------------------------------------------- tensors
+
+
+# Per channel, the normalised value of each of the 256 uint8 levels: a table lookup is several times
+# faster than float arithmetic on an H×W×3 array, which matters on the few CPU cores of a loader.
+_NORMALIZE_LUT = (
+    (np.arange(256, dtype=np.float64)[None] / 255.0 - np.array(IMAGENET_MEAN)[:, None])
+    / np.array(IMAGENET_STD)[:, None]
+).astype(np.float32)
+
+
+def normalize_image(image: np.ndarray) -> torch.Tensor:
+    """uint8 H×W×3 RGB → float32 3×H×W, ImageNet-normalised on 0–1 values: (x/255 − mean) / std."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"normalize_image expects a uint8 H×W×3 RGB array, got {image.dtype} {image.shape}")
+    chw = np.ascontiguousarray(image.transpose(2, 0, 1))
+    out = np.empty(chw.shape, np.float32)
+    for c in range(3):
+        np.take(_NORMALIZE_LUT[c], chw[c], out=out[c])
+    return torch.from_numpy(out)
+
+
+def denormalize_image(image: torch.Tensor) -> np.ndarray:
+    """Inverse of `normalize_image` (3×H×W tensor) → uint8 H×W×3, for display."""
+    mean = torch.tensor(IMAGENET_MEAN, device=image.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=image.device).view(3, 1, 1)
+    x = (image.detach().float() * std + mean).clamp(0, 1).mul(255).round().byte()
+    return x.permute(1, 2, 0).cpu().numpy()
+
+
+def compose(transforms: Sequence[A.BasicTransform] = (), seed: int | None = None) -> A.Compose:
+    """A joint image/depth/mask/valid pipeline. Compose keeps its own RNG (albumentations 2.x ignores
+    numpy's global seed), hence the explicit seed; data loader workers re-seed it (see datamodule)."""
+    return A.Compose(list(transforms), additional_targets=ADDITIONAL_TARGETS, seed=seed)
+
+
+def to_sample(
+    transform: A.Compose,
+    image: np.ndarray,
+    depth: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+) -> dict[str, torch.Tensor]:
+    """Run the recipe jointly, then normalise: the one place a sample becomes tensors."""
+    data = {"image": image, "valid": np.ones(image.shape[:2], np.uint8)}
+    if depth is not None:
+        data["depth"] = depth.astype(np.float32, copy=False)
+    if mask is not None:
+        data["mask"] = mask
+    out = transform(**data)
+    valid = out["valid"].astype(bool)
+    sample = {"image": normalize_image(out["image"])}
+    if depth is not None:
+        d = np.where(valid, out["depth"], 0.0).astype(np.float32)
+        sample["depth"] = torch.from_numpy(d)[None]
+    if mask is not None:
+        m = out["mask"].astype(np.int64)
+        m[~valid] = IGNORE_INDEX
+        sample["mask"] = torch.from_numpy(m)
+    return sample
+
+
+# --------------------------------------------------------------------------- custom transforms
+
+
+class BottomCenterCrop(BaseCrop):
+    """Crop height×width anchored at the bottom, centred horizontally: KITTI's KB crop (352×1216).
+    A fixed `A.Crop` cannot do it because KITTI frames differ by a few pixels per drive."""
+
+    def __init__(self, height: int, width: int, p: float = 1.0):
+        super().__init__(p=p)
+        self.height, self.width = height, width
+
+    def get_params_dependent_on_data(self, params, data):
+        h, w = params["shape"][:2]
+        if h < self.height or w < self.width:
+            raise ValueError(f"BottomCenterCrop {self.height}×{self.width} needs a larger image, got {h}×{w}")
+        top, left = h - self.height, (w - self.width) // 2
+        return {"crop_coords": (left, top, left + self.width, top + self.height)}
+
+
+class RescaleShortSide(DualTransform):
+    """mmseg `Resize(img_scale=(max_long_side, short_side), ratio_range, keep_ratio=True)`: one
+    ratio r per call, then scale so the short side is ≤ short_side·r and the long side ≤ max_long_side·r
+    (in practice: short side = short_side·r). Images bilinear, targets nearest."""
+
+    def __init__(
+        self,
+        short_side: int = 512,
+        max_long_side: int = 2048,
+        ratio_range: tuple[float, float] = (1.0, 1.0),
+        p: float = 1.0,
+    ):
+        super().__init__(p=p)
+        self.short_side, self.max_long_side = short_side, max_long_side
+        self.ratio_range = tuple(ratio_range)
+
+    def get_params_dependent_on_data(self, params, data):
+        h, w = params["shape"][:2]
+        r = self.py_random.uniform(*self.ratio_range)
+        scale = min(self.short_side * r / min(h, w), self.max_long_side * r / max(h, w))
+        return {"size": (max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5)))}
+
+    def apply(self, img, size, **params):
+        return cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+
+    def apply_to_mask(self, mask, size, **params):
+        return cv2.resize(mask, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+
+
+class CatMaxRatioCrop(BaseCrop):
+    """mmseg `RandomCrop(cat_max_ratio)`: a random crop (no larger than the image; padding comes
+    after), re-drawn up to 10 times while a single class covers ≥ cat_max_ratio of the labelled
+    pixels, so crops of one big wall or sky region are rarer."""
+
+    def __init__(self, height: int, width: int, cat_max_ratio: float = 0.75, p: float = 1.0):
+        super().__init__(p=p)
+        self.height, self.width, self.cat_max_ratio = height, width, cat_max_ratio
+
+    def _draw(self, h: int, w: int) -> tuple[int, int, int, int]:
+        top = self.py_random.randint(0, max(h - self.height, 0))
+        left = self.py_random.randint(0, max(w - self.width, 0))
+        return left, top, min(left + self.width, w), min(top + self.height, h)
+
+    def get_params_dependent_on_data(self, params, data):
+        h, w = params["shape"][:2]
+        coords = self._draw(h, w)
+        labels = data.get("mask")
+        if labels is not None and self.cat_max_ratio < 1.0:
+            for _ in range(10):
+                x0, y0, x1, y1 = coords
+                counts = np.bincount(labels[y0:y1, x0:x1].ravel(), minlength=256)[:IGNORE_INDEX]
+                if np.count_nonzero(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio:
+                    break
+                coords = self._draw(h, w)
+        return {"crop_coords": coords}
+
+
+class GammaBrightnessColor(ImageOnlyTransform):
+    """The BTS / Monocular-Depth-Estimation-Toolbox `ColorAug`, on 0–1 values as BTS does it:
+    x**gamma, × brightness, × one factor per channel, clip. (The toolbox applies the gamma to 0–255
+    values, which mostly saturates the image: not reproduced.)"""
+
+    def __init__(
+        self,
+        gamma: tuple[float, float] = (0.9, 1.1),
+        brightness: tuple[float, float] = (0.9, 1.1),
+        color: tuple[float, float] = (0.9, 1.1),
+        p: float = 0.5,
+    ):
+        super().__init__(p=p)
+        self.gamma, self.brightness, self.color = tuple(gamma), tuple(brightness), tuple(color)
+
+    def get_params(self):
+        return {
+            "gamma": self.py_random.uniform(*self.gamma),
+            "brightness": self.py_random.uniform(*self.brightness),
+            "colors": np.array([self.py_random.uniform(*self.color) for _ in range(3)], np.float32),
+        }
+
+    def apply(self, img, gamma, brightness, colors, **params):
+        x = (img.astype(np.float32) / 255.0) ** gamma * brightness * colors
+        return (np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- recipes
+
+
+def _rotate(degrees: float, p: float = 0.5) -> A.Rotate:
+    # Constant 0 border for every target (`valid` then marks it "no measurement"); black image
+    # corners, as upstream, which rotates before normalising.
+    return A.Rotate(
+        limit=degrees,
+        interpolation=cv2.INTER_LINEAR,
+        mask_interpolation=cv2.INTER_NEAREST,
+        border_mode=cv2.BORDER_CONSTANT,
+        fill=0,
+        fill_mask=0,
+        p=p,
+    )
+
+
+def nyu_train(crop_size: Sequence[int] = (416, 544)) -> list[A.BasicTransform]:
+    """NYU recipe of the official DINOv2 depth configs (Monocular-Depth-Estimation-Toolbox)."""
+    return [
+        # NYUCrop [45:472, 43:608]: drops the white border left by the Kinect RGB/depth registration.
+        A.Crop(x_min=43, y_min=45, x_max=608, y_max=472),
+        _rotate(2.5),
+        A.HorizontalFlip(p=0.5),
+        A.RandomCrop(height=crop_size[0], width=crop_size[1]),
+        GammaBrightnessColor(brightness=(0.75, 1.25), p=0.5),
+    ]
+
+
+def kitti_eval() -> list[A.BasicTransform]:
+    """KB crop: the bottom-centred 352×1216 window where the LiDAR ground truth lives."""
+    return [BottomCenterCrop(352, 1216)]
+
+
+def kitti_train(crop_size: Sequence[int] = (352, 704)) -> list[A.BasicTransform]:
+    """KITTI recipe of the toolbox config used by DINOv2: KB crop, rotate ±2.5°, flip, crop, colour."""
+    return [
+        *kitti_eval(),
+        _rotate(2.5),
+        A.HorizontalFlip(p=0.5),
+        A.RandomCrop(height=crop_size[0], width=crop_size[1]),
+        GammaBrightnessColor(brightness=(0.9, 1.1), p=0.5),
+    ]
+
+
+def photometric_distortion() -> list[A.BasicTransform]:
+    """mmseg PhotoMetricDistortion, each part with p 0.5: brightness ±32, contrast ×0.5–1.5,
+    saturation ×0.5–1.5, hue ±18 (OpenCV's 0–180 hue units, as mmseg). mmseg randomises whether
+    contrast comes before or after the HSV part; the fixed order here is an accepted simplification."""
+    return [
+        A.RandomBrightnessContrast(brightness_limit=32 / 255, contrast_limit=0.0, p=0.5),
+        A.RandomBrightnessContrast(brightness_limit=0.0, contrast_limit=0.5, p=0.5),
+        A.ColorJitter(brightness=(1.0, 1.0), contrast=(1.0, 1.0), saturation=(0.5, 1.5), hue=0.0, p=0.5),
+        A.HueSaturationValue(hue_shift_limit=18, sat_shift_limit=0, val_shift_limit=0, p=0.5),
+    ]
+
+
+def seg_eval(short_side: int | None = 512, max_long_side: int = 2048) -> list[A.BasicTransform]:
+    """mmseg test resize: short side 512 keeping the aspect ratio (None: keep the original size)."""
+    return [] if short_side is None else [RescaleShortSide(short_side, max_long_side)]
+
+
+def seg_train(
+    crop_size: int | Sequence[int] = 512,
+    short_side: int = 512,
+    max_long_side: int = 2048,
+    ratio_range: Sequence[float] = (0.5, 2.0),
+    cat_max_ratio: float = 0.75,
+) -> list[A.BasicTransform]:
+    """ADE20K / VOC linear-probe recipe (mmseg): random rescale, crop, flip, photometric, pad."""
+    ch, cw = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(crop_size)
+    return [
+        RescaleShortSide(short_side, max_long_side, tuple(ratio_range)),
+        CatMaxRatioCrop(ch, cw, cat_max_ratio),
+        A.HorizontalFlip(p=0.5),
+        *photometric_distortion(),
+        # mmseg pads bottom/right; targets get 0 and `valid` turns that into mask 255.
+        A.PadIfNeeded(
+            min_height=ch,
+            min_width=cw,
+            position="top_left",
+            border_mode=cv2.BORDER_CONSTANT,
+            fill=MEAN_FILL,
+            fill_mask=0,
+        ),
+    ]
+
+
+def seg_recipe(
+    augment: bool,
+    crop_size: int | Sequence[int] = 512,
+    short_side: int = 512,
+    max_long_side: int = 2048,
+    ratio_range: Sequence[float] = (0.5, 2.0),
+    cat_max_ratio: float = 0.75,
+    eval_short_side: int | None = 512,
+) -> list[A.BasicTransform]:
+    """The segmentation recipe for a split: `seg_train` when augmenting, else `seg_eval`."""
+    if augment:
+        return seg_train(size_pair(crop_size), short_side, max_long_side, ratio_range, cat_max_ratio)
+    return seg_eval(eval_short_side, max_long_side)
+
+
+def depth_train(crop_size: Sequence[int] | None = None) -> list[A.BasicTransform]:
+    """Generic depth recipe (synthetic scenes, image folders): flip, optional random crop padded
+    with 'no depth' where the image is smaller, BTS colour aug."""
+    crop = []
+    if crop_size is not None:
+        crop = [
+            A.RandomCrop(
+                height=crop_size[0],
+                width=crop_size[1],
+                pad_if_needed=True,
+                pad_position="top_left",
+                border_mode=cv2.BORDER_CONSTANT,
+                fill=MEAN_FILL,
+                fill_mask=0,
+            )
+        ]
+    return [A.HorizontalFlip(p=0.5), *crop, GammaBrightnessColor(brightness=(0.9, 1.1), p=0.5)]
+
+
+def size_pair(size: int | Sequence[int] | None) -> tuple[int, int] | None:
+    """Config convenience: 512 → (512, 512); [416, 544] → (416, 544)."""
+    if size is None:
+        return None
+    if isinstance(size, int | float):
+        return int(size), int(size)
+    h, w = size
+    return int(h), int(w)
+
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "IGNORE_INDEX",
+    "MEAN_FILL",
+    "normalize_image",
+    "denormalize_image",
+    "compose",
+    "to_sample",
+    "BottomCenterCrop",
+    "RescaleShortSide",
+    "CatMaxRatioCrop",
+    "GammaBrightnessColor",
+    "nyu_train",
+    "kitti_train",
+    "kitti_eval",
+    "photometric_distortion",
+    "seg_train",
+    "seg_eval",
+    "seg_recipe",
+    "depth_train",
+    "size_pair",
+]

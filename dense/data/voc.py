@@ -1,0 +1,67 @@
+"""Pascal VOC 2012 segmentation, 21 classes (background + 20).
+
+    root/JPEGImages/<id>.jpg
+    root/SegmentationClass/<id>.png        palette PNGs: pixel values are class indices, 255 = border/ignore
+    root/SegmentationClassAug/<id>.png     optional SBD-augmented labels (grey PNGs, same encoding)
+    root/ImageSets/Segmentation/{train,val}.txt   one id per line (train_aug.txt or aug.txt for use_aug)
+
+(root may also be the folder holding VOC2012 or VOCdevkit/VOC2012.) val and test are both `val`.
+Same mmseg recipe as ADE20K (crop 512).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .base import DatasetError, SegmentationFiles, resolve_root
+
+VOC_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)  # fmt: skip
+LAYOUT = (
+    "VOC2012 with JPEGImages/, SegmentationClass/ (palette PNGs) and ImageSets/Segmentation/{train,val}.txt"
+)
+
+
+def read_id_list(path: Path) -> list[str]:
+    ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise DatasetError(f"{path} is empty; expected one image id per line")
+    return ids
+
+
+class PascalVOC(SegmentationFiles):
+    class_names = VOC_CLASSES
+
+    def __init__(self, root, split: str = "train", use_aug: bool = False, **options):
+        self.use_aug = use_aug  # read by find_items, which the base constructor calls
+        super().__init__(root, split, **options)
+
+    def find_items(self, root, split: str) -> list[tuple[str, Path, Path]]:
+        self.root = resolve_root(root, ("VOC2012", "VOCdevkit/VOC2012"), "JPEGImages", LAYOUT)
+        sets = self.root / "ImageSets" / "Segmentation"
+        if split == "train" and self.use_aug:
+            # mmseg's tools/convert_datasets/voc_aug.py writes aug.txt; other tools write train_aug.txt
+            candidates = [sets / "train_aug.txt", sets / "aug.txt"]
+            list_file = next((p for p in candidates if p.is_file()), None)
+            if list_file is None:
+                raise DatasetError(
+                    f"{candidates[0]} (or aug.txt) is missing; use_aug needs the SBD-augmented id list"
+                )
+            label_dir = self.root / "SegmentationClassAug"
+        else:
+            list_file = sets / ("train.txt" if split == "train" else "val.txt")
+            if not list_file.is_file():
+                raise DatasetError(f"{list_file} is missing; expected {LAYOUT}")
+            label_dir = self.root / "SegmentationClass"
+        if not label_dir.is_dir():
+            raise DatasetError(f"{label_dir} does not exist; expected {LAYOUT}")
+        items = [
+            (i, self.root / "JPEGImages" / f"{i}.jpg", label_dir / f"{i}.png")
+            for i in read_id_list(list_file)
+        ]
+        missing = [p for _, image, label in items for p in (image, label) if not p.is_file()]
+        if missing:
+            raise DatasetError(f"{list_file} names {len(missing)} files that do not exist, e.g. {missing[0]}")
+        return items
