@@ -11,7 +11,6 @@ A checkpoint is a Lightning checkpoint (a plain dict, loadable with weights_only
 from __future__ import annotations
 
 import os
-import tempfile
 
 import torch
 
@@ -88,23 +87,17 @@ def load_model(path: str | os.PathLike, backbone_weights: str | os.PathLike | No
         )
     import heads
 
-    heads.load_released_head(model.head, checkpoint, prefix=HEAD_PREFIX)
+    heads.load_released_head(model.head, checkpoint, prefix=HEAD_PREFIX, name=path)
     return model.eval()
 
 
 def atomic_save(obj, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, then rename: a crash never leaves half a file."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".ckpt", dir=directory)
-    try:
-        with os.fdopen(handle, "wb") as f:
+    """torch.save through a temporary file renamed into place (fsync'd first): a crash never leaves
+    half a checkpoint under the final name."""
+    from dense.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

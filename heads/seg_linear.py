@@ -35,6 +35,7 @@ class LinearSegHead(nn.Module):
         self.bn = nn.BatchNorm2d(channels)
         # mmseg applies Dropout2d before conv_seg when dropout_ratio > 0.
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.num_classes = num_classes
         self.conv_seg = nn.Conv2d(channels, num_classes, kernel_size=1)
         # mmseg's decode-head init (Normal std 0.01 on conv_seg): starts near uniform class scores.
         nn.init.normal_(self.conv_seg.weight, std=0.01)

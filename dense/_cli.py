@@ -1,0 +1,117 @@
+"""Helpers shared by the entry scripts (train.py, eval.py): one-line errors, plain configs, set-up.
+
+A user who mistypes an option should read one line that names it, not a traceback from deep inside
+Lightning. The scripts therefore run in two phases:
+- set-up (config checks, building the data, model, callbacks and Trainer) runs inside
+  `setup_errors()`: every ValueError/TypeError/KeyError/ImportError raised there, by our code,
+  Hydra's instantiate or Lightning's argument checks, is a configuration mistake;
+- the run itself (fit/test) lets real bugs keep their traceback; only `DenseError`s (our errors
+  meant for users: a corrupt image, a bad checkpoint) are printed as one line there.
+Either way the exit status is EXIT_USAGE (2), as predict.py.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from dense.errors import DenseError
+
+EXIT_USAGE = 2
+# Where the repository (train.py, configs/) lies: `paths.root_dir` reads it from this variable.
+ROOT_ENV = "DENSE_ROOT"
+
+
+class ConfigError(DenseError, ValueError):
+    """A run configuration that cannot work (the message names the key and what it should be)."""
+
+
+def set_root_dir(script: str) -> None:
+    """Let `paths.root_dir` (configs/paths/default.yaml) default to the folder of the entry script."""
+    os.environ.setdefault(ROOT_ENV, str(Path(script).resolve().parent))
+
+
+def single_log_stream() -> None:
+    """Lightning adds its own console handler and also propagates to the root logger that Hydra sets
+    up (console + <run>/<job>.log): every message would be printed twice. Keep Hydra's."""
+    import logging
+
+    import lightning.pytorch  # noqa: F401  (importing it is what adds the handler)
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler:
+                logger.removeHandler(handler)
+        logger.propagate = True
+
+
+def plain(config: Any) -> Any:
+    """OmegaConf → plain dicts/lists (resolved); anything else unchanged. Checkpoints store only plain
+    containers, so that they load with torch.load(weights_only=True)."""
+    if isinstance(config, DictConfig | ListConfig):
+        return OmegaConf.to_container(config, resolve=True)
+    return config
+
+
+def one_line(error: BaseException) -> str:
+    """A single line for an exception: Hydra's InstantiationException is unwrapped to its cause,
+    prefixed with the config key that failed (e.g. `trainer: Precision 'bf17' is invalid ...`)."""
+    from hydra.errors import InstantiationException
+
+    prefix = ""
+    if isinstance(error, InstantiationException):
+        text = str(error)
+        if "full_key:" in text:
+            prefix = text.rsplit("full_key:", 1)[1].strip() + ": "
+        while isinstance(error, InstantiationException) and error.__cause__ is not None:
+            error = error.__cause__
+    message = str(error).strip() or type(error).__name__
+    if isinstance(error, KeyError | ImportError | TypeError) and not isinstance(error, DenseError):
+        message = f"{type(error).__name__}: {message}"
+    return prefix + " ".join(message.split())
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_USAGE)
+
+
+@contextmanager
+def setup_errors() -> Iterator[None]:
+    """Configuration mistakes found while setting a run up → one line on stderr, exit status 2."""
+    from hydra.errors import InstantiationException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        yield
+    except (
+        DenseError,
+        ValueError,
+        TypeError,
+        KeyError,
+        ImportError,
+        InstantiationException,
+        OmegaConfBaseException,
+    ) as error:
+        fail(one_line(error))
+
+
+def run(function: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """Call an entry point, printing DenseErrors (meant for users) as one line instead of a traceback."""
+    single_log_stream()
+    try:
+        return function(cfg)
+    except DenseError as error:
+        fail(one_line(error))
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)

@@ -1,0 +1,125 @@
+"""Reading any image a user points at, and writing result files so that none is ever left half-written.
+
+`read_image` is the one place where "whatever PIL can open" becomes the uint8 H×W×3 RGB array the
+pipeline starts from: EXIF orientation applied, and every mode (grey, 16-bit, RGBA, palette, CMYK, …)
+converted explicitly, because PIL's own `convert("RGB")` clips 16-bit images to white and drops alpha
+onto whatever colours happen to sit under transparent pixels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from dense.data.base import IMAGE_SUFFIXES
+from dense.data.transforms import MEAN_FILL
+from dense.errors import DenseError
+
+# More than the datasets read: predict.py takes whatever people have lying around.
+INPUT_SUFFIXES = tuple(sorted({*IMAGE_SUFFIXES, ".gif", ".jp2", ".ppm", ".pgm", ".pbm", ".tga"}))
+
+
+class ImageReadError(DenseError):
+    """An input image that cannot be used; the message names the file and the reason."""
+
+
+def list_images(path: str | os.PathLike) -> list[Path]:
+    """[path] for a file; a folder's image files (by suffix, sorted, hidden files skipped, not recursive)."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        return sorted(
+            p
+            for p in path.iterdir()
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in INPUT_SUFFIXES
+        )
+    raise ImageReadError(f"input {path} does not exist (expected an image file or a folder of images)")
+
+
+def to_rgb(im: Image.Image) -> np.ndarray:
+    """A PIL image in any mode → uint8 H×W×3 RGB."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        values = np.asarray(im).astype(np.float64)
+        # 16-bit images use the full 0–65535 range; a float image in 0–1 is already normalised.
+        full_scale = 1.0 if im.mode == "F" and values.max(initial=0) <= 1.0 else 65535.0
+        grey = np.clip(np.rint(values * (255.0 / full_scale)), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        # Transparent pixels become the ImageNet mean colour: zero after normalisation, i.e. exactly
+        # what the model sees where DenseModel pads, rather than arbitrary hidden colours.
+        background = Image.new("RGBA", im.size, (*MEAN_FILL, 255))
+        im = Image.alpha_composite(background, im.convert("RGBA"))
+    if im.mode != "RGB":
+        im = im.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV: PIL's conversions are right for these
+    return np.asarray(im)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Any image file PIL can open → uint8 H×W×3 RGB, EXIF orientation applied. Multi-frame files
+    (GIF, TIFF) give their first frame. Raises ImageReadError naming the file and the reason."""
+    path = os.fspath(path)
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode now, so a truncated file fails here and not half-way through later
+            im = ImageOps.exif_transpose(im)
+            return to_rgb(im)
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: no such file") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{path}: not an image file PIL can read (unknown or corrupt format)") from None
+    except Image.DecompressionBombError as e:  # over ~179 megapixels: PIL's guard against zip bombs
+        raise ImageReadError(f"{path}: {e}") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ImageReadError(f"{path}: cannot decode ({reason}); the file is truncated or corrupt") from None
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+# Read once: os.umask can only be read by setting it.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """Yields a temporary path in the destination's folder; renamed onto `path` only when the block
+    finishes, removed if it fails. Readers never see a half-written file, and an interrupted run
+    leaves no partial output (os.replace is atomic on one filesystem)."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    # Keep the real suffix: PIL and numpy pick the format from it.
+    handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=directory)
+    os.close(handle)
+    try:
+        yield tmp
+        # mkstemp creates the file private (0600); results should get the usual permissions.
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def save_png(array: np.ndarray, path: str | os.PathLike) -> None:
+    """uint8 H×W×3 (colour), uint8 H×W or uint16 H×W (single channel, 16-bit kept) → PNG, atomically."""
+    if array.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"PNG data must be uint8 or uint16, got {array.dtype}")
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
+
+
+def save_npy(array: np.ndarray, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        np.save(tmp, array, allow_pickle=False)

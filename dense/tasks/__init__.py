@@ -1,0 +1,53 @@
+"""LightningModules that train a DenseModel's head: DepthTask and SegmentationTask.
+
+`build_task(model, datamodule, **task_config)` picks the class from the model's task and takes what
+the metrics need (depth range and crop, classes, ignore index) from the datamodule.
+"""
+
+from __future__ import annotations
+
+from dense.model import DenseModel
+from dense.tasks.base import AtomicCheckpointIO, DenseTask, lr_schedule
+from dense.tasks.depth import DepthTask
+from dense.tasks.segmentation import SegmentationTask
+
+TASKS: dict[str, type[DenseTask]] = {"depth": DepthTask, "segmentation": SegmentationTask}
+
+
+def build_task(
+    model: DenseModel,
+    datamodule,
+    *,
+    depth_loss=None,
+    seg_loss=None,
+    **common,
+) -> DenseTask:
+    """The LightningModule for `model`'s task. `depth_loss` / `seg_loss`: the loss options of each
+    task (the other one is ignored); `common`: DenseTask's options (optimizer, scheduler, test_*, config)."""
+    if model.task == "depth":
+        return DepthTask(
+            model,
+            loss=depth_loss,
+            min_depth=datamodule.min_depth,
+            max_depth=datamodule.max_depth,
+            crop=datamodule.eval_crop,
+            **common,
+        )
+    return SegmentationTask(
+        model,
+        loss=seg_loss,
+        ignore_index=datamodule.ignore_index,
+        class_names=datamodule.class_names,
+        **common,
+    )
+
+
+__all__ = [
+    "TASKS",
+    "AtomicCheckpointIO",
+    "DenseTask",
+    "DepthTask",
+    "SegmentationTask",
+    "build_task",
+    "lr_schedule",
+]

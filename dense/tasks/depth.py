@@ -1,0 +1,55 @@
+"""DepthTask: SigLoss + GradientLoss training, the depth metrics of the literature for evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from dense._cli import plain
+from dense.losses import DepthLoss
+from dense.metrics import DepthMetrics
+from dense.model import DenseModel
+from dense.tasks.base import DenseTask
+
+
+class DepthTask(DenseTask):
+    """Trains a depth head (metres).
+
+    loss: DepthLoss options (sig_weight, grad_weight, warm_up, warm_iter, valid_mask, max_depth, eps);
+        the loss ignores ground truth above the evaluation range unless `loss.max_depth` says otherwise.
+    min_depth / max_depth / crop: the evaluation range and crop ("eigen" NYU, "garg" KITTI, None) of
+        DepthMetrics; the datamodule knows them for its dataset.
+    Logs train/loss, train/loss_sig, train/loss_grad; val/* and test/*: a1 a2 a3 abs_rel sq_rel rmse
+    rmse_log log10 silog n_images n_skipped.
+    """
+
+    task = "depth"
+    main_metric = "val/rmse"
+    main_metric_mode = "min"
+    default_decay = "cosine"
+
+    def __init__(
+        self,
+        model: DenseModel,
+        *,
+        loss: Mapping | None = None,
+        min_depth: float = 1e-3,
+        max_depth: float = 10.0,
+        crop: str | None = None,
+        **common,
+    ):
+        super().__init__(model, **common)
+        loss = {"max_depth": max_depth, **(plain(loss) or {})}
+        # A submodule, so the SigLoss warm-up counter is saved with the checkpoint and resumes exactly.
+        self.loss = DepthLoss(**loss)
+        self.val_metrics = DepthMetrics(min_depth, max_depth, crop)
+        self.test_metrics = DepthMetrics(min_depth, max_depth, crop)
+        self.hparams.update(loss=loss, metrics={"min_depth": min_depth, "max_depth": max_depth, "crop": crop})
+
+    def target(self, batch: dict) -> torch.Tensor:
+        return batch["depth"]
+
+    def compute_loss(self, prediction: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
+        # Under bf16 autocast the head answers in bf16; logs and ratios of depths want fp32.
+        return self.loss(prediction.float(), batch["depth"].float())

@@ -1,0 +1,464 @@
+"""Pictures of predictions: depth and error colour maps, class palettes, overlays, comparison figures
+and the PCA picture of backbone features. Used by predict.py and the notebooks alike.
+
+Everything returns plain uint8 H×W×3 RGB arrays (or a matplotlib Figure), so a picture can be saved
+with PIL, shown with imshow, or tested pixel by pixel. Inputs may be numpy arrays or tensors.
+"""
+
+from __future__ import annotations
+
+import colorsys
+from collections.abc import Sequence
+
+import matplotlib
+import numpy as np
+import torch
+
+from dense.data.transforms import IGNORE_INDEX, denormalize_image
+
+# magma reversed: near is bright, far is dark, and lightness changes monotonically with depth, so the
+# picture reads correctly in greyscale and for colour-blind viewers (DINOv2's own notebooks use it).
+DEPTH_CMAP = "magma_r"
+ERROR_CMAP = "inferno"
+# Mid grey for pixels without a value (depth 0 / NaN / inf): a neutral colour that none of magma,
+# inferno, turbo or viridis contains (each is at least 80 RGB units away from it).
+INVALID_COLOR = (128, 128, 128)
+# Ignored label pixels (255): Pascal VOC's own colour for its "void" border.
+IGNORE_COLOR = (224, 224, 192)
+WRONG_COLOR = (255, 0, 0)
+
+__all__ = [
+    "ADE20K_PALETTE",
+    "DEPTH_CMAP",
+    "INVALID_COLOR",
+    "add_colorbar",
+    "colorize",
+    "colorize_depth",
+    "colorize_labels",
+    "compare_figure",
+    "denormalize_image",
+    "depth_range",
+    "generic_palette",
+    "get_palette",
+    "label_error_map",
+    "overlay_labels",
+    "pca_rgb",
+    "to_rgb_image",
+    "voc_palette",
+]
+
+
+# --------------------------------------------------------------------------- input conversion
+
+
+def _numpy(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().float().cpu().numpy() if x.is_floating_point() else x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _plane(x, what: str) -> np.ndarray:
+    """H×W from H×W, 1×H×W or 1×1×H×W (one image's depth or labels)."""
+    a = _numpy(x)
+    while a.ndim > 2 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim != 2:
+        raise ValueError(f"{what} must be H×W (or 1×H×W), got shape {a.shape}")
+    return a
+
+
+def to_rgb_image(image) -> np.ndarray:
+    """uint8 H×W×3 for display: passes uint8 H×W×3 through, denormalises an ImageNet-normalised
+    3×H×W tensor (what datasets and the model see)."""
+    if isinstance(image, torch.Tensor):
+        if image.ndim == 4 and image.shape[0] == 1:
+            image = image[0]
+        if image.ndim != 3 or image.shape[0] != 3 or not image.is_floating_point():
+            raise ValueError(f"expected a normalised 3×H×W image tensor, got shape {tuple(image.shape)}")
+        return denormalize_image(image)
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(
+            f"expected a uint8 H×W×3 array or a normalised 3×H×W tensor, got {image.dtype} {image.shape}"
+        )
+    return image
+
+
+# --------------------------------------------------------------------------- continuous values
+
+
+def _lut(cmap: str) -> np.ndarray:
+    """256×3 uint8 table of a matplotlib colour map: indexing a table is all colouring needs."""
+    try:
+        colormap = matplotlib.colormaps[cmap]
+    except KeyError:
+        raise ValueError(
+            f"unknown colour map {cmap!r}; e.g. 'magma_r', 'magma', 'turbo', 'inferno'"
+        ) from None
+    return (colormap(np.linspace(0.0, 1.0, 256))[:, :3] * 255 + 0.5).astype(np.uint8)
+
+
+def depth_range(depth, valid=None) -> tuple[float, float]:
+    """(min, max) of the valid pixels (finite and > 0 unless `valid` says otherwise); (0, 1) if none."""
+    d = _numpy(depth).astype(np.float64)
+    valid = _depth_valid(d) if valid is None else _numpy(valid).astype(bool)
+    if not valid.any():
+        return 0.0, 1.0
+    return float(d[valid].min()), float(d[valid].max())
+
+
+def _depth_valid(d: np.ndarray) -> np.ndarray:
+    return np.isfinite(d) & (d > 0)
+
+
+def colorize(
+    values,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    cmap: str = DEPTH_CMAP,
+    valid=None,
+    invalid_color: Sequence[int] = INVALID_COLOR,
+) -> np.ndarray:
+    """H×W values → uint8 H×W×3 through `cmap`; vmin/vmax default to the valid pixels' range.
+
+    valid: H×W bool (default: finite values). Pixels outside it get `invalid_color`. Values outside
+    [vmin, vmax] take the end colours.
+    """
+    v = _plane(values, "values").astype(np.float64)
+    valid = np.isfinite(v) if valid is None else (_plane(valid, "valid").astype(bool) & np.isfinite(v))
+    low, high = depth_range(v, valid)
+    vmin = low if vmin is None else float(vmin)
+    vmax = high if vmax is None else float(vmax)
+    scale = 255.0 / (vmax - vmin) if vmax > vmin else 0.0
+    index = np.zeros(v.shape, np.int64)
+    index[valid] = np.clip(np.rint((v[valid] - vmin) * scale), 0, 255).astype(np.int64)
+    rgb = _lut(cmap)[index]
+    rgb[~valid] = invalid_color
+    return rgb
+
+
+def colorize_depth(
+    depth,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    cmap: str = DEPTH_CMAP,
+    invalid_color: Sequence[int] = INVALID_COLOR,
+) -> np.ndarray:
+    """Depth (H×W or 1×H×W, metres) → uint8 H×W×3. Depth 0, negative, NaN or inf means "no value"
+    (what datasets store for missing measurements) and is drawn in `invalid_color`.
+
+    vmin/vmax: a fixed range (e.g. the model's min/max depth, to compare images); None = this image's.
+    """
+    d = _plane(depth, "depth").astype(np.float64)
+    return colorize(d, vmin, vmax, cmap, valid=_depth_valid(d), invalid_color=invalid_color)
+
+
+def add_colorbar(
+    image: np.ndarray, vmin: float, vmax: float, cmap: str = DEPTH_CMAP, label: str = "m"
+) -> np.ndarray:
+    """The uint8 H×W×3 picture with a labelled colour bar drawn to its right (same height)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colorbar import ColorbarBase
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    height = image.shape[0]
+    dpi = 100
+    # Text scales with the picture so the bar stays readable on both thumbnails and photos; the strip
+    # is sized in font heights (points → pixels) so that tick labels and the title always fit.
+    font = float(np.clip(height / 28, 5, 28))
+    em = font * dpi / 72
+    width = int(round(6.2 * em))
+    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi, facecolor="white")
+    FigureCanvasAgg(fig)
+    margin = 0.7 * em / height  # half a label above the top tick and below the bottom one
+    ax = fig.add_axes((0.6 * em / width, margin, 1.3 * em / width, 1 - 2 * margin))
+    bar = ColorbarBase(ax, cmap=matplotlib.colormaps[cmap], norm=Normalize(vmin, vmax))
+    bar.ax.tick_params(labelsize=font)
+    bar.set_label(label, fontsize=font)
+    fig.canvas.draw()
+    strip = np.asarray(fig.canvas.buffer_rgba())[..., :3]
+    strip = strip[:height]  # rounding of the figure size can add a row
+    if strip.shape[0] < height:
+        strip = np.pad(strip, ((0, height - strip.shape[0]), (0, 0), (0, 0)), constant_values=255)
+    return np.concatenate([image, strip], axis=1)
+
+
+# --------------------------------------------------------------------------- class palettes
+
+
+def voc_palette(num_classes: int = 256) -> np.ndarray:
+    """Pascal VOC's palette (its label PNGs use it): the bits of the class id spread over R, G and B,
+    most significant first. Class 1 (aeroplane) is (128, 0, 0), 15 (person) (192, 128, 128)."""
+    palette = np.zeros((num_classes, 3), np.uint8)
+    for k in range(num_classes):
+        r = g = b = 0
+        c = k
+        for shift in range(7, -1, -1):
+            r |= (c & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        palette[k] = (r, g, b)
+    return palette
+
+
+# mmsegmentation's ADE20K palette (ADE20KDataset), the colours every ADE20K result is shown in;
+# row k is class k after reduce_zero_label (0 = wall, 2 = sky, 12 = person).
+ADE20K_PALETTE = np.array([
+    [120, 120, 120], [180, 120, 120], [6, 230, 230], [80, 50, 50], [4, 200, 3], [120, 120, 80],
+    [140, 140, 140], [204, 5, 255], [230, 230, 230], [4, 250, 7], [224, 5, 255], [235, 255, 7],
+    [150, 5, 61], [120, 120, 70], [8, 255, 51], [255, 6, 82], [143, 255, 140], [204, 255, 4],
+    [255, 51, 7], [204, 70, 3], [0, 102, 200], [61, 230, 250], [255, 6, 51], [11, 102, 255],
+    [255, 7, 71], [255, 9, 224], [9, 7, 230], [220, 220, 220], [255, 9, 92], [112, 9, 255],
+    [8, 255, 214], [7, 255, 224], [255, 184, 6], [10, 255, 71], [255, 41, 10], [7, 255, 255],
+    [224, 255, 8], [102, 8, 255], [255, 61, 6], [255, 194, 7], [255, 122, 8], [0, 255, 20],
+    [255, 8, 41], [255, 5, 153], [6, 51, 255], [235, 12, 255], [160, 150, 20], [0, 163, 255],
+    [140, 140, 140], [250, 10, 15], [20, 255, 0], [31, 255, 0], [255, 31, 0], [255, 224, 0],
+    [153, 255, 0], [0, 0, 255], [255, 71, 0], [0, 235, 255], [0, 173, 255], [31, 0, 255],
+    [11, 200, 200], [255, 82, 0], [0, 255, 245], [0, 61, 255], [0, 255, 112], [0, 255, 133],
+    [255, 0, 0], [255, 163, 0], [255, 102, 0], [194, 255, 0], [0, 143, 255], [51, 255, 0],
+    [0, 82, 255], [0, 255, 41], [0, 255, 173], [10, 0, 255], [173, 255, 0], [0, 255, 153],
+    [255, 92, 0], [255, 0, 255], [255, 0, 245], [255, 0, 102], [255, 173, 0], [255, 0, 20],
+    [255, 184, 184], [0, 31, 255], [0, 255, 61], [0, 71, 255], [255, 0, 204], [0, 255, 194],
+    [0, 255, 82], [0, 10, 255], [0, 112, 255], [51, 0, 255], [0, 194, 255], [0, 122, 255],
+    [0, 255, 163], [255, 153, 0], [0, 255, 10], [255, 112, 0], [143, 255, 0], [82, 0, 255],
+    [163, 255, 0], [255, 235, 0], [8, 184, 170], [133, 0, 255], [0, 255, 92], [184, 0, 255],
+    [255, 0, 31], [0, 184, 255], [0, 214, 255], [255, 0, 112], [92, 255, 0], [0, 224, 255],
+    [112, 224, 255], [70, 184, 160], [163, 0, 255], [153, 0, 255], [71, 255, 0], [255, 0, 163],
+    [255, 204, 0], [255, 0, 143], [0, 255, 235], [133, 255, 0], [255, 0, 235], [245, 0, 255],
+    [255, 0, 122], [255, 245, 0], [10, 190, 212], [214, 255, 0], [0, 204, 255], [20, 0, 255],
+    [255, 255, 0], [0, 153, 255], [0, 41, 255], [0, 255, 204], [41, 0, 255], [41, 255, 0],
+    [173, 0, 255], [0, 245, 255], [71, 0, 255], [122, 0, 255], [0, 255, 184], [0, 92, 255],
+    [184, 255, 0], [0, 133, 255], [255, 214, 0], [25, 194, 194], [102, 255, 0], [92, 0, 255],
+], dtype=np.uint8)  # fmt: skip
+
+
+def generic_palette(num_classes: int) -> np.ndarray:
+    """Distinct colours for any number of classes: hues stepped by the golden ratio (neighbouring ids
+    land far apart on the colour wheel), saturation and brightness alternating in a short cycle."""
+    palette = np.zeros((num_classes, 3), np.uint8)
+    for k in range(num_classes):
+        hue = (k * 0.618033988749895) % 1.0
+        saturation = (0.85, 0.55, 1.0)[k % 3]
+        value = (0.95, 0.75, 0.55)[(k // 3) % 3]
+        palette[k] = [round(255 * c) for c in colorsys.hsv_to_rgb(hue, saturation, value)]
+    return palette
+
+
+PALETTES = ("auto", "ade20k", "voc", "generic")
+
+
+def get_palette(num_classes: int, name: str = "auto") -> np.ndarray:
+    """num_classes×3 uint8. "auto": ADE20K's for 150 classes, VOC's for 21, the generic one otherwise."""
+    if name == "auto":
+        name = {150: "ade20k", 21: "voc"}.get(num_classes, "generic")
+    if name == "ade20k":
+        if num_classes > len(ADE20K_PALETTE):
+            raise ValueError(f"the ADE20K palette has 150 colours, not {num_classes}; use palette=generic")
+        return ADE20K_PALETTE[:num_classes].copy()
+    if name == "voc":
+        if num_classes > 256:
+            raise ValueError(f"the VOC palette has 256 colours, not {num_classes}; use palette=generic")
+        return voc_palette(num_classes)
+    if name == "generic":
+        return generic_palette(num_classes)
+    raise ValueError(f"unknown palette {name!r}; one of {PALETTES}")
+
+
+def colorize_labels(
+    labels,
+    palette: np.ndarray,
+    ignore_index: int | None = IGNORE_INDEX,
+    ignore_color: Sequence[int] = IGNORE_COLOR,
+) -> np.ndarray:
+    """Class ids (H×W) → uint8 H×W×3 through `palette` (K×3); `ignore_index` pixels get ignore_color."""
+    ids = _plane(labels, "labels").astype(np.int64)
+    ignored = ids == ignore_index if ignore_index is not None else np.zeros(ids.shape, bool)
+    known = ids[~ignored]
+    if known.size and (known.min() < 0 or known.max() >= len(palette)):
+        raise ValueError(
+            f"class ids range over [{known.min()}, {known.max()}] but the palette has {len(palette)} colours"
+        )
+    rgb = np.asarray(palette, np.uint8)[np.where(ignored, 0, ids)]
+    rgb[ignored] = ignore_color
+    return rgb
+
+
+def overlay_labels(
+    image,
+    labels,
+    palette: np.ndarray,
+    alpha: float = 0.5,
+    ignore_index: int | None = IGNORE_INDEX,
+) -> np.ndarray:
+    """The image with class colours blended in at `alpha` (0 = image only, 1 = colours only); ignored
+    pixels show the image unchanged."""
+    rgb = to_rgb_image(image)
+    colors = colorize_labels(labels, palette, ignore_index)
+    if colors.shape != rgb.shape:
+        raise ValueError(f"labels are {colors.shape[:2]} but the image is {rgb.shape[:2]}")
+    blend = (1.0 - alpha) * rgb.astype(np.float32) + alpha * colors.astype(np.float32)
+    if ignore_index is not None:
+        ignored = _plane(labels, "labels") == ignore_index
+        blend[ignored] = rgb[ignored]
+    return (blend + 0.5).astype(np.uint8)
+
+
+def label_error_map(
+    image, prediction, target, ignore_index: int | None = IGNORE_INDEX
+) -> tuple[np.ndarray, float]:
+    """(picture, accuracy): wrong pixels red over a dimmed image, ignored ones grey; accuracy over the
+    labelled pixels."""
+    pred, gt = _plane(prediction, "prediction"), _plane(target, "target")
+    labelled = gt != ignore_index if ignore_index is not None else np.ones(gt.shape, bool)
+    wrong = labelled & (pred != gt)
+    picture = (to_rgb_image(image).astype(np.float32) * 0.35).astype(np.uint8)
+    picture[wrong] = WRONG_COLOR
+    picture[~labelled] = INVALID_COLOR
+    accuracy = 1.0 - wrong.sum() / max(int(labelled.sum()), 1)
+    return picture, float(accuracy)
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _rows(x) -> list | None:
+    """One item per figure row: a list or tuple is several rows, anything else one."""
+    if x is None:
+        return None
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def compare_figure(
+    image,
+    prediction,
+    target=None,
+    *,
+    task: str = "depth",
+    vmin: float | None = None,
+    vmax: float | None = None,
+    cmap: str = DEPTH_CMAP,
+    palette: np.ndarray | None = None,
+    ignore_index: int | None = IGNORE_INDEX,
+    titles: Sequence[str] | None = None,
+    panel_size: float = 3.2,
+):
+    """A matplotlib Figure, one row per image: image | prediction | ground truth | error.
+
+    image: uint8 H×W×3 or a normalised 3×H×W tensor; prediction / target: depth H×W (metres) or class
+    ids H×W. Pass lists for several rows. Without a target only image | prediction are drawn.
+    Depth: prediction and ground truth share one range and a colour bar (vmin/vmax, default the
+    ground truth's valid range, else the prediction's); the error is |prediction − truth| in metres
+    where the truth is valid. Segmentation: palette colours (default: get_palette for the largest id
+    of all rows, so a class has one colour throughout) and the wrong pixels in red.
+    """
+    import matplotlib.pyplot as plt
+
+    if task not in ("depth", "segmentation"):
+        raise ValueError(f"task must be 'depth' or 'segmentation', got {task!r}")
+    images, predictions, targets = _rows(image), _rows(prediction), _rows(target)
+    if len(predictions) != len(images) or (targets is not None and len(targets) != len(images)):
+        raise ValueError("image, prediction and target need the same number of items")
+    if task == "segmentation" and palette is None:
+        labelled = [_plane(x, "labels") for x in predictions + (targets or [])]
+        largest = max(int(x[x != ignore_index].max(initial=0)) for x in labelled)
+        palette = get_palette(largest + 1)
+    columns = 2 if targets is None else 4
+    fig, axes = plt.subplots(
+        len(images), columns, figsize=(panel_size * columns + 1.2, panel_size * len(images)), squeeze=False
+    )
+    for row, (img, pred) in enumerate(zip(images, predictions)):
+        gt = targets[row] if targets is not None else None
+        ax = axes[row]
+        ax[0].imshow(to_rgb_image(img))
+        ax[0].set_title(titles[row] if titles else "image")
+        if task == "depth":
+            _depth_row(fig, ax, _plane(pred, "prediction"), gt, vmin, vmax, cmap)
+        else:
+            _segmentation_row(ax, img, _plane(pred, "prediction"), gt, palette, ignore_index)
+        for a in ax:
+            a.set_axis_off()
+    return fig
+
+
+def _depth_row(fig, ax, pred: np.ndarray, gt, vmin, vmax, cmap: str) -> None:
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    gt = _plane(gt, "target") if gt is not None else None
+    low, high = depth_range(gt if gt is not None and _depth_valid(gt).any() else pred)
+    low, high = (low if vmin is None else vmin), (high if vmax is None else vmax)
+    ax[1].imshow(colorize_depth(pred, low, high, cmap))
+    ax[1].set_title("predicted depth")
+    bar = ScalarMappable(Normalize(low, high), matplotlib.colormaps[cmap])
+    if gt is None:
+        fig.colorbar(bar, ax=ax[1], fraction=0.046, pad=0.02, label="depth (m)")
+        return
+    ax[2].imshow(colorize_depth(gt, low, high, cmap))
+    ax[2].set_title("ground truth")
+    fig.colorbar(bar, ax=ax[1:3].tolist(), fraction=0.046, pad=0.02, label="depth (m)")
+    valid = _depth_valid(gt)
+    error = np.abs(pred - gt)
+    # The 99th percentile, not the maximum: a few pixels at depth edges would darken everything else.
+    error_high = float(np.percentile(error[valid], 99)) if valid.any() else 1.0
+    mean = float(error[valid].mean()) if valid.any() else float("nan")
+    ax[3].imshow(colorize(error, 0.0, error_high, ERROR_CMAP, valid=valid))
+    ax[3].set_title(f"|error| (mean {mean:.2f} m)")
+    error_bar = ScalarMappable(Normalize(0.0, error_high), matplotlib.colormaps[ERROR_CMAP])
+    fig.colorbar(error_bar, ax=ax[3], fraction=0.046, pad=0.02, label="m")
+
+
+def _segmentation_row(ax, image, pred: np.ndarray, gt, palette: np.ndarray, ignore_index) -> None:
+    ax[1].imshow(colorize_labels(pred, palette, ignore_index))
+    ax[1].set_title("predicted classes")
+    if gt is None:
+        return
+    ax[2].imshow(colorize_labels(gt, palette, ignore_index))
+    ax[2].set_title("ground truth")
+    picture, accuracy = label_error_map(image, pred, gt, ignore_index)
+    ax[3].imshow(picture)
+    ax[3].set_title(f"errors (pixel acc. {100 * accuracy:.1f}%)")
+
+
+# --------------------------------------------------------------------------- features
+
+
+def pca_rgb(features, size: tuple[int, int] | None = None, quantile: float = 0.01) -> np.ndarray:
+    """First three principal components of patch features as RGB: the DINOv2 picture.
+
+    features: D×h×w or B×D×h×w (e.g. `model.extract_features(padded).patches[-1]`). With a batch
+    the components are fitted on all images together, so a colour means the same thing in each.
+    size: (H, W) to upsample to (bilinear), e.g. the padded image size; default the patch grid.
+    Each component is stretched between its `quantile` and 1 − `quantile` values (a few extreme
+    patches would otherwise wash the picture out). Returns uint8 h×w×3 (or B×h×w×3).
+    """
+    x = (
+        features.detach().float().cpu()
+        if isinstance(features, torch.Tensor)
+        else torch.as_tensor(features).float()
+    )
+    single = x.ndim == 3
+    if single:
+        x = x[None]
+    if x.ndim != 4:
+        raise ValueError(f"features must be D×h×w or B×D×h×w, got shape {tuple(x.shape)}")
+    B, D, h, w = x.shape
+    if D < 3:
+        raise ValueError(f"PCA to 3 components needs at least 3 feature channels, got {D}")
+    rows = x.permute(0, 2, 3, 1).reshape(-1, D).double()
+    rows = rows - rows.mean(0)
+    # The covariance is only D×D, and eigh is deterministic (unlike randomised low-rank PCA).
+    _, vectors = torch.linalg.eigh(rows.T @ rows)
+    components = vectors[:, -3:].flip(1)  # eigh sorts ascending; the largest first
+    # An eigenvector's sign is arbitrary: make its largest entry positive so colours are reproducible.
+    signs = torch.sign(components.gather(0, components.abs().argmax(0, keepdim=True)))
+    projected = rows @ (components * signs)
+    low = torch.quantile(projected, quantile, dim=0)
+    high = torch.quantile(projected, 1.0 - quantile, dim=0)
+    rgb = ((projected - low) / (high - low).clamp_min(1e-12)).clamp(0, 1)
+    rgb = rgb.reshape(B, h, w, 3).permute(0, 3, 1, 2).float()
+    if size is not None:
+        rgb = torch.nn.functional.interpolate(rgb, size=tuple(size), mode="bilinear", align_corners=False)
+    out = (rgb.permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
+    return out[0] if single else out

@@ -1,0 +1,104 @@
+"""Evaluate a checkpoint written by train.py on a data split and print the metric table.
+
+    python eval.py ckpt_path=DIR/checkpoints/best.ckpt                 # the test split of its data
+    python eval.py ckpt_path=... split=val data.root=/data/nyu         # where the data lies now
+    python eval.py ckpt_path=... data=kitti data.root=/data/kitti      # another dataset config
+    python eval.py ckpt_path=... task.test_flip=true task.test_scales=[1.0,1.32,1.73,2.28,3.0]
+
+The model is rebuilt exactly (dense.load_model). The data config and the prediction settings
+(task.test_*) are those the checkpoint was trained with, unless overridden. The metrics are printed
+and written to the run folder as metrics.json (segmentation: plus the per-class IoU table).
+Exit status 2 with one line on stderr for a configuration mistake (a missing checkpoint, a bad split).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from dense import _cli
+
+_cli.set_root_dir(__file__)
+
+SPLITS = ("val", "test")
+PREDICT_KEYS = {
+    "mode": "test_mode",
+    "crop_size": "test_crop_size",
+    "stride": "test_stride",
+    "scales": "test_scales",
+    "flip": "test_flip",
+}
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    _cli.run(evaluate, cfg)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Metrics of checkpoint `cfg.ckpt_path` on `cfg.split` (keys without the split prefix)."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from dense.checkpoint import load_model, read_model_config
+    from dense.tasks import build_task
+
+    with _cli.setup_errors():
+        _cli.require(
+            not OmegaConf.is_missing(cfg, "ckpt_path"),
+            "ckpt_path is not set: python eval.py ckpt_path=RUN/checkpoints/best.ckpt",
+        )
+        _cli.require(cfg.split in SPLITS, f"split={cfg.split} is not one of {', '.join(SPLITS)}")
+        checkpoint, _ = read_model_config(cfg.ckpt_path)
+        stored = checkpoint.get("hyper_parameters") or {}
+        L.seed_everything(cfg.seed, workers=True)
+        datamodule = instantiate(data_config(cfg, stored.get("config") or {}))
+        model = load_model(cfg.ckpt_path, backbone_weights=cfg.backbone_weights)
+        _cli.require(
+            model.task == datamodule.task,
+            f"the checkpoint holds a {model.task} model but the data is set up for {datamodule.task}",
+        )
+        options = {PREDICT_KEYS[k]: v for k, v in (stored.get("predict") or {}).items() if k in PREDICT_KEYS}
+        options.update({k: v for k, v in _cli.plain(cfg.task).items() if v is not None})
+        task = build_task(model, datamodule, **options)
+        trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
+
+    run = trainer.validate if cfg.split == "val" else trainer.test
+    results = run(task, datamodule=datamodule, verbose=False)[0]
+    metrics = {k.split("/", 1)[1]: float(v) for k, v in results.items()}
+    print(format_table(metrics, f"{cfg.ckpt_path} on {datamodule.name} {cfg.split}"), flush=True)
+    if cfg.split == "val" and getattr(task, "per_class_table", None):
+        print(f"\nPer-class results (val):\n{task.per_class_table}", flush=True)
+    if trainer.is_global_zero:
+        out = Path(cfg.paths.output_dir) / "metrics.json"
+        out.write_text(json.dumps({"ckpt_path": str(cfg.ckpt_path), "split": cfg.split, **metrics}, indent=2))
+    return metrics
+
+
+def data_config(cfg: DictConfig, run_config: dict) -> DictConfig:
+    """`data=NAME` given: that config. Otherwise the checkpoint's, with the non-null data.* keys of
+    eval.yaml (root, batch_size, ...) on top."""
+    if "_target_" in cfg.data:
+        return cfg.data
+    _cli.require(
+        "data" in run_config,
+        f"{cfg.ckpt_path} stores no data config (not written by train.py?): choose one with data=NAME",
+    )
+    overrides = {k: v for k, v in _cli.plain(cfg.data).items() if v is not None}
+    return OmegaConf.merge(OmegaConf.create(run_config["data"]), overrides)
+
+
+def format_table(metrics: dict[str, float], title: str) -> str:
+    width = max(len(k) for k in metrics)
+    lines = [title, f"{'metric':<{width}}  value", "-" * (width + 12)]
+    for key, value in metrics.items():
+        shown = f"{int(value)}" if key.startswith("n_") else f"{value:.4f}"
+        lines.append(f"{key:<{width}}  {shown}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

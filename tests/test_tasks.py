@@ -1,0 +1,169 @@
+"""The LightningModules: frozen backbone, optimiser and schedule, evaluation modes, checkpoint hooks."""
+
+import math
+
+import lightning as L
+import pytest
+import torch
+
+import dense
+from dense._cli import ConfigError
+from dense.data import DenseDataModule
+from dense.tasks import AtomicCheckpointIO, DepthTask, SegmentationTask, build_task, lr_schedule
+
+SMALL_DATA = {
+    "image_size": [42, 56],
+    "num_train": 8,
+    "num_val": 4,
+    "num_test": 4,
+    "batch_size": 4,
+    "num_workers": 0,
+}
+
+
+def trainer(tmp_path, **options) -> L.Trainer:
+    settings = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_steps": 3,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "default_root_dir": tmp_path,
+        **options,
+    }
+    return L.Trainer(**settings)
+
+
+# ---- schedule -------------------------------------------------------------------------------------
+
+
+def test_warmup_then_cosine_as_mmcv():
+    f = lr_schedule(100, warmup_steps=10, warmup_ratio=0.1, decay="cosine")
+    cosine = lambda step: 0.5 * (1 + math.cos(math.pi * step / 100))  # noqa: E731
+    assert f(0) == pytest.approx(0.1)  # the warm-up starts at warmup_ratio × the decayed lr
+    assert f(5) == pytest.approx(cosine(5) * (1 - 0.5 * 0.9))
+    assert f(10) == pytest.approx(cosine(10))  # warm-up over: the plain decay
+    assert f(50) == pytest.approx(0.5)
+    assert f(100) == pytest.approx(0.0) and f(150) == pytest.approx(0.0)
+
+
+def test_poly_and_floor():
+    f = lr_schedule(200, decay="poly", power=0.9, min_lr_ratio=0.1)
+    assert f(0) == pytest.approx(1.0)
+    assert f(100) == pytest.approx(0.1 + 0.9 * 0.5**0.9)
+    assert f(200) == pytest.approx(0.1)
+    assert lr_schedule(10, decay="constant")(7) == 1.0
+
+
+@pytest.mark.parametrize(
+    "options", [{"decay": "linear"}, {"warmup_steps": -1}, {"warmup_ratio": 0}, {"min_lr_ratio": 2}]
+)
+def test_bad_schedules_are_refused(options):
+    with pytest.raises(ConfigError, match="task.scheduler"):
+        lr_schedule(10, **options)
+
+
+# ---- training keeps the backbone frozen --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_training_changes_the_head_and_never_the_backbone(tmp_path, precision):
+    datamodule = DenseDataModule(name="synthetic", **SMALL_DATA)
+    model = dense.build_model("tiny14", "depth_linear4")
+    task = build_task(
+        model, datamodule, optimizer={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-2}
+    )
+    backbone_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    head_before = {k: v.clone() for k, v in model.head.state_dict().items()}
+
+    run = trainer(tmp_path, precision=precision, limit_val_batches=0)
+    run.fit(task, datamodule=datamodule)
+
+    optimised = {id(p) for group in run.optimizers[0].param_groups for p in group["params"]}
+    assert optimised == {id(p) for p in model.head.parameters()}
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert not model.backbone.training  # eval mode even while training
+    for key, value in model.backbone.state_dict().items():
+        assert torch.equal(value, backbone_before[key]), key  # bit-identical
+    assert any(not torch.equal(v, head_before[k]) for k, v in model.head.state_dict().items())
+    assert math.isfinite(float(run.callback_metrics["train/loss"]))
+
+
+def test_the_schedule_is_stepped_every_iteration_and_stores_no_code(tmp_path):
+    datamodule = DenseDataModule(name="synthetic", **SMALL_DATA)
+    task = build_task(
+        dense.build_model("tiny14", "depth_linear"),
+        datamodule,
+        optimizer={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1.0},
+        scheduler={"warmup_steps": 2, "warmup_ratio": 0.5},
+    )
+    run = trainer(tmp_path, max_steps=3, limit_val_batches=0)
+    run.fit(task, datamodule=datamodule)
+    scheduler = run.lr_scheduler_configs[0].scheduler
+    assert scheduler.last_epoch == 3
+    assert run.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.5 * (1 + math.cos(math.pi * 3 / 3)))
+    assert scheduler.state_dict()["lr_lambdas"] == [None]  # a plain function: nothing pickled
+
+
+# ---- evaluation ----------------------------------------------------------------------------------------
+
+
+def test_evaluation_uses_the_configured_prediction_mode():
+    datamodule = DenseDataModule(name="synthetic", **SMALL_DATA)
+    model = dense.build_model("tiny14", "depth_linear").eval()
+    task = build_task(
+        model, datamodule, test_flip=True, test_scales=[1.0, 1.5], test_mode="slide", test_crop_size=28
+    )
+    images = torch.randn(1, 3, 28, 42)
+    expected = model.predict(images, mode="slide", crop_size=28, scales=(1.0, 1.5), flip=True)
+    assert torch.equal(task.evaluate(images), expected)
+    with pytest.raises(ConfigError, match="test_crop_size"):
+        build_task(model, datamodule, test_mode="slide")
+    with pytest.raises(ConfigError, match="trains depth heads"):
+        DepthTask(dense.build_model("tiny14", "seg_linear", num_classes=3))
+
+
+def test_segmentation_test_logs_miou_and_prints_the_per_class_table(tmp_path, capsys):
+    datamodule = DenseDataModule(name="synthetic", task="segmentation", **SMALL_DATA)
+    model = dense.build_model("tiny14", "seg_linear", num_classes=datamodule.num_classes)
+    task = build_task(model, datamodule, seg_loss={"ce_weight": 1.0, "dice_weight": 0.5})
+    assert isinstance(task, SegmentationTask) and task.loss.dice is not None
+    results = trainer(tmp_path).test(task, datamodule=datamodule, verbose=False)[0]
+    assert {"test/mIoU", "test/mAcc", "test/aAcc"} <= set(results)
+    printed = capsys.readouterr().out
+    assert "Per-class results (test)" in printed
+    for name in datamodule.class_names:
+        assert name in printed
+
+
+def test_depth_metrics_use_the_datamodule_range_and_crop():
+    datamodule = DenseDataModule(name="synthetic", **SMALL_DATA)
+    task = build_task(dense.build_model("tiny14", "depth_linear"), datamodule)
+    metrics = task.val_metrics
+    assert (metrics.min_depth, metrics.max_depth, metrics.crop) == (
+        datamodule.min_depth,
+        datamodule.max_depth,
+        datamodule.eval_crop,
+    )
+    assert task.loss.sig.max_depth == datamodule.max_depth
+
+
+# ---- checkpoints -------------------------------------------------------------------------------------
+
+
+def test_atomic_checkpoint_io_leaves_no_partial_file(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"a": torch.ones(3)}, tmp_path / "last.ckpt")
+    assert torch.equal(torch.load(tmp_path / "last.ckpt", weights_only=True)["a"], torch.ones(3))
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # a run killed while writing
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"a": torch.zeros(3)}, tmp_path / "last.ckpt")
+    assert torch.equal(torch.load(tmp_path / "last.ckpt", weights_only=True)["a"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]

@@ -1,0 +1,292 @@
+"""train.py and eval.py end to end: the smoke run, learning, exact resume, checkpoints, DDP, config mistakes.
+
+Small runs go through `train.train(cfg)` in-process (configs composed from the real configs/ folder);
+the smoke run, DDP and the command-line error paths run the scripts as users do.
+"""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+import dense
+import eval as eval_script
+import train as train_script
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+
+# Tiny runs: random tiny14 backbone, 56×56 synthetic scenes, 4 steps per epoch, validated every epoch.
+TINY = [
+    "backbone=tiny14",
+    "trainer=cpu",
+    "data.image_size=[56,56]",
+    "data.num_train=32",
+    "data.num_val=8",
+    "data.num_test=8",
+    "data.batch_size=8",
+    "data.num_workers=0",
+    "trainer.num_sanity_val_steps=0",
+    "trainer.log_every_n_steps=1",
+    "test=false",
+    "callbacks.progress_bar=null",
+    "trainer.enable_progress_bar=false",
+    "task.optimizer.lr=1e-2",
+    "task.scheduler.warmup_steps=3",
+]
+# 24 steps = 6 epochs. Without the SigLoss warm-up, whose variance-free loss would make the curve jump.
+DEPTH = ["head=depth_linear4", "trainer.max_steps=24", "task.depth_loss.warm_up=false"]
+SEG = ["head=seg_ms", "data.task=segmentation", "trainer.max_steps=24"]
+# 8 steps = 2 epochs, SigLoss warm-up over the first 6: a resume at step 4 must restore its counter too.
+RESUME = ["head=depth_linear", "trainer.max_steps=8", "task.depth_loss.warm_iter=6"]
+
+
+def compose_train(out: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose("train", overrides=[f"paths.output_dir={out}", *TINY, *overrides])
+
+
+def run_train(out: Path, *overrides: str):
+    return train_script.train(compose_train(out, *overrides))
+
+
+def metric_rows(out: Path) -> list[dict]:
+    with open(out / "csv" / "version_0" / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def series(rows: list[dict], key: str) -> list[float]:
+    return [float(r[key]) for r in rows if r.get(key)]
+
+
+def run_script(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+@pytest.fixture(scope="module")
+def depth_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("depth_run")
+    task, metrics = run_train(out, *DEPTH)
+    return out, task.model.eval(), metrics
+
+
+# ---- the smoke run: what a new user does first -------------------------------------------------------
+
+
+def test_smoke_experiment_trains_validates_tests_and_evaluates(tmp_path):
+    run = tmp_path / "smoke"
+    result = run_script(
+        "train.py",
+        "experiment=smoke",
+        f"hydra.run.dir={run}",
+        "callbacks.progress_bar=null",
+        "trainer.enable_progress_bar=false",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = run / "checkpoints" / "last.ckpt"
+    assert last.is_file() and (run / "checkpoints" / "best.ckpt").is_file()
+    assert last.stat().st_size <= 50e6
+    assert (run / ".hydra" / "config.yaml").is_file()
+    rows = metric_rows(run)
+    loss = series(rows, "train/loss")
+    # Measured (random ViT-S, 24 steps): SigLoss 0.433 over the first 3 steps → 0.357 over the last 6
+    # (× 0.82); val RMSE 1.432 → 1.340 m.
+    assert sum(loss[-6:]) / 6 < 0.9 * sum(loss[:3]) / 3, loss
+    assert series(rows, "test/rmse"), "the test split was not evaluated"
+
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    assert not any(k.startswith("model.backbone.") for k in checkpoint["state_dict"])  # points at a file
+    assert Path(checkpoint["dense_model"]["backbone_weights"]).is_file()
+
+    result = run_script(
+        "eval.py",
+        f"ckpt_path={last}",
+        f"hydra.run.dir={tmp_path / 'eval'}",
+        "trainer.enable_progress_bar=false",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("a1", "abs_rel", "rmse", "silog", "n_images"):
+        assert f"\n{name} " in result.stdout, result.stdout
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["n_images"] == 8
+
+
+# ---- learning -----------------------------------------------------------------------------------------
+
+
+def test_depth_head_learns(depth_run):
+    out, _, _ = depth_run
+    rows = metric_rows(out)
+    loss, rmse = series(rows, "train/loss"), series(rows, "val/rmse")
+    assert len(loss) == 24 and len(rmse) == 6
+    # Measured (torch 2.9, CPU): loss 0.893 in epoch 1 → 0.814 in epoch 6 (× 0.91), val RMSE 2.468 →
+    # 2.079 m (× 0.84). A random tiny backbone gives the head little to learn from; the thresholds
+    # keep about half of each measured gain as margin.
+    assert sum(loss[-4:]) < 0.96 * sum(loss[:4]), loss
+    assert rmse[-1] < 0.92 * rmse[0], rmse
+
+
+def test_segmentation_head_learns(tmp_path):
+    _, metrics = run_train(tmp_path, *SEG)
+    rows = metric_rows(tmp_path)
+    loss, miou, acc = series(rows, "train/loss"), series(rows, "val/mIoU"), series(rows, "val/aAcc")
+    # Measured (torch 2.9, CPU): loss 1.889 in epoch 1 → 1.084 in epoch 6 (× 0.57), val mIoU 0.177 →
+    # 0.206, aAcc 0.589 → 0.631; thresholds keep about half of each gain as margin.
+    assert sum(loss[-4:]) < 0.75 * sum(loss[:4]), loss
+    assert miou[-1] > miou[0] + 0.012 and acc[-1] > acc[0] + 0.02, (miou, acc)
+    assert metrics["best"] == pytest.approx(max(miou))  # best.ckpt is chosen by val/mIoU
+
+
+# ---- checkpoints --------------------------------------------------------------------------------------
+
+
+def test_checkpoint_is_plain_and_small(depth_run):
+    out, model, _ = depth_run
+    checkpoint = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    keys = set(checkpoint["state_dict"])
+    assert {k for k in keys if k.startswith("model.")} == {f"model.head.{k}" for k in model.head.state_dict()}
+    assert checkpoint["dense_model"]["backbone"] == "tiny14"
+    config = checkpoint["hyper_parameters"]["config"]
+    assert config["data"]["name"] == "synthetic" and config["head"]["name"] == "depth_linear4"
+    assert checkpoint["global_step"] == 24 and checkpoint["optimizer_states"]
+
+
+def test_checkpoint_rebuilds_the_trained_model(depth_run):
+    out, model, _ = depth_run
+    last = out / "checkpoints" / "last.ckpt"
+    images = torch.randn(2, 3, 56, 70)
+    with torch.no_grad():
+        expected = model(images)
+        assert torch.equal(dense.load_model(last)(images), expected)
+        rebuilt = dense.build_model(
+            "tiny14",
+            "depth_linear4",
+            backbone_weights=out / "checkpoints" / "backbone_init.pth",
+            head_weights=last,
+            min_depth=model.min_depth,
+            max_depth=model.max_depth,
+        ).eval()
+        assert torch.equal(rebuilt(images), expected)
+
+
+def test_resume_from_last_gives_the_uninterrupted_weights(tmp_path):
+    run_train(tmp_path / "a", *RESUME)
+    stop = "+callbacks.stop={_target_:tests._train_probe.StopAt,step:4}"
+    run_train(tmp_path / "b", *RESUME, stop)  # "killed" after 4 of 8 steps
+    assert torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+    run_train(tmp_path / "b", *RESUME, f"ckpt_path={tmp_path / 'b' / 'checkpoints' / 'last.ckpt'}")
+
+    resumed = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)
+    uninterrupted = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == 8
+    assert resumed["state_dict"].keys() == uninterrupted["state_dict"].keys()
+    for key, value in uninterrupted["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][key], value), key  # head weights and warm-up counter
+
+
+def test_last_ckpt_follows_the_run_when_the_metric_stops_improving(tmp_path):
+    # mode=max makes the first validation the best one for good (RMSE falls); last.ckpt must still
+    # move on (Lightning's save_last alone would only write it together with a new best).
+    run_train(tmp_path, *RESUME, "callbacks.model_checkpoint.mode=max")
+    best = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=True)
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (best["global_step"], last["global_step"]) == (4, 8)
+
+
+# ---- distributed --------------------------------------------------------------------------------------
+
+
+def test_ddp_ranks_log_the_single_process_metrics(tmp_path):
+    run = tmp_path / "ddp"
+    run.mkdir()
+    result = run_script(
+        "train.py",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.sync_batchnorm=false",
+        *[o for o in TINY if not o.startswith("trainer=")],
+        "head=depth_linear4",
+        "data.image_size=[42,42]",
+        "data.num_train=16",
+        "data.batch_size=4",
+        "trainer.max_steps=2",
+        f"+callbacks.probe={{_target_:tests._train_probe.RecordValidationMetrics,path:{run}}}",
+        f"hydra.run.dir={run}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((run / f"rank{r}_step2.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["world_size"] == 2 and ranks[0] == ranks[1]  # synchronised
+    assert ranks[0]["val/n_images"] == 8  # 4 per process, summed
+
+    # One process, the same checkpoint and the same 8 validation images.
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(
+            "eval",
+            overrides=[
+                f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+                "split=val",
+                "trainer=cpu",
+                "trainer.enable_progress_bar=false",
+                f"paths.output_dir={tmp_path}",
+            ],
+        )
+    single = eval_script.evaluate(cfg)
+    assert single["rmse"] == pytest.approx(ranks[0]["val/rmse"], rel=1e-6)
+    assert single["a1"] == pytest.approx(ranks[0]["val/a1"], rel=1e-6)
+
+
+def test_multirun_sweeps_backbones(tmp_path):
+    tiny = [o for o in TINY if not o.startswith("backbone=")]
+    result = run_script(
+        "train.py", "-m", "backbone=tiny14,tiny14_reg", "head=depth_linear", *tiny,
+        "data.image_size=[28,28]", "data.num_train=8", "trainer.max_steps=2", f"hydra.sweep.dir={tmp_path}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    for job, backbone in (("0", "tiny14"), ("1", "tiny14_reg")):
+        checkpoint = torch.load(tmp_path / job / "checkpoints" / "last.ckpt", weights_only=True)
+        assert checkpoint["dense_model"]["backbone"] == backbone
+
+
+# ---- configuration mistakes stop before training, in one line ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["head=seg_linear"],
+            "head=seg_linear is a segmentation head but data=synthetic is set up for depth",
+        ),
+        (["data.batch_size=-2"], "data.batch_size=-2 must be a positive integer"),
+        (["trainer.precision=bf17"], "trainer: Precision 'bf17' is invalid"),
+        (["task.scheduler.decay=linear"], "task.scheduler.decay='linear' is not one of"),
+        (["head.num_classes=5", "head=seg_linear", "data.task=segmentation"], "head.num_classes=5 but"),
+    ],
+)
+def test_config_mistakes_stop_with_one_line(tmp_path, capsys, overrides, message):
+    with pytest.raises(SystemExit) as stop:
+        run_train(tmp_path, *overrides)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err, err
+    assert not (tmp_path / "checkpoints" / "last.ckpt").exists()
+
+
+def test_command_line_mistakes_exit_without_traceback(tmp_path):
+    ours = run_script(
+        "train.py", f"hydra.run.dir={tmp_path}", "head=seg_ms", "data=nyu", f"data.root={tmp_path}"
+    )
+    assert ours.returncode == 2 and "Traceback" not in ours.stderr
+    assert "head=seg_ms is a segmentation head but data=nyu" in ours.stderr
+    hydras = run_script("train.py", f"hydra.run.dir={tmp_path}", "trainer.max_step=5")
+    assert hydras.returncode != 0 and "Traceback" not in hydras.stderr
+    assert "max_step" in hydras.stderr

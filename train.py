@@ -1,0 +1,202 @@
+"""Train a depth or segmentation head on a frozen DINOv2 backbone (PyTorch Lightning under Hydra).
+
+    python train.py experiment=smoke hydra.run.dir=DIR      # 1-2 minutes on a CPU, no download
+    python train.py head=depth backbone=vitg14              # DPT depth head on a frozen ViT-g/14
+    python train.py experiment=nyu_dpt backbone=vitl14 data.root=/data/nyu
+    python train.py ckpt_path=DIR/checkpoints/last.ckpt hydra.run.dir=DIR      # resume
+    python train.py -m backbone=vits14,vitb14               # a sweep
+
+Options: configs/train.yaml and its groups; docs/README_training.md. Everything of a run lands in its
+run folder (hydra.run.dir): checkpoints/{best,last}.ckpt, csv/version_N/metrics.csv, .hydra/config.yaml.
+Exit status 2 with one line on stderr for a configuration mistake.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+import heads
+from dense import _cli
+
+_cli.set_root_dir(__file__)
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    _, metrics = _cli.run(train, cfg)
+    return metrics.get("best")  # what a Hydra sweeper optimises
+
+
+def train(cfg: DictConfig):
+    """Set up from `cfg`, fit, test. Returns the LightningModule (its `model` is the trained DenseModel)
+    and the final logged metrics, with "best": the best value of the main metric."""
+    import warnings
+
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from dense.tasks import TASKS, AtomicCheckpointIO, build_task
+
+    # The frozen backbone is in eval mode on purpose (DenseModel.train keeps it so).
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    with _cli.setup_errors():
+        check_config(cfg)
+        L.seed_everything(cfg.seed, workers=True)
+        datamodule = instantiate(cfg.data)
+        spec = heads.get_head_spec(cfg.head.name)
+        check_head_fits_data(spec, cfg, datamodule)
+        task_class = TASKS[spec.task]
+        callbacks = make_callbacks(cfg.get("callbacks"), task_class)
+        loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+        trainer = instantiate(
+            cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+        )
+        check_trainer(cfg, trainer)
+        model = build_run_model(cfg, datamodule, spec)
+        task = build_task(model, datamodule, **_cli.plain(cfg.task), config=_cli.plain(cfg))
+
+    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    # The checkpoint callback that follows the main metric (the other one writes last.ckpt).
+    best = next((c for c in trainer.checkpoint_callbacks if c.monitor == task_class.main_metric), None)
+    if best is not None and best.best_model_score is not None:
+        metrics["best"] = float(best.best_model_score)
+    if cfg.test:
+        best_path = best.best_model_path if best is not None and best.best_model_path else None
+        trainer.test(task, datamodule=datamodule, ckpt_path=best_path)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+    return task, metrics
+
+
+# ---- set-up steps -----------------------------------------------------------------------------------
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Values Hydra cannot check (types are free in YAML), refused before anything is built."""
+    from dense.tasks.base import check_schedule
+
+    require = _cli.require
+    for key in ("batch_size", "val_batch_size"):
+        value = cfg.data.get(key)
+        if key == "batch_size" or value is not None:
+            require(
+                isinstance(value, int) and not isinstance(value, bool) and value > 0,
+                f"data.{key}={value!r} must be a positive integer",
+            )
+    workers = cfg.data.get("num_workers", 0)
+    require(
+        isinstance(workers, int) and workers >= 0, f"data.num_workers={workers!r} must be an integer >= 0"
+    )
+    if cfg.ckpt_path is not None:
+        require(Path(cfg.ckpt_path).is_file(), f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
+    check_schedule(**_cli.plain(cfg.task.scheduler))
+    modes = ("whole", "slide")
+    require(
+        cfg.task.test_mode in modes, f"task.test_mode={cfg.task.test_mode} is not one of {', '.join(modes)}"
+    )
+    for key in ("backbone.weights", "head.weights"):
+        group, name = key.split(".")
+        path = cfg[group].get(name)
+        require(path is None or Path(path).is_file(), f"{key}={path}: no such file")
+
+
+def check_trainer(cfg: DictConfig, trainer) -> None:
+    """What Lightning itself only finds once training starts."""
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    if cfg.trainer.get("sync_batchnorm") and isinstance(trainer.accelerator, CPUAccelerator):
+        raise _cli.ConfigError(
+            "trainer.sync_batchnorm=true needs GPUs (SyncBatchNorm is CUDA-only): "
+            "add trainer.sync_batchnorm=false to train on the CPU"
+        )
+
+
+def check_head_fits_data(spec, cfg: DictConfig, datamodule) -> None:
+    """A depth head needs depth data, a segmentation head labels for as many classes as it predicts."""
+    if spec.task != datamodule.task:
+        hint = (
+            f" (this dataset provides both: add data.task={spec.task})"
+            if cfg.data.get("task") is not None
+            else ""
+        )
+        raise _cli.ConfigError(
+            f"head={cfg.head.name} is a {spec.task} head but data={cfg.data.name} is set up for "
+            f"{datamodule.task}{hint}"
+        )
+    classes = cfg.head.get("num_classes")
+    if spec.task == "segmentation" and classes is not None and classes != datamodule.num_classes:
+        raise _cli.ConfigError(
+            f"head.num_classes={classes} but data={cfg.data.name} has {datamodule.num_classes} classes"
+        )
+
+
+def make_callbacks(config: DictConfig | None, task_class) -> list:
+    """The callbacks group; a `monitor`/`mode` left null means the task's main metric."""
+    from hydra.utils import instantiate
+
+    callbacks = []
+    for callback in (config or {}).values():
+        if callback is None:
+            continue
+        overrides = {}
+        if "monitor" in callback and callback.monitor is None:
+            overrides["monitor"] = task_class.main_metric
+        if "mode" in callback and callback.mode is None:
+            overrides["mode"] = task_class.main_metric_mode
+        callbacks.append(instantiate(callback, **overrides))
+    return callbacks
+
+
+def build_run_model(cfg: DictConfig, datamodule, spec):
+    """The DenseModel of this run (`spec`: its head's HeadSpec): the checkpoint's own model when
+    resuming, else built from the config with the dataset's depth range or class count."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    from dense.backbone import get_spec
+    from dense.checkpoint import atomic_save, backbone_is_stored, load_model
+    from dense.config import model_from_config
+
+    backbone, head = _cli.plain(cfg.backbone), _cli.plain(cfg.head)
+    # Weights paths go into checkpoints: make them absolute so they stay valid from any folder.
+    for group in (backbone, head):
+        if group.get("weights"):
+            group["weights"] = os.path.abspath(group["weights"])
+
+    if cfg.ckpt_path is not None:
+        # Resuming: the exact model that wrote the checkpoint (a config that asks for another one is
+        # a mistake, not a wish: the optimiser state would not fit).
+        model = load_model(cfg.ckpt_path, backbone_weights=backbone.get("weights"))
+        wanted = (get_spec(backbone["name"]).name, spec.name)
+        stored = (model.config["backbone"], model.config["head"])
+        _cli.require(
+            wanted == stored,
+            f"ckpt_path was trained with backbone={stored[0]} head={stored[1]}, but this run asks for "
+            f"backbone={wanted[0]} head={wanted[1]}: resume with the same backbone and head",
+        )
+        return model
+
+    if spec.task == "depth":
+        head["min_depth"] = datamodule.min_depth if head.get("min_depth") is None else head["min_depth"]
+        head["max_depth"] = datamodule.max_depth if head.get("max_depth") is None else head["max_depth"]
+    elif head.get("num_classes") is None:
+        head["num_classes"] = datamodule.num_classes
+    model = model_from_config(backbone, head)
+
+    if backbone_is_stored(model.config):
+        # A random-initialised backbone (backbone.pretrained=false): write it once to a weights file
+        # next to the checkpoints and let them point at it, as for any other weights file. Storing it
+        # inside every checkpoint instead would make a ViT-S smoke checkpoint ~90 MB, a ViT-g one 4 GB.
+        # Every process built the same weights (same seed), so only rank 0 writes them.
+        path = Path(cfg.paths.output_dir).resolve() / "checkpoints" / "backbone_init.pth"
+        if rank_zero_only.rank == 0:
+            atomic_save(model.backbone.state_dict(), path)
+        model.config["backbone_weights"] = str(path)
+    return model
+
+
+if __name__ == "__main__":
+    main()
