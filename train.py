@@ -57,6 +57,10 @@ def train(cfg: DictConfig):
         )
         check_trainer(cfg, trainer)
         model = build_run_model(cfg, datamodule, spec)
+        if cfg.cache.features:
+            datamodule.use_feature_cache(
+                model, cfg.cache.dir, batch_size=cfg.cache.batch_size, precision=cfg.cache.precision
+            )
         task = build_task(model, datamodule, **_cli.plain(cfg.task), config=_cli.plain(cfg))
 
     trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path)

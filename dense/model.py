@@ -287,7 +287,9 @@ def load_head_weights(model: DenseModel, path: str | os.PathLike) -> None:
     checkpoint = load_weights_file(path)
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else checkpoint
     ours = isinstance(state, dict) and any(k.startswith("model.head.") for k in state)
-    heads.load_released_head(model.head, checkpoint, prefix="model.head." if ours else "decode_head.")
+    heads.load_released_head(
+        model.head, checkpoint, prefix="model.head." if ours else "decode_head.", name=os.fspath(path)
+    )
     if not ours and model.backbone.num_register_tokens:
         warnings.warn(
             f"{os.fspath(path)}: Meta's released heads were trained on backbones without registers; "

@@ -19,19 +19,25 @@ _MAX_LISTED = 3
 
 
 def load_released_head(
-    head: nn.Module, source: str | os.PathLike | Mapping, *, prefix: str = "decode_head."
+    head: nn.Module,
+    source: str | os.PathLike | Mapping,
+    *,
+    prefix: str = "decode_head.",
+    name: str | os.PathLike | None = None,
 ) -> nn.Module:
     """Load a head file (path) or checkpoint/state dict (mapping) into `head`, strictly; returns `head`.
 
     Accepts {"state_dict": {...}} (mmcv, Lightning) or a bare state dict. Keys under `prefix` are taken
     with the prefix stripped (other keys, e.g. a backbone's, are ignored); without any such key, the
     state dict is used as it is. Raises dense.errors.WeightsError with a one-line reason.
+    name: the file a mapping was read from, so that errors name it (default: the path, or
+    "the given state dict").
     """
     # Imported here, not at module level: `heads` must stay importable by `dense` without a cycle.
     from dense.errors import WeightsError, load_weights_file
 
     if isinstance(source, Mapping):
-        where, checkpoint = "the given state dict", source
+        where, checkpoint = (os.fspath(name) if name is not None else "the given state dict"), source
     else:
         where, checkpoint = os.fspath(source), load_weights_file(source)
     state = _head_state_dict(checkpoint, prefix)

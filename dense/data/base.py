@@ -74,14 +74,17 @@ class RawSample:
 
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Any PIL-readable image → uint8 H×W×3 RGB."""
+    """Any PIL-readable image → uint8 H×W×3 RGB, exactly as predict.py reads it (dense.io.read_image):
+    EXIF orientation applied, 16-bit scaled rather than clipped, transparency composited onto the
+    ImageNet mean, palette/CMYK/grey converted. Errors are DatasetErrors naming the file."""
+    # Imported here: dense.io imports dense.data (suffixes, the mean colour), so a module-level import
+    # would be circular.
+    from ..io import ImageReadError, read_image
+
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except FileNotFoundError:
-        raise DatasetError(f"image {path} does not exist") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise DatasetError(f"cannot read image {path} ({e}); the file is truncated or not an image") from None
+        return read_image(path)
+    except ImageReadError as e:
+        raise DatasetError(f"cannot read image {e}") from None
 
 
 def _read_single_channel(path: str | os.PathLike, what: str) -> np.ndarray:
@@ -116,7 +119,11 @@ def read_depth_npy(path: str | os.PathLike) -> np.ndarray:
         raise DatasetError(
             f"cannot read depth {path} ({e}); expected an H×W float array saved with np.save"
         ) from None
-    depth = np.squeeze(depth)
+    # Only a channel axis is dropped: np.squeeze would also collapse a 1-pixel-high or 1×1 map.
+    if depth.ndim == 3 and depth.shape[0] == 1:
+        depth = depth[0]
+    elif depth.ndim == 3 and depth.shape[2] == 1:
+        depth = depth[..., 0]
     if depth.ndim != 2 or not np.issubdtype(depth.dtype, np.number):
         raise DatasetError(
             f"depth {path} has shape {depth.shape} ({depth.dtype}); expected an H×W float array in metres"

@@ -43,6 +43,8 @@ PAD_VALUES = {"image": 0.0, "depth": 0.0, "mask": IGNORE_INDEX}  # image 0 = the
 def pad_collate(batch: list[dict]) -> dict:
     """default_collate, after padding samples of different sizes to the largest (bottom/right):
     image 0, depth 0 (no measurement), mask 255 (ignore), so the metrics skip the padding."""
+    if "image" not in batch[0]:  # cached features (dense/cache.py): one fixed size
+        return default_collate(batch)
     sizes = {tuple(s["image"].shape[-2:]) for s in batch}
     if len(sizes) > 1:
         h, w = max(s[0] for s in sizes), max(s[1] for s in sizes)
@@ -138,6 +140,22 @@ class DenseDataModule(L.LightningDataModule):
         self.augment, self.seed, self.drop_last = augment, 0 if seed is None else int(seed), drop_last
         self.info: DatasetInfo = self.dataset_cls.describe(root=root, task=task, **options)
         self._datasets: dict[str, DenseDataset] = {}
+        self.feature_cache: dict | None = None
+
+    def use_feature_cache(self, model, directory: str, *, batch_size: int = 16, device: str | None = None,
+                          precision: str = "fp32") -> None:
+        """Train on the frozen backbone's cached features (dense/cache.py) instead of images.
+
+        The train split is then read without its augmentation recipe (cached views must be
+        deterministic); each image is cached as it is and flipped, and every read picks one of the
+        two. Validation and test still run on images, through DenseModel.predict.
+        """
+        if "train" in self._datasets:
+            raise RuntimeError("use_feature_cache must be called before the train split is built")
+        self.augment = False
+        self.feature_cache = {"model": model, "directory": directory, "batch_size": batch_size,
+                              "device": device or ("cuda" if torch.cuda.is_available() else "cpu"),
+                              "precision": precision}
 
     # ---- what the model, task and metrics read
     @property
@@ -174,7 +192,7 @@ class DenseDataModule(L.LightningDataModule):
         if split not in SPLIT_SEED_OFFSETS:
             raise DatasetError(f"split {split!r} is not one of {tuple(SPLIT_SEED_OFFSETS)}")
         if split not in self._datasets:
-            self._datasets[split] = self.dataset_cls(
+            dataset = self.dataset_cls(
                 self.root,
                 split=split,
                 augment=self.augment and split == "train",
@@ -182,6 +200,13 @@ class DenseDataModule(L.LightningDataModule):
                 seed=self.seed + SPLIT_SEED_OFFSETS[split],
                 **self.options,
             )
+            if split == "train" and self.feature_cache is not None:
+                from dense.cache import CachedFeatures
+
+                options = dict(self.feature_cache)
+                dataset = CachedFeatures(dataset, options.pop("model"), options.pop("directory"),
+                                         random_flip=True, **options)
+            self._datasets[split] = dataset
         return self._datasets[split]
 
     def setup(self, stage: str | None = None) -> None:

@@ -167,8 +167,15 @@ class DenseTask(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        losses = self.compute_loss(self.model(batch["image"]), batch)
-        size = batch["image"].shape[0]
+        if "patches" in batch:  # features read from the cache (dense/cache.py): no backbone to run
+            from dense.cache import forward_cached
+
+            target = self.target(batch)
+            prediction = forward_cached(self.model, batch, tuple(target.shape[-2:]))
+        else:
+            prediction = self.model(batch["image"])
+        losses = self.compute_loss(prediction, batch)
+        size = len(batch["name"])
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=size)
         self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"}, batch_size=size)
         return losses["loss"]
