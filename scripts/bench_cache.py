@@ -41,6 +41,8 @@ def run(args, cache: bool, workdir: Path) -> list[float]:
         "test=false", f"paths.output_dir={workdir / ('cached' if cache else 'plain')}",
         f"cache.features={str(cache).lower()}", f"cache.dir={workdir / 'cache'}",
     ]
+    if args.head.startswith("seg"):
+        overrides.append("data.task=segmentation")
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     timer = EpochTimer()
