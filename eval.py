@@ -101,4 +101,4 @@ def format_table(metrics: dict[str, float], title: str) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    _cli.main(main, __file__)

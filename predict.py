@@ -293,4 +293,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _cli.main(main, __file__)

@@ -203,4 +203,4 @@ def build_run_model(cfg: DictConfig, datamodule, spec):
 
 
 if __name__ == "__main__":
-    main()
+    _cli.main(main, __file__)

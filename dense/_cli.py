@@ -37,6 +37,27 @@ def set_root_dir(script: str) -> None:
     os.environ.setdefault(ROOT_ENV, str(Path(script).resolve().parent))
 
 
+def main(hydra_main: Callable[[], Any], script: str) -> None:
+    """Run an entry script's Hydra main, refusing first, in one line, a config-group option that does
+    not exist (Hydra's own message for it is a multi-line listing)."""
+    check_group_choices(Path(script).resolve().parent / "configs", sys.argv[1:])
+    hydra_main()
+
+
+def check_group_choices(config_dir: Path, overrides: list[str]) -> None:
+    """`group=option` overrides (e.g. `head=depht`) whose option file does not exist → one line, exit 2.
+    Multirun lists (`backbone=vits14,vitb14`) are checked item by item."""
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        group = key.lstrip("+~")
+        if not sep or "." in group or "/" in group or not (config_dir / group).is_dir() or not value:
+            continue
+        for choice in value.split(","):
+            if choice != "null" and not (config_dir / group / f"{choice}.yaml").is_file():
+                options = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
+                fail(f"{group}={choice} is not an option of configs/{group}/: choose one of {', '.join(options)}")
+
+
 def single_log_stream() -> None:
     """Lightning adds its own console handler and also propagates to the root logger that Hydra sets
     up (console + <run>/<job>.log): every message would be printed twice. Keep Hydra's."""
