@@ -19,8 +19,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig
 
+from dense.config import plain  # noqa: F401  (re-exported for the entry scripts and tasks)
 from dense.errors import DenseError
 
 EXIT_USAGE = 2
@@ -71,14 +72,6 @@ def single_log_stream() -> None:
             if type(handler) is logging.StreamHandler:
                 logger.removeHandler(handler)
         logger.propagate = True
-
-
-def plain(config: Any) -> Any:
-    """OmegaConf → plain dicts/lists (resolved); anything else unchanged. Checkpoints store only plain
-    containers, so that they load with torch.load(weights_only=True)."""
-    if isinstance(config, DictConfig | ListConfig):
-        return OmegaConf.to_container(config, resolve=True)
-    return config
 
 
 def one_line(error: BaseException) -> str:

@@ -15,19 +15,18 @@ BACKBONE_KEYS = {"name", "pretrained", "weights"}
 HEAD_KEYS = {"name", "weights", "layers", "norm", "use_cls_token", "min_depth", "max_depth", "num_classes", "options"}
 
 
-def _plain(config) -> dict:
-    try:
-        from omegaconf import DictConfig, OmegaConf
+def plain(config):
+    """OmegaConf containers → plain dicts/lists (resolved); anything else unchanged. Checkpoints store
+    only plain containers, so that they load with torch.load(weights_only=True)."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
 
-        if isinstance(config, DictConfig):
-            return OmegaConf.to_container(config, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf comes with hydra-core
-        pass
-    return dict(config)
+    if isinstance(config, DictConfig | ListConfig):
+        return OmegaConf.to_container(config, resolve=True)
+    return config
 
 
 def model_from_config(backbone: Mapping, head: Mapping) -> DenseModel:
-    backbone, head = _plain(backbone), _plain(head)
+    backbone, head = dict(plain(backbone)), dict(plain(head))
     for group, config, known in (("backbone", backbone, BACKBONE_KEYS), ("head", head, HEAD_KEYS)):
         unknown = sorted(set(config) - known)
         if unknown:

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, default_collate, get_worker_info
 
+from dense.config import plain
+
 from .ade20k import ADE20K
 from .base import DatasetError, DatasetInfo, DenseDataset
 from .folder import FolderDataset
@@ -71,17 +73,6 @@ def seed_worker(worker_id: int) -> None:
         info.dataset.reseed(seed)
 
 
-def _plain(value):
-    """Hydra hands lists as ListConfig; datasets get plain Python values."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover - hydra is a dependency, but the module works without it
-        return value
-    return (
-        OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
-    )
-
-
 class DenseDataModule(L.LightningDataModule):
     """Data for one dataset.
 
@@ -117,7 +108,7 @@ class DenseDataModule(L.LightningDataModule):
         if name not in DATASETS:
             raise DatasetError(f"data.name={name!r} is not one of {sorted(DATASETS)}")
         self.dataset_cls = DATASETS[name]
-        options = {k: _plain(v) for k, v in options.items()}
+        options = {k: plain(v) for k, v in options.items()}
         allowed = set(self.dataset_cls.option_names()) - {"augment", "seed", "task"}
         unknown = sorted(set(options) - allowed)
         if unknown:
