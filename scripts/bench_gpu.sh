@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The GPU measurements of issue 6 (BENCHMARKS.md, "GPU targets"), ours and upstream in the same run.
+#
+# Run from the repository root. Made for one call of the device tool (one H100; 15 minutes of device
+# time in all, 10 per command):
+#   here, once:   echo /.upstream/ >> .git/info/exclude
+#                 mkdir -p .upstream && cp -r /path/to/dinov2/. .upstream/      # a facebookresearch/dinov2 checkout
+#   device call:  command "bash scripts/bench_gpu.sh", carry [".upstream"], timeout_s 600
+# Elsewhere: `OUT=somewhere UPSTREAM=/path/to/dinov2 bash scripts/bench_gpu.sh`.
+#
+# Upstream's code is imported from that checkout (torch.hub.load(dir, source="local"), pretrained=False):
+# the device machine reaches no network, and nothing of upstream belongs in this repository.
+# Every path gets the same random weights; bf16 means autocast over fp32 weights, as upstream measured.
+set -uo pipefail
+export PYTHONUNBUFFERED=1 PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
+OUT=${OUT:-bench_out}
+UPSTREAM=${UPSTREAM:-.upstream}
+PYTHON=${PYTHON:-python3}
+mkdir -p "$OUT"
+up=()
+if [ -f "$UPSTREAM/hubconf.py" ]; then up=(--upstream "$UPSTREAM"); else echo "no upstream checkout at $UPSTREAM: ours vs timm only"; fi
+bench() { "$PYTHON" -m dense.bench --device cuda --precision bf16 --iters 10 --warmup 3 "$@"; }
+
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  "$PYTHON" -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)"
+  # 1. ViT-g/14 backbone, batch 32, 518x518 (upstream 104 img/s, 370 TFLOP/s; target >= 450 TFLOP/s)
+  bench --backbone vitg14 --head depth_linear4 --work backbone --size 518x518 --batch 32 "${up[@]}" \
+    --json "$OUT/1_vitg_backbone.json"
+  # 2-3. ViT-L/14 + DPT and + linear4 inference, batch 16, 480x640 (upstream 149 img/s 9.2 GB, 111 img/s 31.3 GB)
+  bench --backbone vitl14 --head depth_dpt,depth_linear4 --work predict --size 480x640 --batch 16 "${up[@]}" \
+    --json "$OUT/2_vitl_predict.json"
+  # 4-5. DPT head training step, batch 8, 416x544, ViT-L and ViT-g (upstream 119 and 65 img/s; g peaks 11.9 GB)
+  bench --backbone vitl14,vitg14 --head depth_dpt --work train --size 416x544 --batch 8 "${up[@]}" \
+    --json "$OUT/3_dpt_train_b8.json"
+  # Memory target: ours trains ViT-g/14 DPT at batch 16, 416x544, within 16 GB (ours alone).
+  bench --backbone vitg14 --head depth_dpt --work train --size 416x544 --batch 16 --reference none \
+    --json "$OUT/4_vitg_dpt_train_b16.json"
+  # torch.compile on the backbone target (ours alone: compiling three ViT-g would not fit the time).
+  bench --backbone vitg14 --head depth_linear4 --work backbone --size 518x518 --batch 32 --compile on \
+    --reference none --json "$OUT/5_vitg_backbone_compiled.json"
+} 2>&1 | tee "$OUT/log.txt"

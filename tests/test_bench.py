@@ -1,0 +1,60 @@
+"""The benchmark runs (so that it does not rot) and reports what it promises. No speed is asserted:
+speed is measured by `python -m dense.bench` and recorded in BENCHMARKS.md, never by a timed test."""
+
+from __future__ import annotations
+
+import json
+
+from dense import bench
+
+RESULT_FIELDS = {
+    "work",
+    "path",
+    "times_s",
+    "median_s",
+    "first_call_s",
+    "images_per_s",
+    "best_images_per_s",
+    "min_s",
+    "backbone_tflops",
+    "held_bytes",
+    "added_bytes",
+    "peak_bytes",
+    "memory_method",
+}
+
+
+def test_bench_runs_on_cpu_and_writes_table_and_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["--backbone", "tiny14", "--head", "depth_linear4", "--size", "28x28", "--batch", "1",
+            "--precision", "fp32,bf16", "--compile", "off", "--device", "cpu", "--iters", "1", "--warmup", "0",
+            "--json", str(out)]  # fmt: skip
+    assert bench.main(argv) == 0
+
+    printed = capsys.readouterr().out
+    assert "machine:" in printed
+    assert "== tiny14 depth_linear4 28x28 batch 1 fp32 compile off cpu" in printed
+    assert "speed ours÷ref" in printed
+
+    report = json.loads(out.read_text())
+    assert {"cpu", "torch", "gpu", "date"} <= set(report["machine"])
+    assert [c["precision"] for c in report["cases"]] == ["fp32", "bf16"]
+    for case in report["cases"]:
+        assert case["backbone_flops_per_image"] > 0
+        paths = {(r["work"], r["path"]) for r in case["results"]}
+        # every work by ours, and the references that apply without an upstream checkout
+        assert {("backbone", "ours"), ("backbone", "timm"), ("head", "ours"), ("head", "naive")} <= paths
+        assert {("predict", p) for p in ("ours", "naive", "timm+naive")} <= paths
+        assert {("train", p) for p in ("ours", "naive", "timm+naive")} <= paths
+        for result in case["results"]:
+            assert RESULT_FIELDS <= set(result)
+            assert result["images_per_s"] > 0 and len(result["times_s"]) == 1
+        assert {(r["work"], r["reference"]) for r in case["ratios"]} == paths - {
+            (w, "ours") for w in bench.WORKS
+        }
+        assert [s["path"] for s in case["skipped"]] == ["upstream"]  # no --upstream DIR given
+
+    # Not a speed: the naive reference must compute what our head computes, or its ratio means nothing.
+    fp32 = report["cases"][0]
+    naive = next(c for c in fp32["checks"] if (c["work"], c["reference"]) == ("head", "naive"))
+    assert naive["max_rel_diff"] < 1e-4
