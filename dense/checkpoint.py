@@ -2,8 +2,10 @@
 
 A checkpoint is a Lightning checkpoint (a plain dict, loadable with weights_only=True) with:
 - "state_dict": the LightningModule's weights, i.e. `model.head.*` — and `model.backbone.*` only when
-  the backbone cannot be rebuilt from a file (random initialisation): a frozen ViT-g from its weights
-  file is not copied into every checkpoint, so checkpoints stay megabytes, not gigabytes;
+  the backbone cannot be rebuilt from a file: a frozen ViT-g from its weights file is not copied into
+  every checkpoint, so checkpoints stay megabytes, not gigabytes. (train.py writes a random-initialised
+  backbone once to `checkpoints/backbone_init.pth` and points its checkpoints at it, so it never takes
+  the stored path; a LightningModule used outside train.py does.)
 - "dense_model": the build_model arguments (backbone, head, weights source, layers, head options),
   so a checkpoint always rebuilds the exact model that wrote it.
 """

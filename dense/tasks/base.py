@@ -19,6 +19,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.optim.lr_scheduler import LambdaLR
 
 from dense._cli import ConfigError, plain
+from dense.cache import forward_cached
 from dense.checkpoint import atomic_save, restore_frozen_backbone, strip_frozen_backbone
 from dense.model import DenseModel
 
@@ -168,8 +169,6 @@ class DenseTask(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if "patches" in batch:  # features read from the cache (dense/cache.py): no backbone to run
-            from dense.cache import forward_cached
-
             target = self.target(batch)
             prediction = forward_cached(self.model, batch, tuple(target.shape[-2:]))
         else:
