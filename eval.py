@@ -44,6 +44,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from hydra.utils import instantiate
 
     from dense.checkpoint import load_model, read_model_config
+    from dense.config import apply_speed_options, compile_mode
     from dense.tasks import build_task
 
     with _cli.setup_errors():
@@ -52,6 +53,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             "ckpt_path is not set: python eval.py ckpt_path=RUN/checkpoints/best.ckpt",
         )
         _cli.require(cfg.split in SPLITS, f"split={cfg.split} is not one of {', '.join(SPLITS)}")
+        compile_mode(cfg.compile)
         checkpoint, _ = read_model_config(cfg.ckpt_path)
         stored = checkpoint.get("hyper_parameters") or {}
         L.seed_everything(cfg.seed, workers=True)
@@ -65,6 +67,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         options.update({k: v for k, v in _cli.plain(cfg.task).items() if v is not None})
         task = build_task(model, datamodule, **options)
         trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
+        apply_speed_options(model, compile=cfg.compile, bf16_autocast=trainer.precision == "bf16-mixed")
 
     run = trainer.validate if cfg.split == "val" else trainer.test
     results = run(task, datamodule=datamodule, verbose=False)[0]

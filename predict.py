@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from dense import _cli, viz
 from dense.checkpoint import load_model
-from dense.config import model_from_config
+from dense.config import apply_speed_options, compile_mode, model_from_config
 from dense.data.transforms import normalize_image
 from dense.io import INPUT_SUFFIXES, ImageReadError, list_images, read_image, save_npy, save_png
 from dense.model import DenseModel
@@ -52,6 +52,7 @@ def check_options(cfg: DictConfig) -> None:
         raise UsageError("mode=slide needs crop_size (e.g. crop_size=518; stride defaults to 2/3 of it)")
     if cfg.precision not in ("fp32", "bf16"):
         raise UsageError(f"precision={cfg.precision} is not one of fp32, bf16")
+    compile_mode(cfg.compile)
     if not cfg.depth_scale or cfg.depth_scale <= 0:
         raise UsageError(f"depth_scale={cfg.depth_scale} must be positive (1000: millimetres)")
     if int(cfg.batch_size) < 1:
@@ -243,7 +244,7 @@ def predict(cfg: DictConfig) -> int:
         if not paths:
             raise UsageError(f"input folder {cfg.input} holds no image files ({' '.join(INPUT_SUFFIXES)})")
         device = resolve_device(cfg.device)
-        model = build(cfg).to(device)
+        model = apply_speed_options(build(cfg).to(device), compile=cfg.compile, bf16_autocast=cfg.precision == "bf16")
         output = Path(cfg.output).expanduser()
         stems = output_stems(paths)
         check_no_overwrite(paths, stems, output, model.task, bool(cfg.save_npy))

@@ -39,6 +39,7 @@ def train(cfg: DictConfig):
     import lightning as L
     from hydra.utils import instantiate
 
+    from dense.config import apply_speed_options
     from dense.tasks import TASKS, AtomicCheckpointIO, build_task
 
     # The frozen backbone is in eval mode on purpose (DenseModel.train keeps it so).
@@ -61,6 +62,8 @@ def train(cfg: DictConfig):
             datamodule.use_feature_cache(
                 model, cfg.cache.dir, batch_size=cfg.cache.batch_size, precision=cfg.cache.precision
             )
+        # After the cache fill (which runs the backbone in cache.precision, outside the trainer).
+        apply_speed_options(model, compile=cfg.compile, bf16_autocast=trainer.precision == "bf16-mixed")
         task = build_task(model, datamodule, **_cli.plain(cfg.task), config=_cli.plain(cfg))
 
     trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
@@ -81,6 +84,7 @@ def train(cfg: DictConfig):
 
 def check_config(cfg: DictConfig) -> None:
     """Values Hydra cannot check (types are free in YAML), refused before anything is built."""
+    from dense.config import compile_mode
     from dense.tasks.base import check_schedule
 
     require = _cli.require
@@ -98,6 +102,7 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.ckpt_path is not None:
         require(Path(cfg.ckpt_path).is_file(), f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
     check_schedule(**_cli.plain(cfg.task.scheduler))
+    compile_mode(cfg.compile)
     modes = ("whole", "slide")
     require(
         cfg.task.test_mode in modes, f"task.test_mode={cfg.task.test_mode} is not one of {', '.join(modes)}"

@@ -358,7 +358,7 @@ def task_loss(out: torch.Tensor, target: torch.Tensor, task: str) -> torch.Tenso
 
 def _like(ours: DenseModel, backbone: nn.Module, head: nn.Module, model_class=DenseModel) -> DenseModel:
     """A model like `ours` (layers, norm, task, depth range) with another backbone and/or head."""
-    return model_class(
+    model = model_class(
         backbone,
         head,
         task=ours.task,
@@ -369,6 +369,9 @@ def _like(ours: DenseModel, backbone: nn.Module, head: nn.Module, model_class=De
         max_depth=ours.max_depth,
         config=ours.config,
     )
+    if backbone is ours.backbone:
+        model.backbone_dtype = ours.backbone_dtype
+    return model
 
 
 def build_paths(case: Case, args, skipped: list[dict]) -> tuple[list[Path], DenseModel]:
@@ -420,6 +423,12 @@ def build_paths(case: Case, args, skipped: list[dict]) -> tuple[list[Path], Dens
                     upstream = build_upstream(args.upstream, spec, ours).to(device).eval()
             except Unavailable as error:
                 skipped.append({"path": "upstream", "reason": str(error)})
+
+    if case.precision == "bf16":
+        # Our bf16 path stores the frozen backbone's matrix weights in bf16 (DenseModel.cast_backbone),
+        # as train/eval/predict do under bf16; the references above copied the fp32 weights first and
+        # run under autocast over fp32 weights, as upstream's numbers were taken.
+        ours.cast_backbone(torch.bfloat16)
 
     def inference(call: Callable[[], Any]) -> Callable[[], Any]:
         def run():

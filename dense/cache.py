@@ -209,7 +209,8 @@ class CachedFeatures(Dataset):
 
 def batch_features(batch: dict, dtype: torch.dtype = torch.float32) -> FeatureMaps:
     """The FeatureMaps of a collated batch of cached items (B×L×D×h×w → L maps of B×D×h×w)."""
-    patches = tuple(p.to(dtype) for p in batch["patches"].unbind(1))
+    # Channels-last, as DenseModel.extract_features gives them (dense.model.to_maps).
+    patches = tuple(p.to(dtype).contiguous(memory_format=torch.channels_last) for p in batch["patches"].unbind(1))
     cls = tuple(c.to(dtype) for c in batch["cls"].unbind(1)) if "cls" in batch else None
     return FeatureMaps(patches, cls)
 

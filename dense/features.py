@@ -16,7 +16,8 @@ class FeatureMaps:
     """Multi-layer ViT features of one batch.
 
     patches:    one B×D×h×w tensor per selected block, in the order the blocks were asked for
-                (h, w = padded image size / patch size).
+                (h, w = padded image size / patch size); channels-last in memory when they come
+                from DenseModel or the cache (the heads run faster on it, see dense.model.to_maps).
     cls_tokens: one B×D tensor per selected block, or None when the head does not use class tokens.
     """
 

@@ -7,6 +7,12 @@ integer labels B×H×W, with `ignore_index` marking pixels that do not count.
 Where the official DINOv2 code (dinov2/eval/depth/models/losses) defines a loss, the formula is
 matched here and every choice is noted next to the line that makes it, except for one deliberate
 fix: the official GradientLoss indexes as if maps were 2-D and gives ~0 on batched input.
+
+No host-device sync on the training path: the loss bodies use no boolean-mask indexing (its output
+size depends on the data, so it syncs), no Python `if` on tensor values and no `.item()`/`int()`;
+masked statistics are weighted sums with the float mask and edge cases are picked with torch.where.
+tests/test_no_sync.py holds them to it: it traces them with torch.compile(fullgraph=True) and refuses
+a graph break or any value in the graph that only the data determine.
 """
 
 from __future__ import annotations
@@ -22,10 +28,18 @@ class BadInputError(DenseError, ValueError):
     """A loss or metric was handed tensors it cannot use (wrong shape, NaN/inf, labels out of range)."""
 
 
+class TrainingDivergedError(DenseError, FloatingPointError):
+    """The training loss became NaN or inf (raised by dense.tasks.DenseTask at its periodic check)."""
+
+
 # ----------------------------------------------------------------------------------------------------
 # Input checks shared by the losses and the metrics (dense/metrics.py imports these).
-# Each check that looks at values costs one device sync; that is cheap next to a training step and
-# turns a silent NaN loss into a one-line error naming the culprit.
+# Shape and dtype checks read only metadata and always run. The checks that look at values
+# (check_finite, check_labels) cost one device sync each when the tensor is on an accelerator: fine
+# for standalone use and for the metrics, but not in every training step. The losses therefore take
+# `check_values` (default True); the training tasks pass False and run the same checks on the HOST,
+# on the CPU batch before it is moved to the device (DenseTask.on_before_batch_transfer), and catch a
+# NaN/inf loss with a device-side flag read every few steps (DenseTask.on_train_batch_end).
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -37,8 +51,8 @@ def check_finite(tensor: torch.Tensor, what: str, where: str) -> None:
     raise BadInputError(f"{where}: the {what} contains {' and '.join(kinds)} values")
 
 
-def check_depth_pair(pred: torch.Tensor, target: torch.Tensor, where: str) -> None:
-    """Depth prediction and ground truth: both B×1×H×W, same shape, finite."""
+def check_depth_pair(pred: torch.Tensor, target: torch.Tensor, where: str, check_values: bool = True) -> None:
+    """Depth prediction and ground truth: both B×1×H×W, same shape, and (if check_values) finite."""
     for name, tensor in (("prediction", pred), ("target", target)):
         if not isinstance(tensor, torch.Tensor):
             raise BadInputError(f"{where}: the {name} must be a torch.Tensor, got {type(tensor).__name__}")
@@ -48,8 +62,9 @@ def check_depth_pair(pred: torch.Tensor, target: torch.Tensor, where: str) -> No
         raise BadInputError(
             f"{where}: prediction shape {tuple(pred.shape)} != target shape {tuple(target.shape)}"
         )
-    check_finite(pred, "prediction", where)
-    check_finite(target, "target", where)
+    if check_values:
+        check_finite(pred, "prediction", where)
+        check_finite(target, "target", where)
 
 
 def depth_valid_mask(target: torch.Tensor, valid_mask: bool, max_depth: float | None) -> torch.Tensor:
@@ -63,9 +78,17 @@ def depth_valid_mask(target: torch.Tensor, valid_mask: bool, max_depth: float | 
     return mask
 
 
-def _zero_like_graph(pred: torch.Tensor) -> torch.Tensor:
-    """A 0 loss still attached to the graph, so backward() and DDP see every parameter."""
-    return pred.sum() * 0.0
+def _log_difference(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, eps: float) -> torch.Tensor:
+    """log(pred + eps) - log(target + eps) at valid pixels, exactly 0 elsewhere.
+
+    Invalid pixels are replaced by 1 with torch.where BEFORE the logs (and the difference is zeroed
+    with where after): whatever sits there (0, a negative or NaN prediction) never reaches a log, so
+    neither the value nor the gradient (0 · inf = NaN in backward) can leak from a pixel that does
+    not count. A product with the mask would not do: NaN · 0 = NaN.
+    """
+    one = torch.ones((), dtype=pred.dtype, device=pred.device)
+    g = torch.log(torch.where(mask, pred, one) + eps) - torch.log(torch.where(mask, target, one) + eps)
+    return torch.where(mask, g, torch.zeros((), dtype=g.dtype, device=g.device))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -89,8 +112,16 @@ class SigLoss(nn.Module):
         exactly where it stopped (upstream keeps a Python int that restarts at 0);
       * the counter only advances in training mode (module.train()); validation calls made under
         model.eval() do not eat warm-up steps (upstream only calls the loss in training anyway);
-      * no valid pixel in the batch gives 0 (upstream: NaN); exactly one gives var = 0 (upstream: NaN).
+      * no valid pixel in the batch gives 0, still attached to the graph with zero gradient
+        (upstream: NaN); exactly one gives var = 0 (upstream: NaN).
     The module must be a submodule of the LightningModule for the buffer to reach the checkpoint.
+
+    No host-device sync: mean and variance are sums weighted by the mask (n = number of valid pixels,
+    mean = sum(g)/n, var = sum((g - mean)^2)/(n - 1)), the edge cases and the warm-up/full choice are
+    made with torch.where on the device, and the counter advances by tensor arithmetic.
+    check_values: refuse NaN/inf inputs (one sync each); the training tasks pass False and check the
+        ground truth on the host instead. With False a NaN/inf at a VALID pixel gives a NaN loss;
+        at an invalid pixel it is ignored.
     """
 
     def __init__(
@@ -101,11 +132,13 @@ class SigLoss(nn.Module):
         warm_up: bool = True,
         warm_iter: int = 100,
         eps: float = 1e-3,
+        check_values: bool = True,
     ):
         super().__init__()
         self.valid_mask = valid_mask
         self.loss_weight = loss_weight
         self.max_depth = max_depth
+        self.check_values = check_values
         self.warm_up = warm_up
         self.warm_iter = int(warm_iter)
         self.eps = eps  # upstream: 0.001, "avoid grad explode" near gt/pred = 0
@@ -115,29 +148,43 @@ class SigLoss(nn.Module):
 
     @property
     def in_warm_up(self) -> bool:
+        """For inspection only (reads the counter from the device: one sync); the loss itself decides
+        on the device."""
         return self.warm_up and int(self.warm_up_counter) < self.warm_iter
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        check_depth_pair(pred, target, "SigLoss")
+        check_depth_pair(pred, target, "SigLoss", self.check_values)
         return self._loss(pred, target)
 
     def _loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The loss on already-checked inputs (DepthLoss checks once for both of its parts)."""
         mask = depth_valid_mask(target, self.valid_mask, self.max_depth)
-        g = torch.log(pred[mask] + self.eps) - torch.log(target[mask] + self.eps)
+        g = _log_difference(pred, target, mask, self.eps)  # 0 at invalid pixels
+        n = mask.sum().to(g.dtype)  # valid pixels of the whole batch (counted exactly), on the device
+        zero = torch.zeros((), dtype=g.dtype, device=g.device)
 
-        warming_up = self.in_warm_up
-        if warming_up and self.training:
-            self.warm_up_counter += 1  # every warm-up call counts, as upstream, even one without valid pixels
-        if g.numel() == 0:
-            return _zero_like_graph(pred)
-        if warming_up:
-            return self.loss_weight * torch.sqrt(0.15 * g.mean() ** 2)
+        # Whole-batch statistics over the valid pixels as weighted sums (same values as upstream's
+        # g = pred[mask] ...; g.mean(); torch.var(g)). The clamps only matter in the edge cases:
+        # n = 0 gives mean 0 (handled below), n = 1 gives var = 0/1 = 0 (g - mean is exactly 0 there;
+        # torch.var's unbiased n - 1 would give 0/0 = NaN, as upstream).
+        mean = g.sum() / n.clamp(min=1)
+        centred = torch.where(mask, g - mean, zero)
+        var = (centred * centred).sum() / (n - 1).clamp(min=1)  # unbiased (correction=1), as upstream
+        squared = var + 0.15 * mean**2
+        if self.warm_up:
+            # First `warm_iter` training calls: the warm-up form sqrt(0.15 mean^2). Chosen on the device.
+            warming_up = self.warm_up_counter < self.warm_iter
+            squared = torch.where(warming_up, 0.15 * mean**2, squared)
+            if self.training:
+                # Every warm-up call counts, as upstream, even one without valid pixels; saturates at
+                # warm_iter because warming_up is then False.
+                self.warm_up_counter += warming_up.to(self.warm_up_counter.dtype)
 
-        # torch.var's default correction=1 (unbiased) is what upstream uses; with one pixel it is
-        # undefined (NaN), so that case takes variance 0.
-        var = torch.var(g) if g.numel() > 1 else g.new_zeros(())
-        return self.loss_weight * torch.sqrt(var + 0.15 * g.mean() ** 2)
+        # No valid pixel: 0 instead of upstream's NaN. The sqrt is taken of 1 there, not 0: sqrt's
+        # gradient at 0 is inf and 0 · inf = NaN would reach the parameters through the unused branch.
+        has_valid = n > 0
+        loss = torch.sqrt(torch.where(has_valid, squared, torch.ones_like(squared)))
+        return torch.where(has_valid, self.loss_weight * loss, zero)
 
 
 class GradientLoss(nn.Module):
@@ -156,7 +203,12 @@ class GradientLoss(nn.Module):
     slices the batch and channel axes instead of H and W and returns ~0 (REFERENCE.md); here the slicing
     is on the last two axes and each image is normalised by its own valid count, i.e. a batch gives
     the mean of the per-image losses (MegaDepth's per-image definition). Images without any valid pixel
-    are left out of the mean; a scale without valid pixels contributes 0 (upstream: 0/0 = NaN).
+    are left out of the mean; a scale without valid pixels contributes 0 (upstream: 0/0 = NaN); a batch
+    without any valid pixel gives 0, attached to the graph.
+
+    No host-device sync: the mean over images with valid pixels is a weighted mean,
+    sum(per_image · has_valid) / max(number of such images, 1).
+    check_values: as SigLoss.
     """
 
     # Subsampling strides of the four scales, as upstream: [input] + [input[::2*i, ::2*i] for i in 1..3].
@@ -168,23 +220,24 @@ class GradientLoss(nn.Module):
         loss_weight: float = 0.5,
         max_depth: float | None = None,
         eps: float = 1e-3,
+        check_values: bool = True,
     ):
         super().__init__()
         self.valid_mask = valid_mask
         self.loss_weight = loss_weight
         self.max_depth = max_depth
         self.eps = eps
+        self.check_values = check_values
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        check_depth_pair(pred, target, "GradientLoss")
+        check_depth_pair(pred, target, "GradientLoss", self.check_values)
         return self._loss(pred, target)
 
     def _loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         full_mask = depth_valid_mask(target, self.valid_mask, self.max_depth)
-        # Log-difference on every pixel; invalid pixels are then zeroed with where() (not a product),
-        # so nothing odd at an invalid pixel can leak in.
-        diff = torch.log(pred + self.eps) - torch.log(target + self.eps)
-        diff = torch.where(full_mask, diff, torch.zeros_like(diff))
+        # Log-difference, exactly 0 at invalid pixels (where(), not a product: nothing odd at an
+        # invalid pixel can leak in, neither into the value nor into the gradient).
+        diff = _log_difference(pred, target, full_mask, self.eps)
         fmask = full_mask.to(diff.dtype)
 
         per_image = diff.new_zeros(diff.shape[0])
@@ -200,10 +253,11 @@ class GradientLoss(nn.Module):
             # count == 0 implies numerator == 0: clamp so that case adds 0 instead of NaN.
             per_image = per_image + numerator / count.clamp(min=1)
 
+        # Mean over the images that have a valid pixel, as a weighted mean (per_image is exactly 0 for
+        # the others; where() keeps it so regardless). No image valid: 0 / 1 = 0, still on the graph.
         has_valid = full_mask.flatten(1).any(dim=1)
-        if not bool(has_valid.any()):
-            return _zero_like_graph(pred)
-        return self.loss_weight * per_image[has_valid].mean()
+        total = torch.where(has_valid, per_image, torch.zeros_like(per_image)).sum()
+        return self.loss_weight * total / has_valid.sum(dtype=per_image.dtype).clamp(min=1)
 
 
 class DepthLoss(nn.Module):
@@ -212,6 +266,8 @@ class DepthLoss(nn.Module):
     forward(pred, target) -> {"loss": total, "loss_sig": weighted SigLoss, "loss_grad": weighted
     GradientLoss}; "loss_grad" is absent when grad_weight is 0. The parts are already weighted, so
     loss == loss_sig + loss_grad.
+    check_values: refuse NaN/inf prediction or target (True, one sync each; standalone use). The
+        training tasks pass False (no sync in the step) and check the target on the host instead.
     """
 
     def __init__(
@@ -223,13 +279,17 @@ class DepthLoss(nn.Module):
         warm_up: bool = True,
         warm_iter: int = 100,
         eps: float = 1e-3,
+        check_values: bool = True,
     ):
         super().__init__()
-        self.sig = SigLoss(valid_mask, sig_weight, max_depth, warm_up, warm_iter, eps)
-        self.grad = GradientLoss(valid_mask, grad_weight, max_depth, eps) if grad_weight else None
+        self.check_values = check_values
+        self.sig = SigLoss(valid_mask, sig_weight, max_depth, warm_up, warm_iter, eps, check_values)
+        self.grad = (
+            GradientLoss(valid_mask, grad_weight, max_depth, eps, check_values) if grad_weight else None
+        )
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        check_depth_pair(pred, target, "DepthLoss")  # once for both parts
+        check_depth_pair(pred, target, "DepthLoss", self.check_values)  # once for both parts
         parts = {"loss_sig": self.sig._loss(pred, target)}
         if self.grad is not None:
             parts["loss_grad"] = self.grad._loss(pred, target)
@@ -241,10 +301,15 @@ class DepthLoss(nn.Module):
 # ----------------------------------------------------------------------------------------------------
 
 
-def check_labels(labels: torch.Tensor, num_classes: int, ignore_index: int | None, what: str, where: str):
-    """Integer labels in [0, num_classes) or equal to ignore_index."""
+def check_label_dtype(labels: torch.Tensor, what: str, where: str) -> None:
+    """Integer class labels (reads only the dtype: no device sync)."""
     if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex():
         raise BadInputError(f"{where}: the {what} must hold integer class labels, got dtype {labels.dtype}")
+
+
+def check_labels(labels: torch.Tensor, num_classes: int, ignore_index: int | None, what: str, where: str):
+    """Integer labels in [0, num_classes) or equal to ignore_index."""
+    check_label_dtype(labels, what, where)
     bad = (labels < 0) | (labels >= num_classes)
     if ignore_index is not None:
         bad &= labels != ignore_index
@@ -275,6 +340,12 @@ class SegLoss(nn.Module):
     "loss_lovasz"}; a part is present only when its weight is non-zero, and parts are weighted.
     CE is the mean over non-ignored pixels of the batch (F.cross_entropy's mean); a batch where
     every pixel is ignored gives 0 instead of NaN.
+    check_values: refuse NaN/inf logits and labels outside [0, num_classes) other than ignore_index
+        (True, one sync each; standalone use). The training tasks pass False (no sync in the step) and
+        check the labels on the host instead; with False an out-of-range label is NOT caught here (on
+        a GPU, cross-entropy then fails with a device-side assert).
+    CE and Dice are free of host-device syncs; smp's Lovasz is not (it sorts per class and skips
+    absent classes with a Python `if`), so lovasz_weight > 0 costs syncs in every step.
     """
 
     def __init__(
@@ -284,6 +355,7 @@ class SegLoss(nn.Module):
         ce_weight: float = 1.0,
         dice_weight: float = 0.0,
         lovasz_weight: float = 0.0,
+        check_values: bool = True,
     ):
         super().__init__()
         import segmentation_models_pytorch as smp  # imported here: only segmentation needs it
@@ -297,6 +369,7 @@ class SegLoss(nn.Module):
         self.ce_weight = ce_weight
         self.dice_weight = dice_weight
         self.lovasz_weight = lovasz_weight
+        self.check_values = check_values
         # smp's multiclass Dice/Lovasz take logits B×C×H×W and labels B×H×W and drop ignore_index pixels.
         self.dice = (
             smp.losses.DiceLoss(mode="multiclass", ignore_index=ignore_index, from_logits=True)
@@ -317,8 +390,10 @@ class SegLoss(nn.Module):
                 f"{where}: the prediction has {logits.shape[1]} channels but num_classes is {self.num_classes}"
             )
         target = as_label_map(target, (logits.shape[0], *logits.shape[2:]), where)
-        check_finite(logits, "prediction", where)
-        check_labels(target, self.num_classes, self.ignore_index, "target", where)
+        check_label_dtype(target, "target", where)
+        if self.check_values:
+            check_finite(logits, "prediction", where)
+            check_labels(target, self.num_classes, self.ignore_index, "target", where)
         target = target.long()
 
         parts = {}

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from heads._common import check_features, pointwise_with_global
+from heads._common import check_features, pointwise_with_global, resize_channels_last
 
 if TYPE_CHECKING:
     from dense.features import FeatureMaps
@@ -126,20 +126,24 @@ class LinearDepthHead(nn.Module):
     def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         # float32 from here on: the bin normalisation and the expectation lose depth resolution in bf16
         # (8 bits of mantissa = centimetres at 10 m), and this part is cheap compared with the backbone.
-        return F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False)
+        return resize_channels_last(x.float(), size)
 
     def expected_depth(self, logits: torch.Tensor) -> torch.Tensor:
         """Bin logits B×K×H×W → depth B×1×H×W: normalise over bins, expectation of the bin centres."""
-        if self.norm_strategy == "linear":
-            weights = F.relu(logits) + 0.1  # AdaBins-style; the 0.1 keeps every bin alive
-        elif self.norm_strategy == "softmax":
-            weights = torch.softmax(logits, dim=1)
-        else:
-            weights = torch.sigmoid(logits)
+        bins = self.bins.float()
         # sum_k w_k·bin_k / sum_k w_k: one division per pixel instead of one per bin. Autocast off, or
         # it would run the einsum (a matmul) in bf16 again.
-        with torch.autocast(weights.device.type, enabled=False):
-            depth = torch.einsum("bkhw,k->bhw", weights, self.bins.float()) / weights.sum(dim=1)
+        with torch.autocast(logits.device.type, enabled=False):
+            if self.norm_strategy == "linear":
+                # AdaBins-style weights relu(l_k) + 0.1 (the 0.1 keeps every bin alive). The constant is
+                # added to the two sums instead of to all K×H×W weights: one full-size pass fewer.
+                weights = F.relu(logits)
+                numerator = torch.einsum("bkhw,k->bhw", weights, bins) + 0.1 * bins.sum()
+                denominator = weights.sum(dim=1) + 0.1 * len(bins)
+            else:
+                weights = torch.softmax(logits, dim=1) if self.norm_strategy == "softmax" else torch.sigmoid(logits)
+                numerator, denominator = torch.einsum("bkhw,k->bhw", weights, bins), weights.sum(dim=1)
+            depth = numerator / denominator
         return depth.unsqueeze(1)
 
     def extra_repr(self) -> str:

@@ -10,7 +10,9 @@
 #
 # Upstream's code is imported from that checkout (torch.hub.load(dir, source="local"), pretrained=False):
 # the device machine reaches no network, and nothing of upstream belongs in this repository.
-# Every path gets the same random weights; bf16 means autocast over fp32 weights, as upstream measured.
+# Every path gets the same random weights; bf16 means autocast. Ours stores its frozen backbone's matrix
+# weights in bf16 (DenseModel.cast_backbone, as train/eval/predict do); the references keep fp32 weights
+# under autocast, as upstream measured.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
 OUT=${OUT:-bench_out}

@@ -244,3 +244,130 @@ def test_seg_loss_errors():
         SegLoss(num_classes=4)(nan_logits, target)
     with pytest.raises(BadInputError, match="all loss weights are 0"):
         SegLoss(num_classes=4, ce_weight=0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sync-free forms (issue #6): edge cases of the weighted-sum statistics and the device-side warm-up
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_sigloss_one_valid_pixel_has_zero_variance():
+    pred = torch.full((1, 1, 3, 3), 2.0, dtype=torch.float64, requires_grad=True)
+    gt = torch.zeros(1, 1, 3, 3, dtype=torch.float64)
+    gt[0, 0, 1, 2] = 5.0
+    value = SigLoss(warm_up=False, loss_weight=3.0)(pred, gt)
+    g = math.log(2.0 + EPS) - math.log(5.0 + EPS)
+    assert float(value.detach()) == pytest.approx(3.0 * math.sqrt(0.15 * g**2), rel=1e-12)
+    value.backward()
+    assert torch.isfinite(pred.grad).all() and pred.grad[0, 0, 1, 2] != 0
+    assert int((pred.grad != 0).sum()) == 1  # only the valid pixel gets a gradient
+
+
+@pytest.mark.parametrize("loss_cls", [SigLoss, GradientLoss, DepthLoss])
+def test_no_valid_pixel_is_zero_even_with_garbage_predictions(loss_cls):
+    # Unchecked (check_values=False, as in training): NaN, inf, negative predictions at pixels that do
+    # not count must not reach the value or the gradient.
+    pred = torch.tensor([float("nan"), float("inf"), -5.0, 0.0, 2.0, -1e-3]).reshape(1, 1, 2, 3)
+    pred = pred.expand(2, 1, 2, 3).clone().requires_grad_(True)
+    out = loss_cls(check_values=False)(pred, torch.zeros(2, 1, 2, 3))
+    value = out["loss"] if isinstance(out, dict) else out
+    value.backward()
+    assert float(value.detach()) == 0.0
+    assert torch.equal(pred.grad, torch.zeros_like(pred))
+
+
+@pytest.mark.parametrize("loss_cls", [SigLoss, GradientLoss])
+def test_garbage_at_invalid_pixels_does_not_leak(loss_cls):
+    pred, gt = _depth_batch(6)
+    invalid = gt == 0
+    index = torch.arange(gt.numel()).reshape(gt.shape) % 3
+    garbage = pred.clone()
+    garbage[invalid] = float("nan")
+    garbage[invalid & (index == 1)] = float("-inf")
+    garbage[invalid & (index == 2)] = -3.0
+    clean_pred = pred.clone().requires_grad_(True)
+    garbage = garbage.requires_grad_(True)
+    loss = loss_cls(check_values=False, **({"warm_up": False} if loss_cls is SigLoss else {}))
+    clean, dirty = loss(clean_pred, gt), loss(garbage, gt)
+    assert float(dirty.detach()) == pytest.approx(float(clean.detach()), rel=1e-12)
+    clean.backward()
+    dirty.backward()
+    assert torch.equal(garbage.grad[invalid], torch.zeros(int(invalid.sum()), dtype=garbage.dtype))
+    torch.testing.assert_close(garbage.grad, clean_pred.grad, rtol=1e-12, atol=0)
+
+
+def test_sigloss_warm_up_switches_exactly_at_warm_iter():
+    pred, gt = _depth_batch(7)
+    warm, full = _np_sig(pred, gt, True), _np_sig(pred, gt, False)
+    loss = SigLoss(warm_iter=2, check_values=False)
+    counters = []
+    for expected in (warm, warm, full, full):
+        assert float(loss(pred, gt)) == pytest.approx(expected, rel=1e-12)
+        counters.append(int(loss.warm_up_counter))
+    assert counters == [1, 2, 2, 2]  # saturates at warm_iter
+    assert not loss.in_warm_up
+
+    # Calls in eval mode use the current phase but do not advance it.
+    loss = SigLoss(warm_iter=1, check_values=False).eval()
+    assert float(loss(pred, gt)) == pytest.approx(warm, rel=1e-12)
+    assert int(loss.warm_up_counter) == 0 and loss.in_warm_up
+    loss.train()
+    assert float(loss(pred, gt)) == pytest.approx(warm, rel=1e-12)  # the one warm-up call
+    assert float(loss(pred, gt)) == pytest.approx(full, rel=1e-12)
+
+    # warm_up=False: the full loss from the first call; warm_iter=0: the same.
+    assert float(SigLoss(warm_up=False)(pred, gt)) == pytest.approx(full, rel=1e-12)
+    assert float(SigLoss(warm_iter=0)(pred, gt)) == pytest.approx(full, rel=1e-12)
+
+
+def test_depth_loss_counter_is_checkpointed_and_resumes_at_the_switch():
+    pred, gt = _depth_batch(8)
+    original = DepthLoss(warm_iter=3, check_values=False)
+    for _ in range(2):
+        original(pred, gt)
+    state = original.state_dict()
+    assert int(state["sig.warm_up_counter"]) == 2
+
+    resumed = DepthLoss(warm_iter=3, check_values=False)
+    resumed.load_state_dict(state)
+    for expected_warm in (True, False, False):  # one warm-up call left, then the full loss
+        a, b = original(pred, gt)["loss_sig"], resumed(pred, gt)["loss_sig"]
+        assert float(a) == float(b) == pytest.approx(_np_sig(pred, gt, expected_warm), rel=1e-12)
+    assert int(resumed.sig.warm_up_counter) == 3
+
+
+def test_gradient_loss_without_valid_image_is_zero_with_graph():
+    pred = torch.rand(2, 1, 8, 8, requires_grad=True)
+    value = GradientLoss(loss_weight=0.5)(pred, torch.zeros(2, 1, 8, 8))
+    value.backward()
+    assert float(value.detach()) == 0.0 and value.requires_grad and torch.all(pred.grad == 0)
+
+
+def test_check_values_false_skips_only_the_value_checks():
+    """check_values=False (what the training tasks use): NaN/inf and bad labels are not looked for
+    (no sync; the tasks check the ground truth on the host). A NaN at a valid pixel gives a NaN loss,
+    which the task's divergence check reports. Shape and dtype checks still run."""
+    pred, gt = _depth_batch()
+    bad_pred = pred.clone()
+    bad_pred[tuple((gt > 0).nonzero()[0])] = float("nan")  # at a valid pixel
+    for loss in (
+        SigLoss(check_values=False),
+        GradientLoss(check_values=False),
+        DepthLoss(check_values=False),
+    ):
+        out = loss(bad_pred, gt)
+        assert math.isnan(float(out["loss"] if isinstance(out, dict) else out))
+        with pytest.raises(BadInputError, match="prediction shape .* != target shape"):
+            loss(pred, gt[..., :5])
+        with pytest.raises(BadInputError, match="B×1×H×W"):
+            loss(pred[:, 0], gt[:, 0])
+
+    logits, target = _seg_batch()
+    nan_logits = logits.clone()
+    nan_logits[1, 0, 0, 0] = float("nan")  # at a pixel that is not ignored
+    unchecked = SegLoss(num_classes=4, check_values=False)
+    assert not math.isfinite(float(unchecked(nan_logits, target)["loss"]))
+    with pytest.raises(BadInputError, match="integer"):
+        unchecked(logits, target.float())
+    with pytest.raises(BadInputError, match="4 channels but num_classes is 5"):
+        SegLoss(num_classes=5, check_values=False)(logits, target)

@@ -1,6 +1,7 @@
 """The LightningModules: frozen backbone, optimiser and schedule, evaluation modes, checkpoint hooks."""
 
 import math
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -167,3 +168,154 @@ def test_atomic_checkpoint_io_leaves_no_partial_file(tmp_path, monkeypatch):
         io.save_checkpoint({"a": torch.zeros(3)}, tmp_path / "last.ckpt")
     assert torch.equal(torch.load(tmp_path / "last.ckpt", weights_only=True)["a"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+# ---- no sync in the training step: host-side target checks, periodic divergence check ------------------
+
+
+def _train_batch(datamodule) -> dict:
+    datamodule.setup("fit")
+    return next(iter(datamodule.train_dataloader()))
+
+
+def _loader(*batches: dict) -> torch.utils.data.DataLoader:
+    """These ready-made batches, in this order (batch_size=None: no collation)."""
+    return torch.utils.data.DataLoader(list(batches), batch_size=None)
+
+
+def _single_line(error) -> str:
+    text = str(error)
+    assert "\n" not in text
+    return text
+
+
+def test_tasks_build_their_losses_without_value_checks():
+    datamodule = DenseDataModule(name="synthetic", **SMALL_DATA)
+    depth = build_task(dense.build_model("tiny14", "depth_linear"), datamodule)
+    assert (
+        not depth.loss.check_values and not depth.loss.sig.check_values and not depth.loss.grad.check_values
+    )
+    seg_data = DenseDataModule(name="synthetic", task="segmentation", **SMALL_DATA)
+    seg = build_task(dense.build_model("tiny14", "seg_linear", num_classes=seg_data.num_classes), seg_data)
+    assert not seg.loss.check_values
+    # Still available, for debugging: task.depth_loss.check_values=true.
+    checked = build_task(
+        dense.build_model("tiny14", "depth_linear"), datamodule, depth_loss={"check_values": True}
+    )
+    assert checked.loss.check_values
+
+
+def test_nan_depth_in_a_training_batch_stops_the_run_with_one_line(tmp_path):
+    datamodule = DenseDataModule(name="synthetic", **SMALL_DATA)
+    task = build_task(dense.build_model("tiny14", "depth_linear"), datamodule)
+    batch = _train_batch(datamodule)
+    bad = {**batch, "depth": batch["depth"].clone()}
+    bad["depth"][2, 0, 5, 7] = float("nan")
+
+    # Lightning hands the hook the CPU batch (before the transfer), in a real fit.
+    with pytest.raises(dense.losses.BadInputError) as info:
+        trainer(tmp_path, max_steps=2, limit_val_batches=0).fit(task, train_dataloaders=_loader(batch, bad))
+    message = _single_line(info.value)
+    assert "DepthTask training batch: the depth contains NaN values" in message
+    assert f"(sample {batch['name'][2]})" in message
+
+    # Only training batches are checked (validation and test batches go through the metrics' checks),
+    # and the hook hands the batch back untouched.
+    task.trainer = SimpleNamespace(training=False)
+    assert task.on_before_batch_transfer(bad, 0) is bad
+    task.trainer = SimpleNamespace(training=True)
+    assert task.on_before_batch_transfer(batch, 0) is batch
+    bad["depth"][0, 0, 0, 0] = float("inf")
+    with pytest.raises(dense.losses.BadInputError, match=r"NaN and inf values \(sample .*, .*\)"):
+        task.on_before_batch_transfer(bad, 0)
+
+
+def test_out_of_range_labels_in_a_training_batch_stop_the_run(tmp_path):
+    datamodule = DenseDataModule(name="synthetic", task="segmentation", **SMALL_DATA)
+    model = dense.build_model("tiny14", "seg_linear", num_classes=datamodule.num_classes)
+    task = build_task(model, datamodule)
+    batch = _train_batch(datamodule)
+    batch["mask"][1, 3, 3] = 255  # the ignore index is fine
+    task.trainer = SimpleNamespace(training=True)
+    assert task.on_before_batch_transfer(batch, 0) is batch
+
+    bad = {**batch, "mask": batch["mask"].clone()}
+    bad["mask"][1, 4, 4] = datamodule.num_classes
+    with pytest.raises(dense.losses.BadInputError) as info:
+        trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(task, train_dataloaders=_loader(bad))
+    message = _single_line(info.value)
+    assert f"labels [{datamodule.num_classes}] outside [0, {datamodule.num_classes - 1}]" in message
+    assert f"(sample {batch['name'][1]})" in message
+
+
+class PoisonHead(L.Callback):
+    """Sets the head's weights to NaN after `after` optimiser steps: a diverged head."""
+
+    def __init__(self, after: int):
+        self.after = after
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.global_step == self.after:
+            with torch.no_grad():
+                for p in module.model.head.parameters():
+                    p.fill_(float("nan"))
+
+
+def _depth_task():
+    datamodule = DenseDataModule(name="synthetic", **SMALL_DATA)  # 2 training batches per epoch
+    return build_task(dense.build_model("tiny14", "depth_linear"), datamodule), datamodule
+
+
+def test_a_nan_loss_stops_the_run_at_the_next_periodic_check(tmp_path):
+    task, datamodule = _depth_task()
+    # NaN loss from step 3 on; checks every 2 steps: step 2 (finite), step 4 (NaN since step 3).
+    run = trainer(tmp_path, max_steps=8, limit_val_batches=0, log_every_n_steps=2, callbacks=[PoisonHead(2)])
+    with pytest.raises(dense.losses.TrainingDivergedError) as info:
+        run.fit(task, datamodule=datamodule)
+    assert isinstance(info.value, dense.errors.DenseError)  # train.py prints it as one line
+    assert _single_line(info.value) == (
+        "training diverged: the loss became NaN or inf at or before step 4 (it was finite up to step 2); "
+        "lower task.optimizer.lr, or check the data"
+    )
+    assert run.global_step == 4  # stopped at the check, not at the end of the run
+
+
+def test_divergence_is_not_checked_every_step_but_at_the_epoch_end(tmp_path):
+    task, datamodule = _depth_task()
+    # NaN from step 1 on; log_every_n_steps=50 > the 2 steps of an epoch: the epoch-end check finds it.
+    run = trainer(tmp_path, max_steps=8, limit_val_batches=0, log_every_n_steps=50, callbacks=[PoisonHead(0)])
+    with pytest.raises(dense.losses.TrainingDivergedError, match="at or before step 2; lower"):
+        run.fit(task, datamodule=datamodule)
+    assert run.global_step == 2
+
+
+def test_divergence_is_reported_before_validation_and_at_max_steps(tmp_path):
+    task, datamodule = _depth_task()
+    # Validation after step 1 (val_check_interval=1) would fail in the metrics on NaN predictions:
+    # the divergence is reported instead.
+    run = trainer(
+        tmp_path, max_steps=8, val_check_interval=1, log_every_n_steps=50, callbacks=[PoisonHead(0)]
+    )
+    with pytest.raises(dense.losses.TrainingDivergedError, match="at or before step 1; lower"):
+        run.fit(task, datamodule=datamodule)
+
+    task, datamodule = _depth_task()
+    # max_steps=1 ends the run in the middle of the first epoch: still checked.
+    run = trainer(tmp_path, max_steps=1, limit_val_batches=0, log_every_n_steps=50, callbacks=[PoisonHead(0)])
+    with pytest.raises(dense.losses.TrainingDivergedError, match="at or before step 1; lower"):
+        run.fit(task, datamodule=datamodule)
+
+
+def test_train_py_prints_the_divergence_as_one_line(tmp_path, capsys):
+    from dense import _cli
+
+    task, datamodule = _depth_task()
+    run = trainer(tmp_path, max_steps=2, limit_val_batches=0, log_every_n_steps=1, callbacks=[PoisonHead(0)])
+    with pytest.raises(SystemExit) as stop:
+        _cli.run(lambda cfg: run.fit(task, datamodule=datamodule), None)
+    assert stop.value.code == _cli.EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "error: training diverged: the loss became NaN or inf at or before step 1; "
+        "lower task.optimizer.lr, or check the data"
+    )

@@ -5,11 +5,18 @@ and the checkpoint contract of dense/checkpoint.py.
 The LightningModule holds the DenseModel as `self.model`, so checkpoint keys are `model.head.*`
 (what `dense.load_model` and `build_model(head_weights=CKPT)` read) and `model.backbone.*` (dropped
 on save unless the backbone cannot be rebuilt otherwise).
+
+The training step makes no host-device sync (GPU → CPU wait) of its own: the losses are built with
+check_values=False (dense/losses.py), the ground truth of each training batch is checked on the host
+before it is moved to the device (on_before_batch_transfer), and a NaN/inf loss is recorded in a
+device-side flag that is read only every `trainer.log_every_n_steps` steps, before validation and at
+the end of each training epoch (one sync each), failing the run with a one-line TrainingDivergedError.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -21,11 +28,19 @@ from torch.optim.lr_scheduler import LambdaLR
 from dense._cli import ConfigError, plain
 from dense.cache import forward_cached
 from dense.checkpoint import atomic_save, restore_frozen_backbone, strip_frozen_backbone
+from dense.losses import BadInputError, TrainingDivergedError
 from dense.model import DenseModel
 
 DECAYS = ("cosine", "poly", "constant")
 TEST_MODES = ("whole", "slide")
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-4, "weight_decay": 0.01}
+
+# DenseTask overrides on_before_batch_transfer (the host-side target check) and is trained with a
+# DenseDataModule; Lightning then warns, on every run, that the module's hook is the one used: the intent.
+warnings.filterwarnings(
+    "ignore",
+    message=r"You have overridden `on_before_batch_transfer` in `LightningModule` but have passed in",
+)
 
 
 def lr_schedule(
@@ -106,6 +121,9 @@ class DenseTask(L.LightningModule):
         predict (DenseModel.predict): whole image or sliding window, multi-scale, horizontal flip.
     config: the run's whole configuration (plain dict), stored in the checkpoint's hyper-parameters so
         that eval.py can find the data the model was trained on.
+
+    Subclasses build their loss with check_values=False (no sync per step) and implement
+    `check_target`, which on_before_batch_transfer runs on the host for every training batch.
     """
 
     task: ClassVar[str]
@@ -155,6 +173,12 @@ class DenseTask(L.LightningModule):
                 "config": plain(config) or {},
             }
         )
+        # True once a training loss was NaN/inf: a 0-d bool tensor on the loss's device, updated in every
+        # step without a sync and read every log_every_n_steps steps (_check_divergence). A plain
+        # attribute, not a buffer: never in a checkpoint, and DDP would overwrite a buffer with rank 0's
+        # copy before each forward, losing a NaN seen on another rank.
+        self._loss_nonfinite: torch.Tensor | None = None
+        self._last_divergence_check = 0  # the global step of the last check that found the loss finite
 
     # ---- optimisation --------------------------------------------------------------------------
 
@@ -174,10 +198,84 @@ class DenseTask(L.LightningModule):
         else:
             prediction = self.model(batch["image"])
         losses = self.compute_loss(prediction, batch)
+        self._record_nonfinite(losses["loss"])
         size = len(batch["name"])
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=size)
         self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"}, batch_size=size)
         return losses["loss"]
+
+    # ---- checks kept out of the training step: host-side targets, periodic divergence check -------
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Check the ground truth of each training batch while it is still on the CPU (Lightning calls
+        this before moving the batch to the device), so that the loss needs no value check and no sync.
+        The datasets already refuse NaN depth and out-of-range labels when they read a file
+        (dense/data/base.py check_sample); this is the second line of defence, for every source of
+        batches (feature cache, custom datasets), at CPU cost only."""
+        if self._trainer is not None and self.trainer.training:
+            self.check_batch(batch)
+        return batch
+
+    def check_batch(self, batch: dict) -> None:
+        """Run `check_target` on a (host) batch; the one-line error names the offending samples."""
+        target = self.target(batch)
+        where = f"{type(self).__name__} training batch"
+        try:
+            self.check_target(target, where)
+        except BadInputError as error:
+            names = list(batch.get("name") or [])
+            if len(names) != len(target):
+                raise
+            bad = []
+            for i, name in enumerate(names):  # only on the error path: which samples are at fault
+                try:
+                    self.check_target(target[i : i + 1], where)
+                except BadInputError:
+                    bad.append(str(name))
+            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+            raise BadInputError(f"{error} (sample {', '.join(bad[:5])}{more})") from None
+
+    def _record_nonfinite(self, loss: torch.Tensor) -> None:
+        """Remember a NaN/inf loss without waiting for the device (an `if` on it would sync every step)."""
+        nonfinite = ~torch.isfinite(loss.detach())
+        if self._loss_nonfinite is None or self._loss_nonfinite.device != nonfinite.device:
+            self._loss_nonfinite = torch.zeros((), dtype=torch.bool, device=nonfinite.device)
+        torch.logical_or(self._loss_nonfinite, nonfinite, out=self._loss_nonfinite)
+
+    def on_train_start(self) -> None:
+        self._loss_nonfinite = None  # a module fitted again starts clean
+        self._last_divergence_check = self.global_step
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        every = self.trainer.log_every_n_steps or 50  # 0 turns logging off, not this check
+        if (batch_idx + 1) % every == 0:
+            self._check_divergence()
+
+    def on_validation_start(self) -> None:
+        # During fit, validate a diverged head? Its NaN predictions would fail in the metrics with a
+        # message about the prediction; say what happened instead.
+        if self.trainer.state.fn == "fit":
+            self._check_divergence()
+
+    def on_train_epoch_end(self) -> None:
+        self._check_divergence()
+
+    def _check_divergence(self) -> None:
+        """Read the NaN/inf flag (one host-device sync), agreed over all processes so that all stop
+        together; raise a one-line TrainingDivergedError if any training loss since the start was not
+        finite."""
+        flag = self._loss_nonfinite
+        local = flag is not None and bool(flag)  # the sync
+        diverged = self.trainer.strategy.reduce_boolean_decision(local, all=False)
+        step = self.global_step
+        if diverged:
+            last = self._last_divergence_check
+            since = f" (it was finite up to step {last})" if last else ""
+            raise TrainingDivergedError(
+                f"training diverged: the loss became NaN or inf at or before step {step}{since}; "
+                "lower task.optimizer.lr, or check the data"
+            )
+        self._last_divergence_check = step
 
     # ---- evaluation ----------------------------------------------------------------------------
 
@@ -242,6 +340,10 @@ class DenseTask(L.LightningModule):
     # ---- for subclasses ------------------------------------------------------------------------
 
     def target(self, batch: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def check_target(self, target: torch.Tensor, where: str) -> None:
+        """Raise BadInputError if a (host) target tensor holds values the loss cannot use."""
         raise NotImplementedError
 
     def compute_loss(self, prediction: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:

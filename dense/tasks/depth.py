@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 
 from dense._cli import plain
-from dense.losses import DepthLoss
+from dense.losses import DepthLoss, check_finite
 from dense.metrics import DepthMetrics
 from dense.model import DenseModel
 from dense.tasks.base import DenseTask
@@ -18,6 +18,9 @@ class DepthTask(DenseTask):
 
     loss: DepthLoss options (sig_weight, grad_weight, warm_up, warm_iter, valid_mask, max_depth, eps);
         the loss ignores ground truth above the evaluation range unless `loss.max_depth` says otherwise.
+        It is built with check_values=False (no host-device sync per step): the depth of each training
+        batch is checked for NaN/inf on the host instead (check_target), and a NaN loss stops the run
+        at the next periodic check (DenseTask).
     min_depth / max_depth / crop: the evaluation range and crop ("eigen" NYU, "garg" KITTI, None) of
         DepthMetrics; the datamodule knows them for its dataset.
     Logs train/loss, train/loss_sig, train/loss_grad; val/* and test/*: a1 a2 a3 abs_rel sq_rel rmse
@@ -42,13 +45,17 @@ class DepthTask(DenseTask):
         super().__init__(model, **common)
         loss = {"max_depth": max_depth, **(plain(loss) or {})}
         # A submodule, so the SigLoss warm-up counter is saved with the checkpoint and resumes exactly.
-        self.loss = DepthLoss(**loss)
+        # check_values=False: no sync in the step (loss.check_values=true turns the in-loss checks on).
+        self.loss = DepthLoss(**{"check_values": False, **loss})
         self.val_metrics = DepthMetrics(min_depth, max_depth, crop)
         self.test_metrics = DepthMetrics(min_depth, max_depth, crop)
         self.hparams.update(loss=loss, metrics={"min_depth": min_depth, "max_depth": max_depth, "crop": crop})
 
     def target(self, batch: dict) -> torch.Tensor:
         return batch["depth"]
+
+    def check_target(self, target: torch.Tensor, where: str) -> None:
+        check_finite(target, "depth", where)
 
     def compute_loss(self, prediction: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
         # Under bf16 autocast the head answers in bf16; logs and ratios of depths want fp32.
