@@ -358,8 +358,6 @@ class SegLoss(nn.Module):
         check_values: bool = True,
     ):
         super().__init__()
-        import segmentation_models_pytorch as smp  # imported here: only segmentation needs it
-
         if not (ce_weight or dice_weight or lovasz_weight):
             raise BadInputError(
                 "SegLoss: all loss weights are 0; set ce_weight, dice_weight or lovasz_weight"
@@ -371,6 +369,9 @@ class SegLoss(nn.Module):
         self.lovasz_weight = lovasz_weight
         self.check_values = check_values
         # smp's multiclass Dice/Lovasz take logits B×C×H×W and labels B×H×W and drop ignore_index pixels.
+        # Imported only when one of them is used: importing smp takes seconds (it pulls in timm's models).
+        if dice_weight or lovasz_weight:
+            import segmentation_models_pytorch as smp
         self.dice = (
             smp.losses.DiceLoss(mode="multiclass", ignore_index=ignore_index, from_logits=True)
             if dice_weight
