@@ -161,7 +161,10 @@ class CachedFeatures(Dataset):
         model.to(device)
         loader = DataLoader(torch.utils.data.Subset(self.dataset, todo.tolist()), batch_size=batch_size)
         position = 0
-        autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
+        # bf16 when asked, and always when the backbone's weights are stored in bf16 (a bf16-mixed run,
+        # DenseModel.cast_backbone): such a backbone runs only under autocast.
+        bf16 = precision == "bf16" or model.backbone_dtype == torch.bfloat16
+        autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16)
         for batch in loader:
             indices = todo[position : position + len(batch["image"])]
             position += len(indices)

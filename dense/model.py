@@ -25,6 +25,7 @@ from torch import nn
 
 import heads
 from dense.backbone import build_backbone, get_spec
+from dense.errors import DenseError
 from dense.features import FeatureMaps
 
 DEFAULT_DEPTH_RANGE = (1e-3, 10.0)
@@ -149,7 +150,7 @@ class DenseModel(nn.Module):
         """The frozen backbone's FeatureMaps for images whose sides are multiples of 14."""
         device_type = padded_images.device.type
         if self.backbone_dtype != torch.float32 and not torch.is_autocast_enabled(device_type):
-            raise RuntimeError(
+            raise DenseError(
                 f"the backbone's weights are stored in {self.backbone_dtype} (cast_backbone): run the model "
                 f"under torch.autocast('{device_type}', dtype={self.backbone_dtype})"
             )

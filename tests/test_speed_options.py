@@ -23,6 +23,7 @@ import dense
 import eval as eval_script
 import predict as predict_script
 from dense.config import apply_speed_options, compile_mode
+from dense.errors import DenseError
 from dense.features import FeatureMaps
 from dense.model import to_maps
 from heads._common import resize_channels_last
@@ -100,7 +101,7 @@ def test_bf16_backbone_copy_is_bit_identical_to_autocast_and_half_the_size():
     assert model.backbone.norm.weight.dtype == torch.float32  # norms, tokens, position embedding stay fp32
     assert model.backbone.pos_embed.dtype == torch.float32
     assert all(p.dtype == torch.float32 for p in model.head.parameters())  # the head is trained: left alone
-    with pytest.raises(RuntimeError, match=r"stored in torch.bfloat16 \(cast_backbone\): run the model under"):
+    with pytest.raises(DenseError, match=r"stored in torch.bfloat16 \(cast_backbone\): run the model under"):
         model.predict(images)
 
 
@@ -181,6 +182,16 @@ def test_train_and_eval_apply_bf16_and_compile(tmp_path, compile_calls):
     results = eval_script.evaluate(cfg)
     assert compile_calls[-1] == {"mode": "default"}
     assert np.isfinite(results["rmse"]) and results["n_images"] == 8  # TINY: 8 test images
+
+
+def test_a_bf16_run_fills_the_feature_cache_under_autocast(tmp_path):
+    # The cache is filled when the datamodule is set up, after the backbone's weights went bf16.
+    task, metrics = run_train(
+        tmp_path, "head=seg_linear", "data.task=segmentation", "trainer.max_steps=4", "trainer.precision=bf16-mixed",
+        "cache.features=true", f"cache.dir={tmp_path / 'cache'}",
+    )
+    assert task.model.backbone_dtype == torch.bfloat16
+    assert any((tmp_path / "cache").rglob("patches.npy")) and np.isfinite(metrics["val/mIoU"])
 
 
 def test_predict_applies_bf16_and_compile(tmp_path, compile_calls, monkeypatch):
