@@ -7,6 +7,7 @@
 #                 mkdir -p .upstream && cp -r /path/to/dinov2/. .upstream/      # a facebookresearch/dinov2 checkout
 #   device call:  command "bash scripts/bench_gpu.sh", carry [".upstream"], timeout_s 600
 # Elsewhere: `OUT=somewhere UPSTREAM=/path/to/dinov2 bash scripts/bench_gpu.sh`.
+# A subset (e.g. to split the work over two calls if one runs out of time): STEPS="3 4" bash scripts/bench_gpu.sh
 #
 # Upstream's code is imported from that checkout (torch.hub.load(dir, source="local"), pretrained=False):
 # the device machine reaches no network, and nothing of upstream belongs in this repository.
@@ -22,23 +23,25 @@ mkdir -p "$OUT"
 up=()
 if [ -f "$UPSTREAM/hubconf.py" ]; then up=(--upstream "$UPSTREAM"); else echo "no upstream checkout at $UPSTREAM: ours vs timm only"; fi
 bench() { "$PYTHON" -m dense.bench --device cuda --precision bf16 --iters 10 --warmup 3 "$@"; }
+STEPS=${STEPS:-1 2 3 4 5}
+step() { [[ " $STEPS " == *" $1 "* ]]; }  # is step $1 asked for?
 
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
   "$PYTHON" -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)"
   # 1. ViT-g/14 backbone, batch 32, 518x518 (upstream 104 img/s, 370 TFLOP/s; target >= 450 TFLOP/s)
-  bench --backbone vitg14 --head depth_linear4 --work backbone --size 518x518 --batch 32 "${up[@]}" \
+  step 1 && bench --backbone vitg14 --head depth_linear4 --work backbone --size 518x518 --batch 32 "${up[@]}" \
     --json "$OUT/1_vitg_backbone.json"
-  # 2-3. ViT-L/14 + DPT and + linear4 inference, batch 16, 480x640 (upstream 149 img/s 9.2 GB, 111 img/s 31.3 GB)
-  bench --backbone vitl14 --head depth_dpt,depth_linear4 --work predict --size 480x640 --batch 16 "${up[@]}" \
+  # 2. ViT-L/14 + DPT and + linear4 inference, batch 16, 480x640 (upstream 149 img/s 9.2 GB, 111 img/s 31.3 GB)
+  step 2 && bench --backbone vitl14 --head depth_dpt,depth_linear4 --work predict --size 480x640 --batch 16 "${up[@]}" \
     --json "$OUT/2_vitl_predict.json"
-  # 4-5. DPT head training step, batch 8, 416x544, ViT-L and ViT-g (upstream 119 and 65 img/s; g peaks 11.9 GB)
-  bench --backbone vitl14,vitg14 --head depth_dpt --work train --size 416x544 --batch 8 "${up[@]}" \
+  # 3. DPT head training step, batch 8, 416x544, ViT-L and ViT-g (upstream 119 and 65 img/s; g peaks 11.9 GB)
+  step 3 && bench --backbone vitl14,vitg14 --head depth_dpt --work train --size 416x544 --batch 8 "${up[@]}" \
     --json "$OUT/3_dpt_train_b8.json"
-  # Memory target: ours trains ViT-g/14 DPT at batch 16, 416x544, within 16 GB (ours alone).
-  bench --backbone vitg14 --head depth_dpt --work train --size 416x544 --batch 16 --reference none \
+  # 4. Memory target: ours trains ViT-g/14 DPT at batch 16, 416x544, within 16 GB (ours alone).
+  step 4 && bench --backbone vitg14 --head depth_dpt --work train --size 416x544 --batch 16 --reference none \
     --json "$OUT/4_vitg_dpt_train_b16.json"
-  # torch.compile on the backbone target (ours alone: compiling three ViT-g would not fit the time).
-  bench --backbone vitg14 --head depth_linear4 --work backbone --size 518x518 --batch 32 --compile on \
+  # 5. torch.compile on the backbone target (ours alone: compiling three ViT-g would not fit the time).
+  step 5 && bench --backbone vitg14 --head depth_linear4 --work backbone --size 518x518 --batch 32 --compile on \
     --reference none --json "$OUT/5_vitg_backbone_compiled.json"
 } 2>&1 | tee "$OUT/log.txt"
