@@ -39,9 +39,12 @@ def set_root_dir(script: str) -> None:
 
 
 def main(hydra_main: Callable[[], Any], script: str) -> None:
-    """Run an entry script's Hydra main, refusing first, in one line, a config-group option that does
-    not exist (Hydra's own message for it is a multi-line listing)."""
-    check_group_choices(Path(script).resolve().parent / "configs", sys.argv[1:])
+    """Run an entry script's Hydra main, refusing first, in one line, a config-group option or a key
+    that does not exist (Hydra's own messages for them span several lines)."""
+    script_path = Path(script).resolve()
+    config_dir = script_path.parent / "configs"
+    check_group_choices(config_dir, sys.argv[1:])
+    check_keys(config_dir, script_path.stem, sys.argv[1:])
     hydra_main()
 
 
@@ -57,6 +60,51 @@ def check_group_choices(config_dir: Path, overrides: list[str]) -> None:
             if choice != "null" and not (config_dir / group / f"{choice}.yaml").is_file():
                 options = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
                 fail(f"{group}={choice} is not an option of configs/{group}/: choose one of {', '.join(options)}")
+
+
+def check_keys(config_dir: Path, config_name: str, arguments: list[str]) -> None:
+    """A `key=value` override whose key the config does not have (`data.batchsize=4`) → one line naming
+    the closest existing key, exit 2. Found by composing the config as Hydra will; any other problem
+    is left to Hydra's own message. Hydra flags other than --multirun (--cfg, --help, ...) skip the check."""
+    import difflib
+    import re
+
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException
+    from omegaconf import OmegaConf
+
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in arguments):
+        return
+    multirun = any(a in ("-m", "--multirun") for a in arguments)
+    # Sweeps (a=1,2) cannot be composed; their keys are checked by Hydra when the jobs start.
+    overrides = [a for a in arguments if not a.startswith("-") and not (multirun and "," in a)]
+
+    def compose_error(chosen: list[str]) -> str | None:
+        try:
+            with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+                compose(config_name, overrides=chosen)
+        except ConfigCompositionException as error:
+            return str(error)
+        return None
+
+    message = compose_error(overrides)
+    match = re.match(r"Could not override '([^']+)'", message or "")
+    if match is None:
+        return
+    key = match.group(1)
+    override = next(o for o in overrides if o.split("=", 1)[0] == key)
+    parent, _, name = key.rpartition(".")
+    hint = ""
+    rest = [o for o in overrides if o != override]
+    if compose_error(rest) is None:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            config = compose(config_name, overrides=rest)
+            node = OmegaConf.select(config, parent) if parent else config
+        keys = list(node.keys()) if OmegaConf.is_dict(node) else []
+        close = difflib.get_close_matches(name, [str(k) for k in keys], n=1)
+        if close:
+            hint = f" (did you mean {parent + '.' if parent else ''}{close[0]}?)"
+    fail(f"{key} is not a key of the {config_name} configuration{hint}; to add a new key write +{override}")
 
 
 def single_log_stream() -> None:

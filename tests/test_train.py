@@ -287,6 +287,12 @@ def test_command_line_mistakes_exit_without_traceback(tmp_path):
     )
     assert ours.returncode == 2 and "Traceback" not in ours.stderr
     assert "head=seg_ms is a segmentation head but data=nyu" in ours.stderr
-    hydras = run_script("train.py", f"hydra.run.dir={tmp_path}", "trainer.max_step=5")
-    assert hydras.returncode != 0 and "Traceback" not in hydras.stderr
-    assert "max_step" in hydras.stderr
+    typo = run_script("train.py", f"hydra.run.dir={tmp_path}", "trainer.max_step=5")
+    assert typo.returncode == 2 and typo.stderr.strip() == (
+        "error: trainer.max_step is not a key of the train configuration (did you mean trainer.max_steps?); "
+        "to add a new key write +trainer.max_step=5"
+    )
+    for script, key in (("eval.py", "splt=val"), ("predict.py", "batchsize=2")):
+        typo = run_script(script, key)
+        assert typo.returncode == 2 and "\n" not in typo.stderr.strip(), typo.stderr
+        assert f"{key.split('=')[0]} is not a key of the {script[:-3]} configuration (did you mean" in typo.stderr
