@@ -45,7 +45,7 @@ def to_maps(patch_tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
     Channels-last is the tokens' own layout (no transpose copy), and the heads' convolutions and
     bilinear resizes run faster on it: on 2 CPU cores, ViT-S features at 224², batch 8, forward and
-    backward: DPT head 8.0 → 6.4 s, seg_ms 370 → 341 ms (scripts/bench_layout.py); on GPUs, cuDNN's
+    backward: DPT head 6.6 → 5.4 s, seg_ms 341 → 298 ms (scripts/bench_layout.py); on GPUs, cuDNN's
     bf16 convolutions are NHWC kernels. Convolutions keep the layout of their input, so the whole head
     runs channels-last without converting its weights.
     """

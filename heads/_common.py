@@ -54,8 +54,8 @@ def resize_channels_last(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     """Bilinear resize (align_corners=False) of a many-channel map, e.g. bin or class logits.
 
     On the CPU, PyTorch's bilinear kernel is much faster on channels-last (NHWC) tensors: 256 logits
-    on a 16×16 grid to 64×64, batch 8, take 160 ms in NCHW and 15 ms in NHWC (forward; 203 vs 50 ms
-    with the backward), and the values agree to float rounding (scripts/bench_layout.py). The output
+    on a 16×16 grid to 64×64, batch 8, take 163 ms in NCHW and 40 ms in NHWC (forward and
+    backward), and the values agree to float rounding (scripts/bench_layout.py). The output
     stays channels-last, which the reductions over channels that follow (expectation, softmax) read
     contiguously. On other devices the tensor is resized as it is (not measured there).
     """
