@@ -369,7 +369,7 @@ class SegLoss(nn.Module):
         self.lovasz_weight = lovasz_weight
         self.check_values = check_values
         # smp's multiclass Dice/Lovasz take logits B×C×H×W and labels B×H×W and drop ignore_index pixels.
-        # Imported only when one of them is used: importing smp takes seconds (it pulls in timm's models).
+        # Imported only when one of them is used: cross-entropy alone needs nothing from smp.
         if dice_weight or lovasz_weight:
             import segmentation_models_pytorch as smp
         self.dice = (
@@ -391,10 +391,11 @@ class SegLoss(nn.Module):
                 f"{where}: the prediction has {logits.shape[1]} channels but num_classes is {self.num_classes}"
             )
         target = as_label_map(target, (logits.shape[0], *logits.shape[2:]), where)
-        check_label_dtype(target, "target", where)
         if self.check_values:
             check_finite(logits, "prediction", where)
             check_labels(target, self.num_classes, self.ignore_index, "target", where)
+        else:
+            check_label_dtype(target, "target", where)  # reads the dtype only: no sync
         target = target.long()
 
         parts = {}

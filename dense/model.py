@@ -27,6 +27,7 @@ import heads
 from dense.backbone import build_backbone, get_spec
 from dense.errors import DenseError
 from dense.features import FeatureMaps
+from heads._common import resize
 
 DEFAULT_DEPTH_RANGE = (1e-3, 10.0)
 # Upstream's multi-scale test ratios for the "ms" segmentation evaluation.
@@ -51,12 +52,6 @@ def to_maps(patch_tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """
     B = patch_tokens.shape[0]
     return patch_tokens.reshape(B, h, w, -1).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
-
-
-def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 class DenseModel(nn.Module):

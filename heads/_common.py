@@ -50,14 +50,15 @@ def pointwise_with_global(
     return out + per_image.to(out.dtype)[:, :, None, None]
 
 
-def resize_channels_last(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize (align_corners=False) of a many-channel map, e.g. bin or class logits.
+def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize (align_corners=False) to `size`; `x` itself when it already has that size.
 
-    On the CPU, PyTorch's bilinear kernel is much faster on channels-last (NHWC) tensors: 256 logits
-    on a 16×16 grid to 64×64, batch 8, take 163 ms in NCHW and 40 ms in NHWC (forward and
-    backward), and the values agree to float rounding (scripts/bench_layout.py). The output
-    stays channels-last, which the reductions over channels that follow (expectation, softmax) read
-    contiguously. On other devices the tensor is resized as it is (not measured there).
+    Maps with many channels (bin or class logits) are resized channels-last on the CPU: PyTorch's
+    bilinear kernel is much faster on NHWC there (256 logits on a 16×16 grid to 64×64, batch 8:
+    163 ms NCHW, 40 ms NHWC, forward and backward; 150 logits to 224×224: 1.1×), with values equal to
+    float rounding (scripts/bench_layout.py). Images and depth maps (≤ 4 channels; NHWC is slower for
+    3 channels) and tensors on other devices (not measured) are resized as they are. The output keeps
+    the layout it was resized in; the reductions over channels that follow read NHWC contiguously.
     """
     if tuple(x.shape[-2:]) == tuple(size):
         return x

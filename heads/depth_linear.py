@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from heads._common import check_features, pointwise_with_global, resize_channels_last
+from heads._common import check_features, pointwise_with_global, resize
 
 if TYPE_CHECKING:
     from dense.features import FeatureMaps
@@ -126,7 +126,7 @@ class LinearDepthHead(nn.Module):
     def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         # float32 from here on: the bin normalisation and the expectation lose depth resolution in bf16
         # (8 bits of mantissa = centimetres at 10 m), and this part is cheap compared with the backbone.
-        return resize_channels_last(x.float(), size)
+        return resize(x.float(), size)
 
     def expected_depth(self, logits: torch.Tensor) -> torch.Tensor:
         """Bin logits B×K×H×W → depth B×1×H×W: normalise over bins, expectation of the bin centres."""

@@ -2,7 +2,7 @@
 
     python scripts/bench_layout.py [--batch 8] [--size 224] [--repeat 5]
 
-1. The bilinear resize of many-channel logits (what heads._common.resize_channels_last is for).
+1. The bilinear resize of many-channel logits (what heads._common.resize is for).
 2. Each head's forward + backward on ViT-S/14 feature maps laid out NCHW and channels-last (what
    dense.model.to_maps gives), with the largest difference between the two outputs.
 Random weights and inputs; milliseconds per call, median of --repeat calls after one warm-up.

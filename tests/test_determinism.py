@@ -18,26 +18,16 @@ from pathlib import Path
 import torch
 
 from dense.errors import load_weights_file
+from tests._tiny_run import QUIET_TINY_RUN, SCENES_28
 
 ROOT = Path(__file__).resolve().parents[1]
 
 TINY = [
-    "backbone=tiny14",
+    *QUIET_TINY_RUN,
+    *SCENES_28,
     "head=depth_linear4",
-    "trainer=cpu",  # deterministic: true
-    "data.image_size=[28,28]",
-    "data.num_train=16",
-    "data.num_val=4",
-    "data.num_test=4",
-    "data.batch_size=4",
-    "data.num_workers=0",
     "data.augment=true",  # flips and colour jitter drawn from the seed too
-    "trainer.num_sanity_val_steps=0",
-    "trainer.log_every_n_steps=1",
     "trainer.max_steps=8",
-    "test=false",
-    "callbacks.progress_bar=null",
-    "trainer.enable_progress_bar=false",
 ]
 
 

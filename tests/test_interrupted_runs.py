@@ -24,27 +24,17 @@ import pytest
 import torch
 
 from dense.errors import load_weights_file
+from tests._tiny_run import QUIET_TINY_RUN, SCENES_28
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # 16 training scenes in batches of 4: 4 steps an epoch; 12 steps = 3 epochs, validated after each.
 TINY = [
-    "backbone=tiny14",
+    *QUIET_TINY_RUN,
+    *SCENES_28,
     "head=depth_linear",
-    "trainer=cpu",
-    "data.image_size=[28,28]",
-    "data.num_train=16",
-    "data.num_val=4",
-    "data.num_test=4",
-    "data.batch_size=4",
-    "data.num_workers=0",
-    "trainer.num_sanity_val_steps=0",
-    "trainer.log_every_n_steps=1",
     "trainer.max_steps=12",
     "task.depth_loss.warm_iter=6",  # the SigLoss warm-up counter crosses the kill point too
-    "test=false",
-    "callbacks.progress_bar=null",
-    "trainer.enable_progress_bar=false",
     # With this seed val/rmse gets worse in the last epoch, so best.ckpt is not rewritten there: the
     # final `global_step == 12` checks also that last.ckpt follows the run regardless (Lightning 2.6's
     # save_last alone would leave it at step 8; configs/callbacks has a separate last_checkpoint).

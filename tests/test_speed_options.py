@@ -26,7 +26,7 @@ from dense.config import apply_speed_options, compile_mode
 from dense.errors import DenseError
 from dense.features import FeatureMaps
 from dense.model import to_maps
-from heads._common import resize_channels_last
+from heads._common import resize
 from tests._random_weights import seeded_state_dict
 from tests.test_train import compose_train, run_train
 
@@ -73,12 +73,14 @@ def test_heads_give_the_same_output_on_either_layout(head):
     assert relative(channels_last, plain) < 1e-5
 
 
-def test_channels_last_resize_equals_interpolate():
+def test_resize_is_interpolate_channels_last_for_logits_on_the_cpu():
     x = torch.randn(2, 32, 5, 7)
-    out = resize_channels_last(x, (20, 28))
+    out = resize(x, (20, 28))
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(out, F.interpolate(x, size=(20, 28), mode="bilinear", align_corners=False), atol=1e-6)
-    assert resize_channels_last(x, (5, 7)) is x
+    assert resize(x, (5, 7)) is x
+    image = torch.randn(2, 3, 5, 7)  # images stay NCHW (slower channels-last for 3 channels)
+    assert resize(image, (20, 28)).is_contiguous()
 
 
 # ---- the bf16 copy of the frozen backbone ---------------------------------------------------------

@@ -18,25 +18,19 @@ from hydra import compose, initialize_config_dir
 import dense
 import eval as eval_script
 import train as train_script
+from tests._tiny_run import QUIET_TINY_RUN
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 
 # Tiny runs: random tiny14 backbone, 56×56 synthetic scenes, 4 steps per epoch, validated every epoch.
 TINY = [
-    "backbone=tiny14",
-    "trainer=cpu",
+    *QUIET_TINY_RUN,
     "data.image_size=[56,56]",
     "data.num_train=32",
     "data.num_val=8",
     "data.num_test=8",
     "data.batch_size=8",
-    "data.num_workers=0",
-    "trainer.num_sanity_val_steps=0",
-    "trainer.log_every_n_steps=1",
-    "test=false",
-    "callbacks.progress_bar=null",
-    "trainer.enable_progress_bar=false",
     "task.optimizer.lr=1e-2",
     "task.scheduler.warmup_steps=3",
 ]
