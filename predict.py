@@ -23,7 +23,7 @@ import hydra
 import matplotlib
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from dense import _cli, viz
@@ -175,8 +175,8 @@ def infer(model: DenseModel, images: list[np.ndarray], cfg: DictConfig, device: 
         out = model.predict(
             x,
             cfg.mode,
-            crop_size=_size(cfg.crop_size),
-            stride=_size(cfg.stride),
+            crop_size=_cli.plain(cfg.crop_size),  # an int or [h, w]
+            stride=_cli.plain(cfg.stride),
             scales=[float(s) for s in cfg.scales],
             flip=bool(cfg.flip),
         )
@@ -277,13 +277,6 @@ def predict(cfg: DictConfig) -> int:
         print(f"skipped {len(skipped)} image(s), see above: {', '.join(skipped)}", file=sys.stderr)
         return EXIT_SKIPPED
     return 0
-
-
-def _size(value) -> int | tuple[int, int] | None:
-    """crop_size / stride from the command line: an int, or [h, w] (a ListConfig)."""
-    if value is None or isinstance(value, int):
-        return value
-    return tuple(int(v) for v in OmegaConf.to_object(value))
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="predict")
