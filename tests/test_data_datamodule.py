@@ -187,3 +187,19 @@ def test_synthetic_dataset_is_picklable_for_workers():
     ds = SyntheticScenes(split="val", **{k: v for k, v in TINY_SYNTHETIC.items() if k != "num_train"})
     clone = pickle.loads(pickle.dumps(ds))
     assert torch.equal(clone[1]["depth"], ds[1]["depth"])
+
+
+def test_loader_workers_stay_alive_between_epochs():
+    """Every dataset config keeps its loader workers (no re-spawn before each epoch and validation);
+    the loaders get it, and pinned memory follows CUDA's presence."""
+    for name in DATASETS:
+        cfg = OmegaConf.load(CONFIGS / f"{name}.yaml")
+        assert cfg.persistent_workers is True and cfg.num_workers > 0 and cfg.pin_memory is None, name
+    datamodule = DenseDataModule(name="synthetic", num_train=4, num_val=2, num_test=2, image_size=[28, 28],
+                                 batch_size=2, num_workers=1, persistent_workers=True)
+    datamodule.setup("fit")
+    train, val = datamodule.train_dataloader(), datamodule.val_dataloader()
+    assert train.persistent_workers and val.persistent_workers and train.num_workers == 1
+    assert train.pin_memory == torch.cuda.is_available()
+    # Without workers there is nothing to keep: DataLoader refuses persistent_workers with 0 workers.
+    assert not DenseDataModule(name="synthetic", num_workers=0, persistent_workers=True).persistent_workers
