@@ -430,15 +430,17 @@ def build_paths(case: Case, args, skipped: list[dict]) -> tuple[list[Path], Dens
         # run under autocast over fp32 weights, as upstream's numbers were taken.
         ours.cast_backbone(torch.bfloat16)
 
-    def inference(call: Callable[[], Any]) -> Callable[[], Any]:
+    # With --compile on, a reference path compiles its whole call; our model paths (predict, train) use
+    # DenseModel.compile instead, which is what train.py/eval.py/predict.py do with compile=true.
+    def inference(call: Callable[[], Any], compile_call: bool = case.compile) -> Callable[[], Any]:
         def run():
             with torch.no_grad(), autocast(device, case.precision):
                 return call()
 
-        return maybe_compile(run, case.compile)
+        return maybe_compile(run, compile_call)
 
     def training(
-        forward: Callable[[], torch.Tensor], params
+        forward: Callable[[], torch.Tensor], params, compile_call: bool = case.compile
     ) -> tuple[Callable[[], Any], torch.optim.Optimizer]:
         optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
 
@@ -447,7 +449,7 @@ def build_paths(case: Case, args, skipped: list[dict]) -> tuple[list[Path], Dens
                 out = forward()
             return task_loss(out, target, task)
 
-        loss_fn = maybe_compile(loss_fn, case.compile)
+        loss_fn = maybe_compile(loss_fn, compile_call)
 
         def step():
             loss = loss_fn()
@@ -505,7 +507,10 @@ def build_paths(case: Case, args, skipped: list[dict]) -> tuple[list[Path], Dens
     if "predict" in works:
         for name, make in models.items():
             model = make().eval()
-            call = inference(lambda m=model: m.predict(images))
+            own_compile = name == "ours" and case.compile
+            if own_compile:
+                model.compile()
+            call = inference(lambda m=model: m.predict(images), compile_call=case.compile and not own_compile)
             paths.append(Path("predict", name, call, [model.backbone, model.head]))
         if upstream is not None:
             call = inference(lambda: upstream.whole_inference(images, img_meta=None, rescale=True))
@@ -513,7 +518,12 @@ def build_paths(case: Case, args, skipped: list[dict]) -> tuple[list[Path], Dens
     if "train" in works:
         for name, make in models.items():
             model = make().train()
-            step, optimizer = training(lambda m=model: m(images), list(model.head.parameters()))
+            own_compile = name == "ours" and case.compile
+            if own_compile:
+                model.compile()
+            step, optimizer = training(
+                lambda m=model: m(images), list(model.head.parameters()), case.compile and not own_compile
+            )
             paths.append(Path("train", name, step, [model.backbone, model.head], optimizer))
         if upstream is not None:
             paths.append(_upstream_train_path(upstream, images, training))

@@ -68,7 +68,8 @@ def apply_speed_options(model: DenseModel, *, compile=False, bf16_autocast: bool
     bf16_autocast: the run executes the model under bf16 autocast (train/eval with
         trainer.precision=bf16-mixed, predict.py precision=bf16); the frozen backbone's matrix weights
         are then stored in bf16 once, which is bit-identical and halves their memory (cast_backbone).
-    compile: see compile_mode; DenseModel.compile compiles the backbone's token extraction and the head.
+    compile: see compile_mode; DenseModel.compile compiles the backbone's token extraction, and the head
+        for inference.
     """
     mode = compile_mode(compile)
     if bf16_autocast:

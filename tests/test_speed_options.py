@@ -131,11 +131,33 @@ def test_compiled_model_predicts_what_the_eager_one_does():
     eager = model.predict(images)
     keys = list(model.state_dict())
     model.compile()
-    assert model._compiled_tokens is not None
+    assert model._compiled_tokens is not None and model._compiled_head is not None
     compiled = model.predict(images)
     assert relative(compiled, eager) < 1e-4
     assert list(model.state_dict()) == keys  # checkpoints do not change with compile
     torch._dynamo.reset()
+
+
+def test_the_compiled_head_serves_inference_only():
+    """compile() compiles the head for calls without autograd; a training forward runs the eager head
+    (its compiled backward was slower: DenseModel.compile). A recording stand-in for the compiled
+    head shows which one ran, without compiling anything."""
+    model = seeded_model("depth_linear")
+    images = torch.randn(2, 3, 28, 28)
+    calls = []
+
+    def compiled_head(features):
+        calls.append(torch.is_grad_enabled())
+        return model.head(features)
+
+    model._compiled_head = compiled_head
+    model.train()
+    out = model(images)
+    assert out.requires_grad and calls == []  # training: the eager head, gradients flow to it
+    with torch.no_grad():
+        model.eval()(images)
+    model.predict(images)
+    assert calls == [False, False]
 
 
 def test_compile_key_values():

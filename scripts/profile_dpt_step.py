@@ -1,0 +1,208 @@
+"""Where a DPT head training step spends its time (BENCHMARKS.md, "What holds the DPT training step back").
+
+    python scripts/profile_dpt_step.py [--device cuda] [--backbone vitl14] [--size 416x544] [--batch 8]
+        [--parts split,upsample,compile,kernels]
+
+bf16 autocast, the frozen backbone's weights in bf16 (as train.py runs with trainer.precision=bf16-mixed),
+random weights and inputs; milliseconds per call, median of --repeat calls after warm-up.
+
+- split:    the whole training step, the backbone's forward alone and the head's forward + backward +
+            AdamW alone (on features computed once), with cudnn.benchmark off and on.
+- upsample: the ×2 bilinear upsampling (align_corners=True) of the DPT head at its largest sizes, NCHW
+            against channels-last, forward and forward + backward.
+- compile:  the training step and inference (DenseModel.predict) eager, with the backbone compiled, and
+            with the backbone and the head compiled: why DenseModel.compile leaves the head eager in
+            training.
+- kernels:  torch.profiler's table of the head's step (the 30 most expensive operations).
+The CPU runs it too (small sizes advised: --backbone vits14 --size 56x70 --batch 2).
+"""
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dense.model import build_model  # noqa: E402
+
+
+def milliseconds(fn, device: torch.device, repeat: int, warmup: int = 2) -> float:
+    def synchronize():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(warmup):
+        fn()
+    synchronize()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        synchronize()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+class Setup:
+    """A DPT model in training mode, a batch, its target, and the batch's features computed once."""
+
+    def __init__(self, args):
+        self.device, self.size = torch.device(args.device), args.size
+        torch.manual_seed(0)
+        with self.device:  # initialise on the device (ViT-g on a CPU takes seconds per copy)
+            self.model = build_model(args.backbone, "depth_dpt").to(self.device)
+        self.model.cast_backbone(torch.bfloat16)
+        self.head_state = {k: v.clone() for k, v in self.model.head.state_dict().items()}
+        self.images = torch.randn(args.batch, 3, *args.size, device=self.device)
+        self.target = torch.rand(args.batch, 1, *args.size, device=self.device) * 9 + 0.1
+        self.padded, self.padding = self.model.pad(self.images)
+        with torch.no_grad(), self.autocast():
+            self.features = self.model.extract_features(self.padded)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def step(self, forward):
+        """A training step (loss, backward, AdamW) around forward() → depth."""
+        optimizer = torch.optim.AdamW(self.model.head.parameters(), lr=1e-4)
+
+        def run():
+            with self.autocast():
+                out = forward()
+            (out.float() - self.target).abs().mean().backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        return run
+
+    def train_step(self):
+        return self.step(lambda: self.model(self.images))
+
+    def head_step(self):
+        return self.step(lambda: self.model.decode(self.features, self.padding, tuple(self.size)))
+
+    def backbone_forward(self):
+        with torch.no_grad(), self.autocast():
+            self.model.extract_features(self.padded)
+
+    def predict(self, images):
+        with torch.no_grad(), self.autocast():
+            self.model.predict(images)
+
+
+def part_split(s: Setup, repeat: int) -> None:
+    for benchmark in (False, True):
+        torch.backends.cudnn.benchmark = benchmark
+        step = milliseconds(s.train_step(), s.device, repeat)
+        backbone = milliseconds(s.backbone_forward, s.device, repeat)
+        head = milliseconds(s.head_step(), s.device, repeat)
+        print(f"cudnn.benchmark={benchmark}: training step {step:.1f} ms ({len(s.images) / step * 1000:.1f} img/s), "
+              f"backbone forward {backbone:.1f} ms, head forward+backward+AdamW {head:.1f} ms")
+    torch.backends.cudnn.benchmark = False
+
+
+def part_upsample(s: Setup, repeat: int) -> None:
+    grid = [-(-side // 14) for side in s.size]  # patches per side after padding
+    batch = len(s.images)
+    # The fusion block at 4× the grid (256 channels) and the depth output at 16× (128 channels).
+    for channels, scale in ((256, 4), (128, 16)):
+        shape = (batch, channels, scale * grid[0], scale * grid[1])
+        for layout in ("NCHW", "channels-last"):
+            x = torch.randn(shape, device=s.device, dtype=torch.bfloat16)
+            if layout == "channels-last":
+                x = x.contiguous(memory_format=torch.channels_last)
+            x.requires_grad_(True)
+
+            def forward(x=x):
+                return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+
+            grad = torch.randn_like(forward())
+
+            def forward_backward(x=x, forward=forward, grad=grad):
+                x.grad = None
+                forward().backward(grad)
+
+            f = milliseconds(forward, s.device, repeat)
+            fb = milliseconds(forward_backward, s.device, repeat)
+            print(f"upsample ×2 {tuple(shape)} {layout}: forward {f:.2f} ms, forward+backward {fb:.2f} ms")
+
+
+def part_compile(s: Setup, repeat: int) -> None:
+    model, batch = s.model, len(s.images)
+    # Inference at the size of the issue's target (480×640, twice the batch) only on a GPU.
+    images = s.images.repeat(2, 1, 1, 1) if s.device.type == "cuda" else s.images
+    if s.device.type == "cuda":
+        images = F.interpolate(images, size=(480, 640), mode="bilinear")
+    for variant in ("eager", "backbone", "backbone+head"):
+        for work in ("train", "predict"):
+            torch._dynamo.reset()
+            model.head.load_state_dict(s.head_state)
+            model._compiled_tokens = model._compiled_head = None
+            head_compiled = False
+            if variant != "eager":
+                model._compiled_tokens = torch.compile(model.backbone.get_intermediate_tokens)
+            if variant == "backbone+head":
+                if work == "train":  # DenseModel.compile never does this: measured here to show why
+                    model.head.compile()
+                    head_compiled = True
+                else:
+                    model._compiled_head = torch.compile(model.head.forward)
+            start = time.perf_counter()
+            fn = s.train_step() if work == "train" else (lambda: s.predict(images))
+            model.train(work == "train")
+            fn()
+            first = time.perf_counter() - start
+            ms = milliseconds(fn, s.device, repeat, warmup=1)
+            n = batch if work == "train" else len(images)
+            print(f"compile {variant:13} {work:7} batch {n}: {ms:.1f} ms ({n / ms * 1000:.1f} img/s; first call {first:.0f} s)")
+            if head_compiled:
+                model.head._compiled_call_impl = None  # back to the eager head
+    model._compiled_tokens = model._compiled_head = None
+    torch._dynamo.reset()
+
+
+def part_kernels(s: Setup, repeat: int) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    step = s.head_step()
+    step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if s.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(3):
+            step()
+        if s.device.type == "cuda":
+            torch.cuda.synchronize(s.device)
+    key = "self_cuda_time_total" if s.device.type == "cuda" else "self_cpu_time_total"
+    print("the head's step, 3 calls:")
+    print(prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=70))
+
+
+PARTS = {"split": part_split, "upsample": part_upsample, "compile": part_compile, "kernels": part_kernels}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--backbone", default="vitl14")
+    parser.add_argument("--size", default="416x544", type=lambda t: tuple(int(v) for v in t.split("x")))
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--parts", default="split,upsample,compile,kernels")
+    args = parser.parse_args(argv)
+    parts = args.parts.split(",")
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        parser.error(f"unknown part(s) {unknown}: choose from {', '.join(PARTS)}")
+    setup = Setup(args)
+    name = torch.cuda.get_device_name(setup.device) if setup.device.type == "cuda" else "CPU"
+    print(f"{args.backbone} + DPT, {args.size[0]}×{args.size[1]}, batch {args.batch}, bf16, {name}, torch {torch.__version__}")
+    for part in parts:
+        PARTS[part](setup, args.repeat)
+
+
+if __name__ == "__main__":
+    main()
