@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 
 from dense.config import plain  # noqa: F401  (re-exported for the entry scripts and tasks)
 from dense.errors import DenseError
+from dense.host_memory import keep_large_allocations
 
 EXIT_USAGE = 2
 # Where the repository (train.py, configs/) lies: `paths.root_dir` reads it from this variable.
@@ -40,11 +41,13 @@ def set_root_dir(script: str) -> None:
 
 def main(hydra_main: Callable[[], Any], script: str) -> None:
     """Run an entry script's Hydra main, refusing first, in one line, a config-group option or a key
-    that does not exist (Hydra's own messages for them span several lines)."""
+    that does not exist (Hydra's own messages for them span several lines), and with glibc keeping the
+    memory of large tensors (dense.host_memory)."""
     script_path = Path(script).resolve()
     config_dir = script_path.parent / "configs"
     check_group_choices(config_dir, sys.argv[1:])
     check_keys(config_dir, script_path.stem, sys.argv[1:])
+    keep_large_allocations()  # CPU steps reuse the pages of large tensors: see dense/host_memory.py
     hydra_main()
 
 
