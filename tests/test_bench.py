@@ -58,3 +58,28 @@ def test_bench_runs_on_cpu_and_writes_table_and_json(tmp_path, capsys):
     fp32 = report["cases"][0]
     naive = next(c for c in fp32["checks"] if (c["work"], c["reference"]) == ("head", "naive"))
     assert naive["max_rel_diff"] < 1e-4
+
+
+def test_compile_on_compiles_ours_as_the_entry_scripts_do(tmp_path, monkeypatch):
+    """--compile on: our model paths go through DenseModel.compile (what compile=true does in
+    train/eval/predict); the references compile their whole call. Recorded, not compiled (fast)."""
+    model_compiles, whole_calls = [], []
+    monkeypatch.setattr(bench.DenseModel, "compile", lambda self, **options: model_compiles.append(self))
+
+    def record_whole_call(fn, on):
+        whole_calls.append(on)
+        return fn
+
+    monkeypatch.setattr(bench, "maybe_compile", record_whole_call)
+    argv = ["--backbone", "tiny14", "--head", "depth_linear", "--size", "28x28", "--batch", "1",
+            "--compile", "on", "--work", "predict,train", "--reference", "naive", "--device", "cpu",
+            "--iters", "1", "--warmup", "0", "--json", str(tmp_path / "bench.json")]  # fmt: skip
+    assert bench.main(argv) == 0
+    case = json.loads((tmp_path / "bench.json").read_text())["cases"][0]
+    assert case["compile"] is True
+    assert {(r["work"], r["path"]) for r in case["results"]} == {
+        (w, p) for w in ("predict", "train") for p in ("ours", "naive")
+    }
+    # ours: one DenseModel.compile per work, and no whole-call compile; naive: whole-call compiled
+    assert len(model_compiles) == 2 and all(isinstance(m, bench.DenseModel) for m in model_compiles)
+    assert sorted(whole_calls) == [False, False, True, True]
