@@ -122,6 +122,9 @@ class DenseModel(nn.Module):
         Nothing is registered as a submodule, so state_dict keys do not change and checkpoints
         written with and without compile are interchangeable. `options` go to torch.compile (mode=...).
         The first call of each input shape compiles (seconds to minutes); later calls are fast.
+        Call it once the backbone and head are in place: the compiled functions keep the modules they
+        were made from (loading weights into them is fine; assigning a new `model.head` needs another
+        compile()).
         """
         self._compiled_tokens = torch.compile(self.backbone.get_intermediate_tokens, **options)
         self._compiled_head = torch.compile(self.head.forward, **options)
