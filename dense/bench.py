@@ -463,7 +463,10 @@ def build_paths(case: Case, args, skipped: list[dict]) -> tuple[list[Path], Dens
     # Fresh models for the predict and train paths: a train path trains its own copy of the head (with its
     # own optimiser, in train mode) while the predict paths keep theirs in eval mode. Backbones are shared.
     def ours_model():
-        return _like(ours, ours.backbone, copy.deepcopy(ours.head))
+        model = _like(ours, ours.backbone, copy.deepcopy(ours.head))
+        if case.compile:
+            model.compile()  # what compile=true does in train/eval/predict: no whole-call compile below
+        return model
 
     models: dict[str, Callable[[], DenseModel]] = {"ours": ours_model}
     if naive_head is not None:
@@ -507,10 +510,7 @@ def build_paths(case: Case, args, skipped: list[dict]) -> tuple[list[Path], Dens
     if "predict" in works:
         for name, make in models.items():
             model = make().eval()
-            own_compile = name == "ours" and case.compile
-            if own_compile:
-                model.compile()
-            call = inference(lambda m=model: m.predict(images), compile_call=case.compile and not own_compile)
+            call = inference(lambda m=model: m.predict(images), compile_call=case.compile and name != "ours")
             paths.append(Path("predict", name, call, [model.backbone, model.head]))
         if upstream is not None:
             call = inference(lambda: upstream.whole_inference(images, img_meta=None, rescale=True))
@@ -518,11 +518,8 @@ def build_paths(case: Case, args, skipped: list[dict]) -> tuple[list[Path], Dens
     if "train" in works:
         for name, make in models.items():
             model = make().train()
-            own_compile = name == "ours" and case.compile
-            if own_compile:
-                model.compile()
             step, optimizer = training(
-                lambda m=model: m(images), list(model.head.parameters()), case.compile and not own_compile
+                lambda m=model: m(images), list(model.head.parameters()), case.compile and name != "ours"
             )
             paths.append(Path("train", name, step, [model.backbone, model.head], optimizer))
         if upstream is not None:
