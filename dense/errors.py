@@ -21,6 +21,28 @@ class WeightsError(DenseError, ValueError):
     """A weights or checkpoint file that cannot be used (missing, corrupt, unsafe, or for another model)."""
 
 
+# torch.save stores the members of its zip archive uncompressed, so they add up to about the file's size.
+# A member that inflates far beyond it (a few hundred KB of deflated zeros declaring 512 MiB) is refused
+# before torch reads it, since torch allocates each record's full size.
+MAX_INFLATION = 2
+INFLATION_ALLOWANCE = 64 << 20
+
+
+def check_inflated_size(path: str) -> None:
+    """Refuse a zip checkpoint whose members would expand far beyond the file's own size."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            inflated = sum(member.file_size for member in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # torch.load reports the damage in its own words (below)
+    size = os.path.getsize(path)
+    if inflated > MAX_INFLATION * size + INFLATION_ALLOWANCE:
+        raise WeightsError(
+            f"{path} is a {size / 2**20:.1f} MiB file whose members would expand to {inflated / 2**20:.0f} MiB "
+            "(compressed far beyond what torch.save writes): refused before inflating; re-save it with torch.save"
+        )
+
+
 def load_weights_file(path: str | os.PathLike) -> dict:
     """torch.load with weights_only=True: tensors and plain containers only, never arbitrary code."""
     path = os.fspath(path)
@@ -36,6 +58,8 @@ def load_weights_file(path: str | os.PathLike) -> dict:
             f"{path} is not a PyTorch checkpoint (it starts with {magic!r}; an HTML error page or a text "
             "file saved under a .pth name?): download or copy it again"
         )
+    if magic.startswith(b"PK\x03\x04"):
+        check_inflated_size(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
