@@ -16,7 +16,10 @@ import os
 
 import torch
 
+import heads
+from dense.config import plain_value_problem
 from dense.errors import WeightsError, load_weights_file
+from dense.hashing import file_sha256
 from dense.model import DenseModel, build_model
 
 MODEL_KEY = "dense_model"
@@ -47,50 +50,175 @@ def restore_frozen_backbone(checkpoint: dict, model: DenseModel) -> None:
 
 
 def read_model_config(path: str | os.PathLike) -> tuple[dict, dict]:
-    """(checkpoint, its dense_model config); a clear error for files train.py did not write."""
+    """(checkpoint, its dense_model config), both checked to be what train.py writes: a state dict of
+    tensors and a config of plain values under known keys. A crafted file gets a one-line WeightsError
+    naming it."""
+    where = os.fspath(path)
     checkpoint = load_weights_file(path)
     if not isinstance(checkpoint, dict) or MODEL_KEY not in checkpoint or "state_dict" not in checkpoint:
         raise WeightsError(
-            f"{os.fspath(path)} is not a checkpoint written by train.py (no '{MODEL_KEY}' entry); "
+            f"{where} is not a checkpoint written by train.py (no '{MODEL_KEY}' entry); "
             "for Meta's released head files use build_model(..., head_weights=PATH)"
         )
+    state = checkpoint["state_dict"]
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise WeightsError(f"{where}: its state_dict is not a mapping of names to tensors (not written by train.py)")
+    check_model_config(checkpoint[MODEL_KEY], where)
     return checkpoint, checkpoint[MODEL_KEY]
 
 
-def load_model(path: str | os.PathLike, backbone_weights: str | os.PathLike | None = None) -> DenseModel:
-    """Rebuild the exact DenseModel that wrote checkpoint `path` (eval mode).
+# The dense_model keys that are not head options (build_model checks the head options by name).
+MODEL_CONFIG_TYPES = {
+    "backbone": str,
+    "head": str,
+    "pretrained": bool,
+    "backbone_weights": (str, type(None)),
+    "backbone_sha256": (str, type(None)),
+    "layers": list,
+    "norm": bool,
+    "use_cls_token": bool,
+}
 
-    backbone_weights: where the backbone weights file lies now, when it has moved since training.
+
+def check_model_config(config, where: str) -> None:
+    if not isinstance(config, dict) or not config:
+        raise WeightsError(f"{where}: its '{MODEL_KEY}' entry is {str(config)[:40]!r}, not the model description train.py writes")
+    for key in ("backbone", "head"):
+        if key not in config:
+            raise WeightsError(f"{where}: its '{MODEL_KEY}' entry has no '{key}'")
+    for key, value in config.items():
+        if not isinstance(key, str) or not key.isidentifier() or key.startswith("_"):
+            raise WeightsError(f"{where}: '{MODEL_KEY}' has the key {key!r}, which no model option has")
+        problem = plain_value_problem(value, f"{MODEL_KEY}.{key}")
+        if problem:
+            raise WeightsError(f"{where}: {problem}")
+        expected = MODEL_CONFIG_TYPES.get(key)
+        if expected is not None and not isinstance(value, expected):
+            raise WeightsError(f"{where}: {MODEL_KEY}.{key}={value!r} has the wrong type")
+
+
+def trusted_folders(checkpoint_path: str) -> list[str]:
+    """Where files named by a checkpoint may be read from: its own folder and, for
+    `<run>/checkpoints/x.ckpt`, the run folder (real, resolved paths)."""
+    folder = os.path.dirname(os.path.realpath(checkpoint_path))
+    folders = [folder]
+    if os.path.basename(folder) == "checkpoints":
+        folders.append(os.path.dirname(folder))
+    return folders
+
+
+def is_inside(path: str, folders: list[str]) -> bool:
+    real = os.path.realpath(path)
+    return any(os.path.commonpath([real, folder]) == folder for folder in folders)
+
+
+def locate_backbone_weights(where: str, stored: str | None, given, sha256: str | None) -> str | None:
+    """The backbone file to build a checkpoint's model from (None: none, the official weights or a
+    random initialisation), checked against the recorded sha256.
+
+    `given` (the caller's backbone_weights) wins. Otherwise the stored path is followed only inside the
+    checkpoint's run folder, or its file name is looked for beside the checkpoint (a copied run folder):
+    a path read from a file never leads elsewhere."""
+    if given is None and not stored:
+        return None
+    if given is not None:
+        path = os.fspath(given)
+        if not os.path.isfile(path):
+            raise WeightsError(f"backbone weights file not found: {path}")
+    else:
+        beside = os.path.join(os.path.dirname(where), os.path.basename(stored))
+        folders = trusted_folders(where)
+        path = next((p for p in (stored, beside) if os.path.isfile(p) and is_inside(p, folders)), None)
+        if path is None:
+            there = "are not there any more" if not os.path.isfile(stored) else "lie outside its run folder"
+            raise WeightsError(
+                f"{where} was trained on the backbone weights {stored}, which {there}: pass their location "
+                "(backbone_weights=PATH, config: backbone.weights=PATH)"
+            )
+    if sha256 is not None:
+        actual = file_sha256(path)
+        if actual != sha256:
+            raise WeightsError(
+                f"{path}: the backbone weights changed since {where} was written (sha256 {actual[:16]}…, the "
+                f"checkpoint recorded {sha256[:16]}…): its head was trained on other features; use the original file"
+            )
+    return path
+
+
+def load_model(path: str | os.PathLike, backbone_weights: str | os.PathLike | None = None) -> DenseModel:
+    """Rebuild the exact DenseModel that wrote checkpoint `path` (eval mode); see model_from_checkpoint."""
+    return model_from_checkpoint(read_model_config(path)[0], path, backbone_weights)
+
+
+def model_from_checkpoint(
+    checkpoint: dict, path: str | os.PathLike, backbone_weights: str | os.PathLike | None = None
+) -> DenseModel:
+    """The exact DenseModel that wrote `checkpoint` (as read_model_config returns it, from file `path`),
+    in eval mode.
+
+    backbone_weights: where the backbone weights file lies now, when it has moved since training (or
+    lies outside the checkpoint's run folder). When the checkpoint recorded the file's sha256, a file
+    with other content is refused.
+
+    The stored config is first built on the meta device and compared with the stored tensors, so a
+    config whose sizes do not fit them (an absurd n_bins, a wrong layer count) is refused before
+    anything of that size is allocated.
     """
-    checkpoint, config = read_model_config(path)
-    config = dict(config)
+    where = os.fspath(path)
+    config = dict(checkpoint[MODEL_KEY])
     state = checkpoint["state_dict"]
     stored = any(k.startswith(BACKBONE_PREFIX) for k in state)
-    if backbone_weights is not None:
-        config["backbone_weights"] = os.fspath(backbone_weights)
-    elif config.get("backbone_weights") and not stored and not os.path.isfile(config["backbone_weights"]):
-        raise WeightsError(
-            f"{os.fspath(path)} was trained on the backbone weights {config['backbone_weights']}, which are not "
-            "there any more: pass their new location (backbone_weights=PATH, config: backbone.weights=PATH)"
-        )
-    backbone, head = config.pop("backbone"), config.pop("head")
+    sha256 = config.pop("backbone_sha256", None)
     if stored:  # random-initialised backbone: its weights are in the checkpoint
         config["pretrained"], config["backbone_weights"] = False, None
-    model = build_model(
-        backbone,
-        head,
-        pretrained=config.pop("pretrained", False),
-        backbone_weights=config.pop("backbone_weights", None),
-        **config,
-    )
+    backbone, head = config.pop("backbone"), config.pop("head")
+    pretrained = config.pop("pretrained", False)
+    stored_weights = config.pop("backbone_weights", None)
+    skeleton = build_or_refuse(where, backbone, head, config, device="meta")
+    check_stored_tensors(where, skeleton, state, stored)
+    weights = None if stored else locate_backbone_weights(where, stored_weights, backbone_weights, sha256)
+    model = build_or_refuse(where, backbone, head, config, pretrained=pretrained and weights is None, backbone_weights=weights)
     if stored:
         model.backbone.load_state_dict(
             {k[len(BACKBONE_PREFIX) :]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
         )
-    import heads
-
     heads.load_released_head(model.head, checkpoint, prefix=HEAD_PREFIX, name=path)
+    if sha256 is not None:
+        model.config["backbone_sha256"] = sha256
     return model.eval()
+
+
+def build_or_refuse(where: str, backbone: str, head: str, options: dict, *, device=None, **weights) -> DenseModel:
+    """build_model from a checkpoint's config; a value it refuses becomes one line naming the file."""
+    try:
+        if device is None:
+            return build_model(backbone, head, **weights, **options)
+        with torch.device(device):
+            return build_model(backbone, head, **options)
+    except WeightsError:
+        raise
+    except (ValueError, TypeError, KeyError, RuntimeError) as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise WeightsError(f"{where}: its model config cannot be built ({reason[:300]})") from None
+
+
+def check_stored_tensors(where: str, skeleton: DenseModel, state: dict, backbone_stored: bool) -> None:
+    """The stored head (and backbone, when stored) tensors have exactly the keys and shapes of the model
+    the config describes (`skeleton`, built on the meta device)."""
+    head_state = {k[len(HEAD_PREFIX) :]: v for k, v in state.items() if k.startswith(HEAD_PREFIX)}
+    heads.check_head_state(skeleton.head, head_state, where)
+    if backbone_stored:
+        expected = skeleton.backbone.state_dict()
+        found = {k[len(BACKBONE_PREFIX) :]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
+        for key in sorted(set(expected) | set(found)):
+            if key not in found or key not in expected or found[key].shape != expected[key].shape:
+                what = (
+                    "is missing" if key not in found else "is not a tensor of the backbone" if key not in expected
+                    else f"has shape {list(found[key].shape)}, {skeleton.config['backbone']} expects {list(expected[key].shape)}"
+                )
+                raise WeightsError(f"{where}: the stored backbone tensor {BACKBONE_PREFIX}{key} {what}")
 
 
 def atomic_save(obj, path: str | os.PathLike) -> None:

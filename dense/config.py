@@ -28,6 +28,25 @@ def plain(config):
     return config
 
 
+PLAIN_SCALARS = (type(None), bool, int, float, str)
+
+
+def plain_value_problem(value, key: str) -> str | None:
+    """None if `value` is a plain config value (None, a bool, number or string, or a list of them, lists
+    nested at most twice); else what is wrong with it, naming `key`. Values read from a checkpoint must
+    pass this before they go anywhere: a mapping could carry a `_target_`."""
+
+    def problem(item, depth: int) -> str | None:
+        if isinstance(item, PLAIN_SCALARS):
+            return None
+        if isinstance(item, list | tuple) and depth < 2:
+            return next((p for p in (problem(i, depth + 1) for i in item) if p), None)
+        kind = "a mapping" if isinstance(item, Mapping) else f"a {type(item).__name__}"
+        return f"{key} holds {kind} ({str(item)[:60]}), not a plain value (number, string, bool or list)"
+
+    return problem(value, 0)
+
+
 def model_from_config(backbone: Mapping, head: Mapping) -> DenseModel:
     backbone, head = dict(plain(backbone)), dict(plain(head))
     for group, config, known in (("backbone", backbone, BACKBONE_KEYS), ("head", head, HEAD_KEYS)):

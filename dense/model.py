@@ -291,11 +291,21 @@ def build_model(
     other option of the head (n_bins, bins_strategy, norm_strategy, channels, dropout, …).
     """
     spec = heads.get_head_spec(head)
-    backbone_name = get_spec(backbone).name
+    backbone_spec = get_spec(backbone)
+    backbone_name = backbone_spec.name
     layers = list(layers) if layers is not None else default_layers(backbone_name, spec.layers)
+    if not layers or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
+        raise ValueError(f"layers={layers!r} must be a non-empty list of block indices")
+    if not all(0 <= i < backbone_spec.depth for i in layers):
+        raise ValueError(
+            f"layers={layers}: {backbone_name} has blocks 0 to {backbone_spec.depth - 1} (0-based block indices)"
+        )
     norm = spec.norm if norm is None else bool(norm)
     use_cls_token = spec.use_cls_token if use_cls_token is None else bool(use_cls_token)
     if spec.task == "depth":
+        for key, value in (("min_depth", min_depth), ("max_depth", max_depth)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise ValueError(f"{key}={value!r} must be a number of metres")
         min_depth = DEFAULT_DEPTH_RANGE[0] if min_depth is None else float(min_depth)
         max_depth = DEFAULT_DEPTH_RANGE[1] if max_depth is None else float(max_depth)
         head_options.update(min_depth=min_depth, max_depth=max_depth)

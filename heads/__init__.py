@@ -5,7 +5,7 @@ Module names follow Meta's released head files, so those load with a key prefix 
 (`load_released_head`).
 """
 
-from heads._loading import describe_head_state, load_released_head
+from heads._loading import check_head_state, describe_head_state, load_released_head
 from heads.depth_dpt import DPTDepthHead
 from heads.depth_linear import LinearDepthHead
 from heads.registry import ALIASES, HEADS, HeadSpec, build_head, get_head_spec, head_names
@@ -19,6 +19,7 @@ __all__ = [
     "LinearDepthHead",
     "LinearSegHead",
     "build_head",
+    "check_head_state",
     "describe_head_state",
     "get_head_spec",
     "head_names",

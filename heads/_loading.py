@@ -43,14 +43,23 @@ def load_released_head(
     state = _head_state_dict(checkpoint, prefix)
     if state is None:
         raise WeightsError(f"{where} holds no state dict of tensors: not a head checkpoint")
+    check_head_state(head, state, where)
+    head.load_state_dict(state, strict=True)
+    return head
+
+
+def check_head_state(head: nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
+    """Raise a one-line WeightsError unless `state` has exactly the keys and shapes of `head`'s state
+    dict. Works on a head built on the meta device, so a file can be checked against the head its
+    config describes before anything of that size is allocated."""
+    from dense.errors import WeightsError
+
     problem = _mismatch(head.state_dict(), state)
     if problem:
         raise WeightsError(
             f"{where} does not fit this head: the file holds {describe_head_state(state)}, "
             f"the head is {describe_head_state(head.state_dict())} ({problem})"
         )
-    head.load_state_dict(state, strict=True)
-    return head
 
 
 def _head_state_dict(checkpoint, prefix: str) -> dict[str, torch.Tensor] | None:

@@ -66,6 +66,11 @@ class LinearDepthHead(nn.Module):
             raise ValueError(f"norm_strategy must be one of {NORM_STRATEGIES}, got {norm_strategy!r}")
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        if not (isinstance(n_bins, int) and n_bins >= 2):
+            raise ValueError(f"n_bins must be an integer >= 2, got {n_bins!r}")
+        # The logits are upsampled by this factor: bounded, since it sizes every activation after it.
+        if not (isinstance(upsample, int) and 1 <= upsample <= 16):
+            raise ValueError(f"upsample must be an integer in 1–16 (upstream: 4), got {upsample!r}")
         if not 0 < min_depth < max_depth:
             raise ValueError(f"need 0 < min_depth < max_depth, got {min_depth}, {max_depth}")
         self.embed_dim = embed_dim
