@@ -43,8 +43,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     import lightning as L
     from hydra.utils import instantiate
 
-    from dense.checkpoint import load_model, read_model_config
+    from dense.checkpoint import model_from_checkpoint, read_model_config
     from dense.config import apply_speed_options, compile_mode
+    from dense.io import atomic_path
     from dense.tasks import build_task
 
     with _cli.setup_errors():
@@ -52,46 +53,71 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             not OmegaConf.is_missing(cfg, "ckpt_path"),
             "ckpt_path is not set: python eval.py ckpt_path=RUN/checkpoints/best.ckpt",
         )
+        _cli.absolute_paths(cfg, ("ckpt_path", "backbone_weights", "data.root"))
         _cli.require(cfg.split in SPLITS, f"split={cfg.split} is not one of {', '.join(SPLITS)}")
         compile_mode(cfg.compile)
         checkpoint, _ = read_model_config(cfg.ckpt_path)
         stored = checkpoint.get("hyper_parameters") or {}
         L.seed_everything(cfg.seed, workers=True)
-        datamodule = instantiate(data_config(cfg, stored.get("config") or {}))
-        model = load_model(cfg.ckpt_path, backbone_weights=cfg.backbone_weights)
+        datamodule = build_datamodule(cfg, stored.get("config") or {})
+        model = model_from_checkpoint(checkpoint, cfg.ckpt_path, backbone_weights=cfg.backbone_weights)
         _cli.require(
             model.task == datamodule.task,
             f"the checkpoint holds a {model.task} model but the data is set up for {datamodule.task}",
         )
-        options = {PREDICT_KEYS[k]: v for k, v in (stored.get("predict") or {}).items() if k in PREDICT_KEYS}
-        options.update({k: v for k, v in _cli.plain(cfg.task).items() if v is not None})
-        task = build_task(model, datamodule, **options)
+        task = build_task(model, datamodule, **predict_options(cfg, stored.get("predict")))
         trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
         apply_speed_options(model, compile=cfg.compile, bf16_autocast=trainer.precision == "bf16-mixed")
 
     run = trainer.validate if cfg.split == "val" else trainer.test
-    results = run(task, datamodule=datamodule, verbose=False)[0]
+    results = run(task, datamodule=datamodule, verbose=False, weights_only=True)[0]
     metrics = {k.split("/", 1)[1]: float(v) for k, v in results.items()}
     print(format_table(metrics, f"{cfg.ckpt_path} on {datamodule.name} {cfg.split}"), flush=True)
     if cfg.split == "val" and getattr(task, "per_class_table", None):
         print(f"\nPer-class results (val):\n{task.per_class_table}", flush=True)
     if trainer.is_global_zero:
-        out = Path(cfg.paths.output_dir) / "metrics.json"
-        out.write_text(json.dumps({"ckpt_path": str(cfg.ckpt_path), "split": cfg.split, **metrics}, indent=2))
+        with atomic_path(Path(cfg.paths.output_dir) / "metrics.json") as tmp:
+            Path(tmp).write_text(json.dumps({"ckpt_path": str(cfg.ckpt_path), "split": cfg.split, **metrics}, indent=2))
     return metrics
 
 
-def data_config(cfg: DictConfig, run_config: dict) -> DictConfig:
+def build_datamodule(cfg: DictConfig, run_config: dict):
     """`data=NAME` given: that config. Otherwise the checkpoint's, with the non-null data.* keys of
-    eval.yaml (root, batch_size, ...) on top."""
-    if "_target_" in cfg.data:
-        return cfg.data
+    eval.yaml (root, batch_size, ...) on top. The stored config is read as plain values
+    (datamodule_from_config), never instantiated: a checkpoint is data, not code."""
+    from dense.data import datamodule_from_config
+
+    if cfg.data.get("name") is not None:
+        return datamodule_from_config(cfg.data)
+    stored = run_config.get("data") if isinstance(run_config, dict) else None
     _cli.require(
-        "data" in run_config,
+        isinstance(stored, dict),
         f"{cfg.ckpt_path} stores no data config (not written by train.py?): choose one with data=NAME",
     )
     overrides = {k: v for k, v in _cli.plain(cfg.data).items() if v is not None}
-    return OmegaConf.merge(OmegaConf.create(run_config["data"]), overrides)
+    return datamodule_from_config({**stored, **overrides}, source=str(cfg.ckpt_path))
+
+
+def predict_options(cfg: DictConfig, stored) -> dict:
+    """The task.test_* settings: the checkpoint's (checked, naming the file), with the non-null ones of
+    the command line on top."""
+    from dense.config import plain_value_problem
+    from dense.tasks.base import check_test_settings
+
+    options = {}
+    if stored is not None:
+        _cli.require(isinstance(stored, dict), f"{cfg.ckpt_path}: its stored prediction settings are not a mapping")
+        for key, value in stored.items():
+            if key in PREDICT_KEYS:
+                problem = plain_value_problem(value, f"predict.{key}")
+                _cli.require(problem is None, f"{cfg.ckpt_path}: {problem}")
+                options[PREDICT_KEYS[key]] = value
+        try:
+            check_test_settings(**options)
+        except _cli.ConfigError as error:
+            raise _cli.ConfigError(f"{cfg.ckpt_path}: stored {error}") from None
+    options.update({k: v for k, v in _cli.plain(cfg.task).items() if v is not None})
+    return options
 
 
 def format_table(metrics: dict[str, float], title: str) -> str:

@@ -38,24 +38,29 @@ def train(cfg: DictConfig):
 
     import lightning as L
     from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
     from dense.config import apply_speed_options
-    from dense.tasks import TASKS, AtomicCheckpointIO, build_task
+    from dense.data import datamodule_from_config
+    from dense.tasks import TASKS, RunCheckpointIO, build_task
 
     # The frozen backbone is in eval mode on purpose (DenseModel.train keeps it so).
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     with _cli.setup_errors():
+        _cli.absolute_paths(cfg, USER_PATHS)
         check_config(cfg)
         L.seed_everything(cfg.seed, workers=True)
-        datamodule = instantiate(cfg.data)
+        datamodule = datamodule_from_config(cfg.data)
         spec = heads.get_head_spec(cfg.head.name)
         check_head_fits_data(spec, cfg, datamodule)
         task_class = TASKS[spec.task]
         callbacks = make_callbacks(cfg.get("callbacks"), task_class)
+        # The run deletes and loads checkpoints only in its own checkpoint folders (RunCheckpointIO).
+        folders = {str(Path(cfg.paths.output_dir) / "checkpoints")}
+        folders |= {c.dirpath for c in callbacks if isinstance(c, ModelCheckpoint) and c.dirpath}
+        checkpoint_io = RunCheckpointIO(*sorted(folders))
         loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-        trainer = instantiate(
-            cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
-        )
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[checkpoint_io])
         check_trainer(cfg, trainer)
         model = build_run_model(cfg, datamodule, spec)
         if cfg.cache.features:
@@ -66,7 +71,7 @@ def train(cfg: DictConfig):
         apply_speed_options(model, compile=cfg.compile, bf16_autocast=trainer.precision == "bf16-mixed")
         task = build_task(model, datamodule, **_cli.plain(cfg.task), config=_cli.plain(cfg))
 
-    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     # The checkpoint callback that follows the main metric (the other one writes last.ckpt).
     best = next((c for c in trainer.checkpoint_callbacks if c.monitor == task_class.main_metric), None)
@@ -74,7 +79,9 @@ def train(cfg: DictConfig):
         metrics["best"] = float(best.best_model_score)
     if cfg.test:
         best_path = best.best_model_path if best is not None and best.best_model_path else None
-        trainer.test(task, datamodule=datamodule, ckpt_path=best_path)
+        if best_path is not None and not checkpoint_io.owns(best_path):
+            best_path = None  # only the run's own files (RunCheckpointIO dropped any other on resume)
+        trainer.test(task, datamodule=datamodule, ckpt_path=best_path, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
     return task, metrics
 
@@ -82,31 +89,23 @@ def train(cfg: DictConfig):
 # ---- set-up steps -----------------------------------------------------------------------------------
 
 
+# Paths the user types, read from where the command was typed even with hydra.job.chdir=true.
+USER_PATHS = ("ckpt_path", "backbone.weights", "head.weights", "data.root", "cache.dir")
+
+
 def check_config(cfg: DictConfig) -> None:
-    """Values Hydra cannot check (types are free in YAML), refused before anything is built."""
+    """Values Hydra cannot check (types are free in YAML), refused before anything is built. (The data
+    keys are checked where the datamodule is built: dense.data.datamodule_from_config.)"""
     from dense.config import compile_mode
-    from dense.tasks.base import check_schedule
+    from dense.tasks.base import check_schedule, check_test_settings
 
     require = _cli.require
-    for key in ("batch_size", "val_batch_size"):
-        value = cfg.data.get(key)
-        if key == "batch_size" or value is not None:
-            require(
-                isinstance(value, int) and not isinstance(value, bool) and value > 0,
-                f"data.{key}={value!r} must be a positive integer",
-            )
-    workers = cfg.data.get("num_workers", 0)
-    require(
-        isinstance(workers, int) and workers >= 0, f"data.num_workers={workers!r} must be an integer >= 0"
-    )
     if cfg.ckpt_path is not None:
         require(Path(cfg.ckpt_path).is_file(), f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
     check_schedule(**_cli.plain(cfg.task.scheduler))
     compile_mode(cfg.compile)
-    modes = ("whole", "slide")
-    require(
-        cfg.task.test_mode in modes, f"task.test_mode={cfg.task.test_mode} is not one of {', '.join(modes)}"
-    )
+    test_keys = ("test_mode", "test_crop_size", "test_stride", "test_scales", "test_flip")
+    check_test_settings(**{k: _cli.plain(cfg.task.get(k)) for k in test_keys if k in cfg.task})
     for key in ("backbone.weights", "head.weights"):
         group, name = key.split(".")
         path = cfg[group].get(name)
@@ -166,8 +165,9 @@ def build_run_model(cfg: DictConfig, datamodule, spec):
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     from dense.backbone import get_spec
-    from dense.checkpoint import atomic_save, backbone_is_stored, load_model
+    from dense.checkpoint import atomic_save, backbone_is_stored, model_from_checkpoint, read_model_config
     from dense.config import model_from_config
+    from dense.hashing import file_sha256, tensors_sha256
 
     backbone, head = _cli.plain(cfg.backbone), _cli.plain(cfg.head)
     # Weights paths go into checkpoints: make them absolute so they stay valid from any folder.
@@ -178,7 +178,8 @@ def build_run_model(cfg: DictConfig, datamodule, spec):
     if cfg.ckpt_path is not None:
         # Resuming: the exact model that wrote the checkpoint (a config that asks for another one is
         # a mistake, not a wish: the optimiser state would not fit).
-        model = load_model(cfg.ckpt_path, backbone_weights=backbone.get("weights"))
+        checkpoint, _ = read_model_config(cfg.ckpt_path)
+        model = model_from_checkpoint(checkpoint, cfg.ckpt_path, backbone_weights=backbone.get("weights"))
         wanted = (get_spec(backbone["name"]).name, spec.name)
         stored = (model.config["backbone"], model.config["head"])
         _cli.require(
@@ -186,6 +187,7 @@ def build_run_model(cfg: DictConfig, datamodule, spec):
             f"ckpt_path was trained with backbone={stored[0]} head={stored[1]}, but this run asks for "
             f"backbone={wanted[0]} head={wanted[1]}: resume with the same backbone and head",
         )
+        warn_about_resume_changes(checkpoint, _cli.plain(cfg))
         return model
 
     if spec.task == "depth":
@@ -199,12 +201,73 @@ def build_run_model(cfg: DictConfig, datamodule, spec):
         # A random-initialised backbone (backbone.pretrained=false): write it once to a weights file
         # next to the checkpoints and let them point at it, as for any other weights file. Storing it
         # inside every checkpoint instead would make a ViT-S smoke checkpoint ~90 MB, a ViT-g one 4 GB.
+        # The file is named by its content, so a second run in the same folder (another seed) never
+        # overwrites the backbone the first run's checkpoints point at.
         # Every process built the same weights (same seed), so only rank 0 writes them.
-        path = Path(cfg.paths.output_dir).resolve() / "checkpoints" / "backbone_init.pth"
-        if rank_zero_only.rank == 0:
-            atomic_save(model.backbone.state_dict(), path)
+        state = model.backbone.state_dict()
+        digest = tensors_sha256(state)
+        path = Path(cfg.paths.output_dir).resolve() / "checkpoints" / f"backbone_init-{digest[:16]}.pth"
+        if rank_zero_only.rank == 0 and not holds_tensors(path, digest):
+            atomic_save(state, path)
         model.config["backbone_weights"] = str(path)
+    if model.config.get("backbone_weights") and rank_zero_only.rank == 0:
+        # What the checkpoints will record of the file (only rank 0 writes checkpoints, and only it has
+        # surely finished writing the file): load_model refuses the file once its content changed.
+        model.config["backbone_sha256"] = file_sha256(model.config["backbone_weights"])
     return model
+
+
+def holds_tensors(path: Path, digest: str) -> bool:
+    """Whether `path` exists and holds the state dict whose tensors_sha256 is `digest` (a file of that
+    name written by an earlier run with the same seed; anything else under the name is replaced)."""
+    from dense.errors import WeightsError, load_weights_file
+    from dense.hashing import tensors_sha256
+
+    if not path.is_file():
+        return False
+    try:
+        return tensors_sha256(load_weights_file(path)) == digest
+    except (WeightsError, AttributeError, TypeError):
+        return False
+
+
+# Keys whose change on resume is reported: (section, what happens to the new value).
+RESUME_SECTIONS = (
+    ("task.optimizer", "ignored: the optimiser state, learning rate included, is restored from the checkpoint"),
+    ("head", "ignored: the model is rebuilt from the checkpoint"),
+    ("data", "the run continues on the new data"),
+    ("task.scheduler", "the new schedule applies from the resumed step on"),
+    ("task.depth_loss", "the new loss applies from the resumed step on"),
+    ("task.seg_loss", "the new loss applies from the resumed step on"),
+)
+# Loader settings change no number of the run.
+RESUME_UNREPORTED = {"data.num_workers", "data.pin_memory", "data.persistent_workers", "head.weights"}
+
+
+def warn_about_resume_changes(checkpoint: dict, current: dict) -> None:
+    """A resumed run whose optimiser, head, data, schedule or loss settings differ from those stored in
+    the checkpoint: say what changed and what becomes of it (one warning per section). Another
+    optimiser class is refused: the restored state would not fit it."""
+    import warnings
+
+    stored = (checkpoint.get("hyper_parameters") or {}).get("config")
+    if not isinstance(stored, dict):
+        return
+    old, new = _cli.flatten(stored), _cli.flatten(current)
+    target = "task.optimizer._target_"
+    if target in old and old[target] != new.get(target):
+        raise _cli.ConfigError(
+            f"{target}={new.get(target)} but the checkpoint was trained with {str(old[target])[:80]}: a resumed "
+            "run restores that optimiser's state; resume with the same optimiser, or start a new run"
+        )
+    for section, consequence in RESUME_SECTIONS:
+        changed = [
+            f"{key} {_cli.short(old.get(key))} → {_cli.short(new.get(key))}"
+            for key in sorted(set(old) | set(new))
+            if key.startswith(section + ".") and key not in RESUME_UNREPORTED and old.get(key) != new.get(key)
+        ]
+        if changed:
+            warnings.warn(f"resuming with other {section} settings ({'; '.join(changed)}): {consequence}", stacklevel=2)
 
 
 if __name__ == "__main__":

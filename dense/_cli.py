@@ -91,6 +91,11 @@ def check_keys(config_dir: Path, config_name: str, arguments: list[str]) -> None
         return None
 
     message = compose_error(overrides)
+    existing = re.match(r"Could not append to config. An item is already at '([^']+)'", message or "")
+    if existing is not None:
+        key = existing.group(1)
+        override = next(o for o in overrides if o.lstrip("+").split("=", 1)[0] == key)
+        fail(f"{key} is already a key of the {config_name} configuration: write {override.lstrip('+')} (without the +)")
     match = re.match(r"Could not override '([^']+)'", message or "")
     if match is None:
         return
@@ -108,6 +113,37 @@ def check_keys(config_dir: Path, config_name: str, arguments: list[str]) -> None
         if close:
             hint = f" (did you mean {parent + '.' if parent else ''}{close[0]}?)"
     fail(f"{key} is not a key of the {config_name} configuration{hint}; to add a new key write +{override}")
+
+
+def absolute_paths(cfg: DictConfig, keys: tuple[str, ...]) -> None:
+    """Make the relative paths among `keys` (dotted) absolute, read from where the command was typed:
+    with hydra.job.chdir=true the process runs in the run folder, where they would mean something else."""
+    from hydra.utils import to_absolute_path
+    from omegaconf import OmegaConf, open_dict
+
+    for key in keys:
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, str) and value and not os.path.isabs(value) and "://" not in value:
+            with open_dict(cfg):
+                OmegaConf.update(cfg, key, to_absolute_path(value), merge=False)
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} → {"a.b": 1}; lists stay values."""
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def short(value, width: int = 40) -> str:
+    """A config value for a one-line message (values read from files may be long)."""
+    text = "unset" if value is None else str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def single_log_stream() -> None:

@@ -10,7 +10,7 @@ import torch
 import dense
 from dense._cli import ConfigError
 from dense.data import DenseDataModule
-from dense.tasks import AtomicCheckpointIO, DepthTask, SegmentationTask, build_task, lr_schedule
+from dense.tasks import DepthTask, RunCheckpointIO, SegmentationTask, build_task, lr_schedule
 
 SMALL_DATA = {
     "image_size": [42, 56],
@@ -156,7 +156,7 @@ def test_depth_metrics_use_the_datamodule_range_and_crop():
 
 
 def test_atomic_checkpoint_io_leaves_no_partial_file(tmp_path, monkeypatch):
-    io = AtomicCheckpointIO()
+    io = RunCheckpointIO(tmp_path)
     io.save_checkpoint({"a": torch.ones(3)}, tmp_path / "last.ckpt")
     assert torch.equal(torch.load(tmp_path / "last.ckpt", weights_only=True)["a"], torch.ones(3))
 

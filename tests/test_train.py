@@ -156,6 +156,7 @@ def test_checkpoint_is_plain_and_small(depth_run):
 def test_checkpoint_rebuilds_the_trained_model(depth_run):
     out, model, _ = depth_run
     last = out / "checkpoints" / "last.ckpt"
+    (backbone_file,) = (out / "checkpoints").glob("backbone_init-*.pth")  # named by its content
     images = torch.randn(2, 3, 56, 70)
     with torch.no_grad():
         expected = model(images)
@@ -163,7 +164,7 @@ def test_checkpoint_rebuilds_the_trained_model(depth_run):
         rebuilt = dense.build_model(
             "tiny14",
             "depth_linear4",
-            backbone_weights=out / "checkpoints" / "backbone_init.pth",
+            backbone_weights=backbone_file,
             head_weights=last,
             min_depth=model.min_depth,
             max_depth=model.max_depth,

@@ -6,7 +6,7 @@ image (uint8 HWC) + target (depth metres | class ids) â†’ dataset reads files â†
 
 from .ade20k import ADE20K, ADE20K_CLASSES
 from .base import DatasetError, DatasetInfo, DenseDataset, DepthScaleWarning
-from .datamodule import DATASETS, DenseDataModule, pad_collate
+from .datamodule import DATASETS, DenseDataModule, datamodule_from_config, pad_collate
 from .folder import FolderDataset
 from .kitti import KITTIEigen
 from .nyu import NYUDepthV2
@@ -33,6 +33,7 @@ __all__ = [
     "SYNTHETIC_CLASSES",
     "SyntheticScenes",
     "VOC_CLASSES",
+    "datamodule_from_config",
     "denormalize_image",
     "normalize_image",
     "pad_collate",

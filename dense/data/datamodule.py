@@ -9,6 +9,7 @@ its own RNG, which forked workers would otherwise share and repeat).
 
 from __future__ import annotations
 
+import inspect
 import random
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, default_collate, get_worker_info
 
-from dense.config import plain
+from dense.config import plain, plain_value_problem
 
 from .ade20k import ADE20K
 from .base import DatasetError, DatasetInfo, DenseDataset
@@ -234,3 +235,102 @@ class DenseDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", train=False)
+
+
+# ---- building from a config: plain values, never `instantiate` --------------------------------------
+
+# The `_target_` our data configs carry (configs/data/*.yaml). It is not instantiated: it only says
+# which class the keys belong to. Any other `_target_` is refused.
+DATAMODULE_TARGET = "dense.data.DenseDataModule"
+# DenseDataModule's own keys and the types they take (None: the key may be null).
+MODULE_KEYS: dict[str, tuple] = {
+    "name": (str,),
+    "root": (str, None),
+    "task": (str, None),
+    "batch_size": (int,),
+    "val_batch_size": (int, None),
+    "num_workers": (int,),
+    "pin_memory": (bool, None),
+    "persistent_workers": (bool,),
+    "augment": (bool,),
+    "seed": (int, None),
+    "drop_last": (bool,),
+}
+LOADER_MINIMUMS = {"batch_size": 1, "val_batch_size": 1, "num_workers": 0}
+
+
+def _fits(value, types: tuple) -> bool:
+    if value is None:
+        return None in types
+    if isinstance(value, bool):
+        return bool in types
+    if isinstance(value, int):
+        return int in types or float in types
+    if isinstance(value, float):
+        return float in types
+    return any(isinstance(value, t) for t in types if t is not None)
+
+
+def _option_types(default) -> tuple:
+    """The types a dataset option accepts, from its default value (None: any plain value)."""
+    if default is None or default is inspect.Parameter.empty:
+        return (bool, int, float, str, list, tuple, None)
+    if isinstance(default, bool):
+        return (bool,)
+    if isinstance(default, int | float):
+        return (int, float) if isinstance(default, float) else (int,)
+    if isinstance(default, list | tuple):
+        return (list, tuple)
+    return (type(default),)
+
+
+def _dataset_defaults(dataset_cls) -> dict:
+    defaults = {}
+    for klass in dataset_cls.__mro__:
+        if "__init__" in klass.__dict__:
+            for p in inspect.signature(klass.__init__).parameters.values():
+                defaults.setdefault(p.name, p.default)
+    return defaults
+
+
+def datamodule_from_config(config, source: str | None = None) -> DenseDataModule:
+    """A DenseDataModule from a data config (a config group, or the copy a checkpoint stores), read as
+    plain data: known keys, known types, plain values only. Nothing in it is instantiated or imported,
+    so a crafted checkpoint's data config cannot run code. Errors are one line, naming `source` (the
+    checkpoint) when given."""
+    prefix = f"{source}: " if source else ""
+    values = dict(plain(config))
+    target = values.pop("_target_", DATAMODULE_TARGET)
+    if target != DATAMODULE_TARGET:
+        raise DatasetError(
+            f"{prefix}data._target_={target!r}: a data config is read as plain values for {DATAMODULE_TARGET}, "
+            "never instantiated; choose the dataset with data.name"
+        )
+    for key, value in values.items():
+        if not isinstance(key, str) or key.startswith("_"):
+            raise DatasetError(f"{prefix}data config key {key!r} is not a data option")
+        problem = plain_value_problem(value, f"data.{key}")
+        if problem:
+            raise DatasetError(prefix + problem)
+    name = values.get("name", "synthetic")
+    if name not in DATASETS:
+        raise DatasetError(f"{prefix}data.name={name!r} is not one of {sorted(DATASETS)}")
+    defaults = _dataset_defaults(DATASETS[name])
+    for key, value in values.items():
+        if key in LOADER_MINIMUMS:
+            minimum = LOADER_MINIMUMS[key]
+            if not (value is None and key == "val_batch_size") and not (
+                isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+            ):
+                kind = "a positive integer" if minimum else "an integer >= 0"
+                raise DatasetError(f"{prefix}data.{key}={value!r} must be {kind}")
+            continue
+        types = MODULE_KEYS.get(key) or (_option_types(defaults[key]) if key in defaults else None)
+        if types is None:
+            continue  # an unknown option: DenseDataModule names it and the valid ones
+        if not _fits(value, types):
+            raise DatasetError(f"{prefix}data.{key}={value!r} has the wrong type")
+    try:
+        return DenseDataModule(**values)
+    except DatasetError as error:
+        raise DatasetError(f"{prefix}{error}") from None

@@ -7,7 +7,7 @@ the metrics need (depth range and crop, classes, ignore index) from the datamodu
 from __future__ import annotations
 
 from dense.model import DenseModel
-from dense.tasks.base import AtomicCheckpointIO, DenseTask, lr_schedule
+from dense.tasks.base import DenseTask, RunCheckpointIO, lr_schedule
 from dense.tasks.depth import DepthTask
 from dense.tasks.segmentation import SegmentationTask
 
@@ -44,9 +44,9 @@ def build_task(
 
 __all__ = [
     "TASKS",
-    "AtomicCheckpointIO",
     "DenseTask",
     "DepthTask",
+    "RunCheckpointIO",
     "SegmentationTask",
     "build_task",
     "lr_schedule",

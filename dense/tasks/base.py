@@ -16,6 +16,7 @@ the end of each training epoch (one sync each), failing the run with a one-line 
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
@@ -27,7 +28,8 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from dense._cli import ConfigError, plain
 from dense.cache import forward_cached
-from dense.checkpoint import atomic_save, restore_frozen_backbone, strip_frozen_backbone
+from dense.checkpoint import atomic_save, is_inside, restore_frozen_backbone, strip_frozen_backbone
+from dense.errors import WeightsError, load_weights_file
 from dense.losses import BadInputError, TrainingDivergedError
 from dense.model import DenseModel
 
@@ -97,16 +99,128 @@ def check_schedule(
         raise ConfigError(f"task.scheduler.power={power!r} must be positive")
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes checkpoints with dense.checkpoint.atomic_save: a temporary file in the same folder,
-    fsync, then rename. Lightning's default serialises to memory and lets fsspec write a temporary
-    file in the system temp folder, then *moves* it: across file systems that move is a plain copy,
-    so a run killed at that moment can leave a truncated last.ckpt."""
+MAX_TEST_SCALE = 16.0  # a bound, since each ratio sizes an image the model runs on
+MAX_WINDOW = 16384
+
+
+def check_test_settings(
+    test_mode: str = "whole",
+    test_crop_size=None,
+    test_stride=None,
+    test_scales=(1.0,),
+    test_flip: bool = False,
+) -> None:
+    """Refuse prediction settings (task.test_*) that cannot work, before anything runs."""
+    if test_mode not in TEST_MODES:
+        raise ConfigError(f"task.test_mode={test_mode!r} is not one of {', '.join(TEST_MODES)}")
+    if test_mode == "slide" and test_crop_size is None:
+        raise ConfigError("task.test_mode=slide needs task.test_crop_size (e.g. 512)")
+    for key, value in (("test_crop_size", test_crop_size), ("test_stride", test_stride)):
+        sides = [value] if isinstance(value, int) else value
+        if value is not None and not (
+            isinstance(sides, list | tuple)
+            and len(sides) in (1, 2)
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_WINDOW for v in sides)
+        ):
+            raise ConfigError(f"task.{key}={value!r} must be a positive integer or [height, width] (at most {MAX_WINDOW})")
+    if not (
+        isinstance(test_scales, list | tuple)
+        and test_scales
+        and all(isinstance(s, int | float) and not isinstance(s, bool) and 0 < s <= MAX_TEST_SCALE for s in test_scales)
+    ):
+        raise ConfigError(
+            f"task.test_scales={test_scales!r} must be a non-empty list of ratios in (0, {MAX_TEST_SCALE:g}] "
+            "(upstream's multi-scale test: [1.0, 1.32, 1.73, 2.28, 3.0])"
+        )
+    if not isinstance(test_flip, bool):
+        raise ConfigError(f"task.test_flip={test_flip!r} must be true or false")
+
+
+class RunCheckpointIO(TorchCheckpointIO):
+    """How Lightning writes, reads and deletes the checkpoints of one run, whose own files lie in
+    `folders` (`<run>/checkpoints`, and any other dirpath the run's checkpoint callbacks write to).
+
+    - Writes go through dense.checkpoint.atomic_save: a temporary file in the same folder, fsync, then
+      rename. Lightning's default serialises to memory and lets fsspec write a temporary file in the
+      system temp folder, then *moves* it: across file systems that move is a plain copy, so a run
+      killed at that moment could leave a truncated last.ckpt.
+    - Reads are local files only, through dense.errors.load_weights_file (weights_only=True, sizes
+      bounded), whatever Lightning asks for. Lightning itself would load a URL with weights_only=False.
+    - The callbacks' state stored in a checkpoint (ModelCheckpoint's best/last/kth paths, best_k_models,
+      dirpath) keeps only paths inside those folders; anything else is dropped, with a warning. Lightning
+      follows those paths: `trainer.test(ckpt_path=best)` loads what best_model_path names, and
+      rotating the best files deletes what the state names (fsspec, recursively for `local://` and
+      other protocols).
+    - Deletes remove only regular files inside those folders (real, resolved paths), never recursively.
+    """
+
+    PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path", "dirpath")
+
+    def __init__(self, *folders: str | os.PathLike):
+        super().__init__()
+        if not folders:
+            raise ValueError("RunCheckpointIO needs the run's checkpoints folder")
+        self.folders = [os.path.realpath(f) for f in folders]
+
+    def owns(self, path) -> bool:
+        """A local path that resolves inside the run's checkpoints folder (the folder itself included)."""
+        if not isinstance(path, str | os.PathLike):
+            return False
+        path = os.fspath(path)
+        return "://" not in path and is_inside(path, self.folders)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
-            raise TypeError("AtomicCheckpointIO does not take storage_options")
+            raise TypeError("RunCheckpointIO does not take storage_options")
         atomic_save(checkpoint, path)
+
+    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        """Always on the CPU and with weights_only=True (`map_location`, `weights_only` are Lightning's
+        arguments; they cannot loosen this)."""
+        path = os.fspath(path)
+        if "://" in path:
+            raise WeightsError(f"{path} is not a local file: checkpoints are read from local files only")
+        checkpoint = load_weights_file(path)
+        if isinstance(checkpoint, dict) and isinstance(checkpoint.get("callbacks"), dict):
+            for state in checkpoint["callbacks"].values():
+                if isinstance(state, dict):
+                    self._drop_foreign_paths(state, path)
+        return checkpoint
+
+    def _drop_foreign_paths(self, state: dict, source: str) -> None:
+        dropped = []
+        for key in self.PATH_KEYS:
+            if state.get(key) and not self.owns(state[key]):
+                dropped.append(f"{key}={state[key]}")
+                if key == "dirpath":
+                    del state[key]  # Lightning then takes the callback's own dirpath
+                else:
+                    state[key] = ""  # Lightning's "none yet" (it reads best_model_path unconditionally)
+        models = state.get("best_k_models")
+        if isinstance(models, dict):
+            for foreign in [p for p in models if not self.owns(p)]:
+                del models[foreign]
+                dropped.append(f"the best_k_models entry {foreign}")
+        elif models is not None:
+            state.pop("best_k_models")
+            dropped.append("best_k_models (not a mapping)")
+        if dropped:
+            warnings.warn(
+                f"{source}: ignoring {', '.join(dropped)} of the stored callback state: outside this run's "
+                f"checkpoints folder {', '.join(self.folders)} (a run reads and deletes only its own checkpoint files)",
+                stacklevel=2,
+            )
+
+    def remove_checkpoint(self, path) -> None:
+        real = os.fspath(path)
+        if not self.owns(real) or os.path.islink(real) or not os.path.isfile(real):
+            warnings.warn(
+                f"not deleting {real}: a run deletes only the regular files of its own checkpoints folder "
+                f"{', '.join(self.folders)}",
+                stacklevel=2,
+            )
+            return
+        os.remove(real)
 
 
 class DenseTask(L.LightningModule):
@@ -147,10 +261,8 @@ class DenseTask(L.LightningModule):
         super().__init__()
         if model.task != self.task:
             raise ConfigError(f"{type(self).__name__} trains {self.task} heads, got a {model.task} model")
-        if test_mode not in TEST_MODES:
-            raise ConfigError(f"task.test_mode={test_mode!r} is not one of {', '.join(TEST_MODES)}")
-        if test_mode == "slide" and test_crop_size is None:
-            raise ConfigError("task.test_mode=slide needs task.test_crop_size (e.g. 512)")
+        test_crop_size, test_stride, test_scales = plain(test_crop_size), plain(test_stride), plain(test_scales)
+        check_test_settings(test_mode, test_crop_size, test_stride, test_scales, test_flip)
         scheduler = dict(plain(scheduler) or {})
         scheduler["decay"] = scheduler.get("decay") or self.default_decay
         check_schedule(**scheduler)
@@ -159,10 +271,10 @@ class DenseTask(L.LightningModule):
         self.scheduler_config = scheduler
         self.predict_options = {
             "mode": test_mode,
-            "crop_size": plain(test_crop_size),
-            "stride": plain(test_stride),
-            "scales": tuple(float(s) for s in plain(test_scales)),
-            "flip": bool(test_flip),
+            "crop_size": test_crop_size,
+            "stride": test_stride,
+            "scales": tuple(float(s) for s in test_scales),
+            "flip": test_flip,
         }
         # Plain containers only (no OmegaConf, no modules): checkpoints load with weights_only=True.
         self.save_hyperparameters(
