@@ -339,7 +339,7 @@ def test_an_image_above_the_pixel_budget_is_refused_before_decoding(tmp_path, mo
         read_rgb(paths[0])  # the datasets read through the same function, with the same bound
 
 
-def test_predict_passes_its_own_pixel_budget_for_images_and_views(tmp_path, checkpoints, capsys):
+def test_predict_passes_its_own_pixel_budget_to_the_reader(tmp_path, checkpoints, capsys):
     images, out = tmp_path / "in", tmp_path / "out"
     images.mkdir()
     Image.fromarray(rgb(28, 28)).save(images / "small.png")  # 784 pixels
