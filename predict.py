@@ -7,15 +7,26 @@
 Depth: <stem>.png (16-bit, metres × depth_scale), <stem>.npy (float32 metres), <stem>_color.png.
 Segmentation: <stem>.png (class ids), <stem>_color.png, <stem>_overlay.png.
 
+No file predict.py did not write is replaced: every input gets its own output names (assign_stems), and
+the output folder keeps a record of the files predict.py wrote there (RECORD), the only ones a rerun
+may replace.
+
 Exit status: 0 when every image was written; 2 when nothing could run (a bad option, a missing input
-or checkpoint: one line on stderr says which, as for train.py and eval.py); 3 when some images were
-skipped (each is named with its reason, the others are written).
+or checkpoint, an output folder that cannot be written: one line on stderr says which, as for train.py
+and eval.py); 3 when some images were skipped (each is named with its reason, the others are written)
+or the run stopped because writing failed (a full disk: the line says how many were written).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import json
 import os
+import stat
 import sys
+import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,12 +41,19 @@ from dense import _cli, viz
 from dense.checkpoint import load_model
 from dense.config import apply_speed_options, compile_mode, model_from_config
 from dense.data.transforms import normalize_image
-from dense.io import INPUT_SUFFIXES, ImageReadError, list_images, read_image, save_npy, save_png
+from dense.io import INPUT_SUFFIXES, ImageReadError, atomic_path, list_images, read_image, save_npy, save_png
 from dense.model import DenseModel
 
 EXIT_SKIPPED = 3
 UINT16_MAX = 65535
 UsageError = _cli.ConfigError
+
+# The output folder's record of the result files predict.py wrote in it: a hidden JSON file of plain
+# file names. A rerun may replace exactly these; every other file there is the user's.
+RECORD = ".dense-predict.json"
+RECORD_FORMAT = "dense predict.py results"
+RECORD_MAX_BYTES = 64 * 2**20  # a million names; anything larger is not a record of ours
+RESULT_SUFFIXES = (".png", ".npy")
 
 
 # --------------------------------------------------------------------------- set-up
@@ -69,6 +87,32 @@ def check_options(cfg: DictConfig) -> None:
         raise UsageError(f"depth_range={list(cfg.depth_range)} must be [min,max] in metres with min < max")
     if not cfg.scales or any(float(s) <= 0 for s in cfg.scales):
         raise UsageError(f"scales={list(cfg.scales or [])} must be a non-empty list of positive ratios")
+    crop, stride = window("crop_size", cfg.crop_size), window("stride", cfg.stride)
+    if crop and stride and (stride[0] > crop[0] or stride[1] > crop[1]):
+        raise UsageError(
+            f"stride={_cli.plain(cfg.stride)} is larger than crop_size={_cli.plain(cfg.crop_size)}: the windows "
+            "would leave pixels uncovered; use a stride of at most the window"
+        )
+    max_pixels = cfg.max_pixels
+    if not isinstance(max_pixels, int) or isinstance(max_pixels, bool) or max_pixels < 1:
+        raise UsageError(
+            f"max_pixels={max_pixels} must be a positive number of pixels (default 64000000: 8000×8000)"
+        )
+
+
+def window(name: str, value) -> tuple[int, int] | None:
+    """crop_size or stride: a positive int or [h, w] of them, as (h, w); None when not given."""
+    value = _cli.plain(value)
+    if value is None:
+        return None
+    sides = [value, value] if not isinstance(value, list) else value
+    if len(sides) != 2 or any(
+        not isinstance(side, int) or isinstance(side, bool) or side < 1 for side in sides
+    ):
+        raise UsageError(
+            f"{name}={value} must be a positive number of pixels or [height,width] of them (e.g. {name}=518)"
+        )
+    return sides[0], sides[1]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -108,11 +152,119 @@ def build(cfg: DictConfig) -> DenseModel:
     return model_from_config(cfg.backbone, cfg.head).eval()
 
 
-def output_stems(paths: list[Path]) -> list[str]:
-    """Each input's output name: its stem, or its full name (a.jpg → a_jpg) when two inputs share a
-    stem (a.jpg and a.png would otherwise overwrite each other's results)."""
-    stems = [p.stem for p in paths]
-    return [p.name.replace(".", "_") if stems.count(p.stem) > 1 else p.stem for p in paths]
+def check_output_path(output: Path) -> None:
+    """An output folder that cannot be one (a file, or under a file), refused before anything is built."""
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"output={output} is a file, not a folder; choose a folder for the results")
+    under = next((parent for parent in output.parents if parent.exists() and not parent.is_dir()), None)
+    if under is not None:
+        raise UsageError(
+            f"output={output} lies under {under}, which is a file; choose a folder for the results"
+        )
+
+
+def prepare_output(output: Path) -> list[str]:
+    """Create the output folder and make sure files can be created in it, before any image is read;
+    returns the names of what it holds."""
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".tmp-", dir=output)
+        os.close(handle)
+        os.remove(probe)
+        return os.listdir(output)
+    except OSError as error:
+        raise UsageError(
+            f"cannot write in the output folder {output} ({error.strerror or error}); make it writable or "
+            "choose another output"
+        ) from None
+
+
+def is_plain_file(path: Path) -> bool:
+    """A regular file, not a link (never followed) or a folder."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def is_result_name(name) -> bool:
+    """A name predict.py may have written: a plain .png/.npy file name, no folder part, not hidden."""
+    return (
+        isinstance(name, str)
+        and name == os.path.basename(name)
+        and "\\" not in name
+        and "\0" not in name
+        and not name.startswith(".")
+        and name.endswith(RESULT_SUFFIXES)
+    )
+
+
+def read_record(output: Path) -> set[str]:
+    """The files of the output folder that predict.py wrote on earlier runs (its record there), as far as
+    they are still plain files in it. The record is data anyone could have prepared: only plain result
+    file names in this folder are taken from it; nothing it names elsewhere is looked at."""
+    path = output / RECORD
+
+    def refuse(reason: str) -> UsageError:
+        return UsageError(
+            f"{path} {reason}, so it is not predict.py's record of the results it wrote there; move it "
+            "away or choose another output folder"
+        )
+
+    if not os.path.lexists(path):
+        return set()
+    if not is_plain_file(path):
+        raise refuse("is not a plain file")
+    if os.path.getsize(path) > RECORD_MAX_BYTES:
+        raise refuse(f"is larger than {RECORD_MAX_BYTES} bytes")
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError) as error:
+        raise refuse(f"cannot be read as JSON ({' '.join(str(error).split())[:120]})") from None
+    if not (
+        isinstance(data, dict) and data.get("format") == RECORD_FORMAT and isinstance(data.get("files"), list)
+    ):
+        raise refuse(f'does not hold {{"format": "{RECORD_FORMAT}", "files": [...]}}')
+    names = [name for name in data["files"] if is_result_name(name)]
+    if len(names) < len(data["files"]):
+        print(
+            f"note: {path}: ignored {len(data['files']) - len(names)} entries that are not plain result file "
+            f"names ({' '.join(RESULT_SUFFIXES)} files in that folder)",
+            file=sys.stderr,
+        )
+    return {name for name in names if is_plain_file(output / name)}
+
+
+def write_record(output: Path, names: set[str]) -> None:
+    """Record `names` as predict.py's files in `output` (atomically); no names: no record."""
+    path = output / RECORD
+    if not names:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+        return
+    record = {
+        "format": RECORD_FORMAT,
+        "about": "the result files predict.py wrote in this folder: a rerun may replace these, and only these",
+        "files": sorted(names),
+    }
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(record, indent=1) + "\n")
+
+
+def without_own_results(paths: list[Path], source: str, output: Path, ours: set[str]) -> list[Path]:
+    """The images of list_images(source) but predict.py's own results, when the input folder is the
+    output folder (a rerun over the folder does not predict its earlier results)."""
+    folder = Path(source).expanduser()
+    if not ours or not folder.is_dir() or folder.resolve() != output.resolve():
+        return paths
+    inputs = [path for path in paths if path.name not in ours]
+    if len(inputs) < len(paths):
+        print(
+            f"note: {len(paths) - len(inputs)} image files in {folder} are predict.py's own results (listed in "
+            f"{RECORD}) and are not read as inputs",
+            file=sys.stderr,
+        )
+    return inputs
 
 
 def output_names(stem: str, task: str, save_npy_file: bool) -> list[str]:
@@ -121,14 +273,44 @@ def output_names(stem: str, task: str, save_npy_file: bool) -> list[str]:
     return [f"{stem}.png", f"{stem}_color.png", f"{stem}_overlay.png"]
 
 
-def check_no_overwrite(paths: list[Path], stems: list[str], output: Path, task: str, npy: bool) -> None:
-    inputs = {p.resolve() for p in paths}
-    for stem in stems:
-        for name in output_names(stem, task, npy):
-            if (output / name).resolve() in inputs:
-                raise UsageError(
-                    f"writing {output / name} would overwrite an input image; choose another output folder"
-                )
+def assign_stems(
+    paths: list[Path], output: Path, existing: list[str], ours: set[str], task: str, save_npy_file: bool
+) -> tuple[list[str], list[str]]:
+    """Each input's output stem, and a note for each input whose stem is not its file's stem.
+
+    The documented rule first: the file's stem, or its full name (a.jpg → a_jpg) when inputs share a
+    stem. Then, in input order, the first of NAME, NAME_1, NAME_2, … none of whose files (output_names)
+    is an earlier input's result, an input image, or a file in the output folder that predict.py did
+    not write (anything `existing` there but `ours`). Names are compared regardless of case, so the result is the
+    same on disks that ignore it (macOS, Windows).
+    """
+    key = str.casefold
+    taken: dict[str, str] = {}  # casefolded file name → why it may not be written
+    for name in existing:
+        if name not in ours:
+            taken[key(name)] = f"{name} in {output} was not written by predict.py"
+    here = output.resolve()
+    for path in paths:
+        if path.resolve().parent == here:
+            taken[key(path.resolve().name)] = f"{path.resolve().name} is an input image"
+    stem_count = Counter(key(path.stem) for path in paths)
+    stems, notes = [], []
+    for path in paths:
+        base = path.name.replace(".", "_") if stem_count[key(path.stem)] > 1 else path.stem
+        stem, reason, n = base, None, 0
+        while clash := next(
+            (taken[key(f)] for f in output_names(stem, task, save_npy_file) if key(f) in taken), None
+        ):
+            reason = reason or clash
+            n += 1
+            stem = f"{base}_{n}"
+        for name in output_names(stem, task, save_npy_file):
+            taken[key(name)] = f"{name} is {path.name}'s result"
+        stems.append(stem)
+        if stem != path.stem:
+            why = reason or f"another input has the stem {path.stem}"
+            notes.append(f"note: the results of {path.name} are named {stem}.* ({why})")
+    return stems, notes
 
 
 def num_classes(model: DenseModel) -> int:
@@ -146,17 +328,35 @@ def skip(path: Path, reason: str, skipped: list[str], progress: tqdm) -> None:
     progress.write(f"skipped {reason}", file=sys.stderr)
 
 
+def view_too_large(path: Path, image: np.ndarray, cfg: DictConfig) -> str | None:
+    """Why the largest resized view of `image` (scales) is refused, before it is allocated; None if it fits."""
+    scale = max(float(s) for s in cfg.scales)
+    # The size DenseModel.predict resizes to.
+    height, width = (max(1, round(side * scale)) for side in image.shape[:2])
+    if height * width <= cfg.max_pixels:
+        return None
+    return (
+        f"{path}: at scale {scale:g} it becomes {width}×{height} = {height * width:,} pixels, more than the "
+        f"{cfg.max_pixels:,} allowed (max_pixels={cfg.max_pixels}); use smaller scales, or raise max_pixels"
+    )
+
+
 def batches(
-    paths: list[Path], stems: list[str], batch_size: int, skipped: list[str], progress: tqdm
+    paths: list[Path], stems: list[str], cfg: DictConfig, skipped: list[str], progress: tqdm
 ) -> Iterator[list[tuple[Path, str, np.ndarray]]]:
     """Runs of consecutive images of equal size, at most batch_size long, as [(path, stem, uint8
-    H×W×3)]. Images are read lazily (a folder never sits in memory); unreadable ones are skipped."""
+    H×W×3)]. Images are read lazily (a folder never sits in memory); unreadable ones, and those above
+    the pixel budget (max_pixels, also for their resized views), are skipped."""
+    batch_size = int(cfg.batch_size)
     batch: list[tuple[Path, str, np.ndarray]] = []
     for path, stem in zip(paths, stems):
         try:
-            image = read_image(path)
+            image = read_image(path, max_pixels=cfg.max_pixels)
+            reason = view_too_large(path, image, cfg)
         except ImageReadError as e:
-            skip(path, str(e), skipped, progress)
+            reason = str(e)
+        if reason is not None:
+            skip(path, reason, skipped, progress)
             progress.update(1)
             continue
         if batch and (len(batch) == batch_size or batch[0][2].shape != image.shape):
@@ -167,8 +367,11 @@ def batches(
         yield batch
 
 
-def infer(model: DenseModel, images: list[np.ndarray], cfg: DictConfig, device: torch.device) -> np.ndarray:
-    """Depth B×H×W float32 metres, or class ids B×H×W int64."""
+def infer(
+    model: DenseModel, images: list[np.ndarray], cfg: DictConfig, device: torch.device
+) -> tuple[list[np.ndarray], list[bool]]:
+    """Per image: depth H×W float32 metres or class ids H×W int64, and whether the prediction was
+    finite (an argmax over NaN would look like a class map)."""
     x = torch.stack([normalize_image(image) for image in images]).to(device)
     bf16 = cfg.precision == "bf16"
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -180,28 +383,49 @@ def infer(model: DenseModel, images: list[np.ndarray], cfg: DictConfig, device: 
             scales=[float(s) for s in cfg.scales],
             flip=bool(cfg.flip),
         )
-    if model.task == "depth":
-        return out[:, 0].float().cpu().numpy()
-    return out.argmax(dim=1).cpu().numpy()
+    out = out.float()
+    finite = torch.isfinite(out).flatten(1).all(dim=1).tolist()
+    maps = out[:, 0] if model.task == "depth" else out.argmax(dim=1)
+    return list(maps.cpu().numpy()), finite
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Accelerator memory (torch.OutOfMemoryError; MPS: "out of memory"), the CPU allocator's RuntimeError
+    ("can't allocate memory") or numpy's MemoryError."""
+    text = str(error)
+    return (
+        isinstance(error, torch.OutOfMemoryError | MemoryError)
+        or "out of memory" in text
+        or "can't allocate memory" in text
+    )
 
 
 def infer_or_skip(model, batch, cfg, device, skipped, progress) -> list[np.ndarray | None]:
-    """infer(), retrying a batch that runs out of accelerator memory one image at a time; an image that
-    does not fit even alone is reported and skipped (None) so the rest of the folder still runs."""
+    """infer(), retrying a batch that runs out of memory (accelerator or CPU) one image at a time; an
+    image that does not fit even alone, or whose prediction holds NaN or inf, is reported and skipped
+    (None) so the rest of the folder still runs."""
     try:
-        return list(infer(model, [image for _, _, image in batch], cfg, device))
-    except torch.OutOfMemoryError:
+        maps, finite = infer(model, [image for _, _, image in batch], cfg, device)
+    except (RuntimeError, MemoryError) as error:
+        if not out_of_memory(error):
+            raise
         if device.type == "cuda":
             torch.cuda.empty_cache()
         if len(batch) > 1:
             return [r for item in batch for r in infer_or_skip(model, [item], cfg, device, skipped, progress)]
         path, _, image = batch[0]
-        reason = (
-            f"{path}: out of memory on {device} at {image.shape[1]}×{image.shape[0]}; try mode=slide "
-            "crop_size=518, precision=bf16 or device=cpu"
-        )
+        hint = "smaller scales" if device.type == "cpu" else "precision=bf16 or device=cpu"
+        reason = f"{path}: out of memory on {device} at {image.shape[1]}×{image.shape[0]}; try mode=slide crop_size=518 or {hint}"
         skip(path, reason, skipped, progress)
         return [None]
+    for (path, _, _), ok in zip(batch, finite):
+        if not ok:
+            reason = (
+                f"{path}: the prediction holds NaN or inf, so nothing was written for it; the model's weights "
+                "may hold NaN (check the checkpoint), or bf16 overflowed (try precision=fp32)"
+            )
+            skip(path, reason, skipped, progress)
+    return [result if ok else None for result, ok in zip(maps, finite)]
 
 
 # --------------------------------------------------------------------------- writing
@@ -232,6 +456,26 @@ def write_segmentation(
     )
 
 
+def write_results(
+    output: Path, stem: str, image: np.ndarray, result: np.ndarray, task: str, palette, cfg
+) -> list[str]:
+    """One image's result files, all of them or none: when one cannot be written (OSError, raised), those
+    already written for it are removed. Returns their names."""
+    names = output_names(stem, task, bool(cfg.save_npy))
+    try:
+        if task == "depth":
+            write_depth(output, stem, result, cfg)
+        else:
+            write_segmentation(output, stem, image, result, palette, cfg)
+    except OSError:
+        for name in names:
+            if is_plain_file(output / name):
+                with contextlib.suppress(OSError):
+                    os.remove(output / name)
+        raise
+    return names
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -240,17 +484,31 @@ def predict(cfg: DictConfig) -> int:
     with status 2 and one line (dense._cli), before any image is processed."""
     with _cli.setup_errors():
         check_options(cfg)
+        output = Path(cfg.output).expanduser()
         paths = list_images(cfg.input)
+        check_output_path(output)
+        ours = read_record(output) if output.is_dir() else set()
+        paths = without_own_results(paths, cfg.input, output, ours)
         if not paths:
             raise UsageError(f"input folder {cfg.input} holds no image files ({' '.join(INPUT_SUFFIXES)})")
         device = resolve_device(cfg.device)
-        model = apply_speed_options(build(cfg).to(device), compile=cfg.compile, bf16_autocast=cfg.precision == "bf16")
-        output = Path(cfg.output).expanduser()
-        stems = output_stems(paths)
-        check_no_overwrite(paths, stems, output, model.task, bool(cfg.save_npy))
+        model = apply_speed_options(
+            build(cfg).to(device), compile=cfg.compile, bf16_autocast=cfg.precision == "bf16"
+        )
+        existing = prepare_output(output)  # only once the model is there: a refused checkpoint leaves nothing
+        stems, notes = assign_stems(paths, output, existing, ours, model.task, bool(cfg.save_npy))
         palette = viz.get_palette(num_classes(model), cfg.palette) if model.task == "segmentation" else None
-        output.mkdir(parents=True, exist_ok=True)
+        # Recorded before any of them is written, so that an interrupted run's files are known as ours.
+        planned = {name for stem in stems for name in output_names(stem, model.task, bool(cfg.save_npy))}
+        try:
+            write_record(output, ours | planned)
+        except OSError as error:
+            raise UsageError(
+                f"cannot write {output / RECORD} ({error.strerror or error}); nothing was predicted"
+            ) from None
 
+    for note in notes:
+        print(note, file=sys.stderr)
     if model.task == "depth" and model.max_depth * cfg.depth_scale > UINT16_MAX:
         print(
             f"note: depths above {UINT16_MAX / cfg.depth_scale:g} m are clipped in the 16-bit PNGs (the model "
@@ -259,24 +517,43 @@ def predict(cfg: DictConfig) -> int:
         )
     skipped: list[str] = []
     written = 0
-    with tqdm(total=len(paths), unit="image", disable=not cfg.progress, file=sys.stderr) as progress:
-        for batch in batches(paths, stems, int(cfg.batch_size), skipped, progress):
-            results = infer_or_skip(model, batch, cfg, device, skipped, progress)
-            for (_, stem, image), result in zip(batch, results):
-                if result is None:
-                    continue
-                if model.task == "depth":
-                    write_depth(output, stem, result, cfg)
-                else:
-                    write_segmentation(output, stem, image, result, palette, cfg)
-                written += 1
-            progress.update(len(batch))
+    kept: set[str] = set()  # the files written in this run
+    stopped = None
+    try:
+        with tqdm(total=len(paths), unit="image", disable=not cfg.progress, file=sys.stderr) as progress:
+            for batch in batches(paths, stems, cfg, skipped, progress):
+                results = infer_or_skip(model, batch, cfg, device, skipped, progress)
+                for (path, stem, image), result in zip(batch, results):
+                    if result is None:
+                        continue
+                    try:
+                        kept.update(write_results(output, stem, image, result, model.task, palette, cfg))
+                    except OSError as error:
+                        if error.errno == errno.ENAMETOOLONG:  # this image's names, not the disk
+                            reason = f"{path}: its result file names are too long for the disk; rename it"
+                            skip(path, reason, skipped, progress)
+                            continue
+                        full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+                        stopped = (
+                            f"stopped: cannot write the results of {path} in {output} ({error.strerror or error}); "
+                            f"{'free some space' if full else 'fix that'}, then rerun over the folder"
+                        )
+                        break
+                    written += 1
+                progress.update(len(batch))
+                if stopped:
+                    break
+    finally:
+        # What is really there now (an image whose writing failed left nothing).
+        with contextlib.suppress(OSError):
+            write_record(output, {name for name in ours | kept if is_plain_file(output / name)})
 
+    if stopped:
+        print(stopped, file=sys.stderr)
     print(f"wrote {model.task} results for {written} of {len(paths)} images to {output}")
     if skipped:
         print(f"skipped {len(skipped)} image(s), see above: {', '.join(skipped)}", file=sys.stderr)
-        return EXIT_SKIPPED
-    return 0
+    return EXIT_SKIPPED if skipped or stopped else 0
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="predict")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,11 @@ from dense.errors import DenseError
 
 # More than the datasets read: predict.py takes whatever people have lying around.
 INPUT_SUFFIXES = tuple(sorted({*IMAGE_SUFFIXES, ".gif", ".jp2", ".ppm", ".pgm", ".pbm", ".tga"}))
+
+# The most pixels an image may have (8000×8000). Decoding costs memory in pixels, not in file size: a
+# 105 KB PNG of 108 megapixels takes 4 GB, and PIL only refuses above 179 megapixels. predict.py's
+# max_pixels option passes its own bound.
+MAX_PIXELS = 64_000_000
 
 
 class ImageReadError(DenseError):
@@ -63,17 +69,34 @@ def to_rgb(im: Image.Image) -> np.ndarray:
     return np.asarray(im)
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
+def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Any image file PIL can open → uint8 H×W×3 RGB, EXIF orientation applied. Multi-frame files
-    (GIF, TIFF) give their first frame. Raises ImageReadError naming the file and the reason."""
+    (GIF, TIFF) give their first frame. An image of more than `max_pixels` pixels is refused from its
+    header, before it is decoded. Raises ImageReadError naming the file and the reason."""
     path = os.fspath(path)
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            # PIL warns from 89 megapixels; the size check below is the one message people see.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
+            width, height = im.size
+            if width * height > max_pixels:
+                raise ImageReadError(
+                    f"{path}: {width}×{height} = {width * height:,} pixels, more than the {max_pixels:,} "
+                    f"allowed (max_pixels={max_pixels}); downscale it, or in predict.py raise max_pixels"
+                )
             im.load()  # decode now, so a truncated file fails here and not half-way through later
             im = ImageOps.exif_transpose(im)
             return to_rgb(im)
     except FileNotFoundError:
         raise ImageReadError(f"{path}: no such file") from None
+    except PermissionError:
+        raise ImageReadError(
+            f"{path}: permission denied (this user may not read it; check its permissions)"
+        ) from None
+    except IsADirectoryError:
+        raise ImageReadError(f"{path}: is a folder, not an image file") from None
     except UnidentifiedImageError:
         raise ImageReadError(f"{path}: not an image file PIL can read (unknown or corrupt format)") from None
     except Image.DecompressionBombError as e:  # over ~179 megapixels: PIL's guard against zip bombs

@@ -96,7 +96,7 @@ def measure(n: int, task: str = "depth", batch_size: int = 4, scale: int = 1, le
         finally:
             seconds = time.perf_counter() - start
             tracemalloc.stop()
-        written = len(list((Path(tmp) / "out").iterdir()))
+        written = len([p for p in (Path(tmp) / "out").iterdir() if p.name != predict.RECORD])  # result files
     return {"status": status, "rss": samples, "traced": traced, "seconds": seconds, "files": written, "images": n}
 
 
