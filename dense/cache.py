@@ -6,58 +6,99 @@ backbone. This fits the linear-probe recipes, whose inputs are deterministic apa
 flip: each image is cached in two views (as it is, and flipped), and training picks one at random.
 
 Layout: `<root>/<key>/` with
-    meta.json        what the key was made of (readable, for humans)
+    meta.json        what the key was made of (written last when an entry is created)
     patches.npy      N × V × L × D × h × w  float16   (V = 2 views, L = layers)
     cls.npy          N × V × L × D          float16   (when the head uses class tokens)
     target.npy       N × ...                the depth (float32) or mask (int16) of view 0
     done.npy         N × V bool             written after the features, so a killed fill resumes
+    .lock            held (flock) while a run checks and fills the entry
 
-The key is a hash of everything that changes the features: backbone name, the backbone's weights
-(the file's sha256, or a hash of the tensors for a random initialisation), layers, norm, class
-tokens, image size, and the dataset's identity (class, split, sample names). Change any of them and
-a new folder is used: a stale entry is never read.
+The key is a hash of everything that changes an entry: the backbone (name, weights: the file's sha256
+or a hash of the tensors of a random initialisation, layers, norm, class tokens), the precision the
+backbone ran in, the views, the image size, the target, and the dataset's `fingerprint()` (class,
+resolved root, split, options, and every sample's files by path, size and mtime). A dataset without a
+fingerprint (a plain torch Dataset) is keyed by a hash of all its samples' contents, read once per
+run. Change anything and a new folder is filled: a stale entry is never read.
+
+Opening an entry checks it before trusting `done.npy`: meta.json must equal the description, and each
+.npy must have the expected header (shape, dtype, order) and exactly header + data bytes. A damaged
+entry (a file missing, cut short, rewritten) is reset with one `CacheEntryWarning` and refilled.
+Files are created under a temporary name and renamed, and the check and fill run under an exclusive
+lock, so a run killed at any moment or two runs sharing the folder never leave or read a half-made file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import glob
 import hashlib
 import json
+import math
 import os
+import warnings
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from dense.errors import DenseError
 from dense.features import FeatureMaps
+from dense.io import atomic_path
 from dense.model import DenseModel, center_padding
 
 VIEWS = ("original", "hflip")
+FORMAT = 2  # bump when what an entry holds, or how it is computed, changes
+PRECISIONS = ("fp32", "bf16")
 _HASH_CHUNK = 1 << 24
 
 
+class CacheError(DenseError):
+    """A cache entry that cannot be used or repaired here (e.g. a read-only cache folder)."""
+
+
+class CacheEntryWarning(UserWarning):
+    """A damaged cache entry was found; it is reset and refilled, never read."""
+
+
+# ---- the key --------------------------------------------------------------------------------------
+
+
 def file_sha256(path: str) -> str:
-    """sha256 of a weights file, memoised next to the cache by (path, size, mtime): hashing a 4 GB
-    ViT-g file takes seconds, and it only changes when the file does."""
+    """sha256 of a weights file, memoised in ~/.cache/dense/file_hashes.json: hashing a 4 GB ViT-g
+    file takes seconds. The memo is trusted only while the file's size, mtime, inode and ctime are
+    all unchanged: a rewrite in place that restores the mtime still changes the ctime."""
+    path = os.path.abspath(path)
     stat = os.stat(path)
-    memo_key = f"{os.path.abspath(path)}:{stat.st_size}:{stat.st_mtime_ns}"
+    identity = [stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns]
     memo_path = os.path.join(os.path.expanduser("~"), ".cache", "dense", "file_hashes.json")
     try:
         with open(memo_path) as f:
             memo = json.load(f)
     except (OSError, ValueError):
         memo = {}
-    if memo_key not in memo:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(_HASH_CHUNK):
-                digest.update(chunk)
-        memo[memo_key] = digest.hexdigest()
-        os.makedirs(os.path.dirname(memo_path), exist_ok=True)
-        tmp = memo_path + f".{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(memo, f)
-        os.replace(tmp, memo_path)
-    return memo[memo_key]
+    if not isinstance(memo, dict):
+        memo = {}
+    known = memo.get(path)
+    if isinstance(known, dict) and known.get("stat") == identity and isinstance(known.get("sha256"), str):
+        return known["sha256"]
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+    after = os.stat(path)
+    if [after.st_size, after.st_mtime_ns, after.st_ino, after.st_ctime_ns] == identity:  # not rewritten meanwhile
+        # One record per path (older memo formats are dropped), so the memo does not grow with rewrites.
+        memo = {p: v for p, v in memo.items() if isinstance(v, dict)}
+        memo[path] = {"stat": identity, "sha256": digest.hexdigest()}
+        with contextlib.suppress(OSError):  # a read-only home only costs the next run a re-hash
+            with atomic_path(memo_path) as tmp, open(tmp, "w") as f:
+                json.dump(memo, f)
+    return digest.hexdigest()
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
 def backbone_fingerprint(model: DenseModel) -> str:
@@ -67,41 +108,122 @@ def backbone_fingerprint(model: DenseModel) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(model.backbone.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(_tensor_bytes(tensor))
     return "tensors:" + digest.hexdigest()
 
 
+def content_fingerprint(dataset: Dataset) -> dict:
+    """The key of a dataset that has no `fingerprint()`: a hash of every sample's tensors and values.
+    It reads the whole dataset once per run (far cheaper than the backbone, and never stale); a
+    dataset that augments at random gets a new entry each run."""
+    digest = hashlib.sha256()
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        for name in sorted(sample):
+            value = sample[name]
+            digest.update(name.encode())
+            if isinstance(value, torch.Tensor):
+                digest.update(f"{value.dtype}{tuple(value.shape)}".encode())
+                digest.update(_tensor_bytes(value))
+            else:
+                digest.update(repr(value).encode())
+    return {"class": f"{type(dataset).__module__}.{type(dataset).__qualname__}", "samples": len(dataset),
+            "content": digest.hexdigest()}
+
+
 def dataset_fingerprint(dataset: Dataset) -> dict:
-    names = [str(n) for n in getattr(dataset, "names", [])] or [str(len(dataset))]
+    return dataset.fingerprint() if hasattr(dataset, "fingerprint") else content_fingerprint(dataset)
+
+
+def feature_description(model: DenseModel, precision: str) -> dict:
+    """What changes the features of one image: the backbone and the precision it runs in."""
+    if precision not in PRECISIONS:
+        raise CacheError(f"cache.precision={precision!r} is not one of {', '.join(PRECISIONS)}")
+    # A backbone whose weights are stored in bf16 (a bf16-mixed run, DenseModel.cast_backbone) runs
+    # only under bf16 autocast, whatever was asked.
+    bf16 = precision == "bf16" or model.backbone_dtype == torch.bfloat16
     return {
-        "class": type(dataset).__name__,
-        "split": getattr(dataset, "split", None),
-        "samples": hashlib.sha256("\n".join(names).encode()).hexdigest(),
-        "length": len(dataset),
-    }
-
-
-def cache_key(model: DenseModel, dataset: Dataset, image_size: tuple[int, int]) -> tuple[str, dict]:
-    description = {
         "backbone": model.config.get("backbone"),
         "weights": backbone_fingerprint(model),
         "layers": list(model.layers),
         "norm": bool(model.norm),
         "cls_token": bool(model.use_cls_token),
-        "image_size": list(image_size),
+        "precision": "bf16" if bf16 else "fp32",
         "views": list(VIEWS),
-        "dataset": dataset_fingerprint(dataset),
-        "format": 1,
     }
+
+
+def cache_key(model: DenseModel, dataset: Dataset, image_size: tuple[int, int], *, target: str,
+              precision: str = "fp32") -> tuple[str, dict]:
+    """(folder name, description): the name is a hash of the description, which meta.json keeps."""
+    description = {
+        **feature_description(model, precision),
+        "image_size": list(image_size),
+        "target": target,
+        "dataset": dataset_fingerprint(dataset),
+        "format": FORMAT,
+    }
+    description = json.loads(json.dumps(description))  # exactly as meta.json reads back
     key = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:20]
     return key, description
 
 
+# ---- checking an entry ----------------------------------------------------------------------------
+
+
+def npy_problem(path: str, shape: tuple[int, ...], dtype: np.dtype) -> str | None:
+    """Why `path` is not a complete C-order .npy of this shape and dtype, or None when it is."""
+    name = os.path.basename(path)
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                header = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                header = np.lib.format.read_array_header_2_0(f)
+            else:
+                return f"{name} has .npy version {version}, not one this cache writes"
+            header_bytes, size = f.tell(), os.fstat(f.fileno()).st_size
+    except FileNotFoundError:
+        return f"{name} is missing"
+    except (OSError, ValueError, EOFError) as e:
+        return f"{name} has no readable .npy header ({str(e).strip().splitlines()[0][:80]})"
+    found_shape, fortran, found_dtype = header
+    if tuple(found_shape) != tuple(shape) or found_dtype != np.dtype(dtype) or fortran:
+        return (f"{name} holds {'a Fortran-order ' if fortran else ''}{found_dtype} {tuple(found_shape)} array, "
+                f"expected {np.dtype(dtype)} {tuple(shape)}")
+    expected = header_bytes + math.prod(shape) * np.dtype(dtype).itemsize
+    if size != expected:
+        return f"{name} is {size} bytes, expected {expected} (cut short or padded)"
+    return None
+
+
+@contextlib.contextmanager
+def entry_lock(directory: str):
+    """Holds an exclusive flock on `directory/.lock`: one run at a time checks and fills an entry. Where
+    the folder cannot hold a lock (read-only, a filesystem without flock) the block runs unlocked."""
+    try:
+        fd = os.open(os.path.join(directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+# ---- the dataset ----------------------------------------------------------------------------------
+
+
 class CachedFeatures(Dataset):
-    """Features of `dataset` (fixed-size samples), filled on construction, read back per item.
+    """Features of `dataset` (fixed-size, unaugmented samples), filled on construction, read back per item.
 
     Items: {"patches": L×D×h×w float16, "cls": L×D float16 (if used), "depth"/"mask", "name",
     "view": 0|1}. With `random_flip`, each read picks a view at random (training); otherwise view 0.
+    `filled` is how many images the construction ran through the backbone (0: the entry was complete).
     """
 
     def __init__(self, dataset: Dataset, model: DenseModel, root: str, *, random_flip: bool,
@@ -111,59 +233,112 @@ class CachedFeatures(Dataset):
         first = dataset[0]
         self.target_key = "depth" if "depth" in first and model.task == "depth" else "mask"
         self.image_size = tuple(first["image"].shape[-2:])
-        self.names = [str(n) for n in getattr(dataset, "names", range(len(dataset)))]
-        key, description = cache_key(model, dataset, self.image_size)
+        self.names = (list(dataset.sample_names()) if hasattr(dataset, "sample_names")
+                      else [str(n) for n in getattr(dataset, "names", range(len(dataset)))])
+        key, self.description = cache_key(model, dataset, self.image_size, target=self.target_key,
+                                          precision=precision)
+        if self.description["dataset"].get("options", {}).get("augment"):
+            raise CacheError("the feature cache needs unaugmented samples (cached views are reused every "
+                             "epoch): build the dataset with augment=False")
         self.directory = os.path.join(root, key)
-        self._open(model, first, description)
-        self.fill(model, batch_size, device, precision)
+        self.shapes = self._shapes(model, first)
+        self.filled = self._fill(model, batch_size, device)
 
     # ---- storage --------------------------------------------------------------------------------
 
-    def _open(self, model: DenseModel, first: dict, description: dict) -> None:
-        os.makedirs(self.directory, exist_ok=True)
+    def _shapes(self, model: DenseModel, first: dict) -> dict[str, tuple[tuple[int, ...], type]]:
         padded, _ = model.pad(first["image"][None])
         h, w = padded.shape[-2] // model.patch_size, padded.shape[-1] // model.patch_size
         n, v, layers, dim = len(self.dataset), len(VIEWS), len(model.layers), model.backbone.embed_dim
-        target = first[self.target_key]
         target_dtype = np.float32 if self.target_key == "depth" else np.int16
         shapes = {
             "patches": ((n, v, layers, dim, h, w), np.float16),
-            "target": ((n, *target.shape), target_dtype),
+            "target": ((n, *first[self.target_key].shape), target_dtype),
             "done": ((n, v), np.bool_),
         }
         if model.use_cls_token:
             shapes["cls"] = ((n, v, layers, dim), np.float16)
-        self.arrays = {}
-        for name, (shape, dtype) in shapes.items():
-            path = os.path.join(self.directory, f"{name}.npy")
-            if os.path.exists(path):
-                array = np.load(path, mmap_mode="r+")
-                if array.shape != shape or array.dtype != dtype:  # an older format: start again
-                    del array
-                    os.remove(path)
-            if not os.path.exists(path):
-                np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape).flush()
-            self.arrays[name] = np.load(path, mmap_mode="r+")
-        with open(os.path.join(self.directory, "meta.json"), "w") as f:
-            json.dump(description, f, indent=1)
+        return shapes
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.directory, f"{name}.npy" if name != "meta" else "meta.json")
+
+    def _problem(self) -> str | None:
+        """What is wrong with the entry on disk, None when it can be trusted; "" when it was never
+        completely created (no meta.json: nothing of it was ever read, so nothing to warn about)."""
+        try:
+            with open(self._path("meta")) as f:
+                meta = json.load(f)
+        except FileNotFoundError:
+            return ""
+        except (OSError, ValueError) as e:
+            return f"meta.json is unreadable ({type(e).__name__})"
+        if meta != self.description:
+            return "meta.json describes another entry"
+        for name, (shape, dtype) in self.shapes.items():
+            problem = npy_problem(self._path(name), shape, dtype)
+            if problem:
+                return problem
+        return None
+
+    def _reset(self) -> None:
+        """Re-creates every file of the entry (features zero, done all False); meta.json last, so an
+        entry with a meta.json always has all its files."""
+        try:
+            for path in [self._path("meta"), *glob.glob(os.path.join(self.directory, ".tmp-*"))]:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)  # stray temporary files of a killed run: nobody else is in (lock)
+            for name, (shape, dtype) in self.shapes.items():
+                with atomic_path(self._path(name)) as tmp:
+                    np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape).flush()
+            with atomic_path(self._path("meta")) as tmp, open(tmp, "w") as f:
+                json.dump(self.description, f, indent=1)
+        except OSError as e:
+            raise CacheError(f"cannot write the feature cache entry {self.directory} ({e}); make the folder "
+                             "writable or point cache.dir elsewhere") from None
+
+    def _open(self, mode: str) -> dict[str, np.memmap]:
+        return {name: np.load(self._path(name), mmap_mode=mode) for name in self.shapes}
 
     @property
     def complete(self) -> bool:
         return bool(self.arrays["done"].all())
 
-    @torch.no_grad()
-    def fill(self, model: DenseModel, batch_size: int, device, precision: str) -> int:
+    def fill(self, model: DenseModel, batch_size: int = 8, device: str | torch.device = "cpu",
+             precision: str = "fp32") -> int:
         """Compute the missing entries; returns how many images were run through the backbone."""
-        todo = np.flatnonzero(~self.arrays["done"].all(axis=1))
-        if len(todo) == 0:
-            return 0
+        features = feature_description(model, precision)
+        if features != {k: self.description[k] for k in features}:
+            raise CacheError(f"fill() got another backbone or precision than the entry {self.directory} holds")
+        return self._fill(model, batch_size, device)
+
+    def _fill(self, model: DenseModel, batch_size: int, device) -> int:
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+        except OSError as e:
+            raise CacheError(f"cannot create the feature cache entry {self.directory} ({e}); set cache.dir") from None
+        with entry_lock(self.directory):
+            problem = self._problem()
+            if problem is not None:
+                if problem:
+                    warnings.warn(f"feature cache entry {self.directory} is damaged ({problem}); refilling it",
+                                  CacheEntryWarning, stacklevel=3)
+                self._reset()
+            count = 0
+            if not np.load(self._path("done"), mmap_mode="r").all():
+                count = self._compute_missing(self._open("r+"), model, batch_size, device)
+        # Read-only from here on: nothing in training can write into the entry.
+        self.arrays = self._open("r")
+        return count
+
+    @torch.no_grad()
+    def _compute_missing(self, arrays: dict[str, np.memmap], model: DenseModel, batch_size: int, device) -> int:
+        todo = np.flatnonzero(~arrays["done"].all(axis=1))
         backbone_device = next(model.backbone.parameters()).device
         model.to(device)
         loader = DataLoader(torch.utils.data.Subset(self.dataset, todo.tolist()), batch_size=batch_size)
         position = 0
-        # bf16 when asked, and always when the backbone's weights are stored in bf16 (a bf16-mixed run,
-        # DenseModel.cast_backbone): such a backbone runs only under autocast.
-        bf16 = precision == "bf16" or model.backbone_dtype == torch.bfloat16
+        bf16 = self.description["precision"] == "bf16"
         autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16)
         for batch in loader:
             indices = todo[position : position + len(batch["image"])]
@@ -173,17 +348,16 @@ class CachedFeatures(Dataset):
                 view_images = images.flip(-1) if view == 1 else images
                 with autocast:
                     features = model.extract_features(model.pad(view_images)[0])
-                patches = torch.stack(features.patches, dim=1).half().cpu().numpy()
-                self.arrays["patches"][indices, view] = patches
-                if "cls" in self.arrays:
-                    self.arrays["cls"][indices, view] = torch.stack(features.cls_tokens, dim=1).half().cpu().numpy()
-            self.arrays["target"][indices] = batch[self.target_key].numpy().astype(self.arrays["target"].dtype)
+                arrays["patches"][indices, view] = torch.stack(features.patches, dim=1).half().cpu().numpy()
+                if "cls" in arrays:
+                    arrays["cls"][indices, view] = torch.stack(features.cls_tokens, dim=1).half().cpu().numpy()
+            arrays["target"][indices] = batch[self.target_key].numpy().astype(arrays["target"].dtype)
             for name in ("patches", "cls", "target"):
-                if name in self.arrays:
-                    self.arrays[name].flush()
+                if name in arrays:
+                    arrays[name].flush()
             # Only after the features are on disk: a fill killed before this line redoes the batch.
-            self.arrays["done"][indices] = True
-            self.arrays["done"].flush()
+            arrays["done"][indices] = True
+            arrays["done"].flush()
         model.to(backbone_device)
         return len(todo)
 

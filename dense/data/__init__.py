@@ -5,7 +5,7 @@ image (uint8 HWC) + target (depth metres | class ids) â†’ dataset reads files â†
 """
 
 from .ade20k import ADE20K, ADE20K_CLASSES
-from .base import DatasetError, DatasetInfo, DenseDataset, DepthScaleWarning
+from .base import DatasetError, DatasetInfo, DenseDataset, DepthRangeWarning, DepthScaleWarning
 from .datamodule import DATASETS, DenseDataModule, datamodule_from_config, pad_collate
 from .folder import FolderDataset
 from .kitti import KITTIEigen
@@ -22,6 +22,7 @@ __all__ = [
     "DatasetInfo",
     "DenseDataModule",
     "DenseDataset",
+    "DepthRangeWarning",
     "DepthScaleWarning",
     "FolderDataset",
     "IGNORE_INDEX",

@@ -59,6 +59,12 @@ def paired_files(
     images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise DatasetError(f"{image_dir} holds no images; expected {LAYOUT}")
+    not_files = [p for p in images if not p.is_file()]
+    if not_files:  # found now rather than when epoch 0 reaches it
+        raise DatasetError(
+            f"{not_files[0]} is named like an image but is not a file (a folder or a broken link); "
+            f"move it out of {image_dir}"
+        )
     pairs = [(p.stem, p, label_dir / (p.stem + label_suffix)) for p in images]
     missing = [label for _, _, label in pairs if not label.is_file()]
     if missing:

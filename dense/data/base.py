@@ -10,7 +10,9 @@ Sample contract (`DenseDataset.__getitem__`):
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -40,7 +42,13 @@ class DatasetError(DenseError, ValueError):
 
 
 class DepthScaleWarning(UserWarning):
-    """Depth values in an implausible range for the configured unit (metres vs millimetres)."""
+    """Depth values in an implausible range for the configured unit (metres vs millimetres), or an
+    8-bit depth PNG (too few levels for depth: usually a visualisation)."""
+
+
+class DepthRangeWarning(UserWarning):
+    """Depth whose every valid pixel lies outside the dataset's [min_depth, max_depth]: the loss and
+    the metrics ignore such a sample entirely."""
 
 
 @dataclass
@@ -68,6 +76,7 @@ class RawSample:
     mask: np.ndarray | None = None  # uint8 H×W class ids, 255 = ignore
     source: str = ""
     depth_unit: str = "m"  # what the file stored: "m" (floats) or "scaled" (integers = metres × depth_scale)
+    depth_bits: int | None = None  # bits per stored value of an integer depth file (8 or 16 for PNGs)
 
 
 # --------------------------------------------------------------------------- readers
@@ -87,6 +96,31 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
         raise DatasetError(f"cannot read image {e}") from None
 
 
+def unreadable(path: str | os.PathLike, what: str, error: Exception, expected: str) -> DatasetError:
+    """The one-line error for a file that could not be read: missing, not readable by this user, or
+    (anything else) damaged, saying what the file should be."""
+    if isinstance(error, FileNotFoundError):
+        return DatasetError(f"{what} {path} does not exist")
+    if isinstance(error, PermissionError):
+        return DatasetError(f"{what} {path}: permission denied; make it readable by this user (chmod a+r)")
+    if isinstance(error, IsADirectoryError):
+        return DatasetError(f"{what} {path} is a folder, not a file; expected {expected}")
+    return DatasetError(f"cannot read {what} {path} ({error}); expected {expected}")
+
+
+def read_text(path: str | os.PathLike, what: str) -> str:
+    """A text file (split, class and file lists), failing with one line naming it."""
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise unreadable(path, what, e, "a text file with one entry per line") from None
+
+
+def read_lines(path: str | os.PathLike, what: str) -> list[str]:
+    """The non-empty, stripped lines of a text file."""
+    return [line.strip() for line in read_text(path, what).splitlines() if line.strip()]
+
+
 def _read_single_channel(path: str | os.PathLike, what: str) -> np.ndarray:
     try:
         with Image.open(path) as im:
@@ -98,27 +132,23 @@ def _read_single_channel(path: str | os.PathLike, what: str) -> np.ndarray:
             return np.asarray(im)
     except DatasetError:
         raise
-    except FileNotFoundError:
-        raise DatasetError(f"{what} {path} does not exist") from None
     except (OSError, ValueError, SyntaxError) as e:
-        raise DatasetError(f"cannot read {what} {path} ({e}); the file is truncated or not a PNG") from None
+        raise unreadable(path, what, e, "a single-channel PNG (is the file truncated or not a PNG?)") from None
 
 
-def read_depth_png(path: str | os.PathLike, scale: float) -> np.ndarray:
-    """Integer depth PNG (16-bit, value = metres × scale; 0 = no measurement) → float32 metres."""
-    return _read_single_channel(path, "depth").astype(np.float32) / np.float32(scale)
+def read_depth_png(path: str | os.PathLike, scale: float) -> tuple[np.ndarray, int]:
+    """Integer depth PNG (16-bit, value = metres × scale; 0 = no measurement) → (float32 metres, the
+    bits per stored value: 8 for an 8-bit PNG, which cannot hold depth at millimetre steps)."""
+    stored = _read_single_channel(path, "depth")
+    return stored.astype(np.float32) / np.float32(scale), stored.dtype.itemsize * 8
 
 
 def read_depth_npy(path: str | os.PathLike) -> np.ndarray:
     """A .npy H×W (or 1×H×W / H×W×1) float array in metres → float32 metres."""
     try:
         depth = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise DatasetError(f"depth {path} does not exist") from None
     except (OSError, ValueError) as e:
-        raise DatasetError(
-            f"cannot read depth {path} ({e}); expected an H×W float array saved with np.save"
-        ) from None
+        raise unreadable(path, "depth", e, "an H×W float array saved with np.save") from None
     # Only a channel axis is dropped: np.squeeze would also collapse a 1-pixel-high or 1×1 map.
     if depth.ndim == 3 and depth.shape[0] == 1:
         depth = depth[0]
@@ -185,12 +215,18 @@ def check_sample(raw: RawSample, num_classes: int) -> None:
             )
 
 
-def depth_scale_hint(depth: np.ndarray, source: str, unit: str) -> str | None:
+def depth_scale_hint(depth: np.ndarray, source: str, unit: str, bits: int | None = None) -> str | None:
     """A message when valid depth looks stored in the other unit, else None.
 
-    "scaled" (integer PNG divided by depth_scale): a maximum under 0.1 m means the PNG holds metres.
+    "scaled" (integer PNG divided by depth_scale): an 8-bit PNG (at most 255 steps: a visualisation,
+    not depth), or a maximum under 0.1 m (the PNG holds metres).
     "m" (float metres): a maximum over 1000 m means the values are millimetres.
     """
+    if unit == "scaled" and bits == 8:
+        return (
+            f"{source} is an 8-bit PNG: 255 levels cannot hold depth in millimetres (it is usually a "
+            "visualisation); depth PNGs must be 16-bit integers of metres × depth_scale"
+        )
     valid = depth[depth > 0]
     if valid.size == 0:
         return None
@@ -207,14 +243,49 @@ def depth_scale_hint(depth: np.ndarray, source: str, unit: str) -> str | None:
     return None
 
 
+def depth_range_hint(depth: np.ndarray, source: str, min_depth: float, max_depth: float) -> str | None:
+    """A message when depth has valid pixels but none inside [min_depth, max_depth], else None: the loss
+    and the metrics skip every such pixel, so a whole dataset like it trains on nothing."""
+    valid = depth[depth > 0]
+    if valid.size == 0 or ((valid >= min_depth) & (valid <= max_depth)).any():
+        return None
+    return (
+        f"{source}: every valid depth value ({float(valid.min()):.3g}–{float(valid.max()):.3g} m) lies outside "
+        f"[min_depth, max_depth] = [{min_depth:g}, {max_depth:g}] m, so the loss and the metrics ignore it; "
+        "check depth_scale and data.max_depth"
+    )
+
+
+def file_identity(path: str | os.PathLike, root: str | None) -> list:
+    """[path relative to root, size, mtime_ns]: what tells a changed file apart without reading it."""
+    path = os.fspath(path)
+    try:
+        stat = os.stat(path)
+    except OSError as e:
+        raise unreadable(path, "dataset file", e, "the file the dataset was built from") from None
+    if root is not None:
+        prefix = os.path.join(root, "")
+        # The prefix test first: os.path.relpath costs more than the stat, on every file of the dataset.
+        path = path[len(prefix) :] if path.startswith(prefix) else os.path.relpath(path, root)
+    return [path, stat.st_size, stat.st_mtime_ns]
+
+
+def _jsonable(value):
+    """Options as plain JSON values (tuples → lists; anything else by its repr), for fingerprints."""
+    return json.loads(json.dumps(value, default=repr))
+
+
 # --------------------------------------------------------------------------- base class
 
 
 class DenseDataset(Dataset):
-    """Base of every dataset: subclasses implement `__len__` and `read(index) -> RawSample`.
+    """Base of every dataset: subclasses implement `__len__`, `read(index) -> RawSample`,
+    `sample_names()` and `sample_files(index)` (and `dataset_files()` when every sample also depends
+    on shared files, such as a split list).
 
     Class attributes describe the dataset before any file is read (see `describe`). `needs_root`
-    is False only for datasets generated in memory.
+    is False only for datasets generated in memory. The constructor's arguments are recorded once,
+    here (`__new__`), for `fingerprint`: no subclass has to list them again.
     """
 
     task: ClassVar[str | None] = None  # None: the config chooses (synthetic, folder)
@@ -224,10 +295,17 @@ class DenseDataset(Dataset):
     eval_crop: ClassVar[str | None] = None
     needs_root: ClassVar[bool] = True
 
+    def __new__(cls, *args, **kwargs):
+        dataset = super().__new__(cls)
+        # Unpickling (a loader worker) calls __new__ without arguments, then restores __dict__, and
+        # with it the options recorded here at construction.
+        dataset._options = cls._bind_options(args, kwargs)
+        return dataset
+
     def __init__(self, transform: A.Compose, num_classes: int | None = None):
         self.transform = transform
         self._num_classes = len(self.class_names) if num_classes is None else num_classes
-        self._warned_scale = False
+        self._warned_depth = False
 
     @classmethod
     def describe(cls, root=None, task: str | None = None, **options) -> DatasetInfo:
@@ -254,18 +332,93 @@ class DenseDataset(Dataset):
         return split
 
     @classmethod
-    def option_names(cls) -> list[str]:
-        """The keyword options of the constructor, for validating configs early: its named
-        parameters, plus the parent's when it forwards **options."""
-        names = []
+    def _parameters(cls) -> list[inspect.Parameter]:
+        """The constructor's named parameters, plus the parent's when it forwards **options."""
+        parameters: dict[str, inspect.Parameter] = {}
         for klass in cls.__mro__:
             if "__init__" not in klass.__dict__:
                 continue
             params = inspect.signature(klass.__init__).parameters.values()
-            names += [p.name for p in params if p.kind == p.POSITIONAL_OR_KEYWORD or p.kind == p.KEYWORD_ONLY]
+            for p in params:
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self":
+                    parameters.setdefault(p.name, p)
             if not any(p.kind == p.VAR_KEYWORD for p in params):
                 break
-        return [n for n in dict.fromkeys(names) if n not in ("self", "root", "split")]
+        return list(parameters.values())
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        """The keyword options of the constructor, for validating configs early."""
+        return [p.name for p in cls._parameters() if p.name not in ("root", "split")]
+
+    @classmethod
+    def _bind_options(cls, args: tuple, kwargs: dict) -> dict:
+        """Every constructor argument by name, defaults filled in (so leaving an option out and
+        passing its default give the same fingerprint)."""
+        signature = inspect.signature(cls.__init__)
+        try:
+            bound = signature.bind(None, *args, **kwargs)
+        except TypeError:
+            return {}  # __init__ raises the same mistake with its own message
+        options = {p.name: p.default for p in cls._parameters() if p.default is not p.empty}
+        for name, value in list(bound.arguments.items())[1:]:  # [0] is self
+            kind = signature.parameters[name].kind
+            if kind == inspect.Parameter.VAR_KEYWORD:
+                options.update(value)
+            elif kind != inspect.Parameter.VAR_POSITIONAL:
+                options[name] = value
+        return options
+
+    # ---- what a sample is made of (the feature cache's key, dense/cache.py)
+
+    # Most datasets keep their samples as `self.items = [(name, *files)]`; these defaults read it.
+
+    def sample_names(self) -> list[str]:
+        """The id of every sample, in index order (the `name` of each item)."""
+        return [name for name, *_ in self._items()]
+
+    def sample_files(self, index: int) -> tuple[Path, ...]:
+        """The files sample `index` is read from (none for generated data)."""
+        return tuple(self._items()[index][1:])
+
+    def _items(self) -> list[tuple]:
+        if not hasattr(self, "items"):
+            raise NotImplementedError(
+                f"{type(self).__name__} has no `items` list: define sample_names() and sample_files(index), "
+                "which the feature cache needs to tell a changed dataset apart"
+            )
+        return self.items
+
+    def dataset_files(self) -> tuple[Path, ...]:
+        """Files every sample depends on: split and class lists, one archive holding all samples."""
+        return ()
+
+    def fingerprint(self) -> dict:
+        """A JSON-able description of everything that makes the samples what they are: the class, the
+        resolved root, the split, the constructor's options, and for every sample its name and
+        files (path relative to the root, size, mtime_ns). Equal fingerprints mean equal samples;
+        any edit, addition, removal or rename of a file changes it. Costs one stat per file."""
+        root = getattr(self, "root", None)
+        root = None if root is None else os.fspath(root)
+        files = hashlib.sha256()
+        for path in self.dataset_files():
+            files.update(json.dumps(file_identity(path, root)).encode() + b"\n")
+        for index, name in enumerate(self.sample_names()):
+            identities = [file_identity(path, root) for path in self.sample_files(index)]
+            files.update(json.dumps([name, identities]).encode() + b"\n")
+        # `seed` only drives the augmentation RNG: the cache reads unaugmented samples, and an
+        # augmented sample is a random draw that no fingerprint pins down (`augment` itself is kept).
+        options = {k: v for k, v in self._options.items() if k not in ("root", "split", "seed")}
+        return {
+            "class": f"{type(self).__module__}.{type(self).__qualname__}",
+            "root": None if root is None else str(Path(root).resolve()),
+            "split": self._options.get("split"),
+            "options": _jsonable(options),
+            "samples": len(self),
+            "files": files.hexdigest(),
+        }
+
+    # ---- reading
 
     def read(self, index: int) -> RawSample:
         raise NotImplementedError
@@ -274,14 +427,22 @@ class DenseDataset(Dataset):
         """Give this copy of the augmentation pipeline its own RNG (called in each loader worker)."""
         self.transform.set_random_seed(seed)
 
+    def _check_depth_values(self, raw: RawSample) -> None:
+        """One warning per dataset when the depth looks wrong: the cause is the whole folder (a unit,
+        a scale, a range), not a file, so the first file found is named and the rest stay quiet."""
+        if raw.depth is None or self._warned_depth:
+            return
+        category, hint = DepthScaleWarning, depth_scale_hint(raw.depth, raw.source, raw.depth_unit, raw.depth_bits)
+        if not hint:  # a wrong unit also empties the range: it is the message that names the cause
+            category, hint = DepthRangeWarning, depth_range_hint(raw.depth, raw.source, self.min_depth, self.max_depth)
+        if hint:
+            self._warned_depth = True
+            warnings.warn(hint, category, stacklevel=3)
+
     def __getitem__(self, index: int) -> dict:
         raw = self.read(index)
         check_sample(raw, self._num_classes)
-        if raw.depth is not None and not self._warned_scale:
-            hint = depth_scale_hint(raw.depth, raw.source, raw.depth_unit)
-            if hint:
-                self._warned_scale = True  # once per dataset: the cause is the whole folder, not a file
-                warnings.warn(hint, DepthScaleWarning, stacklevel=2)
+        self._check_depth_values(raw)
         try:
             sample = to_sample(self.transform, raw.image, raw.depth, raw.mask)
         except ValueError as e:  # e.g. an image smaller than a fixed crop
@@ -312,7 +473,7 @@ def read_pair_list(
     skipped. Returns ([(name, rgb, depth)], number skipped); fails on malformed lines, missing files
     or an empty list."""
     pairs, skipped, missing = [], 0, []
-    for lineno, line in enumerate(list_file.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(read_text(list_file, "file list").splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
@@ -342,10 +503,10 @@ def read_pair_list(
 
 
 def read_depth_pair(name: str, rgb: Path, depth: Path, depth_scale: float) -> RawSample:
-    """One line of a BTS-style file list: RGB image + integer depth PNG (metres × depth_scale)."""
-    return RawSample(
-        name, read_rgb(rgb), read_depth_png(depth, depth_scale), source=str(depth), depth_unit="scaled"
-    )
+    """RGB image + integer depth PNG (metres × depth_scale): a line of a BTS-style file list, or a
+    folder dataset's PNG depth."""
+    metres, bits = read_depth_png(depth, depth_scale)
+    return RawSample(name, read_rgb(rgb), metres, source=str(depth), depth_unit="scaled", depth_bits=bits)
 
 
 class SegmentationFiles(DenseDataset):

@@ -24,8 +24,9 @@ from .base import (
     DenseDataset,
     RawSample,
     read_depth_npy,
-    read_depth_png,
+    read_depth_pair,
     read_label_png,
+    read_lines,
     read_rgb,
     resolve_root,
 )
@@ -46,8 +47,7 @@ def resolve_class_names(root, class_names=None, num_classes=None) -> tuple[str, 
     elif num_classes is not None:
         names = tuple(f"class_{i}" for i in range(int(num_classes)))
     elif root is not None and (Path(root).expanduser() / "classes.txt").is_file():
-        path = Path(root).expanduser() / "classes.txt"
-        names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+        names = tuple(read_lines(Path(root).expanduser() / "classes.txt", "class list"))
     else:
         raise DatasetError(
             "a segmentation folder needs data.num_classes, data.class_names or <root>/classes.txt (one name per line)"
@@ -98,6 +98,7 @@ class FolderDataset(DenseDataset):
         if not target_dir.is_dir():
             raise DatasetError(f"{target_dir} does not exist; expected {LAYOUT}")
         self.depth_scale = depth_scale
+        self.min_depth, self.max_depth = min_depth, max_depth  # the range the depth warnings check
 
         images = self._images_by_stem(self.root / "images")
         # every image is checked, not only this split's: a missing target is a layout problem either way
@@ -149,6 +150,11 @@ class FolderDataset(DenseDataset):
         for p in sorted(image_dir.iterdir()):
             if p.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
+            if not p.is_file():  # found now rather than when epoch 0 reaches it
+                raise DatasetError(
+                    f"{p} is named like an image but is not a file (a folder or a broken link); "
+                    f"move it out of {image_dir}"
+                )
             if p.stem in images:
                 raise DatasetError(
                     f"{image_dir} has two images with stem {p.stem!r} ({images[p.stem].name}, {p.name})"
@@ -170,7 +176,7 @@ class FolderDataset(DenseDataset):
                 raise DatasetError(
                     f"{path} is missing; this folder has split files, so the {split} split needs one"
                 )
-            chosen = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+            chosen = read_lines(path, "split file")
             known = set(stems)
             unknown = [s for s in chosen if s not in known]
             if unknown:
@@ -201,13 +207,16 @@ class FolderDataset(DenseDataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def dataset_files(self) -> tuple[Path, ...]:
+        # The split files choose the samples and classes.txt names the classes.
+        candidates = [self.root / f"{s}.txt" for s in SPLITS] + [self.root / "classes.txt"]
+        return tuple(p for p in candidates if p.is_file())
+
     def read(self, index: int) -> RawSample:
         name, image, target = self.items[index]
+        if target.suffix == ".png" and self.folder_task == "depth":
+            return read_depth_pair(name, image, target, self.depth_scale)
         rgb = read_rgb(image)
         if self.folder_task == "segmentation":
             return RawSample(name, rgb, mask=read_label_png(target), source=str(target))
-        if target.suffix == ".npy":
-            return RawSample(name, rgb, read_depth_npy(target), source=str(target), depth_unit="m")
-        return RawSample(
-            name, rgb, read_depth_png(target, self.depth_scale), source=str(target), depth_unit="scaled"
-        )
+        return RawSample(name, rgb, read_depth_npy(target), source=str(target), depth_unit="m")

@@ -12,6 +12,8 @@ crop; metrics use the Garg crop and max depth 80 m.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .base import (
     DenseDataset,
     RawSample,
@@ -51,13 +53,16 @@ class KITTIEigen(DenseDataset):
         self.root = resolve_root(root, ("kitti",), LIST_FILES[split], LAYOUT)
         image_root = check_exists(self.root / image_dir, "KITTI image folder", LAYOUT)
         depth_root = check_exists(self.root / depth_dir, "KITTI depth folder", LAYOUT)
-        self.pairs, self.skipped = read_pair_list(self.root / LIST_FILES[split], image_root, depth_root)
+        self.items, self.skipped = read_pair_list(self.root / LIST_FILES[split], image_root, depth_root)
         self.split, self.depth_scale = split, depth_scale
         recipe = kitti_train(size_pair(crop_size)) if augment else kitti_eval()
         super().__init__(compose(recipe, seed=seed))
 
     def __len__(self) -> int:
-        return len(self.pairs)
+        return len(self.items)
+
+    def dataset_files(self) -> tuple[Path, ...]:
+        return (self.root / LIST_FILES[self.split],)
 
     def read(self, index: int) -> RawSample:
-        return read_depth_pair(*self.pairs[index], self.depth_scale)
+        return read_depth_pair(*self.items[index], self.depth_scale)

@@ -27,6 +27,7 @@ from .base import (
     read_depth_pair,
     read_pair_list,
     resolve_root,
+    unreadable,
 )
 from .transforms import compose, nyu_train, size_pair
 
@@ -58,12 +59,15 @@ def read_official_split(path: Path, split: str) -> np.ndarray:
         with h5py.File(path, "r") as f:
             arrays = {k: f[k][()] for k in f.keys()}
     except (OSError, ValueError) as e:
-        raise DatasetError(
-            f"cannot read {path} ({e}); expected the NYU splits.mat with trainNdxs/testNdxs"
-        ) from None
+        raise unreadable(path, "split file", e, "the NYU splits.mat with trainNdxs/testNdxs") from None
     if key not in arrays:
         raise DatasetError(f"{path} has no {key}; expected the NYU splits.mat with trainNdxs/testNdxs")
     return np.asarray(arrays[key]).astype(np.int64).ravel() - 1
+
+
+def mat_sample_name(index: int) -> str:
+    """The name of .mat image `index` (0-based): its 1-based MATLAB index, as in splits.mat."""
+    return f"{int(index) + 1:04d}"
 
 
 class NYUDepthV2(DenseDataset):
@@ -101,7 +105,7 @@ class NYUDepthV2(DenseDataset):
         if self.layout == "mat":
             self.indices = self._check_mat()
         else:
-            self.pairs, _ = read_pair_list(self.root / LIST_FILES[split], self.root, self.root)
+            self.items, _ = read_pair_list(self.root / LIST_FILES[split], self.root, self.root)
         super().__init__(compose(nyu_train(size_pair(crop_size)) if augment else [], seed=seed))
 
     def _check_mat(self) -> np.ndarray:
@@ -125,6 +129,8 @@ class NYUDepthV2(DenseDataset):
             raise DatasetError(
                 f"{mat} has no {e}; expected the official labelled NYU-Depth v2 file"
             ) from None
+        except PermissionError as e:
+            raise unreadable(mat, "NYU file", e, "the official v7.3 labelled .mat") from None
         except OSError as e:
             raise DatasetError(
                 f"cannot open {mat} as HDF5 ({e}); expected the official v7.3 labelled .mat"
@@ -140,7 +146,22 @@ class NYUDepthV2(DenseDataset):
         return indices
 
     def __len__(self) -> int:
-        return len(self.indices) if self.layout == "mat" else len(self.pairs)
+        return len(self.indices) if self.layout == "mat" else len(self.items)
+
+    def sample_names(self) -> list[str]:
+        if self.layout == "mat":
+            return [mat_sample_name(i) for i in self.indices]
+        return super().sample_names()
+
+    def sample_files(self, index: int) -> tuple[Path, ...]:
+        if self.layout == "mat":
+            return ()  # every sample lives in the .mat: see dataset_files
+        return super().sample_files(index)
+
+    def dataset_files(self) -> tuple[Path, ...]:
+        if self.layout == "mat":
+            return self.root / MAT_FILE, self.root / SPLITS_FILE
+        return (self.root / LIST_FILES[self.split],)
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -161,5 +182,5 @@ class NYUDepthV2(DenseDataset):
             f = self._file()
             image = np.ascontiguousarray(f["images"][i].transpose(2, 1, 0))  # 3×W×H → H×W×3
             depth = np.ascontiguousarray(f["depths"][i].T).astype(np.float32)  # W×H → H×W, metres
-            return RawSample(f"{i + 1:04d}", image, depth, source=f"{self.root / MAT_FILE}[{i + 1}]")
-        return read_depth_pair(*self.pairs[index], self.depth_scale)
+            return RawSample(mat_sample_name(i), image, depth, source=f"{self.root / MAT_FILE}[{i + 1}]")
+        return read_depth_pair(*self.items[index], self.depth_scale)

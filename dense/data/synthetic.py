@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import colorsys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -517,6 +518,15 @@ class SyntheticScenes(DenseDataset):
     def __len__(self) -> int:
         return self.length
 
+    def sample_names(self) -> list[str]:
+        return [self._name(index) for index in range(self.length)]
+
+    def sample_files(self, index: int) -> tuple[Path, ...]:
+        return ()  # rendered from (base_seed, split, index) and the options: the fingerprint has them
+
+    def _name(self, index: int) -> str:
+        return f"{self.split}_{index:06d}"
+
     def scene(self, index: int) -> Scene:
         """The full rendered scene (with camera and room), e.g. for notebooks and tests."""
         if not 0 <= index < self.length:
@@ -527,5 +537,5 @@ class SyntheticScenes(DenseDataset):
     def read(self, index: int) -> RawSample:
         s = self.scene(index)
         return RawSample(
-            f"{self.split}_{index:06d}", s.image, s.depth, s.mask, source=f"synthetic {self.split}[{index}]"
+            self._name(index), s.image, s.depth, s.mask, source=f"synthetic {self.split}[{index}]"
         )

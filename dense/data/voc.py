@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import DatasetError, SegmentationFiles, resolve_root
+from .base import DatasetError, SegmentationFiles, read_lines, resolve_root
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -25,7 +25,7 @@ LAYOUT = (
 
 
 def read_id_list(path: Path) -> list[str]:
-    ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    ids = read_lines(path, "id list")
     if not ids:
         raise DatasetError(f"{path} is empty; expected one image id per line")
     return ids
@@ -57,6 +57,7 @@ class PascalVOC(SegmentationFiles):
             label_dir = self.root / "SegmentationClass"
         if not label_dir.is_dir():
             raise DatasetError(f"{label_dir} does not exist; expected {LAYOUT}")
+        self.list_file = list_file
         items = [
             (i, self.root / "JPEGImages" / f"{i}.jpg", label_dir / f"{i}.png")
             for i in read_id_list(list_file)
@@ -65,3 +66,6 @@ class PascalVOC(SegmentationFiles):
         if missing:
             raise DatasetError(f"{list_file} names {len(missing)} files that do not exist, e.g. {missing[0]}")
         return items
+
+    def dataset_files(self) -> tuple[Path, ...]:
+        return (self.list_file,)
