@@ -44,13 +44,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from dense.errors import DenseError
 from dense.features import FeatureMaps
+from dense.hashing import file_sha256, tensor_bytes, tensors_sha256
 from dense.io import atomic_path
 from dense.model import DenseModel, center_padding
 
 VIEWS = ("original", "hflip")
 FORMAT = 2  # bump when what an entry holds, or how it is computed, changes
 PRECISIONS = ("fp32", "bf16")
-_HASH_CHUNK = 1 << 24
 
 
 class CacheError(DenseError):
@@ -64,52 +64,11 @@ class CacheEntryWarning(UserWarning):
 # ---- the key --------------------------------------------------------------------------------------
 
 
-def file_sha256(path: str) -> str:
-    """sha256 of a weights file, memoised in ~/.cache/dense/file_hashes.json: hashing a 4 GB ViT-g
-    file takes seconds. The memo is trusted only while the file's size, mtime, inode and ctime are
-    all unchanged: a rewrite in place that restores the mtime still changes the ctime."""
-    path = os.path.abspath(path)
-    stat = os.stat(path)
-    identity = [stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns]
-    memo_path = os.path.join(os.path.expanduser("~"), ".cache", "dense", "file_hashes.json")
-    try:
-        with open(memo_path) as f:
-            memo = json.load(f)
-    except (OSError, ValueError):
-        memo = {}
-    if not isinstance(memo, dict):
-        memo = {}
-    known = memo.get(path)
-    if isinstance(known, dict) and known.get("stat") == identity and isinstance(known.get("sha256"), str):
-        return known["sha256"]
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            digest.update(chunk)
-    after = os.stat(path)
-    if [after.st_size, after.st_mtime_ns, after.st_ino, after.st_ctime_ns] == identity:  # not rewritten meanwhile
-        # One record per path (older memo formats are dropped), so the memo does not grow with rewrites.
-        memo = {p: v for p, v in memo.items() if isinstance(v, dict)}
-        memo[path] = {"stat": identity, "sha256": digest.hexdigest()}
-        with contextlib.suppress(OSError):  # a read-only home only costs the next run a re-hash
-            with atomic_path(memo_path) as tmp, open(tmp, "w") as f:
-                json.dump(memo, f)
-    return digest.hexdigest()
-
-
-def _tensor_bytes(tensor: torch.Tensor) -> bytes:
-    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-
-
 def backbone_fingerprint(model: DenseModel) -> str:
     config = model.config
     if config.get("backbone_weights"):
         return "file:" + file_sha256(config["backbone_weights"])
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.backbone.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(_tensor_bytes(tensor))
-    return "tensors:" + digest.hexdigest()
+    return "tensors:" + tensors_sha256(model.backbone.state_dict())
 
 
 def content_fingerprint(dataset: Dataset) -> dict:
@@ -124,7 +83,7 @@ def content_fingerprint(dataset: Dataset) -> dict:
             digest.update(name.encode())
             if isinstance(value, torch.Tensor):
                 digest.update(f"{value.dtype}{tuple(value.shape)}".encode())
-                digest.update(_tensor_bytes(value))
+                digest.update(tensor_bytes(value))
             else:
                 digest.update(repr(value).encode())
     return {"class": f"{type(dataset).__module__}.{type(dataset).__qualname__}", "samples": len(dataset),

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from dense.cache import CachedFeatures, CacheEntryWarning, file_sha256
+from dense.cache import CachedFeatures, CacheEntryWarning
 from dense.data import SyntheticScenes
+from dense.hashing import file_sha256
 from dense.model import build_model
 
 N = 4
