@@ -171,15 +171,18 @@ def model_from_checkpoint(
     state = checkpoint["state_dict"]
     stored = any(k.startswith(BACKBONE_PREFIX) for k in state)
     sha256 = config.pop("backbone_sha256", None)
-    if stored:  # random-initialised backbone: its weights are in the checkpoint
-        config["pretrained"], config["backbone_weights"] = False, None
     backbone, head = config.pop("backbone"), config.pop("head")
-    pretrained = config.pop("pretrained", False)
-    stored_weights = config.pop("backbone_weights", None)
-    skeleton = build_or_refuse(where, backbone, head, config, device="meta")
+    pretrained, stored_weights = config.pop("pretrained", False), config.pop("backbone_weights", None)
+    with torch.device("meta"):
+        skeleton = build_or_refuse(where, backbone, head, config)
     check_stored_tensors(where, skeleton, state, stored)
-    weights = None if stored else locate_backbone_weights(where, stored_weights, backbone_weights, sha256)
-    model = build_or_refuse(where, backbone, head, config, pretrained=pretrained and weights is None, backbone_weights=weights)
+    if stored:  # a random-initialised backbone: its weights are in the checkpoint
+        pretrained, weights = False, None
+    else:
+        weights = locate_backbone_weights(where, stored_weights, backbone_weights, sha256)
+    model = build_or_refuse(
+        where, backbone, head, config, pretrained=pretrained and weights is None, backbone_weights=weights
+    )
     if stored:
         model.backbone.load_state_dict(
             {k[len(BACKBONE_PREFIX) :]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
@@ -190,13 +193,10 @@ def model_from_checkpoint(
     return model.eval()
 
 
-def build_or_refuse(where: str, backbone: str, head: str, options: dict, *, device=None, **weights) -> DenseModel:
+def build_or_refuse(where: str, backbone: str, head: str, options: dict, **weights) -> DenseModel:
     """build_model from a checkpoint's config; a value it refuses becomes one line naming the file."""
     try:
-        if device is None:
-            return build_model(backbone, head, **weights, **options)
-        with torch.device(device):
-            return build_model(backbone, head, **options)
+        return build_model(backbone, head, **weights, **options)
     except WeightsError:
         raise
     except (ValueError, TypeError, KeyError, RuntimeError) as error:
