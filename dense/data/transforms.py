@@ -200,8 +200,10 @@ class GammaBrightnessColor(ImageOnlyTransform):
     form "toolbox": what the toolbox computes and the published DINOv2 depth heads were trained with:
         the gamma is applied to the 0–255 values (float64, as numpy does uint8 ** float), and the
         result clipped to 0–255. That is a strong distortion: gamma 0.9 caps an image at
-        255**0.9 = 147, gamma 1.1 saturates every value above 255**(1/1.1) = 154.
-    form "bts": what BTS meant (bts_dataloader augment_image): the gamma on 0–1 values, clip to 0–1.
+        255**0.9 = 146.5 (before the brightness factor), gamma 1.1 saturates every value above
+        255**(1/1.1) = 154.1.
+    form "bts": what BTS meant (cleinc/bts pytorch/bts_dataloader.py, augment_image on the image / 255):
+        the gamma on 0–1 values, clip to 0–1.
     The result is rounded to uint8 (the toolbox hands floats to Normalize: at most half a level
     apart). The toolbox's images are BGR and ours RGB: the three colour factors are independent
     draws from one range, so which channel gets which draw does not change what the recipe does.
