@@ -5,8 +5,10 @@ pixels are 0 (or beyond `max_depth`) and are masked out. Segmentation losses tak
 integer labels B×H×W, with `ignore_index` marking pixels that do not count.
 
 Where the official DINOv2 code (dinov2/eval/depth/models/losses) defines a loss, the formula is
-matched here and every choice is noted next to the line that makes it, except for one deliberate
-fix: the official GradientLoss indexes as if maps were 2-D and gives ~0 on batched input.
+matched here and every choice is noted next to the line that makes it. The official GradientLoss
+indexes as if maps were 2-D: on the batched B×1×H×W input it gets it slices the batch and channel
+axes, and is exactly 0 for the recipe's 2 images per GPU. GradientLoss(form="toolbox") computes
+exactly that (the published models were trained with it), form="correct" the per-image loss meant.
 
 No host-device sync on the training path: the loss bodies use no boolean-mask indexing (its output
 size depends on the data, so it syncs), no Python `if` on tensor values and no `.item()`/`int()`;
@@ -187,27 +189,32 @@ class SigLoss(nn.Module):
         return torch.where(has_valid, self.loss_weight * loss, zero)
 
 
+GRADIENT_FORMS = ("correct", "toolbox")
+
+
 class GradientLoss(nn.Module):
-    """Multi-scale gradient-matching loss on log depth (MegaDepth), fixed for batched input.
+    """Multi-scale gradient-matching loss on log depth (MegaDepth), in one of two forms.
 
-    Per image and per scale s (maps subsampled with stride s in {1, 2, 4, 6} — upstream's
-    `[:: 2*i]` for i = 1..3, so 6 and not 8, matched):
-        d    = (log(pred + eps) - log(gt + eps)) * mask          eps = 1e-3, as upstream
-        term = ( sum |d[y, x] - d[y+2, x]| * mask[y]mask[y+2]      (vertical, 2-pixel step as upstream)
-               + sum |d[y, x] - d[y, x+2]| * mask[x]mask[x+2] )    (horizontal)
-               / N_s                                               N_s = valid pixels at that scale
-        loss(image) = sum over the 4 scales of term
-    loss(batch) = loss_weight * mean over images of loss(image).
+    Upstream (dinov2/eval/depth/models/losses/gradientloss.py) writes it for a 2-D H×W map: with
+        d = (log(pred + eps) - log(gt + eps)) * mask           eps = 1e-3
+    and maps subsampled by `[::s, ::s]` for s in {1, 2, 4, 6} (its `[:: 2*i]`, i = 1..3),
+        term(s) = ( sum |d[i] - d[i+2]| * m[i] m[i+2]  along the first axis
+                  + sum |d[:, j] - d[:, j+2]| * m[:, j] m[:, j+2]  along the second )  /  N_s
+    with N_s the valid pixels of the subsampled map, and loss = loss_weight * sum over s of term(s).
 
-    Upstream applies exactly this to a 2-D H×W map, so for one image the values agree. On B×1×H×W it
-    slices the batch and channel axes instead of H and W and returns ~0 (REFERENCE.md); here the slicing
-    is on the last two axes and each image is normalised by its own valid count, i.e. a batch gives
-    the mean of the per-image losses (MegaDepth's per-image definition). Images without any valid pixel
-    are left out of the mean; a scale without valid pixels contributes 0 (upstream: 0/0 = NaN); a batch
-    without any valid pixel gives 0, attached to the graph.
+    form "correct" (default): the two axes are H and W of each image, N_s counts that image's valid
+        pixels, and a batch gives the mean over images that have a valid pixel (MegaDepth's
+        per-image definition). For one image it equals upstream on that H×W map.
+    form "toolbox": what upstream computes on the B×1×H×W tensor its decode head really passes: the
+        two axes are the batch and the channel axis. The channel axis has length 1, so the second
+        sum is empty; the first compares image b with image b+2 of the subsampled batch; N_s counts
+        the valid pixels of all the images kept by `[::s]`. For B <= 2 images it is exactly 0 (the
+        recipe's 2 per GPU: the published DPT models were trained without this loss). Used by the
+        paper recipes (configs/experiment, task.depth_loss.gradient=toolbox) to reproduce them.
+    Both: a scale without valid pixels contributes 0 (upstream: 0/0 = NaN); no valid pixel at all
+    gives 0, attached to the graph.
 
-    No host-device sync: the mean over images with valid pixels is a weighted mean,
-    sum(per_image · has_valid) / max(number of such images, 1).
+    No host-device sync: the subsampling is by shape only and every count is clamped, not tested.
     check_values: as SigLoss.
     """
 
@@ -221,13 +228,20 @@ class GradientLoss(nn.Module):
         max_depth: float | None = None,
         eps: float = 1e-3,
         check_values: bool = True,
+        form: str = "correct",
     ):
         super().__init__()
+        if form not in GRADIENT_FORMS:
+            raise BadInputError(
+                f"GradientLoss form={form!r} is not one of {GRADIENT_FORMS} (task.depth_loss.gradient): "
+                "'toolbox' reproduces upstream's batched indexing, 'correct' the per-image loss"
+            )
         self.valid_mask = valid_mask
         self.loss_weight = loss_weight
         self.max_depth = max_depth
         self.eps = eps
         self.check_values = check_values
+        self.form = form
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         check_depth_pair(pred, target, "GradientLoss", self.check_values)
@@ -239,25 +253,47 @@ class GradientLoss(nn.Module):
         # invalid pixel can leak in, neither into the value nor into the gradient).
         diff = _log_difference(pred, target, full_mask, self.eps)
         fmask = full_mask.to(diff.dtype)
+        if self.form == "toolbox":
+            return self.loss_weight * self._toolbox(diff, fmask)
+        return self.loss_weight * self._per_image(diff, fmask, full_mask)
 
+    def _per_image(self, diff: torch.Tensor, fmask: torch.Tensor, full_mask: torch.Tensor) -> torch.Tensor:
+        """The mean over images (with a valid pixel) of the loss of each image's H×W map."""
         per_image = diff.new_zeros(diff.shape[0])
         for s in self.STRIDES:
-            d = diff[..., ::s, ::s]  # B×1×h×w: slice H and W only, never the batch axis
-            m = fmask[..., ::s, ::s]
-            v_mask = m[..., :-2, :] * m[..., 2:, :]
-            h_mask = m[..., :, :-2] * m[..., :, 2:]
-            v_grad = (d[..., :-2, :] - d[..., 2:, :]).abs() * v_mask
-            h_grad = (d[..., :, :-2] - d[..., :, 2:]).abs() * h_mask
-            numerator = v_grad.sum(dim=(1, 2, 3)) + h_grad.sum(dim=(1, 2, 3))
-            count = m.sum(dim=(1, 2, 3))
+            d, m = diff[..., ::s, ::s], fmask[..., ::s, ::s]  # B×1×h×w: H and W only, never the batch axis
+            numerator = _two_step_sum(d, m, dim=2, keep=0) + _two_step_sum(d, m, dim=3, keep=0)
             # count == 0 implies numerator == 0: clamp so that case adds 0 instead of NaN.
-            per_image = per_image + numerator / count.clamp(min=1)
-
-        # Mean over the images that have a valid pixel, as a weighted mean (per_image is exactly 0 for
-        # the others; where() keeps it so regardless). No image valid: 0 / 1 = 0, still on the graph.
+            per_image = per_image + numerator / m.sum(dim=(1, 2, 3)).clamp(min=1)
+        # Weighted mean over the images that have a valid pixel (per_image is exactly 0 for the others;
+        # where() keeps it so regardless). No image valid: 0 / 1 = 0, still on the graph.
         has_valid = full_mask.flatten(1).any(dim=1)
         total = torch.where(has_valid, per_image, torch.zeros_like(per_image)).sum()
-        return self.loss_weight * total / has_valid.sum(dtype=per_image.dtype).clamp(min=1)
+        return total / has_valid.sum(dtype=per_image.dtype).clamp(min=1)
+
+    def _toolbox(self, diff: torch.Tensor, fmask: torch.Tensor) -> torch.Tensor:
+        """Upstream's 2-D indexing applied to the B×1×H×W tensor: axes 0 (batch) and 1 (channel)."""
+        total = diff.new_zeros(())
+        for s in self.STRIDES:
+            d, m = diff[::s, ::s], fmask[::s, ::s]  # every s-th image, and channel 0
+            numerator = _two_step_sum(d, m, dim=0) + _two_step_sum(d, m, dim=1)
+            total = total + numerator / m.sum().clamp(min=1)
+        return total
+
+
+def _two_step_sum(d: torch.Tensor, m: torch.Tensor, dim: int, keep: int | None = None) -> torch.Tensor:
+    """sum of |d[k] - d[k+2]| along `dim` where both are valid (the MegaDepth gradient with a 2-step),
+    over all axes, or over all but axis `keep`. An axis shorter than 3 gives 0, as upstream's empty
+    slices."""
+    n = d.shape[dim]
+    if n < 3:
+        return d.new_zeros(d.shape[keep]) if keep is not None else d.new_zeros(())
+    step = (d.narrow(dim, 0, n - 2) - d.narrow(dim, 2, n - 2)).abs()
+    both = m.narrow(dim, 0, n - 2) * m.narrow(dim, 2, n - 2)
+    terms = step * both
+    if keep is None:
+        return terms.sum()
+    return terms.sum(dim=[a for a in range(terms.dim()) if a != keep])
 
 
 class DepthLoss(nn.Module):
@@ -266,6 +302,9 @@ class DepthLoss(nn.Module):
     forward(pred, target) -> {"loss": total, "loss_sig": weighted SigLoss, "loss_grad": weighted
     GradientLoss}; "loss_grad" is absent when grad_weight is 0. The parts are already weighted, so
     loss == loss_sig + loss_grad.
+    gradient: GradientLoss's form, "correct" (per image) or "toolbox" (upstream's batched indexing,
+        0 for <= 2 images per GPU); the paper recipes set "toolbox".
+    max_depth: ground truth above it does not count (None, upstream's recipe: every gt > 0 counts).
     check_values: refuse NaN/inf prediction or target (True, one sync each; standalone use). The
         training tasks pass False (no sync in the step) and check the target on the host instead.
     """
@@ -280,13 +319,14 @@ class DepthLoss(nn.Module):
         warm_iter: int = 100,
         eps: float = 1e-3,
         check_values: bool = True,
+        gradient: str = "correct",
     ):
         super().__init__()
         self.check_values = check_values
         self.sig = SigLoss(valid_mask, sig_weight, max_depth, warm_up, warm_iter, eps, check_values)
-        self.grad = (
-            GradientLoss(valid_mask, grad_weight, max_depth, eps, check_values) if grad_weight else None
-        )
+        # Built even with grad_weight 0, so a wrong `gradient` is refused whatever the weight.
+        grad = GradientLoss(valid_mask, grad_weight, max_depth, eps, check_values, form=gradient)
+        self.grad = grad if grad_weight else None
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         check_depth_pair(pred, target, "DepthLoss", self.check_values)  # once for both parts

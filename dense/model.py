@@ -4,8 +4,12 @@
       → centre-pad to a multiple of 14 (the extra pixel of an odd pad goes bottom/right, as upstream)
       → backbone.get_intermediate_tokens(layers, norm) → FeatureMaps
       → head → raw output on the head's own grid
-      → depth: clamp to [min_depth, max_depth]
+      → depth: clamp to [min_depth, max_depth], except in training (train mode with autograd on)
       → resize to the padded size, crop the padding away → B×1×H×W metres | B×K×H×W logits
+
+The clamp follows upstream (dinov2/eval/depth/models/depther/encoder_decoder.py): `encode_decode`,
+the inference path, clamps; `forward_train` hands the losses the raw head output, so a DPT head
+(relu + min_depth, no upper bound) that overshoots max_depth still gets a gradient pulling it back.
 
 Upstream resizes the padded prediction straight to H×W, which shifts it by up to half a patch; we
 resize to the padded size and then crop, so the prediction stays aligned with the image. The two agree
@@ -170,10 +174,16 @@ class DenseModel(nn.Module):
         return FeatureMaps(patches, cls_tokens)
 
     def decode(self, features: FeatureMaps, padding: tuple[int, int, int, int], size: tuple[int, int]):
-        """Head output → clamp (depth) → resize to the padded size → crop the padding → H×W."""
-        inference = self._compiled_head is not None and not torch.is_grad_enabled()
-        out = self._compiled_head(features) if inference else self.head(features)
-        if self.task == "depth":
+        """Head output → clamp (depth, not in training) → resize to the padded size → crop the padding → H×W.
+
+        Training means train mode with autograd on: what DenseTask.training_step runs, on images or on
+        cached features (dense.cache.forward_cached calls this too). There the losses get the raw
+        depth, as upstream's; validation, eval-mode and no-grad calls (predict) are clamped.
+        """
+        grad = torch.is_grad_enabled()
+        compiled = self._compiled_head is not None and not grad
+        out = self._compiled_head(features) if compiled else self.head(features)
+        if self.task == "depth" and not (self.training and grad):
             out = out.clamp(self.min_depth, self.max_depth)
         left, right, top, bottom = padding
         height, width = size

@@ -142,7 +142,9 @@ class DepthOutput(nn.Module):
 
 class DPTDepthHead(nn.Module):
     """FeatureMaps (exactly 4 layers, with class tokens unless readout="ignore") → depth in metres,
-    B×1×32·ceil(h/2)×32·ceil(w/2), = relu(x) + min_depth. Not clamped to max_depth (the model clamps)."""
+    B×1×32·ceil(h/2)×32·ceil(w/2), = relu(x) + min_depth, with no upper bound. DenseModel clamps it
+    to max_depth at inference only (as upstream's encode_decode); in training the losses see it raw,
+    so an overshoot above max_depth is still pulled back by the gradient."""
 
     num_layers = 4
 
@@ -165,7 +167,7 @@ class DPTDepthHead(nn.Module):
         self.embed_dim = embed_dim
         self.uses_cls_token = readout != "ignore"
         self.min_depth = min_depth
-        self.max_depth = max_depth  # unused by the head itself; kept for the model's clamp and for repr
+        self.max_depth = max_depth  # unused by the head itself; kept for repr (the model clamps at inference)
         self.reassemble_blocks = Reassemble(embed_dim, list(post_process_channels), readout)
         self.convs = nn.ModuleList(Conv(c, channels, 3, bias=False) for c in post_process_channels)
         self.fusion_blocks = nn.ModuleList(FusionBlock(channels, with_skip=i > 0) for i in range(4))
@@ -186,7 +188,7 @@ class DPTDepthHead(nn.Module):
         for block, skip in zip(self.fusion_blocks[1:], reversed(stages[:3]), strict=True):
             out = block(out, skip)
         out = self.conv_depth(F.relu(self.project(out)))
-        # float32 output like the linear head, so the model's clamp/resize see one dtype.
+        # float32 output like the linear head, so the losses and the model's clamp/resize see one dtype.
         return F.relu(out.float()) + self.min_depth
 
     def extra_repr(self) -> str:

@@ -45,8 +45,9 @@ def depth_bins(min_depth: float, max_depth: float, n_bins: int, strategy: str) -
 class LinearDepthHead(nn.Module):
     """FeatureMaps (1 or more layers, usually with class tokens) → depth B×1×(upsample·h)×(upsample·w).
 
-    The output is not clamped to [min_depth, max_depth]: the model does that, as upstream's
-    DepthEncoderDecoder does. min_depth/max_depth here only place the bins.
+    The output is not clamped to [min_depth, max_depth]: DenseModel clamps it at inference only, as
+    upstream's DepthEncoderDecoder.encode_decode does; in training the losses see the head's output
+    as it is (it lies within the bins anyway). min_depth/max_depth here only place the bins.
     """
 
     def __init__(

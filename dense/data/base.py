@@ -466,12 +466,14 @@ def resolve_root(root, candidates: tuple[str, ...], marker: str, layout: str) ->
 
 
 def read_pair_list(
-    list_file: Path, image_root: Path, depth_root: Path
+    list_file: Path, image_root: Path, depth_root: Path | tuple[Path, ...]
 ) -> tuple[list[tuple[str, Path, Path]], int]:
     """A BTS-style file list: lines "rgb_path depth_path [focal]", paths relative to the roots
-    (a leading '/' is ignored, as in BTS lists). Lines whose depth is "None" (no ground truth) are
-    skipped. Returns ([(name, rgb, depth)], number skipped); fails on malformed lines, missing files
-    or an empty list."""
+    (a leading '/' is ignored, as in BTS lists). `depth_root` may be several folders: a depth path
+    is taken from the first that holds it (KITTI's train/ and val/ halves). Lines whose depth is
+    "None" (no ground truth) are skipped. Returns ([(name, rgb, depth)], number skipped); fails on
+    malformed lines, missing files or an empty list."""
+    depth_roots = (depth_root,) if isinstance(depth_root, Path) else tuple(depth_root)
     pairs, skipped, missing = [], 0, []
     for lineno, line in enumerate(read_text(list_file, "file list").splitlines(), start=1):
         fields = line.split()
@@ -485,15 +487,18 @@ def read_pair_list(
         if depth_rel == "None":
             skipped += 1
             continue
-        rgb, depth = image_root / rgb_rel, depth_root / depth_rel
-        for p in (rgb, depth):
-            if not p.is_file():
-                missing.append(p)
+        rgb = image_root / rgb_rel
+        if not rgb.is_file():
+            missing.append(rgb)
+        depth = next((r / depth_rel for r in depth_roots if (r / depth_rel).is_file()), None)
+        if depth is None:
+            depth = depth_roots[0] / depth_rel
+            missing.append(depth)
         pairs.append((str(Path(rgb_rel).with_suffix("")), rgb, depth))
     if missing:
         raise DatasetError(
             f"{list_file} names {len(missing)} files that do not exist, e.g. {missing[0]}; "
-            f"rgb paths are relative to {image_root}, depth paths to {depth_root}"
+            f"rgb paths are relative to {image_root}, depth paths to {' or '.join(map(str, depth_roots))}"
         )
     if not pairs:
         raise DatasetError(

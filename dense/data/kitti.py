@@ -4,10 +4,14 @@
     root/input/<rgb path>        e.g. 2011_09_26/2011_09_26_drive_0002_sync/image_02/data/0000000069.png
     root/gt_depth/<depth path>   e.g. 2011_09_26_drive_0002_sync/proj_depth/groundtruth/image_02/0000000069.png
 
+The depth folder may also be KITTI's own depth-annotated release as it unpacks, with its drives
+split into train/ and val/ (data_depth_annotated/{train,val}/<drive>/proj_depth/groundtruth/image_02):
+each depth path is then found in whichever half holds it (data.depth_dir=data_depth_annotated).
+
 Depth PNGs are uint16 metres × 256, 0 where the projected LiDAR has no point. Lines whose depth is
 "None" (test frames without ground truth) are skipped. val and test are both the Eigen test split.
-Train: KB crop (bottom-centred 352×1216), rotate ±2.5°, flip, random crop 352×704, colour; eval: KB
-crop; metrics use the Garg crop and max depth 80 m.
+Train: KB crop (bottom-centred 352×1216), rotate ±2.5°, flip, random crop 352×704, colour (the
+toolbox's form unless color_aug="bts"); eval: KB crop; metrics use the Garg crop and max depth 80 m.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .base import (
+    DatasetError,
     DenseDataset,
     RawSample,
     check_exists,
@@ -22,13 +27,16 @@ from .base import (
     read_pair_list,
     resolve_root,
 )
-from .transforms import compose, kitti_eval, kitti_train, size_pair
+from .transforms import COLOR_AUG_FORMS, compose, kitti_eval, kitti_train, size_pair
 
 LIST_FILES = {"train": "kitti_eigen_train.txt", "val": "kitti_eigen_test.txt", "test": "kitti_eigen_test.txt"}
 LAYOUT = (
     "kitti_eigen_train.txt / kitti_eigen_test.txt (lines 'rgb depth focal') with the rgb paths under "
-    "<root>/input and the depth paths under <root>/gt_depth"
+    "<root>/input and the depth paths under <root>/gt_depth (or under its train/ and val/ halves, as in "
+    "KITTI's data_depth_annotated)"
 )
+# The halves of KITTI's official depth-annotated release, searched after the depth folder itself.
+ANNOTATED_SPLITS = ("train", "val")
 
 
 class KITTIEigen(DenseDataset):
@@ -46,16 +54,22 @@ class KITTIEigen(DenseDataset):
         depth_dir: str = "gt_depth",
         crop_size=(352, 704),
         depth_scale: float = 256.0,
+        color_aug: str = "toolbox",
         seed: int | None = None,
     ):
         self.check_task(task)
         self.check_split(split)
+        if color_aug not in COLOR_AUG_FORMS:
+            raise DatasetError(f"data.color_aug={color_aug!r} is not one of {COLOR_AUG_FORMS}")
         self.root = resolve_root(root, ("kitti",), LIST_FILES[split], LAYOUT)
         image_root = check_exists(self.root / image_dir, "KITTI image folder", LAYOUT)
         depth_root = check_exists(self.root / depth_dir, "KITTI depth folder", LAYOUT)
-        self.items, self.skipped = read_pair_list(self.root / LIST_FILES[split], image_root, depth_root)
+        halves = tuple(depth_root / h for h in ANNOTATED_SPLITS if (depth_root / h).is_dir())
+        self.items, self.skipped = read_pair_list(
+            self.root / LIST_FILES[split], image_root, (depth_root, *halves)
+        )
         self.split, self.depth_scale = split, depth_scale
-        recipe = kitti_train(size_pair(crop_size)) if augment else kitti_eval()
+        recipe = kitti_train(size_pair(crop_size), color_aug) if augment else kitti_eval()
         super().__init__(compose(recipe, seed=seed))
 
     def __len__(self) -> int:

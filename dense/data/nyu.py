@@ -9,8 +9,8 @@
     depth .png in millimetres (0 = no measurement).
 
 val and test are both the 654-image test split, as in the upstream recipes. Train: the toolbox NYU
-recipe (crop [45:472, 43:608], rotate ±2.5°, flip, random crop 416×544, colour); eval: the full
-480×640 frame, metrics use the Eigen crop.
+recipe (crop [45:472, 43:608], rotate ±2.5°, flip, random crop 416×544, colour in the toolbox's
+form unless color_aug="bts"); eval: the full 480×640 frame, metrics use the Eigen crop.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from .base import (
     resolve_root,
     unreadable,
 )
-from .transforms import compose, nyu_train, size_pair
+from .transforms import COLOR_AUG_FORMS, compose, nyu_train, size_pair
 
 MAT_FILE = "nyu_depth_v2_labeled.mat"
 SPLITS_FILE = "splits.mat"
@@ -84,12 +84,15 @@ class NYUDepthV2(DenseDataset):
         layout: str = "auto",
         crop_size=(416, 544),
         depth_scale: float = 1000.0,
+        color_aug: str = "toolbox",
         seed: int | None = None,
     ):
         self.check_task(task)
         self.check_split(split)
         if layout not in ("auto", "mat", "filelist"):
             raise DatasetError(f"data.layout={layout!r} is not one of 'auto', 'mat', 'filelist'")
+        if color_aug not in COLOR_AUG_FORMS:
+            raise DatasetError(f"data.color_aug={color_aug!r} is not one of {COLOR_AUG_FORMS}")
         self.layout = layout
         if layout == "auto":  # whichever layout is present, the .mat first
             try:
@@ -106,7 +109,7 @@ class NYUDepthV2(DenseDataset):
             self.indices = self._check_mat()
         else:
             self.items, _ = read_pair_list(self.root / LIST_FILES[split], self.root, self.root)
-        super().__init__(compose(nyu_train(size_pair(crop_size)) if augment else [], seed=seed))
+        super().__init__(compose(nyu_train(size_pair(crop_size), color_aug) if augment else [], seed=seed))
 
     def _check_mat(self) -> np.ndarray:
         import h5py
@@ -123,6 +126,12 @@ class NYUDepthV2(DenseDataset):
                     raise DatasetError(
                         f"{mat}: images {images.shape} / depths {depths.shape} do not match the official layout "
                         "(h5py view: images N×3×W×H, depths N×W×H)"
+                    )
+                if images.shape[2] < images.shape[3]:  # NYU frames are landscape: W=640 > H=480
+                    raise DatasetError(
+                        f"{mat}: images {images.shape} are stored H×W (they would be read transposed); the "
+                        "official file, MATLAB's column-major H×W×3×N, reads in h5py as N×3×640×480: store "
+                        "images as N×3×W×H and depths as N×W×H"
                     )
                 n = images.shape[0]
         except KeyError as e:

@@ -21,6 +21,8 @@ import torch
 from albumentations.augmentations.crops.transforms import BaseCrop
 from albumentations.core.transforms_interface import DualTransform, ImageOnlyTransform
 
+from dense.errors import DenseError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IGNORE_INDEX = 255
@@ -112,10 +114,25 @@ class BottomCenterCrop(BaseCrop):
         return {"crop_coords": (left, top, left + self.width, top + self.height)}
 
 
+def mmseg_rescale_size(
+    height: int, width: int, short_side: int = 512, max_long_side: int = 2048, ratio: float = 1.0
+) -> tuple[int, int]:
+    """The H×W that mmseg's `Resize(img_scale=(max_long_side, short_side), keep_ratio=True)` gives an
+    image for the ratio r, exactly:
+      target = (int(max_long_side·r), int(short_side·r))             Resize.random_sample_ratio truncates
+      factor = min(max(target) / max(H, W), min(target) / min(H, W))  mmcv.rescale_size
+      size   = (int(H·factor + 0.5), int(W·factor + 0.5))             mmcv._scale_size rounds
+    (mmseg/datasets/pipelines/transforms.py, mmcv/image/geometric.py; MultiScaleFlipAug's test
+    ratios truncate the same way)."""
+    target = (int(max_long_side * ratio), int(short_side * ratio))
+    factor = min(max(target) / max(height, width), min(target) / min(height, width))
+    return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
+
+
 class RescaleShortSide(DualTransform):
     """mmseg `Resize(img_scale=(max_long_side, short_side), ratio_range, keep_ratio=True)`: one
-    ratio r per call, then scale so the short side is ≤ short_side·r and the long side ≤ max_long_side·r
-    (in practice: short side = short_side·r). Images bilinear, targets nearest."""
+    ratio r per call, uniform in ratio_range, then the size of `mmseg_rescale_size` (short side about
+    short_side·r, long side at most max_long_side·r). Images bilinear, targets nearest (cv2, as mmcv)."""
 
     def __init__(
         self,
@@ -130,9 +147,8 @@ class RescaleShortSide(DualTransform):
 
     def get_params_dependent_on_data(self, params, data):
         h, w = params["shape"][:2]
-        r = self.py_random.uniform(*self.ratio_range)
-        scale = min(self.short_side * r / min(h, w), self.max_long_side * r / max(h, w))
-        return {"size": (max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5)))}
+        r = self.py_random.uniform(*self.ratio_range)  # mmseg: random_sample() * (max - min) + min
+        return {"size": mmseg_rescale_size(h, w, self.short_side, self.max_long_side, r), "ratio": r}
 
     def apply(self, img, size, **params):
         return cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
@@ -169,20 +185,46 @@ class CatMaxRatioCrop(BaseCrop):
         return {"crop_coords": coords}
 
 
+class RecipeError(DenseError, ValueError):
+    """An augmentation option that is not one of its choices."""
+
+
+# data.color_aug: the depth colour augmentation's two forms (GammaBrightnessColor).
+COLOR_AUG_FORMS = ("toolbox", "bts")
+
+
 class GammaBrightnessColor(ImageOnlyTransform):
-    """The BTS / Monocular-Depth-Estimation-Toolbox `ColorAug`, on 0–1 values as BTS does it:
-    x**gamma, × brightness, × one factor per channel, clip. (The toolbox applies the gamma to 0–255
-    values, which mostly saturates the image: not reproduced.)"""
+    """The depth colour augmentation of BTS and of the Monocular-Depth-Estimation-Toolbox `ColorAug`
+    (depth/datasets/pipelines/transforms.py): x**gamma, × brightness, × one factor per channel, clip.
+
+    form "toolbox": what the toolbox computes and the published DINOv2 depth heads were trained with:
+        the gamma is applied to the 0–255 values (float64, as numpy does uint8 ** float), and the
+        result clipped to 0–255. That is a strong distortion: gamma 0.9 caps an image at
+        255**0.9 = 146.5 (before the brightness factor), gamma 1.1 saturates every value above
+        255**(1/1.1) = 154.1.
+    form "bts": what BTS meant (cleinc/bts pytorch/bts_dataloader.py, augment_image on the image / 255):
+        the gamma on 0–1 values, clip to 0–1.
+    The result is rounded to uint8 (the toolbox hands floats to Normalize: at most half a level
+    apart). The toolbox's images are BGR and ours RGB: the three colour factors are independent
+    draws from one range, so which channel gets which draw does not change what the recipe does.
+    """
 
     def __init__(
         self,
         gamma: tuple[float, float] = (0.9, 1.1),
         brightness: tuple[float, float] = (0.9, 1.1),
         color: tuple[float, float] = (0.9, 1.1),
+        form: str = "bts",
         p: float = 0.5,
     ):
         super().__init__(p=p)
+        if form not in COLOR_AUG_FORMS:
+            raise RecipeError(
+                f"data.color_aug={form!r} is not one of {COLOR_AUG_FORMS}: 'toolbox' is the upstream "
+                "recipe's gamma on 0–255 values, 'bts' the gamma on 0–1 values"
+            )
         self.gamma, self.brightness, self.color = tuple(gamma), tuple(brightness), tuple(color)
+        self.form = form
 
     def get_params(self):
         return {
@@ -192,8 +234,88 @@ class GammaBrightnessColor(ImageOnlyTransform):
         }
 
     def apply(self, img, gamma, brightness, colors, **params):
+        if self.form == "toolbox":
+            x = img.astype(np.float64) ** gamma * brightness * colors.astype(np.float64)
+            return (np.clip(x, 0.0, 255.0) + 0.5).astype(np.uint8)
         x = (img.astype(np.float32) / 255.0) ** gamma * brightness * colors
         return (np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def _scale_shift(x: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
+    """mmseg PhotoMetricDistortion.convert: float32 x·alpha + beta, clipped to 0–255, truncated to uint8."""
+    return np.clip(x.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+
+
+class PhotoMetricDistortion(ImageOnlyTransform):
+    """mmseg's PhotoMetricDistortion (mmseg/datasets/pipelines/transforms.py, 0.x), step for step:
+
+      brightness (p 0.5): + uniform(-32, 32)
+      mode (p 0.5): contrast first, or last
+      [contrast (p 0.5): × uniform(0.5, 1.5)]              if first
+      saturation (p 0.5): HSV S channel × uniform(0.5, 1.5), clipped
+      hue (p 0.5): HSV H channel + randint(-18, 18) (i.e. -18…17), modulo 180
+      [contrast]                                            if last
+    each value step in float32, clipped to 0–255 and truncated to uint8 (mmseg's convert).
+
+    Units: mmseg's images are uint8 all along (LoadImageFromFile's to_float32=False; Resize, crop and
+    flip keep the dtype; every step returns uint8), so mmcv.bgr2hsv is OpenCV's uint8 conversion:
+    H in half-degrees 0–179, S and V 0–255. hue_delta=18 is thus ±36°, and `% 180` wraps the circle.
+    (OpenCV's float32 conversion would give H in 0–360: not what runs there.) mmseg works on BGR
+    images, we on RGB: cv2's RGB2HSV/HSV2RGB on RGB are the same arithmetic as BGR2HSV/HSV2BGR on the
+    same pixels in BGR order, so the result is the same image.
+    Saturation is a multiply of S, not albumentations' ColorJitter (a blend with the grey image).
+    """
+
+    def __init__(
+        self,
+        brightness_delta: float = 32,
+        contrast_range: tuple[float, float] = (0.5, 1.5),
+        saturation_range: tuple[float, float] = (0.5, 1.5),
+        hue_delta: int = 18,
+        p: float = 1.0,
+    ):
+        super().__init__(p=p)
+        self.brightness_delta = brightness_delta
+        self.contrast_range, self.saturation_range = tuple(contrast_range), tuple(saturation_range)
+        self.hue_delta = int(hue_delta)
+
+    def get_params(self):
+        """The draws of one call; None where a step is skipped. (mmseg draws contrast's coin at its
+        place in the sequence; the draws are independent, so the order they are made in is moot.)"""
+        rng = self.py_random
+
+        def maybe(draw):
+            return draw() if rng.random() < 0.5 else None
+
+        return {
+            "brightness": maybe(lambda: rng.uniform(-self.brightness_delta, self.brightness_delta)),
+            "contrast_first": rng.random() < 0.5,  # mmseg's mode == 1
+            "contrast": maybe(lambda: rng.uniform(*self.contrast_range)),
+            "saturation": maybe(lambda: rng.uniform(*self.saturation_range)),
+            # numpy's randint(-d, d) excludes d; Python's randint includes its upper bound.
+            "hue": maybe(lambda: rng.randint(-self.hue_delta, self.hue_delta - 1)),
+        }
+
+    def apply(
+        self, img, brightness=None, contrast_first=False, contrast=None, saturation=None, hue=None, **params
+    ):
+        if img.dtype != np.uint8:
+            raise TypeError(f"PhotoMetricDistortion expects uint8 RGB images, got {img.dtype}")
+        if brightness is not None:
+            img = _scale_shift(img, beta=brightness)
+        if contrast_first and contrast is not None:
+            img = _scale_shift(img, alpha=contrast)
+        if saturation is not None:
+            hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
+            hsv[..., 1] = _scale_shift(hsv[..., 1], alpha=saturation)
+            img = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+        if hue is not None:
+            hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
+            hsv[..., 0] = (hsv[..., 0].astype(np.int16) + hue) % 180
+            img = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+        if not contrast_first and contrast is not None:
+            img = _scale_shift(img, alpha=contrast)
+        return img
 
 
 # --------------------------------------------------------------------------- recipes
@@ -213,15 +335,16 @@ def _rotate(degrees: float, p: float = 0.5) -> A.Rotate:
     )
 
 
-def nyu_train(crop_size: Sequence[int] = (416, 544)) -> list[A.BasicTransform]:
-    """NYU recipe of the official DINOv2 depth configs (Monocular-Depth-Estimation-Toolbox)."""
+def nyu_train(crop_size: Sequence[int] = (416, 544), color_aug: str = "toolbox") -> list[A.BasicTransform]:
+    """NYU recipe of the official DINOv2 depth configs (Monocular-Depth-Estimation-Toolbox).
+    color_aug: "toolbox" (what the published heads were trained with) or "bts" (GammaBrightnessColor)."""
     return [
         # NYUCrop [45:472, 43:608]: drops the white border left by the Kinect RGB/depth registration.
         A.Crop(x_min=43, y_min=45, x_max=608, y_max=472),
         _rotate(2.5),
         A.HorizontalFlip(p=0.5),
         A.RandomCrop(height=crop_size[0], width=crop_size[1]),
-        GammaBrightnessColor(brightness=(0.75, 1.25), p=0.5),
+        GammaBrightnessColor(brightness=(0.75, 1.25), form=color_aug, p=0.5),
     ]
 
 
@@ -230,27 +353,22 @@ def kitti_eval() -> list[A.BasicTransform]:
     return [BottomCenterCrop(352, 1216)]
 
 
-def kitti_train(crop_size: Sequence[int] = (352, 704)) -> list[A.BasicTransform]:
-    """KITTI recipe of the toolbox config used by DINOv2: KB crop, rotate ±2.5°, flip, crop, colour."""
+def kitti_train(crop_size: Sequence[int] = (352, 704), color_aug: str = "toolbox") -> list[A.BasicTransform]:
+    """KITTI recipe of the toolbox config used by DINOv2: KB crop, rotate ±2.5°, flip, crop, colour
+    (color_aug as nyu_train)."""
     return [
         *kitti_eval(),
         _rotate(2.5),
         A.HorizontalFlip(p=0.5),
         A.RandomCrop(height=crop_size[0], width=crop_size[1]),
-        GammaBrightnessColor(brightness=(0.9, 1.1), p=0.5),
+        GammaBrightnessColor(brightness=(0.9, 1.1), form=color_aug, p=0.5),
     ]
 
 
 def photometric_distortion() -> list[A.BasicTransform]:
-    """mmseg PhotoMetricDistortion, each part with p 0.5: brightness ±32, contrast ×0.5–1.5,
-    saturation ×0.5–1.5, hue ±18 (OpenCV's 0–180 hue units, as mmseg). mmseg randomises whether
-    contrast comes before or after the HSV part; the fixed order here is an accepted simplification."""
-    return [
-        A.RandomBrightnessContrast(brightness_limit=32 / 255, contrast_limit=0.0, p=0.5),
-        A.RandomBrightnessContrast(brightness_limit=0.0, contrast_limit=0.5, p=0.5),
-        A.ColorJitter(brightness=(1.0, 1.0), contrast=(1.0, 1.0), saturation=(0.5, 1.5), hue=0.0, p=0.5),
-        A.HueSaturationValue(hue_shift_limit=18, sat_shift_limit=0, val_shift_limit=0, p=0.5),
-    ]
+    """mmseg's PhotoMetricDistortion with its defaults: brightness ±32, contrast ×0.5–1.5 (before or
+    after the HSV part at random), saturation ×0.5–1.5, hue -18…17 (OpenCV half-degrees), each p 0.5."""
+    return [PhotoMetricDistortion()]
 
 
 def seg_eval(short_side: int | None = 512, max_long_side: int = 2048) -> list[A.BasicTransform]:
@@ -299,9 +417,11 @@ def seg_recipe(
     return seg_eval(eval_short_side, max_long_side)
 
 
-def depth_train(crop_size: Sequence[int] | None = None) -> list[A.BasicTransform]:
+def depth_train(crop_size: Sequence[int] | None = None, color_aug: str = "bts") -> list[A.BasicTransform]:
     """Generic depth recipe (synthetic scenes, image folders): flip, optional random crop padded
-    with 'no depth' where the image is smaller, BTS colour aug."""
+    with 'no depth' where the image is smaller, colour aug in BTS's 0–1 form by default: these
+    recipes reproduce no published number, so they get the augmentation that was meant rather than
+    the toolbox's, which saturates bright images."""
     crop = []
     if crop_size is not None:
         crop = [
@@ -315,7 +435,11 @@ def depth_train(crop_size: Sequence[int] | None = None) -> list[A.BasicTransform
                 fill_mask=0,
             )
         ]
-    return [A.HorizontalFlip(p=0.5), *crop, GammaBrightnessColor(brightness=(0.9, 1.1), p=0.5)]
+    return [
+        A.HorizontalFlip(p=0.5),
+        *crop,
+        GammaBrightnessColor(brightness=(0.9, 1.1), form=color_aug, p=0.5),
+    ]
 
 
 def size_pair(size: int | Sequence[int] | None) -> tuple[int, int] | None:
@@ -338,9 +462,13 @@ __all__ = [
     "compose",
     "to_sample",
     "BottomCenterCrop",
+    "mmseg_rescale_size",
     "RescaleShortSide",
     "CatMaxRatioCrop",
+    "COLOR_AUG_FORMS",
+    "RecipeError",
     "GammaBrightnessColor",
+    "PhotoMetricDistortion",
     "nyu_train",
     "kitti_train",
     "kitti_eval",

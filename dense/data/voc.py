@@ -3,7 +3,9 @@
     root/JPEGImages/<id>.jpg
     root/SegmentationClass/<id>.png        palette PNGs: pixel values are class indices, 255 = border/ignore
     root/SegmentationClassAug/<id>.png     optional SBD-augmented labels (grey PNGs, same encoding)
-    root/ImageSets/Segmentation/{train,val}.txt   one id per line (train_aug.txt or aug.txt for use_aug)
+    root/ImageSets/Segmentation/{train,val}.txt   one id per line (train_aug.txt or aug.txt for use_aug;
+                                           those may also hold DeepLab's two paths per line,
+                                           "/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png")
 
 (root may also be the folder holding VOC2012 or VOCdevkit/VOC2012.) val and test are both `val`.
 Same mmseg recipe as ADE20K (crop 512).
@@ -11,9 +13,9 @@ Same mmseg recipe as ADE20K (crop 512).
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from .base import DatasetError, SegmentationFiles, read_lines, resolve_root
+from .base import DatasetError, SegmentationFiles, read_lines, read_text, resolve_root
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -26,6 +28,25 @@ LAYOUT = (
 
 def read_id_list(path: Path) -> list[str]:
     ids = read_lines(path, "id list")
+    if not ids:
+        raise DatasetError(f"{path} is empty; expected one image id per line")
+    return ids
+
+
+def read_aug_id_list(path: Path) -> list[str]:
+    """The SBD-augmented train list: one id per line, or DeepLab's train_aug.txt form
+    "/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png", whose id is the two files' common stem.
+    The files are then read from the usual folders, like those of an id line."""
+    ids = []
+    for lineno, line in enumerate(read_text(path, "id list").splitlines(), start=1):
+        fields = line.split()
+        stems = {PurePosixPath(f.replace("\\", "/")).stem for f in fields}
+        if len(fields) > 2 or len(stems) > 1:
+            raise DatasetError(
+                f"{path}:{lineno}: expected an image id or 'image_path label_path' of one image, "
+                f"got {line.strip()!r}"
+            )
+        ids.extend(stems)
     if not ids:
         raise DatasetError(f"{path} is empty; expected one image id per line")
     return ids
@@ -50,17 +71,18 @@ class PascalVOC(SegmentationFiles):
                     f"{candidates[0]} (or aug.txt) is missing; use_aug needs the SBD-augmented id list"
                 )
             label_dir = self.root / "SegmentationClassAug"
+            ids = read_aug_id_list(list_file)
         else:
             list_file = sets / ("train.txt" if split == "train" else "val.txt")
             if not list_file.is_file():
                 raise DatasetError(f"{list_file} is missing; expected {LAYOUT}")
             label_dir = self.root / "SegmentationClass"
+            ids = read_id_list(list_file)
         if not label_dir.is_dir():
             raise DatasetError(f"{label_dir} does not exist; expected {LAYOUT}")
         self.list_file = list_file
         items = [
-            (i, self.root / "JPEGImages" / f"{i}.jpg", label_dir / f"{i}.png")
-            for i in read_id_list(list_file)
+            (i, self.root / "JPEGImages" / f"{i}.jpg", label_dir / f"{i}.png") for i in ids
         ]
         missing = [p for _, image, label in items for p in (image, label) if not p.is_file()]
         if missing:

@@ -16,11 +16,12 @@ from dense.tasks.base import DenseTask
 class DepthTask(DenseTask):
     """Trains a depth head (metres).
 
-    loss: DepthLoss options (sig_weight, grad_weight, warm_up, warm_iter, valid_mask, max_depth, eps);
-        the loss ignores ground truth above the evaluation range unless `loss.max_depth` says otherwise.
-        It is built with check_values=False (no host-device sync per step): the depth of each training
-        batch is checked for NaN/inf on the host instead (check_target), and a NaN loss stops the run
-        at the next periodic check (DenseTask).
+    loss: DepthLoss options (sig_weight, grad_weight, warm_up, warm_iter, valid_mask, max_depth, eps,
+        gradient). As upstream's recipes (SigLoss and GradientLoss are configured there without
+        max_depth), every ground-truth pixel > 0 counts, also beyond the evaluation range, unless
+        `loss.max_depth` sets a cut-off. It is built with check_values=False (no host-device sync
+        per step): the depth of each training batch is checked for NaN/inf on the host instead
+        (check_target), and a NaN loss stops the run at the next periodic check (DenseTask).
     min_depth / max_depth / crop: the evaluation range and crop ("eigen" NYU, "garg" KITTI, None) of
         DepthMetrics; the datamodule knows them for its dataset.
     Logs train/loss, train/loss_sig, train/loss_grad; val/* and test/*: a1 a2 a3 abs_rel sq_rel rmse
@@ -43,7 +44,7 @@ class DepthTask(DenseTask):
         **common,
     ):
         super().__init__(model, **common)
-        loss = {"max_depth": max_depth, **(plain(loss) or {})}
+        loss = dict(plain(loss) or {})
         # A submodule, so the SigLoss warm-up counter is saved with the checkpoint and resumes exactly.
         # check_values=False: no sync in the step (loss.check_values=true turns the in-loss checks on).
         self.loss = DepthLoss(**{"check_values": False, **loss})
