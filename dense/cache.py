@@ -352,7 +352,8 @@ def batch_features(batch: dict, dtype: torch.dtype = torch.float32) -> FeatureMa
 
 
 def forward_cached(model: DenseModel, batch: dict, image_size: tuple[int, int]) -> torch.Tensor:
-    """The model's output from cached features: the head, clamp, un-pad and resize, no backbone."""
+    """The model's output from cached features: the head, un-pad and resize, no backbone (decode clamps
+    depth only outside training, as for images)."""
     height, width = image_size
     padding = center_padding(height, width, model.patch_size)
     return model.decode(batch_features(batch), padding, (height, width))
