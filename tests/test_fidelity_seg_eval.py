@@ -229,7 +229,8 @@ def validate(task, datamodule) -> dict[str, float]:
 
 
 CASES = {
-    # dataset, how the files are read back by the reference, prediction settings
+    # dataset, writer, the reference's image paths and annotation reader, classes, prediction settings
+    # (a few of upstream's ratios: the view sizes of all five are checked below)
     "ade20k_ms_flip": (
         "ade20k",
         write_ade20k_val,
@@ -238,7 +239,7 @@ CASES = {
             read_labels(image_path.parents[2] / "annotations" / "validation" / f"{image_path.stem}.png")
         ),
         150,
-        {"test_scales": list(MS_SCALES), "test_flip": True},
+        {"test_scales": [1.0, 1.32, 2.28], "test_flip": True},
     ),
     "voc_slide": (
         "voc",
@@ -251,14 +252,13 @@ CASES = {
             image_path.parent.parent / "SegmentationClass" / f"{image_path.stem}.png"
         ),
         21,
-        {"test_scales": [1.0, 1.32], "test_mode": "slide", "test_crop_size": 28, "test_stride": 19},
+        {"test_scales": [1.0, 1.73], "test_mode": "slide", "test_crop_size": 28, "test_stride": 19},
     ),
 }
 
 
-@pytest.mark.parametrize("val_batch_size", [1, 2])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_validation_scores_on_the_original_annotation_as_mmseg(tmp_path, case, val_batch_size):
+def test_validation_scores_on_the_original_annotation_as_mmseg(tmp_path, case):
     name, write, image_paths, read_truth, num_classes, settings = CASES[case]
     write(tmp_path)
     model = random_seg_model(num_classes)
@@ -266,7 +266,7 @@ def test_validation_scores_on_the_original_annotation_as_mmseg(tmp_path, case, v
         name=name,
         root=str(tmp_path),
         batch_size=2,
-        val_batch_size=val_batch_size,
+        val_batch_size=2,  # padded batches (the configs' default is 1)
         num_workers=0,
         crop_size=SHORT,
         short_side=SHORT,
@@ -369,7 +369,7 @@ def test_view_sizes_differ_from_the_old_rounded_ones():
     assert (round(512 * 1.32), round(683 * 1.32)) == (676, 902)
 
 
-@pytest.mark.parametrize("height, width", [(1536, 2048), (1000, 1333), (375, 500)])
+@pytest.mark.parametrize("height, width", [(1536, 2048), (1000, 1333)])
 def test_views_are_cv2_rescales_of_the_original(height, width):
     y, x = np.mgrid[0:height, 0:width]
     fine = ((x * 37 + y * 91) % 256).astype(np.uint8)  # detail at the pixel scale, lost in a 512 copy
@@ -380,8 +380,6 @@ def test_views_are_cv2_rescales_of_the_original(height, width):
         ours = eval_view(original, ratio, (2048, 512))
         assert ours.shape == expected.shape == (1, 3, h, w)
         assert torch.allclose(ours, expected, atol=1e-6, rtol=0)
-    if height < 1000:
-        return
     # A large original at ×3: the old view was the 512 copy upsampled (torch bilinear to round(3 × its
     # size)), which has lost the original's detail.
     h, w = mmseg_view_size(height, width, 1.0, (2048, 512))
@@ -430,7 +428,7 @@ def test_predict_py_gives_the_maps_eval_py_scores(tmp_path):
         "data.eval_short_side=null",
         "data.batch_size=2",
         "trainer.max_steps=1",
-        "task.test_scales=[1.0,1.32,1.73]",
+        "task.test_scales=[1.0,1.32]",
         "task.test_flip=true",
     ]
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
@@ -451,7 +449,7 @@ def test_predict_py_gives_the_maps_eval_py_scores(tmp_path):
                 f"ckpt={run / 'checkpoints' / 'last.ckpt'}",
                 f"input={tmp_path / 'val_images'}",
                 f"output={tmp_path / 'maps'}",
-                "scales=[1.0,1.32,1.73]",
+                "scales=[1.0,1.32]",
                 "flip=true",
                 "device=cpu",
                 "progress=false",
@@ -468,7 +466,7 @@ def test_predict_py_gives_the_maps_eval_py_scores(tmp_path):
     assert len(np.unique(np.concatenate([m.ravel() for m in maps.values()]))) > 1  # not one class everywhere
     for stem, labels in maps.items():
         image = read_rgb(data / "images" / f"{stem}.png")
-        assert np.array_equal(labels, mmseg_predict(model, image, [1.0, 1.32, 1.73], True, None)), stem
+        assert np.array_equal(labels, mmseg_predict(model, image, [1.0, 1.32], True, None)), stem
     reference = mmseg_scores([maps["s0"], maps["s1"]], [truth["s0"], truth["s1"]], 5)
     assert scores["mIoU"] == pytest.approx(reference["mIoU"], rel=1e-6)
     assert scores["aAcc"] == pytest.approx(reference["aAcc"], rel=1e-6)
