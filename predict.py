@@ -40,7 +40,7 @@ from tqdm import tqdm
 from dense import _cli, viz
 from dense.checkpoint import load_model
 from dense.config import apply_speed_options, compile_mode, model_from_config
-from dense.data.transforms import normalize_image
+from dense.data.transforms import eval_view, normalize_image
 from dense.io import INPUT_SUFFIXES, ImageReadError, atomic_path, list_images, read_image, save_npy, save_png
 from dense.model import DenseModel
 
@@ -331,7 +331,7 @@ def skip(path: Path, reason: str, skipped: list[str], progress: tqdm) -> None:
 def view_too_large(path: Path, image: np.ndarray, cfg: DictConfig) -> str | None:
     """Why the largest resized view of `image` (scales) is refused, before it is allocated; None if it fits."""
     scale = max(float(s) for s in cfg.scales)
-    # The size DenseModel.predict resizes to.
+    # The size DenseModel.predict resizes to (segmentation's eval_view_size is at most as large).
     height, width = (max(1, round(side * scale)) for side in image.shape[:2])
     if height * width <= cfg.max_pixels:
         return None
@@ -371,18 +371,25 @@ def infer(
     model: DenseModel, images: list[np.ndarray], cfg: DictConfig, device: torch.device
 ) -> tuple[list[np.ndarray], list[bool]]:
     """Per image: depth H×W float32 metres or class ids H×W int64, and whether the prediction was
-    finite (an argmax over NaN would look like a class map)."""
-    x = torch.stack([normalize_image(image) for image in images]).to(device)
+    finite (an argmax over NaN would look like a class map).
+
+    Segmentation is predicted as the evaluation predicts it (SegmentationTask): each scale's view is
+    rescaled from the uint8 image with mmseg's size rule, at the image's own size (the evaluation's
+    eval_short_side=null), one view at a time."""
     bf16 = cfg.precision == "bf16"
+    window_options = {
+        "crop_size": _cli.plain(cfg.crop_size),  # an int or [h, w]
+        "stride": _cli.plain(cfg.stride),
+        "flip": bool(cfg.flip),
+    }
+    scales = [float(s) for s in cfg.scales]
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        out = model.predict(
-            x,
-            cfg.mode,
-            crop_size=_cli.plain(cfg.crop_size),  # an int or [h, w]
-            stride=_cli.plain(cfg.stride),
-            scales=[float(s) for s in cfg.scales],
-            flip=bool(cfg.flip),
-        )
+        if model.task == "segmentation":
+            views = (torch.cat([eval_view(image, s, None) for image in images]).to(device) for s in scales)
+            out = model.predict_views(views, images[0].shape[:2], cfg.mode, **window_options)
+        else:
+            x = torch.stack([normalize_image(image) for image in images]).to(device)
+            out = model.predict(x, cfg.mode, scales=scales, **window_options)
     out = out.float()
     finite = torch.isfinite(out).flatten(1).all(dim=1).tolist()
     maps = out[:, 0] if model.task == "depth" else out.argmax(dim=1)

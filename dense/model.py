@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -213,20 +213,45 @@ class DenseModel(nn.Module):
         """Inference: depth B×1×H×W (metres) or class probabilities B×K×H×W (softmax).
 
         mode "whole": the image at once; "slide": overlapping crop_size windows every `stride` pixels,
-        averaged where they overlap (upstream's slide_inference). `scales` resizes the image by each
-        ratio (e.g. MS_SCALES) and `flip` adds horizontally flipped copies; all are resized back to H×W
-        and averaged (depth in metres, segmentation as probabilities, as mmseg's aug_test does).
+        averaged where they overlap (upstream's slide_inference). `scales` resizes this image tensor by
+        each ratio (e.g. MS_SCALES) to round(ratio × side), bilinear, and `flip` adds horizontally flipped
+        copies; all are resized back to H×W and averaged (`predict_views`). The segmentation evaluation
+        (validation, test, eval.py, predict.py) makes its views from the uint8 original with mmseg's
+        size rule instead (dense.data.transforms.eval_view) and hands them to `predict_views`.
+        """
+        size = tuple(images.shape[-2:])
+        views = (resize(images, (max(1, round(size[0] * s)), max(1, round(size[1] * s)))) for s in scales)
+        return self.predict_views(views, size, mode, crop_size=crop_size, stride=stride, flip=flip)
+
+    @torch.no_grad()
+    def predict_views(
+        self,
+        views: Iterable[torch.Tensor],
+        size: tuple[int, int],
+        mode: str = "whole",
+        *,
+        crop_size: int | tuple[int, int] | None = None,
+        stride: int | tuple[int, int] | None = None,
+        flip: bool = False,
+    ) -> torch.Tensor:
+        """The average over prepared views of the same images (each B×3×h×w, any h×w; read once, so a
+        generator keeps one view in memory at a time): depth B×1×H×W or probabilities B×K×H×W at `size`.
+
+        Each view is predicted whole or by sliding windows (`mode`, at the view's own size), and with
+        `flip` also its horizontally flipped copy (flipped back); each output is resized to `size`
+        (bilinear, align_corners=False), segmentation logits are softmaxed there, and all are averaged.
+        That is mmseg's aug_test (mmseg/models/segmentors/encoder_decoder.py: whole_inference and
+        slide_inference resize the view's logits to ori_shape, inference softmaxes and flips back,
+        aug_test averages the probabilities).
         """
         if mode not in ("whole", "slide"):
             raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
         if mode == "slide" and crop_size is None:
             raise ValueError("mode='slide' needs crop_size (and optionally stride, default 2/3 of it)")
-        size = tuple(images.shape[-2:])
+        size = (int(size[0]), int(size[1]))
         total = None
-        views = 0
-        for scale in scales:
-            scaled_size = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
-            scaled = resize(images, scaled_size)
+        count = 0
+        for scaled in views:
             for flipped in (False, True) if flip else (False,):
                 view = scaled.flip(-1) if flipped else scaled
                 if mode == "slide":
@@ -239,8 +264,10 @@ class DenseModel(nn.Module):
                 if self.task == "segmentation":
                     out = out.softmax(dim=1)
                 total = out if total is None else total + out
-                views += 1
-        return total / views
+                count += 1
+        if total is None:
+            raise ValueError("predict_views needs at least one view")
+        return total / count
 
     def slide_inference(self, images: torch.Tensor, crop: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:
         """Raw outputs (depth or logits) of overlapping windows, averaged; windows are clipped to the image."""

@@ -40,11 +40,16 @@ def test_ade20k_labels_and_names(ade):
     assert (s["mask"] == 255).any() and s["mask"][s["mask"] != 255].max() < 150
 
 
-def test_ade20k_eval_resizes_short_side_keeping_labels(ade):
+def test_ade20k_eval_keeps_the_original_annotation(ade):
     root, truth = ade
-    s = ADE20K(root, "val")[0]  # 40×70 → short side 512
-    assert s["image"].shape == (3, 512, 896) and s["mask"].shape == (512, 896)
-    assert set(np.unique(s["mask"].numpy())) <= set(np.unique(reduce_zero_label(truth[s["name"]])))
+    s = ADE20K(root, "val")[0]  # eval_short_side 512: the views are made by the task, not here
+    assert s["image"].shape == (3, 40, 70)
+    assert np.array_equal(s["mask"].numpy(), reduce_zero_label(truth[s["name"]]))
+    assert ADE20K.describe(root).eval_scale == (2048, 512)
+    assert ADE20K.describe(root, eval_short_side=None).eval_scale is None
+    # An un-augmented train split (the feature cache reads it) is still resized to short side 512.
+    unaugmented = ADE20K(root, "train")[0]
+    assert unaugmented["image"].shape[1] == 512 and unaugmented["mask"].shape[0] == 512
 
 
 def test_ade20k_train_recipe_pads_with_ignore(ade):
@@ -124,6 +129,7 @@ def test_seg_datamodule_batches_and_pad_collate(ade):
     dm.setup("fit")
     train = next(iter(dm.train_dataloader()))
     assert train["image"].shape == (2, 3, 48, 48) and train["mask"].shape == (2, 48, 48)
-    val = next(iter(dm.val_dataloader()))  # 40×70 and 56×42 → 512×896 and 683×512: padded to one size
-    assert val["image"].shape == (2, 3, 683, 896)
-    assert (val["mask"][0, 512:] == 255).all() and (val["mask"][1, :, 512:] == 255).all()
+    val = next(iter(dm.val_dataloader()))  # the originals, 40×70 and 56×42: padded to one size
+    assert val["image"].shape == (2, 3, 56, 70) and val["image_size"].tolist() == [[40, 70], [56, 42]]
+    assert (val["mask"][0, 40:] == 255).all() and (val["mask"][1, :, 42:] == 255).all()
+    assert dm.eval_scale == (2048, 512)

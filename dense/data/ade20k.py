@@ -6,9 +6,11 @@
 (root may also be the ADEChallengeData2016 folder itself.) Annotations hold 0 = "other" and 1–150;
 reduce_zero_label maps 0 → 255 (ignore) and k → k−1. val and test are both `validation`.
 Train: the mmseg linear-probe recipe (rescale short side 512 × 0.5–2.0, random crop 512 with
-cat_max_ratio 0.75, flip, photometric distortion, pad with ignore); eval: short side 512, aspect
-kept, so validation images differ in size: use val_batch_size 1 or the padding collate (padding is
-ignored by the metrics, but the model then sees padded images).
+cat_max_ratio 0.75, flip, photometric distortion, pad with ignore); val/test: the original image and
+annotation, scored there as mmseg does (the model sees views at short side eval_short_side = 512,
+long side at most 2048, and its logits are resized back: SegmentationTask). Validation images differ
+in size: val_batch_size 1, or batches padded by pad_collate (each image is still predicted and scored
+at its own size).
 """
 
 from __future__ import annotations

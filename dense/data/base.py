@@ -25,7 +25,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import DenseError
-from .transforms import IGNORE_INDEX, compose, seg_recipe, to_sample
+from .transforms import IGNORE_INDEX, compose, eval_scale, seg_recipe, to_sample
 
 TASKS = ("depth", "segmentation")
 SPLITS = (
@@ -60,6 +60,9 @@ class DatasetInfo:
     min_depth: float = 1e-3
     max_depth: float = 10.0
     eval_crop: str | None = None  # "eigen" (NYU), "garg" (KITTI) or None
+    # Segmentation: the test-time scale (long, short) the evaluation views are made at
+    # (transforms.eval_view_size), e.g. (2048, 512); None: each image at its own size.
+    eval_scale: tuple[int, int] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -514,9 +517,24 @@ def read_depth_pair(name: str, rgb: Path, depth: Path, depth_scale: float) -> Ra
     return RawSample(name, read_rgb(rgb), metres, source=str(depth), depth_unit="scaled", depth_bits=bits)
 
 
+def segmentation_eval_scale(dataset_cls: type[DenseDataset], options: dict) -> tuple[int, int] | None:
+    """The `DatasetInfo.eval_scale` of a segmentation dataset from its options (`eval_short_side`,
+    `max_long_side`; the constructor's defaults where not given)."""
+    defaults = {p.name: p.default for p in dataset_cls._parameters()}
+    return eval_scale(
+        options.get("eval_short_side", defaults["eval_short_side"]),
+        options.get("max_long_side", defaults["max_long_side"]),
+    )
+
+
 class SegmentationFiles(DenseDataset):
     """Image + label PNG pairs with the mmseg recipe: what ADE20K and VOC share. Subclasses
-    implement `find_items(root, split) -> [(name, image, label)]` and may override `decode`."""
+    implement `find_items(root, split) -> [(name, image, label)]` and may override `decode`.
+
+    val and test samples are the original image and annotation (mmseg's protocol: the score is taken
+    on the untouched annotation); the evaluation makes the model's views of the image at
+    `eval_scale` = (max_long_side, eval_short_side) and resizes the prediction back
+    (SegmentationTask)."""
 
     task = "segmentation"
 
@@ -537,9 +555,15 @@ class SegmentationFiles(DenseDataset):
         self.check_task(task)
         self.items = self.find_items(root, self.check_split(split))
         recipe = seg_recipe(
-            augment, crop_size, short_side, max_long_side, ratio_range, cat_max_ratio, eval_short_side
+            augment, crop_size, short_side, max_long_side, ratio_range, cat_max_ratio, eval_short_side, split
         )
         super().__init__(compose(recipe, seed=seed))
+
+    @classmethod
+    def describe(cls, root=None, task: str | None = None, **options) -> DatasetInfo:
+        info = super().describe(root, task, **options)
+        info.eval_scale = segmentation_eval_scale(cls, options)
+        return info
 
     def find_items(self, root, split: str) -> list[tuple[str, Path, Path]]:
         raise NotImplementedError

@@ -1,8 +1,8 @@
 """DenseDataModule: one LightningDataModule for every dataset, built from `configs/data/*.yaml`.
 
 It tells the model and the training task what they need before any file is read (`task`,
-`num_classes`, `class_names`, `ignore_index`, `min_depth`, `max_depth`, `eval_crop`), builds the
-datasets lazily per split, and makes loading reproducible: the shuffle order and the loader workers'
+`num_classes`, `class_names`, `ignore_index`, `min_depth`, `max_depth`, `eval_crop`, `eval_scale`),
+builds the datasets lazily per split, and makes loading reproducible: the shuffle order and the loader workers'
 seeds come from `seed`, and each worker re-seeds its copy of the albumentations pipeline (2.x keeps
 its own RNG, which forked workers would otherwise share and repeat).
 """
@@ -45,9 +45,12 @@ PAD_VALUES = {"image": 0.0, "depth": 0.0, "mask": IGNORE_INDEX}  # image 0 = the
 
 def pad_collate(batch: list[dict]) -> dict:
     """default_collate, after padding samples of different sizes to the largest (bottom/right):
-    image 0, depth 0 (no measurement), mask 255 (ignore), so the metrics skip the padding."""
+    image 0, depth 0 (no measurement), mask 255 (ignore), so the metrics skip the padding. The batch's
+    `image_size` (B×2, height and width before padding) tells each image's own size, at which the
+    segmentation evaluation predicts and scores it."""
     if "image" not in batch[0]:  # cached features (dense/cache.py): one fixed size
         return default_collate(batch)
+    image_sizes = torch.tensor([tuple(s["image"].shape[-2:]) for s in batch], dtype=torch.long)
     sizes = {tuple(s["image"].shape[-2:]) for s in batch}
     if len(sizes) > 1:
         h, w = max(s[0] for s in sizes), max(s[1] for s in sizes)
@@ -60,7 +63,9 @@ def pad_collate(batch: list[dict]) -> dict:
             }
             for sample in batch
         ]
-    return default_collate(batch)
+    collated = default_collate(batch)
+    collated["image_size"] = image_sizes
+    return collated
 
 
 def seed_worker(worker_id: int) -> None:
@@ -178,6 +183,10 @@ class DenseDataModule(L.LightningDataModule):
     def eval_crop(self) -> str | None:
         return self.info.eval_crop
 
+    @property
+    def eval_scale(self) -> tuple[int, int] | None:
+        return self.info.eval_scale
+
     # ---- datasets
     def dataset(self, split: str) -> DenseDataset:
         """The dataset of one split ("train" augmented unless augment=False; "val", "test" not)."""
@@ -271,26 +280,29 @@ def _fits(value, types: tuple) -> bool:
     return any(isinstance(value, t) for t in types if t is not None)
 
 
-def _option_types(default) -> tuple:
-    """The types a dataset option accepts, from its default value (None: any plain value)."""
+def _option_types(parameter: inspect.Parameter) -> tuple:
+    """The types a dataset option accepts, from its default value (None: any plain value), plus null
+    where the annotation allows None (`eval_short_side: int | None = 512`)."""
+    default = parameter.default
     if default is None or default is inspect.Parameter.empty:
         return (bool, int, float, str, list, tuple, None)
+    nullable = (None,) if "None" in str(parameter.annotation) else ()
     if isinstance(default, bool):
-        return (bool,)
+        return (bool, *nullable)
     if isinstance(default, int | float):
-        return (int, float) if isinstance(default, float) else (int,)
+        return ((int, float) if isinstance(default, float) else (int,)) + nullable
     if isinstance(default, list | tuple):
-        return (list, tuple)
-    return (type(default),)
+        return (list, tuple, *nullable)
+    return (type(default), *nullable)
 
 
-def _dataset_defaults(dataset_cls) -> dict:
-    defaults = {}
+def _dataset_parameters(dataset_cls) -> dict[str, inspect.Parameter]:
+    parameters = {}
     for klass in dataset_cls.__mro__:
         if "__init__" in klass.__dict__:
             for p in inspect.signature(klass.__init__).parameters.values():
-                defaults.setdefault(p.name, p.default)
-    return defaults
+                parameters.setdefault(p.name, p)
+    return parameters
 
 
 def datamodule_from_config(config, source: str | None = None) -> DenseDataModule:
@@ -315,7 +327,7 @@ def datamodule_from_config(config, source: str | None = None) -> DenseDataModule
     name = values.get("name", "synthetic")
     if name not in DATASETS:
         raise DatasetError(f"{prefix}data.name={name!r} is not one of {sorted(DATASETS)}")
-    defaults = _dataset_defaults(DATASETS[name])
+    parameters = _dataset_parameters(DATASETS[name])
     for key, value in values.items():
         if key in LOADER_MINIMUMS:
             minimum = LOADER_MINIMUMS[key]
@@ -325,7 +337,7 @@ def datamodule_from_config(config, source: str | None = None) -> DenseDataModule
                 kind = "a positive integer" if minimum else "an integer >= 0"
                 raise DatasetError(f"{prefix}data.{key}={value!r} must be {kind}")
             continue
-        types = MODULE_KEYS.get(key) or (_option_types(defaults[key]) if key in defaults else None)
+        types = MODULE_KEYS.get(key) or (_option_types(parameters[key]) if key in parameters else None)
         if types is None:
             continue  # an unknown option: DenseDataModule names it and the valid ones
         if not _fits(value, types):

@@ -9,7 +9,8 @@
 
 Without split files the split is deterministic: a stem goes to val when crc32(stem) falls in the
 first `val_fraction` of the hash range, so adding images never moves existing ones between splits;
-test is then the val split.
+test is then the val split. Segmentation val/test samples are the original image and mask, evaluated
+as ADE20K's (views at eval_short_side, scored on the original mask).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .base import (
     read_lines,
     read_rgb,
     resolve_root,
+    segmentation_eval_scale,
 )
 from .transforms import IGNORE_INDEX, compose, depth_train, seg_recipe, size_pair
 
@@ -123,6 +125,7 @@ class FolderDataset(DenseDataset):
                 ratio_range,
                 cat_max_ratio,
                 eval_short_side,
+                split,
             )
         else:
             names = ()
@@ -141,8 +144,15 @@ class FolderDataset(DenseDataset):
         **options,
     ) -> DatasetInfo:
         task = cls.check_task(task)
-        names = resolve_class_names(root, class_names, num_classes) if task == "segmentation" else ()
-        return DatasetInfo(task=task, class_names=names, min_depth=min_depth, max_depth=max_depth)
+        if task != "segmentation":
+            return DatasetInfo(task=task, min_depth=min_depth, max_depth=max_depth)
+        return DatasetInfo(
+            task=task,
+            class_names=resolve_class_names(root, class_names, num_classes),
+            min_depth=min_depth,
+            max_depth=max_depth,
+            eval_scale=segmentation_eval_scale(cls, options),
+        )
 
     @staticmethod
     def _images_by_stem(image_dir: Path) -> dict[str, Path]:

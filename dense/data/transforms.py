@@ -57,7 +57,9 @@ def normalize_image(image: np.ndarray) -> torch.Tensor:
 
 
 def denormalize_image(image: torch.Tensor) -> np.ndarray:
-    """Inverse of `normalize_image` (3×H×W tensor) → uint8 H×W×3, for display."""
+    """Inverse of `normalize_image` (3×H×W tensor) → uint8 H×W×3, for display and for the segmentation
+    evaluation, which rebuilds the original uint8 image from a normalised batch: on the output of
+    `normalize_image` it is exact (the 256 levels are far apart compared with float32 rounding)."""
     mean = torch.tensor(IMAGENET_MEAN, device=image.device).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=image.device).view(3, 1, 1)
     x = (image.detach().float() * std + mean).clamp(0, 1).mul(255).round().byte()
@@ -372,7 +374,9 @@ def photometric_distortion() -> list[A.BasicTransform]:
 
 
 def seg_eval(short_side: int | None = 512, max_long_side: int = 2048) -> list[A.BasicTransform]:
-    """mmseg test resize: short side 512 keeping the aspect ratio (None: keep the original size)."""
+    """Short side `short_side` keeping the aspect ratio (None: keep the original size): the un-augmented
+    train split's resize (the feature cache reads it). Validation and test are not resized: see
+    `seg_recipe` and `eval_view`."""
     return [] if short_side is None else [RescaleShortSide(short_side, max_long_side)]
 
 
@@ -410,11 +414,53 @@ def seg_recipe(
     ratio_range: Sequence[float] = (0.5, 2.0),
     cat_max_ratio: float = 0.75,
     eval_short_side: int | None = 512,
+    split: str = "train",
 ) -> list[A.BasicTransform]:
-    """The segmentation recipe for a split: `seg_train` when augmenting, else `seg_eval`."""
+    """The segmentation recipe for a split: `seg_train` when augmenting; nothing for val and test, which
+    keep the original image and annotation (mmseg scores on the untouched annotation; the model sees
+    the views `eval_view` makes, at `eval_scale(eval_short_side, max_long_side)`); `seg_eval` for an
+    un-augmented train split."""
     if augment:
         return seg_train(size_pair(crop_size), short_side, max_long_side, ratio_range, cat_max_ratio)
+    if split != "train":
+        return []
     return seg_eval(eval_short_side, max_long_side)
+
+
+# --------------------------------------------------------------------------- test-time views (segmentation)
+
+
+def eval_scale(eval_short_side: int | None, max_long_side: int = 2048) -> tuple[int, int] | None:
+    """mmseg's test `img_scale` (long side, short side), e.g. (2048, 512); None (eval_short_side null):
+    each image at its own size."""
+    return None if eval_short_side is None else (int(max_long_side), int(eval_short_side))
+
+
+def eval_view_size(height: int, width: int, ratio: float, scale: tuple[int, int] | None) -> tuple[int, int]:
+    """(height, width) of the test-time view of a height×width image at `ratio`.
+
+    mmseg 0.x MultiScaleFlipAug (mmseg/datasets/pipelines/test_time_aug.py) makes each ratio a target
+    scale, (int(long·r), int(short·r)) of img_scale, or with img_scale None (int(w·r), int(h·r)) of the
+    image, and Resize(keep_ratio=True) rescales into it: the same rule as in training,
+    `mmseg_rescale_size` (whose factor is symmetric in the two target sides).
+    """
+    long_side, short_side = (width, height) if scale is None else scale
+    return mmseg_rescale_size(height, width, short_side, long_side, ratio)
+
+
+def eval_view(image: np.ndarray, ratio: float, scale: tuple[int, int] | None) -> torch.Tensor:
+    """The test-time view of an original uint8 H×W×3 image at `ratio`, normalised: 1×3×h×w.
+
+    As mmseg's test pipeline: the uint8 image is rescaled to `eval_view_size` with cv2 bilinear
+    (mmcv.imresize's cv2 backend, INTER_LINEAR), then normalised. The view is made from the original
+    every time, never from another view, so a ×3 view of a large image keeps the original's detail.
+    Flipped views are the flipped resized view (mmseg's RandomFlip follows Resize): DenseModel.predict_views.
+    """
+    height, width = image.shape[:2]
+    size = eval_view_size(height, width, ratio, scale)
+    if size != (height, width):
+        image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    return normalize_image(image)[None]
 
 
 def depth_train(crop_size: Sequence[int] | None = None, color_aug: str = "bts") -> list[A.BasicTransform]:
@@ -476,6 +522,9 @@ __all__ = [
     "seg_train",
     "seg_eval",
     "seg_recipe",
+    "eval_scale",
+    "eval_view_size",
+    "eval_view",
     "depth_train",
     "size_pair",
 ]

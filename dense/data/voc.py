@@ -8,7 +8,8 @@
                                            "/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png")
 
 (root may also be the folder holding VOC2012 or VOCdevkit/VOC2012.) val and test are both `val`.
-Same mmseg recipe as ADE20K (crop 512).
+Same mmseg recipe as ADE20K (crop 512), and the same evaluation: val/test keep the original image and
+annotation, the model sees views at eval_short_side (SegmentationTask).
 """
 
 from __future__ import annotations

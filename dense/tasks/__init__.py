@@ -1,7 +1,7 @@
 """LightningModules that train a DenseModel's head: DepthTask and SegmentationTask.
 
 `build_task(model, datamodule, **task_config)` picks the class from the model's task and takes what
-the metrics need (depth range and crop, classes, ignore index) from the datamodule.
+the metrics need (depth range and crop, classes, ignore index, segmentation test scale) from the datamodule.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def build_task(
         loss=seg_loss,
         ignore_index=datamodule.ignore_index,
         class_names=datamodule.class_names,
+        eval_scale=datamodule.eval_scale,
         **common,
     )
 

@@ -1,6 +1,7 @@
 """What the depth and segmentation LightningModules share: the frozen backbone kept out of training,
-the optimiser and its per-iteration schedule, evaluation through `DenseModel.predict`, metric logging,
-and the checkpoint contract of dense/checkpoint.py.
+the optimiser and its per-iteration schedule, evaluation through `DenseModel.predict` (segmentation:
+mmseg's protocol, dense/tasks/segmentation.py), metric logging, and the checkpoint contract of
+dense/checkpoint.py.
 
 The LightningModule holds the DenseModel as `self.model`, so checkpoint keys are `model.head.*`
 (what `dense.load_model` and `build_model(head_weights=CKPT)` read) and `model.backbone.*` (dropped
@@ -395,11 +396,15 @@ class DenseTask(L.LightningModule):
         """The prediction used by validation and test (depth in metres, or class probabilities)."""
         return self.model.predict(images, **self.predict_options)
 
+    def evaluate_batch(self, batch: dict) -> torch.Tensor:
+        """The prediction for an evaluation batch, the size of its target (SegmentationTask: per image)."""
+        return self.evaluate(batch["image"])
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.val_metrics.update(self.evaluate(batch["image"]), self.target(batch))
+        self.val_metrics.update(self.evaluate_batch(batch), self.target(batch))
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self.test_metrics.update(self.evaluate(batch["image"]), self.target(batch))
+        self.test_metrics.update(self.evaluate_batch(batch), self.target(batch))
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics(self.val_metrics, "val")

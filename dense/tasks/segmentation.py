@@ -1,16 +1,38 @@
-"""SegmentationTask: cross-entropy (+ optional Dice/Lovasz) training, mIoU/mAcc/aAcc evaluation."""
+"""SegmentationTask: cross-entropy (+ optional Dice/Lovasz) training, mIoU/mAcc/aAcc evaluation.
+
+Evaluation follows mmseg's test protocol (DINOv2's segmentation numbers come from it): the batch holds
+the original images and annotations; for each image and each test ratio a view is rescaled from the
+original uint8 image with mmseg's size rule (dense.data.transforms.eval_view, on the host, before the
+batch moves to the device); DenseModel.predict_views predicts every view (and its flipped copy), resizes
+the logits to the image's own original size, softmaxes and averages them; SegMetrics scores the argmax
+against the untouched annotation.
+
+The uint8 image is recovered from the normalised batch with `denormalize_image`, which inverts
+`normalize_image` exactly, rather than carried in the batch next to it: the sample contract stays one
+image per sample, any dataset that follows it is evaluated the same way, and nothing else is loaded.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
 from dense._cli import plain
+from dense.data.transforms import denormalize_image, eval_view
 from dense.losses import SegLoss, check_labels
 from dense.metrics import SegMetrics
 from dense.model import DenseModel
 from dense.tasks.base import DenseTask
+
+
+def image_sizes(batch: dict) -> list[tuple[int, int]]:
+    """Each image's own (height, width): `image_size` from pad_collate, else the batch's image size."""
+    if "image_size" in batch:
+        return [(int(h), int(w)) for h, w in batch["image_size"].tolist()]
+    height, width = batch["image"].shape[-2:]
+    return [(int(height), int(width))] * len(batch["image"])
 
 
 class SegmentationTask(DenseTask):
@@ -21,6 +43,9 @@ class SegmentationTask(DenseTask):
         (no host-device sync per step): the labels of each training batch are checked on the host
         instead (check_target). CE and Dice make no sync; smp's Lovasz does (dense/losses.py).
     class_names: for the per-class IoU table printed at the end of a test (and by eval.py).
+    eval_scale: the test-time scale (long side, short side) the evaluation views are made at, e.g.
+        (2048, 512) (the datamodule's `eval_scale`, from data.eval_short_side); None: each image at its
+        own size. The ratios (test_scales), flip and whole/slide mode are the common test_* settings.
     Logs train/loss, train/loss_ce (+ loss_dice, loss_lovasz); val/* and test/*: mIoU mAcc aAcc, as
     fractions, from a confusion matrix summed over the whole split (and over all processes).
     """
@@ -37,9 +62,11 @@ class SegmentationTask(DenseTask):
         loss: Mapping | None = None,
         ignore_index: int = 255,
         class_names: Sequence[str] | None = None,
+        eval_scale: Sequence[int] | None = None,
         **common,
     ):
         super().__init__(model, **common)
+        self.eval_scale = None if eval_scale is None else (int(eval_scale[0]), int(eval_scale[1]))
         num_classes = model.num_classes
         class_names = list(class_names) if class_names else None
         loss = dict(plain(loss) or {})
@@ -59,6 +86,47 @@ class SegmentationTask(DenseTask):
 
     def compute_loss(self, prediction: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
         return self.loss(prediction.float(), batch["mask"])
+
+    # ---- evaluation: mmseg's protocol (module docstring) -------------------------------------------
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Evaluation batches get their test-time views here, on the host, where cv2 resizes the uint8
+        images (Lightning then moves the views to the device with the batch)."""
+        batch = super().on_before_batch_transfer(batch, dataloader_idx)
+        if self._trainer is not None and not self.trainer.training and "image" in batch:
+            batch["views"] = self.eval_views(batch)
+        return batch
+
+    def eval_views(self, batch: dict) -> list[list[torch.Tensor]]:
+        """For each image of a batch, its views (1×3×h×w, one per test ratio), each rescaled from the
+        original image: the uint8 image recovered from the normalised one, without the padding."""
+        images = batch["image"].cpu()
+        ratios = self.predict_options["scales"]
+        views = []
+        for image, (height, width) in zip(images, image_sizes(batch)):
+            original = denormalize_image(image[:, :height, :width])
+            views.append([eval_view(original, ratio, self.eval_scale) for ratio in ratios])
+        return views
+
+    def evaluate_batch(self, batch: dict) -> torch.Tensor:
+        """Class probabilities B×K×H×W for an evaluation batch: each image predicted from its views and
+        resized to its own original size; the padding between images of different sizes stays 0 (its
+        labels are 255, ignored by the metrics)."""
+        views = batch.get("views") or self.eval_views(batch)
+        device = batch["image"].device
+        options = {key: value for key, value in self.predict_options.items() if key != "scales"}
+        height, width = batch["image"].shape[-2:]
+        out = None
+        for i, (image_views, size) in enumerate(zip(views, image_sizes(batch))):
+            probs = self.model.predict_views((v.to(device) for v in image_views), size, **options)
+            if out is None:
+                out = probs.new_zeros(len(views), probs.shape[1], height, width)
+            out[i, :, : size[0], : size[1]] = probs[0]
+        return out
+
+    def evaluate(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities B×K×H×W for normalised images of one size, evaluated as validation does."""
+        return self.evaluate_batch({"image": images})
 
     def on_metrics_computed(self, metrics: SegMetrics, stage: str) -> None:
         # per_class() reads this process's confusion matrix; inside sync_context it reads the sum
