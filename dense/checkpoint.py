@@ -18,7 +18,7 @@ import torch
 
 import heads
 from dense.config import plain_value_problem
-from dense.errors import WeightsError, load_weights_file
+from dense.errors import WeightsError, load_weights_file, shown
 from dense.hashing import file_sha256
 from dense.model import DenseModel, build_model
 
@@ -69,7 +69,9 @@ def read_model_config(path: str | os.PathLike) -> tuple[dict, dict]:
     return checkpoint, checkpoint[MODEL_KEY]
 
 
-# The dense_model keys that are not head options (build_model checks the head options by name).
+# The dense_model keys that are not head options, with their types. The other keys must be options of
+# the stored head (HeadSpec.options) or its depth range: nothing else reaches build_model (a stored
+# `head_weights` would make it open a path).
 MODEL_CONFIG_TYPES = {
     "backbone": str,
     "head": str,
@@ -79,33 +81,44 @@ MODEL_CONFIG_TYPES = {
     "layers": list,
     "norm": bool,
     "use_cls_token": bool,
+    "min_depth": (int, float),
+    "max_depth": (int, float),
 }
 
 
 def check_model_config(config, where: str) -> None:
     if not isinstance(config, dict) or not config:
-        raise WeightsError(f"{where}: its '{MODEL_KEY}' entry is {str(config)[:40]!r}, not the model description train.py writes")
+        raise WeightsError(f"{where}: its '{MODEL_KEY}' entry is {shown(config)}, not the model description train.py writes")
     for key in ("backbone", "head"):
-        if key not in config:
-            raise WeightsError(f"{where}: its '{MODEL_KEY}' entry has no '{key}'")
+        if not isinstance(config.get(key), str):
+            raise WeightsError(f"{where}: its '{MODEL_KEY}' entry has no '{key}' name")
+    try:
+        options = set(heads.get_head_spec(config["head"]).options)
+    except ValueError as error:
+        raise WeightsError(f"{where}: {error}") from None
     for key, value in config.items():
-        if not isinstance(key, str) or not key.isidentifier() or key.startswith("_"):
-            raise WeightsError(f"{where}: '{MODEL_KEY}' has the key {key!r}, which no model option has")
+        if key not in MODEL_CONFIG_TYPES and key not in options:
+            raise WeightsError(f"{where}: '{MODEL_KEY}' has the key {shown(key)}, which is no option of the model")
         problem = plain_value_problem(value, f"{MODEL_KEY}.{key}")
         if problem:
             raise WeightsError(f"{where}: {problem}")
         expected = MODEL_CONFIG_TYPES.get(key)
-        if expected is not None and not isinstance(value, expected):
-            raise WeightsError(f"{where}: {MODEL_KEY}.{key}={value!r} has the wrong type")
+        expected = expected if isinstance(expected, tuple) or expected is None else (expected,)
+        if expected is not None and (not isinstance(value, expected) or isinstance(value, bool) and bool not in expected):
+            raise WeightsError(f"{where}: {MODEL_KEY}.{key}={shown(value)} has the wrong type")
 
 
 def trusted_folders(checkpoint_path: str) -> list[str]:
-    """Where files named by a checkpoint may be read from: its own folder and, for
-    `<run>/checkpoints/x.ckpt`, the run folder (real, resolved paths)."""
+    """Where files named by a checkpoint may be read from: its own folder and, for a checkpoint in the
+    `checkpoints/` folder of a train.py run (one whose parent holds the run's `.hydra/` folder), that
+    run folder. Real, resolved paths. (The folder name alone is not enough: `~/checkpoints/x.ckpt`
+    must not make the whole home folder trusted.)"""
     folder = os.path.dirname(os.path.realpath(checkpoint_path))
     folders = [folder]
-    if os.path.basename(folder) == "checkpoints":
-        folders.append(os.path.dirname(folder))
+    run = os.path.dirname(folder)
+    marker = os.path.join(run, ".hydra")
+    if os.path.basename(folder) == "checkpoints" and os.path.isdir(marker) and not os.path.islink(marker):
+        folders.append(run)
     return folders
 
 
@@ -134,7 +147,7 @@ def locate_backbone_weights(where: str, stored: str | None, given, sha256: str |
         if path is None:
             there = "are not there any more" if not os.path.isfile(stored) else "lie outside its run folder"
             raise WeightsError(
-                f"{where} was trained on the backbone weights {stored}, which {there}: pass their location "
+                f"{where} was trained on the backbone weights {shown(stored, 200)}, which {there}: pass their location "
                 "(backbone_weights=PATH, config: backbone.weights=PATH)"
             )
     if sha256 is not None:

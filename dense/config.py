@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 import torch
 
+from dense.errors import shown
 from dense.model import DenseModel, build_model
 
 BACKBONE_KEYS = {"name", "pretrained", "weights"}
@@ -41,8 +42,10 @@ def plain_value_problem(value, key: str) -> str | None:
             return None
         if isinstance(item, list | tuple) and depth < 2:
             return next((p for p in (problem(i, depth + 1) for i in item) if p), None)
-        kind = "a mapping" if isinstance(item, Mapping) else f"a {type(item).__name__}"
-        return f"{key} holds {kind} ({str(item)[:60]}), not a plain value (number, string, bool or list)"
+        if isinstance(item, Mapping):
+            keys = ", ".join(shown(k, 20) for k in list(item)[:3])
+            return f"{key} holds a mapping (keys {keys}), not a plain value (number, string, bool or list)"
+        return f"{key} holds {shown(item)}, not a plain value (number, string, bool or list)"
 
     return problem(value, 0)
 

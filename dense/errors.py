@@ -17,6 +17,21 @@ class DenseError(Exception):
     """Base class of the errors meant for users: the message is the whole story."""
 
 
+def shown(value, width: int = 60) -> str:
+    """A value read from a file, for a one-line message. Containers are described by type and length,
+    never printed (they may be huge, or nested thousands deep); strings are repr'd, so newlines and
+    terminal escape codes show as escapes; everything is cut to `width` characters."""
+    if isinstance(value, dict | list | tuple | set):
+        text = f"a {type(value).__name__} of {len(value)}"
+    elif isinstance(value, torch.Tensor):
+        text = f"a tensor of shape {list(value.shape)}"
+    elif isinstance(value, str | bytes | bool | int | float | type(None)):
+        text = repr(value)
+    else:
+        text = f"a {type(value).__name__}"
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 class WeightsError(DenseError, ValueError):
     """A weights or checkpoint file that cannot be used (missing, corrupt, unsafe, or for another model)."""
 

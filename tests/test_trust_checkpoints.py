@@ -239,6 +239,59 @@ def test_resume_never_deletes_files_outside_the_run(finished_run, tmp_path):
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 12
 
 
+def test_a_crafted_state_never_deletes_the_runs_other_files(finished_run, tmp_path):
+    """Inside the run's checkpoints/ folder too, only .ckpt files are Lightning's to rotate: a state
+    naming the backbone file the checkpoints point at must not get it deleted."""
+    run = run_copy(finished_run, tmp_path)
+    (backbone,) = (run / "checkpoints").glob("backbone_init-*.pth")
+
+    def point_at_backbone(checkpoint):
+        for state in checkpoint_callback_states(checkpoint):
+            state["best_model_path"] = state["kth_best_model_path"] = str(backbone)
+            state["best_k_models"] = {str(backbone): torch.tensor(1e9)}
+            state["kth_value"] = state["best_model_score"] = torch.tensor(1e9)
+
+    ckpt = edit_checkpoint(run / "checkpoints" / "last.ckpt", point_at_backbone)
+    with pytest.warns(UserWarning, match="not a checkpoint file or score"):
+        train(run, f"ckpt_path={ckpt}", "trainer.max_steps=12")
+    assert backbone.is_file()
+    load_model(run / "checkpoints" / "last.ckpt")  # the run's checkpoints still load
+
+
+def test_a_checkpoints_folder_outside_a_run_trusts_only_its_own_folder(tmp_path):
+    """`~/checkpoints/colleague.ckpt` must not make the whole home folder a place its paths may lead:
+    only a train.py run folder (one holding .hydra/) is trusted beyond the checkpoint's own folder."""
+    torch.manual_seed(0)
+    model = dense.build_model("tiny14", "depth_linear")
+    home = tmp_path / "home"
+    (home / "private").mkdir(parents=True)
+    (home / "checkpoints").mkdir()
+    weights = home / "private" / "weights.pth"
+    torch.save(model.backbone.state_dict(), weights)
+    ckpt = home / "checkpoints" / "colleague.ckpt"
+    config = {**model.config, "backbone_weights": str(weights)}
+    torch.save({"state_dict": {f"model.head.{k}": v for k, v in model.head.state_dict().items()},
+                MODEL_KEY: config}, ckpt)  # fmt: skip
+    with pytest.raises(WeightsError, match="outside its run folder"):
+        load_model(ckpt)
+    (home / ".hydra").mkdir()  # now it is a run folder: its files are the checkpoint's own
+    load_model(ckpt)
+
+
+def test_the_checkpoint_io_refuses_what_lightning_would_trip_over(tmp_path):
+    io = RunCheckpointIO(tmp_path)
+    path = tmp_path / "bad.ckpt"
+    torch.save({"state_dict": {}, "pytorch-lightning_version": "not-a-version"}, path)
+    with pytest.raises(WeightsError) as error:
+        io.load_checkpoint(path)
+    assert "not a version" in one_line(error.value)
+    torch.save({"callbacks": {"ModelCheckpoint{}": {"best_model_score": "x", "best_model_path": "\x1b[2Kok"}}}, path)
+    with pytest.warns(UserWarning) as caught:
+        state = io.load_checkpoint(path)["callbacks"]["ModelCheckpoint{}"]
+    assert state["best_model_score"] is None and state["best_model_path"] == ""
+    assert "\x1b" not in str(caught[0].message)  # escape codes are shown escaped, never sent to the terminal
+
+
 def test_the_checkpoint_io_loads_and_deletes_only_local_files_of_the_run(tmp_path):
     checkpoints = tmp_path / "run" / "checkpoints"
     checkpoints.mkdir(parents=True)
@@ -354,6 +407,32 @@ def _set_model(key, value):
     return change
 
 
+PLACEHOLDER = "NESTED_PLACEHOLDER_0123456789"
+
+
+def nested_lists(depth: int) -> bytes:
+    """Pickle opcodes of a list nested `depth` deep ([[[...]]]): torch's weights_only unpickler builds
+    it (no recursion), a Python pickler could not even write it."""
+    return b"]" * depth + b"a" * (depth - 1)
+
+
+def save_with_opcodes(checkpoint: dict, path: Path, opcodes: bytes) -> None:
+    """torch.save `checkpoint`, with the one PLACEHOLDER string in it replaced by raw pickle opcodes."""
+    import io
+    import struct
+
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    placeholder = b"X" + struct.pack("<I", len(PLACEHOLDER)) + PLACEHOLDER.encode()  # BINUNICODE
+    with zipfile.ZipFile(buffer) as source, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as target:
+        for info in source.infolist():
+            data = source.read(info.filename)
+            if info.filename.endswith("data.pkl"):
+                assert data.count(placeholder) == 1
+                data = data.replace(placeholder, opcodes)
+            target.writestr(info.filename, data)
+
+
 def _wrong_backbone_shape(checkpoint):
     state = checkpoint["state_dict"]
     state["model.backbone.norm.weight"] = torch.ones(7)
@@ -370,6 +449,9 @@ CRAFTED_CHECKPOINTS = {
     "dense_model empty": (lambda c: c.__setitem__(MODEL_KEY, {}), MODEL_KEY),
     "unknown backbone": (_set_model("backbone", "vit_huge_evil"), "vit_huge_evil"),
     "unknown model key": (_set_model("_target_", "os.system"), "_target_"),
+    "a path as a model option": (_set_model("head_weights", "/etc/passwd"), "head_weights"),
+    "dense_model nested 100,000 deep": (lambda c: c.__setitem__(MODEL_KEY, PLACEHOLDER), MODEL_KEY),
+    "layers nested 100,000 deep": (_set_model("layers", PLACEHOLDER), "layers"),
     "stored backbone tensor of the wrong shape": (_wrong_backbone_shape, "norm.weight"),
 }
 
@@ -385,7 +467,10 @@ def test_a_crafted_checkpoint_is_refused_in_one_line_naming_it(tmp_path, case):
     checkpoint = {"state_dict": state, MODEL_KEY: dict(model.config)}
     change(checkpoint)
     path = tmp_path / "crafted.ckpt"
-    torch.save(checkpoint, path)
+    if "nested" in case:
+        save_with_opcodes(checkpoint, path, nested_lists(100_000))
+    else:
+        torch.save(checkpoint, path)
     start = time.perf_counter()
     with pytest.raises(WeightsError) as error:
         load_model(path)

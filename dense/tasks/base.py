@@ -25,12 +25,13 @@ from typing import Any, ClassVar
 import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from packaging.version import InvalidVersion, Version
 from torch.optim.lr_scheduler import LambdaLR
 
 from dense._cli import ConfigError, plain
 from dense.cache import forward_cached
 from dense.checkpoint import atomic_save, is_inside, restore_frozen_backbone, strip_frozen_backbone
-from dense.errors import WeightsError, load_weights_file
+from dense.errors import WeightsError, load_weights_file, shown
 from dense.losses import BadInputError, TrainingDivergedError
 from dense.model import DenseModel
 
@@ -156,6 +157,7 @@ class RunCheckpointIO(TorchCheckpointIO):
     """
 
     PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path", "dirpath")
+    SCORE_KEYS = ("best_model_score", "kth_value", "current_score")
 
     def __init__(self, *folders: str | os.PathLike):
         super().__init__()
@@ -163,12 +165,14 @@ class RunCheckpointIO(TorchCheckpointIO):
             raise ValueError("RunCheckpointIO needs the run's checkpoints folder")
         self.folders = [os.path.realpath(f) for f in folders]
 
-    def owns(self, path) -> bool:
-        """A local path that resolves inside the run's checkpoints folder (the folder itself included)."""
-        if not isinstance(path, str | os.PathLike):
+    def owns(self, path, folder: bool = False) -> bool:
+        """A local path that resolves inside the run's checkpoint folders: a `.ckpt` file there, or
+        (folder=True) one of the folders itself. Only strings: a crafted state may hold anything."""
+        if not isinstance(path, str) or "://" in path:
             return False
-        path = os.fspath(path)
-        return "://" not in path and is_inside(path, self.folders)
+        if folder:
+            return os.path.realpath(path) in self.folders
+        return path.endswith(".ckpt") and is_inside(path, self.folders)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
@@ -180,48 +184,72 @@ class RunCheckpointIO(TorchCheckpointIO):
         arguments; they cannot loosen this)."""
         path = os.fspath(path)
         if "://" in path:
-            raise WeightsError(f"{path} is not a local file: checkpoints are read from local files only")
+            raise WeightsError(f"{shown(path, 200)} is not a local file: checkpoints are read from local files only")
         checkpoint = load_weights_file(path)
-        if isinstance(checkpoint, dict) and isinstance(checkpoint.get("callbacks"), dict):
-            for state in checkpoint["callbacks"].values():
+        if not isinstance(checkpoint, dict):
+            raise WeightsError(f"{path} holds {shown(checkpoint)}, not a Lightning checkpoint")
+        version = checkpoint.get("pytorch-lightning_version")
+        if version is not None:  # Lightning's checkpoint migration parses it
+            try:
+                Version(version)
+            except (InvalidVersion, TypeError):
+                raise WeightsError(f"{path}: its pytorch-lightning_version {shown(version)} is not a version") from None
+        callbacks = checkpoint.get("callbacks")
+        if isinstance(callbacks, dict):
+            for state in callbacks.values():
                 if isinstance(state, dict):
-                    self._drop_foreign_paths(state, path)
+                    self._keep_own_state(state, path)
         return checkpoint
 
-    def _drop_foreign_paths(self, state: dict, source: str) -> None:
+    def _keep_own_state(self, state: dict, source: str) -> None:
+        """Drop, with one warning, whatever of a stored callback state points outside the run's own
+        checkpoint files or is not what ModelCheckpoint writes there (a path, a score)."""
         dropped = []
         for key in self.PATH_KEYS:
-            if state.get(key) and not self.owns(state[key]):
-                dropped.append(f"{key}={state[key]}")
+            value = state.get(key)
+            if value and not self.owns(value, folder=key == "dirpath"):
+                dropped.append(f"{key}={shown(value, 120)}")
                 if key == "dirpath":
                     del state[key]  # Lightning then takes the callback's own dirpath
                 else:
                     state[key] = ""  # Lightning's "none yet" (it reads best_model_path unconditionally)
+        for key in self.SCORE_KEYS:
+            if key in state and not is_score(state[key]):
+                dropped.append(f"{key}={shown(state[key])}")
+                state[key] = None
         models = state.get("best_k_models")
         if isinstance(models, dict):
-            for foreign in [p for p in models if not self.owns(p)]:
-                del models[foreign]
-                dropped.append(f"the best_k_models entry {foreign}")
+            for path in [p for p, score in models.items() if not (self.owns(p) and is_score(score))]:
+                del models[path]
+                dropped.append(f"the best_k_models entry {shown(path, 120)}")
         elif models is not None:
             state.pop("best_k_models")
-            dropped.append("best_k_models (not a mapping)")
+            dropped.append(f"best_k_models ({shown(models)})")
         if dropped:
             warnings.warn(
-                f"{source}: ignoring {', '.join(dropped)} of the stored callback state: outside this run's "
-                f"checkpoints folder {', '.join(self.folders)} (a run reads and deletes only its own checkpoint files)",
+                f"{source}: ignoring {', '.join(dropped[:5])}{' and more' if len(dropped) > 5 else ''} of the "
+                f"stored callback state: outside this run's checkpoints folder {', '.join(self.folders)} or not "
+                "a checkpoint file or score (a run reads and deletes only its own .ckpt files)",
                 stacklevel=2,
             )
 
     def remove_checkpoint(self, path) -> None:
-        real = os.fspath(path)
-        if not self.owns(real) or os.path.islink(real) or not os.path.isfile(real):
+        path = os.fspath(path) if isinstance(path, os.PathLike) else path
+        if not self.owns(path) or os.path.islink(path) or not os.path.isfile(path):
             warnings.warn(
-                f"not deleting {real}: a run deletes only the regular files of its own checkpoints folder "
-                f"{', '.join(self.folders)}",
+                f"not deleting {shown(path, 120)}: a run deletes only the regular .ckpt files of its own "
+                f"checkpoints folder {', '.join(self.folders)}",
                 stacklevel=2,
             )
             return
-        os.remove(real)
+        os.remove(path)
+
+
+def is_score(value) -> bool:
+    """What ModelCheckpoint stores as a score: None, a number or a 0-d tensor."""
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0
+    return value is None or isinstance(value, int | float) and not isinstance(value, bool)
 
 
 class DenseTask(L.LightningModule):
