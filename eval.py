@@ -71,14 +71,21 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
     run = trainer.validate if cfg.split == "val" else trainer.test
     results = run(task, datamodule=datamodule, verbose=False, weights_only=True)[0]
-    metrics = {k.split("/", 1)[1]: float(v) for k, v in results.items()}
+    metrics = {k.split("/", 1)[1]: plain_number(k, v) for k, v in results.items()}
     print(format_table(metrics, f"{cfg.ckpt_path} on {datamodule.name} {cfg.split}"), flush=True)
     if cfg.split == "val" and getattr(task, "per_class_table", None):
         print(f"\nPer-class results (val):\n{task.per_class_table}", flush=True)
     if trainer.is_global_zero:
-        with atomic_path(Path(cfg.paths.output_dir) / "metrics.json") as tmp:
+        path = Path(cfg.paths.output_dir) / "metrics.json"
+        with atomic_path(path) as tmp:
             Path(tmp).write_text(json.dumps({"ckpt_path": str(cfg.ckpt_path), "split": cfg.split, **metrics}, indent=2))
+        print(f"wrote {path}", flush=True)
     return metrics
+
+
+def plain_number(key: str, value) -> float | int:
+    """A logged metric as a number for the table and metrics.json: counts (n_images, n_skipped) as integers."""
+    return int(round(float(value))) if key.split("/")[-1].startswith("n_") else float(value)
 
 
 def build_datamodule(cfg: DictConfig, run_config: dict):
@@ -124,7 +131,7 @@ def format_table(metrics: dict[str, float], title: str) -> str:
     width = max(len(k) for k in metrics)
     lines = [title, f"{'metric':<{width}}  value", "-" * (width + 12)]
     for key, value in metrics.items():
-        shown = f"{int(value)}" if key.startswith("n_") else f"{value:.4f}"
+        shown = f"{value}" if isinstance(value, int) else f"{value:.4f}"
         lines.append(f"{key:<{width}}  {shown}")
     return "\n".join(lines)
 

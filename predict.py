@@ -1,20 +1,18 @@
-"""Depth or segmentation maps for an image or a folder of images (options: configs/predict.yaml).
+"""Depth or segmentation maps for an image or a folder of images.
 
-    python predict.py ckpt=PATH input=IMAGE_OR_FOLDER output=DIR
-    python predict.py backbone=vitl14 head=depth_dpt backbone.weights=B.pth head.weights=H.pth \
-        input=IMAGE_OR_FOLDER output=DIR
+    python predict.py ckpt=RUN/checkpoints/best.ckpt input=photos/ output=results/     # a train.py checkpoint
+    python predict.py backbone=vitl14 head=depth_dpt backbone.weights=B.pth head.weights=H.pth input=room.jpg output=results/
+    python predict.py ckpt=... input=... output=... depth_range=[0,5] cmap=turbo      # colours over 0-5 m
+    python predict.py ckpt=... input=... output=... mode=slide crop_size=518 precision=bf16
 
-Depth: <stem>.png (16-bit, metres × depth_scale), <stem>.npy (float32 metres), <stem>_color.png.
-Segmentation: <stem>.png (class ids), <stem>_color.png, <stem>_overlay.png.
-
-No file predict.py did not write is replaced: every input gets its own output names (assign_stems), and
-the output folder keeps a record of the files predict.py wrote there (RECORD), the only ones a rerun
-may replace.
+Depth: <stem>.png (16-bit, metres × depth_scale), <stem>.npy (float32 metres), <stem>_color.png in one
+colour range for every image (the model's depth range, or depth_range), and colorbar.png to read it.
+Segmentation: <stem>.png (class ids), <stem>_color.png, <stem>_overlay.png, and legend.png + classes.json
+(the class colours and names). A rerun over the same folder replaces only files predict.py wrote there.
 
 Exit status: 0 when every image was written; 2 when nothing could run (a bad option, a missing input
-or checkpoint, an output folder that cannot be written: one line on stderr says which, as for train.py
-and eval.py); 3 when some images were skipped (each is named with its reason, the others are written)
-or the run stopped because writing failed (a full disk: the line says how many were written).
+or checkpoint, an output folder that cannot be written: one line on stderr says which); 3 when some
+images were skipped (each is named with its reason, the others are written) or writing failed.
 """
 
 from __future__ import annotations
@@ -28,6 +26,7 @@ import sys
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -38,8 +37,10 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from dense import _cli, viz
-from dense.checkpoint import load_model
+from dense.backbone import check_official_weights, get_spec
+from dense.checkpoint import model_from_checkpoint, read_model_config
 from dense.config import apply_speed_options, compile_mode, model_from_config
+from dense.data import ADE20K_CLASSES, VOC_CLASSES
 from dense.data.transforms import eval_view, normalize_image
 from dense.io import INPUT_SUFFIXES, ImageReadError, atomic_path, list_images, read_image, save_npy, save_png
 from dense.model import DenseModel
@@ -53,7 +54,7 @@ UsageError = _cli.ConfigError
 RECORD = ".dense-predict.json"
 RECORD_FORMAT = "dense predict.py results"
 RECORD_MAX_BYTES = 64 * 2**20  # a million names; anything larger is not a record of ours
-RESULT_SUFFIXES = (".png", ".npy")
+RESULT_SUFFIXES = (".png", ".npy", ".json")
 
 
 # --------------------------------------------------------------------------- set-up
@@ -81,10 +82,17 @@ def check_options(cfg: DictConfig) -> None:
         raise UsageError(f"alpha={cfg.alpha} must be between 0 and 1")
     if cfg.cmap not in matplotlib.colormaps:
         raise UsageError(f"cmap={cfg.cmap} is not a matplotlib colour map (e.g. magma_r, turbo, viridis)")
-    if cfg.depth_range is not None and (
-        len(cfg.depth_range) != 2 or cfg.depth_range[0] >= cfg.depth_range[1]
+    depth_range = _cli.plain(cfg.depth_range)
+    if depth_range not in ("model", "auto") and not (
+        isinstance(depth_range, list)
+        and len(depth_range) == 2
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in depth_range)
+        and 0 <= depth_range[0] < depth_range[1]
     ):
-        raise UsageError(f"depth_range={list(cfg.depth_range)} must be [min,max] in metres with min < max")
+        raise UsageError(
+            f"depth_range={depth_range} must be model (the model's depth range), auto (each image's own "
+            "range) or [min,max] in metres with 0 <= min < max"
+        )
     if not cfg.scales or any(float(s) <= 0 for s in cfg.scales):
         raise UsageError(f"scales={list(cfg.scales or [])} must be a non-empty list of positive ratios")
     crop, stride = window("crop_size", cfg.crop_size), window("stride", cfg.stride)
@@ -129,8 +137,9 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def build(cfg: DictConfig) -> DenseModel:
-    """From a train.py checkpoint (ckpt=) or from the backbone/head groups (Meta's released heads)."""
+def build(cfg: DictConfig) -> tuple[DenseModel, list[str] | None]:
+    """From a train.py checkpoint (ckpt=) or from the backbone/head groups (Meta's released heads); with
+    the class names a checkpoint stores (None: none stored)."""
     if cfg.ckpt is not None:
         if cfg.head.get("weights"):
             raise UsageError(
@@ -138,7 +147,9 @@ def build(cfg: DictConfig) -> DenseModel:
             )
         if not os.path.isfile(cfg.ckpt):
             raise UsageError(f"checkpoint not found: {cfg.ckpt}")
-        return load_model(cfg.ckpt, backbone_weights=cfg.backbone.get("weights"))
+        checkpoint, _ = read_model_config(cfg.ckpt)
+        model = model_from_checkpoint(checkpoint, cfg.ckpt, backbone_weights=cfg.backbone.get("weights"))
+        return model, stored_class_names(checkpoint)
     if not cfg.head.get("weights"):
         # A head without weights is random: its maps would look like results and mean nothing.
         raise UsageError(
@@ -149,7 +160,38 @@ def build(cfg: DictConfig) -> DenseModel:
         raise UsageError(f"head weights not found: {cfg.head.weights}")
     if cfg.backbone.get("weights") and not os.path.isfile(cfg.backbone.weights):
         raise UsageError(f"backbone weights not found: {cfg.backbone.weights}")
-    return model_from_config(cfg.backbone, cfg.head).eval()
+    if cfg.backbone.get("pretrained") and not cfg.backbone.get("weights"):
+        check_official_weights(get_spec(cfg.backbone.name))  # in a second, before the backbone is built
+    return model_from_config(cfg.backbone, cfg.head).eval(), None
+
+
+def stored_class_names(checkpoint: dict) -> list[str] | None:
+    """The class names train.py stored with a segmentation checkpoint (hyper_parameters.metrics), when
+    they are what it writes: a list of short strings. The checkpoint is data: anything else is ignored."""
+    metrics = (checkpoint.get("hyper_parameters") or {}).get("metrics")
+    names = metrics.get("class_names") if isinstance(metrics, dict) else None
+    if isinstance(names, list) and names and all(isinstance(n, str) and len(n) <= 200 for n in names):
+        return names
+    return None
+
+
+def class_names(model: DenseModel, stored: list[str] | None) -> list[str]:
+    """The names of the model's classes: the checkpoint's, else ADE20K's for 150 classes and VOC's for 21
+    (as palette=auto), else "class N"."""
+    count = num_classes(model)
+    if stored is not None and len(stored) == count:
+        return stored
+    known = {len(ADE20K_CLASSES): ADE20K_CLASSES, len(VOC_CLASSES): VOC_CLASSES}.get(count)
+    return list(known) if known else [f"class {i}" for i in range(count)]
+
+
+def depth_colour_range(cfg: DictConfig, model: DenseModel) -> tuple[float, float] | None:
+    """The depth range of the colours of every image (None: each image's own, depth_range=auto)."""
+    if cfg.depth_range == "auto":
+        return None
+    if cfg.depth_range == "model":
+        return float(model.min_depth), float(model.max_depth)
+    return float(cfg.depth_range[0]), float(cfg.depth_range[1])
 
 
 def check_output_path(output: Path) -> None:
@@ -267,22 +309,44 @@ def without_own_results(paths: list[Path], source: str, output: Path, ours: set[
     return inputs
 
 
-def output_names(stem: str, task: str, save_npy_file: bool) -> list[str]:
+@dataclass(frozen=True)
+class Layout:
+    """The files of a run: per image (names(stem)) and once per run (run_files: the depth colour bar, the
+    segmentation legend and class names)."""
+
+    task: str
+    save_npy: bool = True
+    image_colorbar: bool = False  # depth_range=auto: each image has its own range, so its own bar
+    run_files: tuple[str, ...] = ()
+
+    def names(self, stem: str) -> list[str]:
+        if self.task == "depth":
+            npy = [f"{stem}.npy"] if self.save_npy else []
+            bar = [f"{stem}_colorbar.png"] if self.image_colorbar else []
+            return [f"{stem}.png", *npy, f"{stem}_color.png", *bar]
+        return [f"{stem}.png", f"{stem}_color.png", f"{stem}_overlay.png"]
+
+
+def run_layout(cfg: DictConfig, task: str) -> Layout:
     if task == "depth":
-        return [f"{stem}.png", *([f"{stem}.npy"] if save_npy_file else []), f"{stem}_color.png"]
-    return [f"{stem}.png", f"{stem}_color.png", f"{stem}_overlay.png"]
+        fixed = cfg.depth_range != "auto"
+        return Layout(task, bool(cfg.save_npy), bool(cfg.colorbar) and not fixed,
+                      ("colorbar.png",) if cfg.colorbar and fixed else ())
+    return Layout(task, run_files=("legend.png", "classes.json"))
 
 
 def assign_stems(
-    paths: list[Path], output: Path, existing: list[str], ours: set[str], task: str, save_npy_file: bool
-) -> tuple[list[str], list[str]]:
-    """Each input's output stem, and a note for each input whose stem is not its file's stem.
+    paths: list[Path], output: Path, existing: list[str], ours: set[str], layout: Layout
+) -> tuple[list[str], list[str], dict[str, str]]:
+    """Each input's output stem, a note for each input whose stem is not its file's stem, and the name
+    each of the run's own files (layout.run_files) gets.
 
-    The documented rule first: the file's stem, or its full name (a.jpg → a_jpg) when inputs share a
-    stem. Then, in input order, the first of NAME, NAME_1, NAME_2, … none of whose files (output_names)
-    is an earlier input's result, an input image, or a file in the output folder that predict.py did
-    not write (anything `existing` there but `ours`). Names are compared regardless of case, so the result is the
-    same on disks that ignore it (macOS, Windows).
+    The run's files come first: NAME.EXT, or the first free NAME_1.EXT, NAME_2.EXT, … Then the documented
+    rule for the inputs: the file's stem, or its full name (a.jpg → a_jpg) when inputs share a
+    stem. Then, in input order, the first of NAME, NAME_1, NAME_2, … none of whose files (layout.names)
+    is a file of the run, an earlier input's result, an input image, or a file in the output folder that
+    predict.py did not write (anything `existing` there but `ours`). Names are compared regardless of
+    case, so the result is the same on disks that ignore it (macOS, Windows).
     """
     key = str.casefold
     taken: dict[str, str] = {}  # casefolded file name → why it may not be written
@@ -293,24 +357,33 @@ def assign_stems(
     for path in paths:
         if path.resolve().parent == here:
             taken[key(path.resolve().name)] = f"{path.resolve().name} is an input image"
+    run_names = {}
+    for name in layout.run_files:
+        base, suffix = os.path.splitext(name)
+        free, n = name, 0
+        while key(free) in taken:
+            n += 1
+            free = f"{base}_{n}{suffix}"
+        taken[key(free)] = f"{free} is a file of this run"
+        run_names[name] = free
     stem_count = Counter(key(path.stem) for path in paths)
     stems, notes = [], []
     for path in paths:
         base = path.name.replace(".", "_") if stem_count[key(path.stem)] > 1 else path.stem
         stem, reason, n = base, None, 0
         while clash := next(
-            (taken[key(f)] for f in output_names(stem, task, save_npy_file) if key(f) in taken), None
+            (taken[key(f)] for f in layout.names(stem) if key(f) in taken), None
         ):
             reason = reason or clash
             n += 1
             stem = f"{base}_{n}"
-        for name in output_names(stem, task, save_npy_file):
+        for name in layout.names(stem):
             taken[key(name)] = f"{name} is {path.name}'s result"
         stems.append(stem)
         if stem != path.stem:
             why = reason or f"another input has the stem {path.stem}"
             notes.append(f"note: the results of {path.name} are named {stem}.* ({why})")
-    return stems, notes
+    return stems, notes, run_names
 
 
 def num_classes(model: DenseModel) -> int:
@@ -438,16 +511,35 @@ def infer_or_skip(model, batch, cfg, device, skipped, progress) -> list[np.ndarr
 # --------------------------------------------------------------------------- writing
 
 
-def write_depth(output: Path, stem: str, depth: np.ndarray, cfg: DictConfig) -> None:
+COLORBAR_HEIGHT = 384  # pixels of colorbar.png
+
+
+def write_depth(output: Path, stem: str, depth: np.ndarray, cfg: DictConfig, colours) -> None:
+    """colours: the fixed (min, max) of the colour map, or None for this image's own range (then its own
+    <stem>_colorbar.png, with colorbar=true)."""
     scaled = np.clip(np.rint(depth.astype(np.float64) * float(cfg.depth_scale)), 0, UINT16_MAX)
     save_png(scaled.astype(np.uint16), output / f"{stem}.png")
     if cfg.save_npy:
         save_npy(depth.astype(np.float32), output / f"{stem}.npy")
-    vmin, vmax = cfg.depth_range if cfg.depth_range is not None else viz.depth_range(depth)
-    color = viz.colorize_depth(depth, vmin, vmax, cfg.cmap)
-    if cfg.colorbar:
-        color = viz.add_colorbar(color, vmin, vmax, cfg.cmap, label="depth (m)")
-    save_png(color, output / f"{stem}_color.png")
+    vmin, vmax = colours if colours is not None else viz.depth_range(depth)
+    save_png(viz.colorize_depth(depth, vmin, vmax, cfg.cmap), output / f"{stem}_color.png")
+    if cfg.colorbar and colours is None:
+        bar = viz.colorbar(COLORBAR_HEIGHT, vmin, vmax, cfg.cmap, label="depth (m)")
+        save_png(bar, output / f"{stem}_colorbar.png")
+
+
+def write_run_files(output: Path, names: dict[str, str], cfg: DictConfig, colours, palette, classes) -> None:
+    """The files written once per run: the depth colour bar of the fixed range (colorbar.png), or the
+    segmentation legend (legend.png) and the class names and colours (classes.json)."""
+    if "colorbar.png" in names:
+        bar = viz.colorbar(COLORBAR_HEIGHT, colours[0], colours[1], cfg.cmap, label="depth (m)")
+        save_png(bar, output / names["colorbar.png"])
+    if "legend.png" in names:
+        save_png(viz.legend(classes, palette), output / names["legend.png"])
+    if "classes.json" in names:
+        entries = [{"id": i, "name": name, "color": [int(c) for c in palette[i]]} for i, name in enumerate(classes)]
+        with atomic_path(output / names["classes.json"]) as tmp:
+            Path(tmp).write_text(json.dumps({"classes": entries}, indent=1) + "\n")
 
 
 def write_segmentation(
@@ -464,14 +556,14 @@ def write_segmentation(
 
 
 def write_results(
-    output: Path, stem: str, image: np.ndarray, result: np.ndarray, task: str, palette, cfg
+    output: Path, stem: str, image: np.ndarray, result: np.ndarray, layout: Layout, palette, cfg, colours
 ) -> list[str]:
     """One image's result files, all of them or none: when one cannot be written (OSError, raised), those
     already written for it are removed. Returns their names."""
-    names = output_names(stem, task, bool(cfg.save_npy))
+    names = layout.names(stem)
     try:
-        if task == "depth":
-            write_depth(output, stem, result, cfg)
+        if layout.task == "depth":
+            write_depth(output, stem, result, cfg, colours)
         else:
             write_segmentation(output, stem, image, result, palette, cfg)
     except OSError:
@@ -499,19 +591,21 @@ def predict(cfg: DictConfig) -> int:
         if not paths:
             raise UsageError(f"input folder {cfg.input} holds no image files ({' '.join(INPUT_SUFFIXES)})")
         device = resolve_device(cfg.device)
-        model = apply_speed_options(
-            build(cfg).to(device), compile=cfg.compile, bf16_autocast=cfg.precision == "bf16"
-        )
+        model, stored_names = build(cfg)
+        model = apply_speed_options(model.to(device), compile=cfg.compile, bf16_autocast=cfg.precision == "bf16")
         existing = prepare_output(output)  # only once the model is there: a refused checkpoint leaves nothing
-        stems, notes = assign_stems(paths, output, existing, ours, model.task, bool(cfg.save_npy))
+        layout = run_layout(cfg, model.task)
+        stems, notes, run_names = assign_stems(paths, output, existing, ours, layout)
         palette = viz.get_palette(num_classes(model), cfg.palette) if model.task == "segmentation" else None
+        classes = class_names(model, stored_names) if model.task == "segmentation" else None
+        colours = depth_colour_range(cfg, model) if model.task == "depth" else None
         # Recorded before any of them is written, so that an interrupted run's files are known as ours.
-        planned = {name for stem in stems for name in output_names(stem, model.task, bool(cfg.save_npy))}
+        planned = {name for stem in stems for name in layout.names(stem)} | set(run_names.values())
         try:
             write_record(output, ours | planned)
         except OSError as error:
             raise UsageError(
-                f"cannot write {output / RECORD} ({error.strerror or error}); nothing was predicted"
+                f"cannot write {error.filename or output} ({error.strerror or error}); nothing was predicted"
             ) from None
 
     for note in notes:
@@ -534,7 +628,10 @@ def predict(cfg: DictConfig) -> int:
                     if result is None:
                         continue
                     try:
-                        kept.update(write_results(output, stem, image, result, model.task, palette, cfg))
+                        if not kept:  # with the first results: the files that tell how to read them
+                            write_run_files(output, run_names, cfg, colours, palette, classes)
+                            kept.update(run_names.values())
+                        kept.update(write_results(output, stem, image, result, layout, palette, cfg, colours))
                     except OSError as error:
                         if error.errno == errno.ENAMETOOLONG:  # this image's names, not the disk
                             reason = f"{path}: its result file names are too long for the disk; rename it"
@@ -558,9 +655,24 @@ def predict(cfg: DictConfig) -> int:
     if stopped:
         print(stopped, file=sys.stderr)
     print(f"wrote {model.task} results for {written} of {len(paths)} images to {output}")
+    print(describe_colours(cfg, model, output, run_names, colours))
     if skipped:
         print(f"skipped {len(skipped)} image(s), see above: {', '.join(skipped)}", file=sys.stderr)
     return EXIT_SKIPPED if skipped or stopped else 0
+
+
+def describe_colours(cfg: DictConfig, model: DenseModel, output: Path, run_names: dict[str, str], colours) -> str:
+    """One line that says how to read the colour pictures."""
+    if model.task == "segmentation":
+        return (
+            f"class colours: {output / run_names['legend.png']}, names and colours: {output / run_names['classes.json']}"
+        )
+    if colours is None:
+        bars = "; colour bars: <stem>_colorbar.png" if cfg.colorbar else ""
+        return f"depth colours ({cfg.cmap}): each image from its own nearest to its farthest depth (depth_range=auto){bars}"
+    source = "the model's depth range" if cfg.depth_range == "model" else "depth_range"
+    bar = f"; colour bar: {output / run_names['colorbar.png']}" if "colorbar.png" in run_names else ""
+    return f"depth colours ({cfg.cmap}): {colours[0]:g} to {colours[1]:g} m in every image ({source}){bar}"
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="predict")

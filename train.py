@@ -1,18 +1,19 @@
 """Train a depth or segmentation head on a frozen DINOv2 backbone (PyTorch Lightning under Hydra).
 
-    python train.py experiment=smoke hydra.run.dir=DIR      # 1-2 minutes on a CPU, no download
-    python train.py head=depth backbone=vitg14              # DPT depth head on a frozen ViT-g/14
+    python train.py experiment=smoke hydra.run.dir=outputs/smoke   # 1-2 minutes on a CPU, no download
+    python train.py head=depth backbone=vitg14                      # DPT depth head on a frozen ViT-g/14 (a GPU job)
     python train.py experiment=nyu_dpt backbone=vitl14 data.root=/data/nyu
     python train.py ckpt_path=DIR/checkpoints/last.ckpt hydra.run.dir=DIR      # resume
-    python train.py -m backbone=vits14,vitb14               # a sweep
+    python train.py -m backbone=vits14,vitb14                       # a sweep, one job per backbone
 
-Options: configs/train.yaml and its groups; docs/README_training.md. Everything of a run lands in its
-run folder (hydra.run.dir): checkpoints/{best,last}.ckpt, csv/version_N/metrics.csv, .hydra/config.yaml.
-Exit status 2 with one line on stderr for a configuration mistake.
+Everything of a run lands in its run folder (hydra.run.dir, default outputs/train/DATE/TIME):
+checkpoints/{best,last}.ckpt, csv/version_N/metrics.csv, .hydra/config.yaml, train.log.
+A configuration mistake: one line on stderr, exit status 2, and no run folder left behind.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -62,6 +63,7 @@ def train(cfg: DictConfig):
         loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[checkpoint_io])
         check_trainer(cfg, trainer)
+        check_data_and_weights(cfg, datamodule)
         model = build_run_model(cfg, datamodule, spec)
         if cfg.cache.features:
             datamodule.use_feature_cache(
@@ -71,12 +73,22 @@ def train(cfg: DictConfig):
         apply_speed_options(model, compile=cfg.compile, bf16_autocast=trainer.precision == "bf16-mixed")
         task = build_task(model, datamodule, **_cli.plain(cfg.task), config=_cli.plain(cfg))
 
-    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+    with warnings.catch_warnings():
+        quiet_fresh_checkpoint_folders(callbacks)
+        # Before the first validation the main metric does not exist yet; a run that stops there is reported below.
+        warnings.filterwarnings("ignore", message=r"`ModelCheckpoint\(monitor=.*could not find the monitored key")
+        trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     # The checkpoint callback that follows the main metric (the other one writes last.ckpt).
     best = next((c for c in trainer.checkpoint_callbacks if c.monitor == task_class.main_metric), None)
     if best is not None and best.best_model_score is not None:
         metrics["best"] = float(best.best_model_score)
+    if best is not None and not best.best_model_path and trainer.global_step > 0:
+        logging.getLogger(__name__).warning(
+            f"training stopped at step {trainer.global_step}, before its first validation, so there is no "
+            f"best.ckpt{' and the test uses the final weights' if cfg.test else ''}; to validate sooner set "
+            "trainer.val_check_interval=N (steps)"
+        )
     if cfg.test:
         best_path = best.best_model_path if best is not None and best.best_model_path else None
         if best_path is not None and not checkpoint_io.owns(best_path):
@@ -110,6 +122,35 @@ def check_config(cfg: DictConfig) -> None:
         group, name = key.split(".")
         path = cfg[group].get(name)
         require(path is None or Path(path).is_file(), f"{key}={path}: no such file")
+
+
+def check_data_and_weights(cfg: DictConfig, datamodule) -> None:
+    """What the expensive steps need, checked cheaply before the model is built or anything downloaded:
+    the file lists of the splits the run reads (a wrong data.root fails here, not after a 4 GB download;
+    DenseDataModule caches them, so this costs nothing later) and the official backbone weights (in the
+    torch hub cache, or reachable: a ViT-g/14 takes 20 s and 5 GB to build before a download can fail)."""
+    from dense.backbone import check_official_weights, get_spec
+
+    splits = ["val", *(["test"] if cfg.test else [])]
+    if not cfg.cache.features:  # the cached train split is built with its cache (use_feature_cache)
+        splits.insert(0, "train")
+    for split in splits:
+        datamodule.dataset(split)
+    backbone = cfg.backbone
+    if cfg.ckpt_path is None and backbone.get("pretrained") and not backbone.get("weights"):
+        check_official_weights(get_spec(backbone.name))
+
+
+def quiet_fresh_checkpoint_folders(callbacks: list) -> None:
+    """Lightning warns about a checkpoint folder that is not empty (older checkpoints may mix with the new
+    ones). In a fresh run the only file there is the run's own backbone_init-*.pth: no warning then."""
+    import warnings
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    folders = [Path(c.dirpath) for c in callbacks if isinstance(c, ModelCheckpoint) and c.dirpath]
+    if all(path.name.startswith("backbone_init-") for folder in folders if folder.is_dir() for path in folder.iterdir()):
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
 def check_trainer(cfg: DictConfig, trainer) -> None:

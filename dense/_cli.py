@@ -45,20 +45,34 @@ def main(hydra_main: Callable[[], Any], script: str) -> None:
     memory of large tensors (dense.host_memory)."""
     script_path = Path(script).resolve()
     config_dir = script_path.parent / "configs"
-    check_group_choices(config_dir, sys.argv[1:])
+    if any(a in ("--help", "-h") for a in sys.argv[1:]):
+        from dense._help import help_text
+
+        doc = sys.modules["__main__"].__doc__ or ""
+        overrides = [a for a in sys.argv[1:] if not a.startswith("-")]
+        print(help_text(config_dir, script_path.stem, doc, overrides))
+        sys.exit(0)
+    check_group_choices(config_dir, script_path.stem, sys.argv[1:])
     check_keys(config_dir, script_path.stem, sys.argv[1:])
     keep_large_allocations()  # CPU steps reuse the pages of large tensors: see dense/host_memory.py
     hydra_main()
 
 
-def check_group_choices(config_dir: Path, overrides: list[str]) -> None:
-    """`group=option` overrides (e.g. `head=depht`) whose option file does not exist → one line, exit 2.
-    Multirun lists (`backbone=vits14,vitb14`) are checked item by item."""
+def check_group_choices(config_dir: Path, config_name: str, overrides: list[str]) -> None:
+    """`group=option` overrides (e.g. `head=depht`) whose option file does not exist, or of a group the
+    script does not use (`predict.py trainer=cpu`) → one line, exit 2. Multirun lists
+    (`backbone=vits14,vitb14`) are checked item by item."""
+    from dense._help import compose
+
+    used = None
     for override in overrides:
         key, sep, value = override.partition("=")
         group = key.lstrip("+~")
         if not sep or "." in group or "/" in group or not (config_dir / group).is_dir() or not value:
             continue
+        used = list(compose(config_dir, config_name)[1]) if used is None else used
+        if group not in used and not key.startswith("+"):
+            fail(f"{group}= is not a config group of {config_name}.py: its groups are {', '.join(used)}")
         for choice in value.split(","):
             if choice != "null" and not (config_dir / group / f"{choice}.yaml").is_file():
                 options = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
@@ -205,12 +219,73 @@ def setup_errors() -> Iterator[None]:
 
 
 def run(function: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    """Call an entry point, printing DenseErrors (meant for users) as one line instead of a traceback."""
+    """Call an entry point, printing DenseErrors (meant for users) as one line instead of a traceback.
+    A run refused that way leaves no run folder behind (discard_unused_run_folder)."""
     single_log_stream()
+    quiet_library_noise()
     try:
         return function(cfg)
     except DenseError as error:
+        discard_unused_run_folder(cfg)
         fail(one_line(error))
+    except SystemExit as exit_:
+        if exit_.code == EXIT_USAGE:  # a set-up mistake (setup_errors)
+            discard_unused_run_folder(cfg)
+        raise
+
+
+def quiet_library_noise() -> None:
+    """Messages of our libraries that tell the user nothing they can act on, printed on every run:
+    torch's deprecation of LeafSpec (used inside Lightning, not by us) and Lightning's advertisement
+    for its cloud logger."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_litlogger_tip)
+
+
+def _not_litlogger_tip(record) -> bool:
+    return "litlogger" not in str(record.msg)
+
+
+# What Hydra writes into a run folder before the job starts (its config and the job's log file).
+HYDRA_BOOKKEEPING = {"config.yaml", "hydra.yaml", "overrides.yaml"}
+
+
+def discard_unused_run_folder(cfg: DictConfig | None) -> None:
+    """Remove the run folder of a run that was refused before it did anything, when it holds nothing
+    but what Hydra wrote at the start (.hydra/ and the job's log): each failed attempt would otherwise
+    leave an empty outputs/train/DATE/TIME behind. A folder with anything else in it (an earlier run's
+    checkpoints, the user's files) is left as it is; so is predict.py's (it writes no .hydra/)."""
+    import shutil
+
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    if not HydraConfig.initialized():
+        return
+    hydra = HydraConfig.get()
+    if not hydra.output_subdir:
+        return
+    folder = Path(hydra.runtime.output_dir)
+    bookkeeping = folder / hydra.output_subdir
+    expected = {hydra.output_subdir, f"{hydra.job.name}.log"}
+    try:
+        if not bookkeeping.is_dir() or not set(os.listdir(folder)) <= expected:
+            return
+        if not set(os.listdir(bookkeeping)) <= HYDRA_BOOKKEEPING or any(p.is_symlink() for p in folder.iterdir()):
+            return
+        shutil.rmtree(folder)
+        # The dated folders above it (outputs/train/DATE), when nothing else is left in them.
+        log_dir = OmegaConf.select(cfg, "paths.log_dir", default=None) if cfg is not None else None
+        top = Path(log_dir).resolve() / hydra.job.name if log_dir else None
+        parent = folder.resolve().parent
+        while top is not None and parent != top and top in parent.parents and not os.listdir(parent):
+            parent.rmdir()
+            parent = parent.parent
+    except OSError:
+        pass  # a folder we cannot tidy is no reason to hide the error itself
 
 
 def require(condition: bool, message: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import urllib.error
+import urllib.request
 from dataclasses import dataclass
 
 import torch
@@ -140,21 +141,43 @@ def hub_cache_path(spec: BackboneSpec) -> str:
 
 def official_weights_path(spec: BackboneSpec) -> str:
     """Path of the official file in the torch hub cache, downloading it there if it is not yet present."""
-    if spec.url is None:
-        raise WeightsError(f"backbone {spec.name} is a test variant with no official weights; use pretrained=False")
-    path = hub_cache_path(spec)
+    path = hub_cache_path(_official(spec))
     if os.path.isfile(path):
         return path
     os.makedirs(os.path.dirname(path), exist_ok=True)
     try:
         torch.hub.download_url_to_file(spec.url, path, progress=True)
     except (urllib.error.URLError, OSError, ConnectionError) as error:
-        raise WeightsError(
-            f"could not download the {spec.name} weights ({type(error).__name__}: {error}). Without a network, "
-            f"download {spec.url} elsewhere and place it at {path}, or pass its path with "
-            "weights=PATH (config: backbone.weights=PATH)"
-        ) from None
+        raise _cannot_download(spec, path, error) from None
     return path
+
+
+def check_official_weights(spec: BackboneSpec, timeout: float = 10.0) -> None:
+    """Refuse in a second what official_weights_path would refuse after the backbone was built: the file
+    is neither in the torch hub cache nor downloadable (a HEAD request to its URL, through the same
+    proxies as the download). Nothing is downloaded or built here."""
+    path = hub_cache_path(_official(spec))
+    if os.path.isfile(path):
+        return
+    try:
+        with urllib.request.urlopen(urllib.request.Request(spec.url, method="HEAD"), timeout=timeout):
+            pass
+    except (urllib.error.URLError, OSError, ConnectionError) as error:
+        raise _cannot_download(spec, path, error) from None
+
+
+def _official(spec: BackboneSpec) -> BackboneSpec:
+    if spec.url is None:
+        raise WeightsError(f"backbone {spec.name} is a test variant with no official weights; use pretrained=False")
+    return spec
+
+
+def _cannot_download(spec: BackboneSpec, path: str, error: BaseException) -> WeightsError:
+    return WeightsError(
+        f"could not download the {spec.name} weights ({type(error).__name__}: {error}). Without a network, "
+        f"download {spec.url} elsewhere and place it at {path}, or pass its path with "
+        "weights=PATH (config: backbone.weights=PATH)"
+    )
 
 
 # ---- loading a checkpoint file ------------------------------------------------------------------------

@@ -782,30 +782,31 @@ def parse_args(argv=None) -> argparse.Namespace:
         prog="python -m dense.bench",
         description="Throughput, TFLOP/s and peak memory of ours against timm, a naive head and upstream. "
         "Each option takes a comma-separated list; every combination is run.",
+        epilog="Example: python -m dense.bench --backbone vitl14 --head depth_dpt --size 480x640 --batch 16 "
+        "--precision fp32,bf16 --compile off,on --device cuda --json bench.json",
     )
-    parser.add_argument("--backbone", type=_list(str), default=["vits14"])
-    parser.add_argument("--head", type=_list(str), default=["depth_linear4"])
-    parser.add_argument("--size", type=_list(_size), default=[(224, 224)], help="HxW, e.g. 224x224,480x640")
-    parser.add_argument("--batch", type=_list(int), default=[4])
-    parser.add_argument("--precision", type=_list(str, PRECISIONS), default=["fp32"])
-    parser.add_argument("--compile", type=_list(_on_off), default=[False], help="off, on or off,on")
-    parser.add_argument(
-        "--device", type=_list(str), default=None, help="cpu, cuda (default: cuda if available)"
-    )
-    parser.add_argument("--work", type=_list(str, WORKS), default=list(WORKS))
-    parser.add_argument(
+    option = parser.add_argument
+    option("--backbone", type=_list(str), default=["vits14"], help="backbone(s): vits14 ... vitg14_reg, tiny14 (default: vits14)")
+    option("--head", type=_list(str), default=["depth_linear4"], help="head(s): depth_linear, depth_linear4, depth_dpt, seg_linear, seg_ms (default: depth_linear4)")
+    option("--size", type=_list(_size), default=[(224, 224)], help="image size(s) HxW, e.g. 224x224,480x640 (default: 224x224)")
+    option("--batch", type=_list(int), default=[4], help="images per call (default: 4)")
+    option("--precision", type=_list(str, PRECISIONS), default=["fp32"], help=f"{', '.join(PRECISIONS)} (default: fp32)")
+    option("--compile", type=_list(_on_off), default=[False], help="torch.compile: off, on or off,on (default: off)")
+    option("--device", type=_list(str), default=None, help="cpu, cuda (default: cuda if available, else cpu)")
+    option("--work", type=_list(str, WORKS), default=list(WORKS), help=f"what to time: {', '.join(WORKS)} (default: all)")
+    option(
         "--reference",
         type=_list(str, (*REFERENCES, "none")),
         default=list(REFERENCES),
-        help="timm, naive, upstream (needs --upstream DIR), or none: ours alone",
+        help="compared with: timm, naive, upstream (needs --upstream DIR), or none: ours alone (default: timm,naive,upstream)",
     )
-    parser.add_argument("--upstream", default=None, help="a local checkout of facebookresearch/dinov2")
-    parser.add_argument("--iters", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--num-classes", type=int, default=150, help="for the segmentation heads")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", default=None, help="write every raw number here")
+    option("--upstream", default=None, help="a local checkout of facebookresearch/dinov2 (default: none, upstream skipped)")
+    option("--iters", type=int, default=10, help="timed calls per path (default: 10)")
+    option("--warmup", type=int, default=2, help="untimed calls first (default: 2)")
+    option("--num-classes", type=int, default=150, help="classes of the segmentation heads (default: 150)")
+    option("--threads", type=int, default=None, help="torch.set_num_threads on the CPU (default: torch's own)")
+    option("--seed", type=int, default=0, help="seed of the random weights and images (default: 0)")
+    option("--json", default=None, help="write every raw number to this file (default: none)")
     args = parser.parse_args(argv)
     args.reference = [r for r in args.reference if r != "none"]
     if args.device is None:

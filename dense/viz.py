@@ -32,6 +32,7 @@ __all__ = [
     "DEPTH_CMAP",
     "INVALID_COLOR",
     "add_colorbar",
+    "colorbar",
     "colorize",
     "colorize_depth",
     "colorize_labels",
@@ -41,6 +42,7 @@ __all__ = [
     "generic_palette",
     "get_palette",
     "label_error_map",
+    "legend",
     "overlay_labels",
     "pca_rgb",
     "to_rgb_image",
@@ -157,12 +159,17 @@ def add_colorbar(
     image: np.ndarray, vmin: float, vmax: float, cmap: str = DEPTH_CMAP, label: str = "m"
 ) -> np.ndarray:
     """The uint8 H×W×3 picture with a labelled colour bar drawn to its right (same height)."""
+    return np.concatenate([image, colorbar(image.shape[0], vmin, vmax, cmap, label)], axis=1)
+
+
+def colorbar(height: int, vmin: float, vmax: float, cmap: str = DEPTH_CMAP, label: str = "m") -> np.ndarray:
+    """A uint8 height×W×3 labelled colour bar from vmin (bottom) to vmax (top) on white: beside a
+    picture (add_colorbar) or on its own (predict.py's colorbar.png)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colorbar import ColorbarBase
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
-    height = image.shape[0]
     dpi = 100
     # Text scales with the picture so the bar stays readable on both thumbnails and photos; the strip
     # is sized in font heights (points → pixels) so that tick labels and the title always fit.
@@ -181,7 +188,7 @@ def add_colorbar(
     strip = strip[:height]  # rounding of the figure size can add a row
     if strip.shape[0] < height:
         strip = np.pad(strip, ((0, height - strip.shape[0]), (0, 0), (0, 0)), constant_values=255)
-    return np.concatenate([image, strip], axis=1)
+    return np.ascontiguousarray(strip)
 
 
 # --------------------------------------------------------------------------- class palettes
@@ -303,6 +310,37 @@ def overlay_labels(
         ignored = _plane(labels, "labels") == ignore_index
         blend[ignored] = rgb[ignored]
     return (blend + 0.5).astype(np.uint8)
+
+
+def legend(class_names: Sequence[str], palette: np.ndarray, rows_per_column: int = 40) -> np.ndarray:
+    """A uint8 picture of the class colours: a swatch, the class id and its name per row, in as many
+    columns of `rows_per_column` as the classes need (predict.py's legend.png)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    count = len(class_names)
+    if len(palette) < count:
+        raise ValueError(f"legend: {len(palette)} palette colours for {count} classes")
+    row, column_width, dpi = 20, 240, 100  # pixels
+    rows = min(count, rows_per_column)
+    columns = -(-count // rows_per_column)
+    width, height = columns * column_width, rows * row + row // 2
+    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi, facecolor="white")
+    FigureCanvasAgg(fig)
+    for index, name in enumerate(class_names):
+        x = (index // rows_per_column) * column_width + 6
+        y = height - (index % rows_per_column + 1) * row  # from the top, in pixels
+        colour = np.asarray(palette[index], dtype=np.float64) / 255
+        fig.patches.append(
+            Rectangle((x / width, y / height), 28 / width, (row - 5) / height, transform=fig.transFigure,
+                      facecolor=colour, edgecolor="black", linewidth=0.5)
+        )
+        name = name if len(name) <= 22 else name[:21] + "…"  # a column holds 22 characters
+        fig.text((x + 36) / width, (y + (row - 5) / 2) / height, f"{index:>3}  {name}", fontsize=9,
+                 va="center", family="monospace")
+    fig.canvas.draw()
+    return np.ascontiguousarray(np.asarray(fig.canvas.buffer_rgba())[..., :3])
 
 
 def label_error_map(

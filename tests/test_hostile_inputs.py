@@ -230,7 +230,7 @@ def test_image_through_predict(tmp_path, case, depth_ckpt, capsys):
     depth = np.asarray(Image.open(out / "x.png"))
     assert depth.shape == (h, w) and depth.dtype == np.uint16 and depth.max() > 0
     assert np.isfinite(np.load(out / "x.npy")).all()
-    assert sorted(p.name for p in out.iterdir()) == sorted([predict.RECORD, "x.npy", "x.png", "x_color.png"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([predict.RECORD, "x.npy", "x.png", "x_color.png", "colorbar.png"])
 
 
 # ---- depth maps ----------------------------------------------------------------------------------------

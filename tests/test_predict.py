@@ -156,7 +156,8 @@ def test_depth_scale_and_colorbar(tmp_path, checkpoints):
         )
     assert np.abs(png / 256.0 - expected).max() <= 0.5 / 256 + 1e-6
     assert not (out / "a.npy").exists()
-    assert np.asarray(Image.open(out / "a_color.png")).shape[1] > 28  # the colour bar beside it
+    assert np.asarray(Image.open(out / "a_color.png")).shape[:2] == (28, 28)  # the map keeps its size
+    assert (out / "colorbar.png").is_file()  # the bar is a file of its own
 
 
 def test_segmentation_ids_equal_argmax_of_logits(tmp_path, checkpoints):
@@ -284,6 +285,7 @@ def test_folder_with_bad_and_odd_images_from_the_command_line(tmp_path, checkpoi
         assert np.asarray(Image.open(out / f"{stem}.png")).shape == size
         assert (out / f"{stem}_color.png").is_file() and (out / f"{stem}_overlay.png").is_file()
     results = sorted(f"{stem}{suffix}" for stem in sizes for suffix in (".png", "_color.png", "_overlay.png"))
-    assert sorted(p.name for p in out.iterdir()) == sorted([*results, predict.RECORD])
-    assert json.loads((out / predict.RECORD).read_text())["files"] == results  # what a rerun may replace
+    run_files = ["legend.png", "classes.json"]  # once per run: the class colours and names
+    assert sorted(p.name for p in out.iterdir()) == sorted([*results, *run_files, predict.RECORD])
+    assert json.loads((out / predict.RECORD).read_text())["files"] == sorted([*results, *run_files])  # what a rerun may replace
     assert not (tmp_path / "outputs").exists()  # Hydra writes no run folder for predict.py

@@ -36,7 +36,7 @@ def test_predict_memory_does_not_grow_per_image(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(out.read_text())
-    assert data["status"] == 0 and data["files"] == 3 * 60  # .png, .npy, _color.png each
+    assert data["status"] == 0 and data["files"] == 3 * 60 + 1  # .png, .npy, _color.png each; colorbar.png
     assert len(data["rss"]) == len(data["traced"]) == 60
     assert data["traced_slope_bytes_per_image"] < MAX_TRACED_GROWTH_PER_IMAGE, result.stdout
     rss = data["rss"]

@@ -25,6 +25,7 @@ from dense.io import ImageReadError, read_image
 from tests.test_predict import config, model_input, rgb, write_checkpoint, write_checkpoints
 
 DEPTH_FILES = (".png", ".npy", "_color.png")
+DEPTH_RUN_FILES = ["colorbar.png"]  # once per run, with the first results
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +88,8 @@ def test_inputs_whose_results_would_share_a_name_get_distinct_names(tmp_path, ch
         assert np.asarray(Image.open(out / f"{stem}.png")).dtype == np.uint16
         assert np.asarray(Image.open(out / f"{stem}_color.png")).shape == (28, 28, 3)  # a colour picture
     written = sorted(f"{stem}{suffix}" for stem in stems.values() for suffix in DEPTH_FILES)
-    assert sorted(p.name for p in out.iterdir()) == sorted([*written, predict.RECORD])
-    assert recorded(out) == written
+    assert sorted(p.name for p in out.iterdir()) == sorted([*written, *DEPTH_RUN_FILES, predict.RECORD])
+    assert recorded(out) == sorted([*written, *DEPTH_RUN_FILES])
     assert "the results of c_jpg.png are named c_jpg_1.* (c_jpg.png is c.jpg's result)" in err
     assert "the results of x_color.png are named x_color_1.* (x_color.png is x.png's result)" in err
 
@@ -131,14 +132,14 @@ def test_files_predict_did_not_write_are_never_replaced(tmp_path, checkpoints, c
     assert np.allclose(
         np.load(folder / "a_1.npy"), expected_depth(checkpoints["depth"], folder / "a.jpg"), atol=1e-5
     )
-    ours = sorted(f"{stem}{suffix}" for stem in ("a_1", "b_1") for suffix in DEPTH_FILES)
+    ours = sorted([*(f"{stem}{suffix}" for stem in ("a_1", "b_1") for suffix in DEPTH_FILES), *DEPTH_RUN_FILES])
     assert recorded(folder) == ours
 
     (folder / "a_1.npy").write_bytes(b"stale")  # an earlier result predict.py may replace
     status, stdout, err = run(capsys, *common)
     assert status == 0, err
     assert "wrote depth results for 2 of 2 images" in stdout  # a_1.png, a_1_color.png, ... not inputs
-    assert "4 image files" in err and "predict.py's own results" in err
+    assert "5 image files" in err and "predict.py's own results" in err  # with colorbar.png
     assert np.allclose(
         np.load(folder / "a_1.npy"), expected_depth(checkpoints["depth"], folder / "a.jpg"), atol=1e-5
     )
@@ -167,7 +168,7 @@ def test_a_crafted_record_only_names_plain_files_in_its_folder(tmp_path, checkpo
     assert "ignored 5 entries" in err
     assert "the results of a.png are named a_1.*" in err
     assert outside.read_bytes() == b"keep me" and (out / "a.png").is_symlink() and (out / "a.npy").is_dir()
-    assert recorded(out) == [f"a_1{suffix}" for suffix in (".npy", ".png", "_color.png")]
+    assert recorded(out) == sorted([*(f"a_1{suffix}" for suffix in (".npy", ".png", "_color.png")), *DEPTH_RUN_FILES])
 
     for text in ("not json", json.dumps({"files": ["a_1.png"]}), json.dumps(["a_1.png"])):
         (out / predict.RECORD).write_text(text)
@@ -230,7 +231,7 @@ def test_a_full_disk_stops_the_run_and_says_how_many_were_written(tmp_path, chec
         in err
     )
     assert "wrote depth results for 1 of 3 images" in stdout
-    first = [f"img0{suffix}" for suffix in (".npy", ".png", "_color.png")]
+    first = sorted([*(f"img0{suffix}" for suffix in (".npy", ".png", "_color.png")), *DEPTH_RUN_FILES])
     assert sorted(p.name for p in out.iterdir()) == sorted([*first, predict.RECORD])  # none of img1's files
     assert recorded(out) == first
     assert len(calls) == 2  # img2 was not tried
@@ -248,7 +249,7 @@ def test_result_names_too_long_for_the_disk_skip_that_image(tmp_path, checkpoint
     assert status == predict.EXIT_SKIPPED, err
     assert f"{long_name}: its result file names are too long for the disk; rename it" in err
     assert "wrote depth results for 1 of 2 images" in stdout
-    assert sorted(p.name for p in out.iterdir()) == sorted([predict.RECORD, "b.npy", "b.png", "b_color.png"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([predict.RECORD, "b.npy", "b.png", "b_color.png", *DEPTH_RUN_FILES])
 
 
 def test_an_output_that_is_a_file_or_lies_under_one_is_one_line(tmp_path, checkpoints, capsys):
