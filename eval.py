@@ -14,6 +14,7 @@ Exit status 2 with one line on stderr for a configuration mistake (a missing che
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import hydra
@@ -102,7 +103,26 @@ def build_datamodule(cfg: DictConfig, run_config: dict):
         f"{cfg.ckpt_path} stores no data config (not written by train.py?): choose one with data=NAME",
     )
     overrides = {k: v for k, v in _cli.plain(cfg.data).items() if v is not None}
+    if "root" not in overrides:
+        check_stored_root(stored.get("root"), cfg)
     return datamodule_from_config({**stored, **overrides}, source=str(cfg.ckpt_path))
+
+
+def check_stored_root(root, cfg: DictConfig) -> None:
+    """A data root read from a checkpoint is followed only inside the checkpoint's run folder or your
+    own data folder (paths.data_dir, where configs/data look): a path stored in a file never leads
+    elsewhere. Anything else needs data.root on the command line."""
+    from dense.checkpoint import is_inside, trusted_folders
+    from dense.errors import shown
+
+    if root is None or not isinstance(root, str):
+        return  # no root (synthetic), or a type datamodule_from_config refuses
+    folders = [*trusted_folders(str(cfg.ckpt_path)), os.path.realpath(cfg.paths.data_dir)]
+    _cli.require(
+        is_inside(root, folders),
+        f"{cfg.ckpt_path} was trained on data.root={shown(root, 200)}, outside its run folder and paths.data_dir: "
+        "a path stored in a checkpoint is not followed; give it on the command line (data.root=...)",
+    )
 
 
 def predict_options(cfg: DictConfig, stored) -> dict:

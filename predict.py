@@ -52,7 +52,7 @@ UsageError = _cli.ConfigError
 # The output folder's record of the result files predict.py wrote in it: a hidden JSON file of plain
 # file names. A rerun may replace exactly these; every other file there is the user's.
 RECORD = ".dense-predict.json"
-RECORD_FORMAT = "dense predict.py results"
+RECORD_FORMAT = "dense predict.py results v2"
 RECORD_MAX_BYTES = 64 * 2**20  # a million names; anything larger is not a record of ours
 RESULT_SUFFIXES = (".png", ".npy", ".json")
 
@@ -241,10 +241,20 @@ def is_result_name(name) -> bool:
     )
 
 
+def file_identity(path: Path) -> list[int] | None:
+    """What a rewrite or replacement of a plain file changes: size, mtime, inode. None: not a plain file."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    return [info.st_size, info.st_mtime_ns, info.st_ino] if stat.S_ISREG(info.st_mode) else None
+
+
 def read_record(output: Path) -> set[str]:
-    """The files of the output folder that predict.py wrote on earlier runs (its record there), as far as
-    they are still plain files in it. The record is data anyone could have prepared: only plain result
-    file names in this folder are taken from it; nothing it names elsewhere is looked at."""
+    """The files of the output folder that predict.py wrote on earlier runs (its record there) and that
+    are still exactly as it left them (same size, mtime and inode: a file someone rewrote or put there
+    under that name is theirs). The record is data anyone could have prepared: only plain result file
+    names in this folder are taken from it; nothing it names elsewhere is looked at."""
     path = output / RECORD
 
     def refuse(reason: str) -> UsageError:
@@ -261,33 +271,36 @@ def read_record(output: Path) -> set[str]:
         raise refuse(f"is larger than {RECORD_MAX_BYTES} bytes")
     try:
         data = json.loads(path.read_bytes())
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:
         raise refuse(f"cannot be read as JSON ({' '.join(str(error).split())[:120]})") from None
     if not (
-        isinstance(data, dict) and data.get("format") == RECORD_FORMAT and isinstance(data.get("files"), list)
+        isinstance(data, dict) and data.get("format") == RECORD_FORMAT and isinstance(data.get("files"), dict)
     ):
-        raise refuse(f'does not hold {{"format": "{RECORD_FORMAT}", "files": [...]}}')
-    names = [name for name in data["files"] if is_result_name(name)]
-    if len(names) < len(data["files"]):
+        raise refuse(f'does not hold {{"format": "{RECORD_FORMAT}", "files": {{name: identity}}}}')
+    entries = {name: identity for name, identity in data["files"].items() if is_result_name(name)}
+    if len(entries) < len(data["files"]):
         print(
-            f"note: {path}: ignored {len(data['files']) - len(names)} entries that are not plain result file "
+            f"note: {path}: ignored {len(data['files']) - len(entries)} entries that are not plain result file "
             f"names ({' '.join(RESULT_SUFFIXES)} files in that folder)",
             file=sys.stderr,
         )
-    return {name for name in names if is_plain_file(output / name)}
+    return {name for name, identity in entries.items() if identity == file_identity(output / name)}
 
 
 def write_record(output: Path, names: set[str]) -> None:
-    """Record `names` as predict.py's files in `output` (atomically); no names: no record."""
+    """Record `names` as predict.py's files in `output`, each with its identity now (atomically); names
+    that are not plain files there are left out; none left: no record."""
     path = output / RECORD
-    if not names:
+    files = {name: identity for name in sorted(names) if (identity := file_identity(output / name)) is not None}
+    if not files:
         with contextlib.suppress(FileNotFoundError):
             os.remove(path)
         return
     record = {
         "format": RECORD_FORMAT,
-        "about": "the result files predict.py wrote in this folder: a rerun may replace these, and only these",
-        "files": sorted(names),
+        "about": "the result files predict.py wrote in this folder, with [size, mtime_ns, inode] as it left "
+        "them: a rerun may replace these, and only while they are unchanged",
+        "files": files,
     }
     with atomic_path(path) as tmp:
         Path(tmp).write_text(json.dumps(record, indent=1) + "\n")
@@ -599,10 +612,10 @@ def predict(cfg: DictConfig) -> int:
         palette = viz.get_palette(num_classes(model), cfg.palette) if model.task == "segmentation" else None
         classes = class_names(model, stored_names) if model.task == "segmentation" else None
         colours = depth_colour_range(cfg, model) if model.task == "depth" else None
-        # Recorded before any of them is written, so that an interrupted run's files are known as ours.
-        planned = {name for stem in stems for name in layout.names(stem)} | set(run_names.values())
+        # Written first (it keeps the earlier results' identities), so that a folder that cannot take it
+        # fails here, before any work; the files of this run are recorded as they are written (finally).
         try:
-            write_record(output, ours | planned)
+            write_record(output, ours)
         except OSError as error:
             raise UsageError(
                 f"cannot write {error.filename or output} ({error.strerror or error}); nothing was predicted"
@@ -650,7 +663,7 @@ def predict(cfg: DictConfig) -> int:
     finally:
         # What is really there now (an image whose writing failed left nothing).
         with contextlib.suppress(OSError):
-            write_record(output, {name for name in ours | kept if is_plain_file(output / name)})
+            write_record(output, ours | kept)
 
     if stopped:
         print(stopped, file=sys.stderr)

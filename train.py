@@ -228,7 +228,7 @@ def build_run_model(cfg: DictConfig, datamodule, spec):
             f"ckpt_path was trained with backbone={stored[0]} head={stored[1]}, but this run asks for "
             f"backbone={wanted[0]} head={wanted[1]}: resume with the same backbone and head",
         )
-        warn_about_resume_changes(checkpoint, _cli.plain(cfg))
+        warn_about_resume_changes(checkpoint, _cli.plain(cfg), model)
         return model
 
     if spec.task == "depth":
@@ -285,30 +285,60 @@ RESUME_SECTIONS = (
 RESUME_UNREPORTED = {"data.num_workers", "data.pin_memory", "data.persistent_workers", "head.weights"}
 
 
-def warn_about_resume_changes(checkpoint: dict, current: dict) -> None:
+def warn_about_resume_changes(checkpoint: dict, current: dict, model) -> None:
     """A resumed run whose optimiser, head, data, schedule or loss settings differ from those stored in
     the checkpoint: say what changed and what becomes of it (one warning per section). Another
-    optimiser class is refused: the restored state would not fit it."""
+    optimiser class, or an optimiser state that does not fit the head, is refused: Lightning would
+    fail on it deep inside the restore."""
     import warnings
 
+    from dense.config import plain_value_problem
+    from dense.errors import shown
+
+    check_optimizer_state(checkpoint, model)
     stored = (checkpoint.get("hyper_parameters") or {}).get("config")
     if not isinstance(stored, dict):
         return
-    old, new = _cli.flatten(stored), _cli.flatten(current)
+    # Stored values that are not plain (a crafted file) compare by their description, never by value.
+    old = {k: v if plain_value_problem(v, k) is None else f"<{shown(v)}>" for k, v in _cli.flatten(stored).items()}
+    new = _cli.flatten(current)
     target = "task.optimizer._target_"
     if target in old and old[target] != new.get(target):
         raise _cli.ConfigError(
-            f"{target}={new.get(target)} but the checkpoint was trained with {str(old[target])[:80]}: a resumed "
+            f"{target}={new.get(target)} but the checkpoint was trained with {shown(old[target], 80)}: a resumed "
             "run restores that optimiser's state; resume with the same optimiser, or start a new run"
         )
     for section, consequence in RESUME_SECTIONS:
         changed = [
-            f"{key} {_cli.short(old.get(key))} → {_cli.short(new.get(key))}"
+            f"{key} {shown(old.get(key), 40)} → {shown(new.get(key), 40)}"
             for key in sorted(set(old) | set(new))
             if key.startswith(section + ".") and key not in RESUME_UNREPORTED and old.get(key) != new.get(key)
         ]
         if changed:
             warnings.warn(f"resuming with other {section} settings ({'; '.join(changed)}): {consequence}", stacklevel=2)
+
+
+def check_optimizer_state(checkpoint: dict, model) -> None:
+    """The stored optimiser state has one entry per head parameter, each moment of its shape."""
+    import torch
+
+    states = checkpoint.get("optimizer_states")
+    if states is None:
+        return
+    params = list(model.head.parameters())
+    try:
+        (state,) = states
+        for index, entry in state["state"].items():
+            for value in entry.values():
+                if isinstance(value, torch.Tensor) and value.dim() and value.shape != params[index].shape:
+                    raise ValueError(f"parameter {index}: {list(value.shape)} for {list(params[index].shape)}")
+        groups = [i for group in state["param_groups"] for i in group["params"]]
+        if sorted(groups) != list(range(len(params))):
+            raise ValueError(f"{len(groups)} parameters for the head's {len(params)}")
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as error:
+        raise _cli.ConfigError(
+            f"ckpt_path: its optimiser state does not fit the head ({' '.join(str(error).split())[:120]})"
+        ) from None
 
 
 if __name__ == "__main__":

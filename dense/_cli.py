@@ -13,6 +13,7 @@ Either way the exit status is EXIT_USAGE (2), as predict.py.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -54,8 +55,37 @@ def main(hydra_main: Callable[[], Any], script: str) -> None:
         sys.exit(0)
     check_group_choices(config_dir, script_path.stem, sys.argv[1:])
     check_keys(config_dir, script_path.stem, sys.argv[1:])
+    check_run_folder(sys.argv[1:])
     keep_large_allocations()  # CPU steps reuse the pages of large tensors: see dense/host_memory.py
     hydra_main()
+
+
+MAX_RUN_FOLDER_ENTRIES = 100_000
+
+
+def check_run_folder(arguments: list[str]) -> None:
+    """An existing run folder given with hydra.run.dir= (a resume, or someone else's folder) must hold
+    no link and no hard-linked file: Hydra and the run write there (.hydra/*.yaml is rewritten, the log
+    appended to), and a link planted in a shared folder would make them write through it, into any
+    file the user may write. One line, exit 2, before anything is written."""
+    for argument in arguments:
+        key, _, value = argument.partition("=")
+        if key.lstrip("+") != "hydra.run.dir" or not value or not os.path.isdir(value):
+            continue
+        seen = 0
+        for folder, dirs, files in os.walk(value):  # does not follow links to folders
+            for name in dirs + files:
+                path = os.path.join(folder, name)
+                info = os.lstat(path)
+                if stat.S_ISLNK(info.st_mode):
+                    fail(f"hydra.run.dir={value} holds a link, {path}: a run writes into its folder and would write "
+                         "through it; remove the link or choose another folder")
+                if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
+                    fail(f"hydra.run.dir={value} holds {path}, a file with other names (a hard link): a run writes "
+                         "into its folder and would change the other names' file too; copy the folder instead")
+                seen += 1
+                if seen > MAX_RUN_FOLDER_ENTRIES:
+                    fail(f"hydra.run.dir={value} holds more than {MAX_RUN_FOLDER_ENTRIES} files: not a run folder")
 
 
 def check_group_choices(config_dir: Path, config_name: str, overrides: list[str]) -> None:
@@ -142,22 +172,20 @@ def absolute_paths(cfg: DictConfig, keys: tuple[str, ...]) -> None:
                 OmegaConf.update(cfg, key, to_absolute_path(value), merge=False)
 
 
-def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} → {"a.b": 1}; lists stay values."""
+def flatten(config: dict, max_depth: int = 8) -> dict[str, Any]:
+    """{"a": {"b": 1}} → {"a.b": 1}; lists stay values. Mappings nested deeper than `max_depth` stay
+    values too (a config read from a file may be nested thousands deep)."""
     flat = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, name + "."))
-        else:
-            flat[name] = value
+    pending = [("", config, 0)]
+    while pending:
+        prefix, mapping, depth = pending.pop()
+        for key, value in mapping.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict) and value and depth < max_depth:
+                pending.append((name + ".", value, depth + 1))
+            else:
+                flat[name] = value
     return flat
-
-
-def short(value, width: int = 40) -> str:
-    """A config value for a one-line message (values read from files may be long)."""
-    text = "unset" if value is None else str(value)
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def single_log_stream() -> None:
@@ -188,13 +216,23 @@ def one_line(error: BaseException) -> str:
         while isinstance(error, InstantiationException) and error.__cause__ is not None:
             error = error.__cause__
     message = str(error).strip() or type(error).__name__
-    if isinstance(error, KeyError | ImportError | TypeError) and not isinstance(error, DenseError):
+    if isinstance(error, RecursionError):
+        message = "values nested too deep to read (a crafted file?)"
+    elif isinstance(error, MemoryError):
+        message = f"out of memory ({message}): a file or option asks for more than this machine has"
+    elif isinstance(error, KeyError | ImportError | TypeError) and not isinstance(error, DenseError):
         message = f"{type(error).__name__}: {message}"
-    return prefix + " ".join(message.split())
+    return printable(prefix + message)
+
+
+def printable(text: str) -> str:
+    """One line: whitespace runs become one space, other control characters (terminal escape codes
+    from a crafted file) are shown as \\xNN instead of being sent to the terminal."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in " ".join(text.split()))
 
 
 def fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    print(f"error: {printable(message)}", file=sys.stderr, flush=True)
     sys.exit(EXIT_USAGE)
 
 
@@ -214,6 +252,8 @@ def setup_errors() -> Iterator[None]:
         ImportError,
         InstantiationException,
         OmegaConfBaseException,
+        RecursionError,
+        MemoryError,
     ) as error:
         fail(one_line(error))
 

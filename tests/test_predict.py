@@ -287,5 +287,5 @@ def test_folder_with_bad_and_odd_images_from_the_command_line(tmp_path, checkpoi
     results = sorted(f"{stem}{suffix}" for stem in sizes for suffix in (".png", "_color.png", "_overlay.png"))
     run_files = ["legend.png", "classes.json"]  # once per run: the class colours and names
     assert sorted(p.name for p in out.iterdir()) == sorted([*results, *run_files, predict.RECORD])
-    assert json.loads((out / predict.RECORD).read_text())["files"] == sorted([*results, *run_files])  # what a rerun may replace
+    assert sorted(json.loads((out / predict.RECORD).read_text())["files"]) == sorted([*results, *run_files])  # what a rerun may replace
     assert not (tmp_path / "outputs").exists()  # Hydra writes no run folder for predict.py

@@ -549,3 +549,93 @@ def test_resume_with_another_optimiser_is_refused(finished_run, tmp_path, capsys
         lambda: train(run, f"ckpt_path={ckpt}", "trainer.max_steps=8", "task.optimizer._target_=torch.optim.SGD"),
     )
     assert "task.optimizer._target_" in line and "torch.optim.SGD" in line
+
+
+# ---- the hostile review's second round: run folders, stored roots, crafted values ------------------------
+
+
+@pytest.mark.parametrize("link", [".hydra/config.yaml", "train.log", "checkpoints"])
+def test_a_run_folder_with_links_is_refused_before_anything_is_written(finished_run, tmp_path, link):
+    """Hydra rewrites .hydra/*.yaml and appends to the log of the run folder it is given, following
+    links: a shared folder with a planted link would have it write into the victim's files."""
+    run = run_copy(finished_run, tmp_path)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "bashrc").write_text("precious")
+    target = run / link
+    if target.is_dir():
+        shutil.rmtree(target)
+        target.symlink_to(victim, target_is_directory=True)
+    else:
+        target.parent.mkdir(exist_ok=True)
+        target.unlink(missing_ok=True)
+        target.symlink_to(victim / "bashrc")
+    result = run_script("train.py", *RUN, "trainer.max_steps=8", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+                        f"hydra.run.dir={run}")  # fmt: skip
+    assert result.returncode == 2
+    assert "holds a link" in one_line(result.stderr)
+    assert (victim / "bashrc").read_text() == "precious" and sorted(p.name for p in victim.iterdir()) == ["bashrc"]
+
+
+def test_a_run_folder_with_a_hard_linked_file_is_refused(finished_run, tmp_path):
+    run = run_copy(finished_run, tmp_path)
+    victim = tmp_path / "notes.txt"
+    victim.write_text("mine")
+    (run / "train.log").unlink(missing_ok=True)
+    os.link(victim, run / "train.log")
+    result = run_script("train.py", *RUN, f"hydra.run.dir={run}")
+    assert result.returncode == 2 and "hard link" in one_line(result.stderr)
+    assert victim.read_text() == "mine"
+
+
+def test_eval_follows_a_stored_data_root_only_inside_the_run_or_the_data_folder(tmp_path, capsys):
+    from tests._fixtures_data import write_folder
+
+    data = tmp_path / "elsewhere" / "folder"
+    write_folder(data, h=28, w=28)
+    run = tmp_path / "run"
+    train_script.train(
+        compose_config("train", f"paths.output_dir={run}", *QUIET_TINY_RUN, "head=depth_linear", "trainer.max_steps=2",
+                       "data=folder", f"data.root={data}", "data.batch_size=2")
+    )  # fmt: skip
+    ckpt = run / "checkpoints" / "last.ckpt"
+    line = exit_line(capsys, lambda: evaluate(ckpt, tmp_path / "eval"))
+    assert "outside its run folder and paths.data_dir" in line and "data.root=" in line
+    assert evaluate(ckpt, tmp_path / "eval", f"data.root={data}")["n_images"] > 0  # given by you: followed
+    assert evaluate(ckpt, tmp_path / "eval", f"paths.data_dir={data.parent}")["n_images"] > 0  # your data folder
+
+
+def test_crafted_config_values_in_a_resumed_checkpoint_give_one_line(finished_run, tmp_path):
+    """A config nested 100,000 deep, or a tensor where a number was, in the stored hyper-parameters;
+    an optimiser state that does not fit the head: one line, exit 2 (Lightning would trip deep inside)."""
+    run = run_copy(finished_run, tmp_path)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(ckpt, weights_only=True)
+    checkpoint["hyper_parameters"]["config"]["task"]["x"] = PLACEHOLDER
+    save_with_opcodes(checkpoint, ckpt, b"}" + (b"X\x01\x00\x00\x00k}" * 99_999) + b"s" * 99_999)
+    train(run, f"ckpt_path={ckpt}", "trainer.max_steps=8")  # compared by its description, never walked
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 8
+
+    def wrong_state(c):
+        c["optimizer_states"][0]["state"][0]["exp_avg"] = torch.zeros(3)
+        c["hyper_parameters"]["config"]["data"]["num_val"] = torch.zeros(3)
+
+    ckpt = edit_checkpoint(run_copy(finished_run, tmp_path / "b") / "checkpoints" / "last.ckpt", wrong_state)
+    result = run_script("train.py", *RUN, "trainer.max_steps=8", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'c'}")
+    assert result.returncode == 2 and "optimiser state does not fit the head" in one_line(result.stderr)
+
+
+def test_one_line_errors_show_control_characters_escaped():
+    from dense._cli import one_line as cli_one_line
+
+    line = cli_one_line(ValueError("evil\x1b[2K\x1b[32mok\nsecond"))
+    assert "\x1b" not in line and "\\x1b[2K" in line and "\n" not in line
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [("data.num_workers=100000", "data.num_workers=100000 must be"), ("task.test_scales=[" + ",".join(["1.0"] * 17) + "]", "1 to 16")],
+)
+def test_sizes_a_config_asks_for_are_bounded(finished_run, tmp_path, capsys, override, words):
+    line = exit_line(capsys, lambda: evaluate(finished_run / "checkpoints" / "last.ckpt", tmp_path, override))
+    assert words in line

@@ -56,7 +56,7 @@ def one_line_error(status: int, err: str) -> str:
 
 
 def recorded(out: Path) -> list[str]:
-    return json.loads((out / predict.RECORD).read_text())["files"]
+    return sorted(json.loads((out / predict.RECORD).read_text())["files"])
 
 
 # --------------------------------------------------------------------------- one result per input
@@ -135,18 +135,45 @@ def test_files_predict_did_not_write_are_never_replaced(tmp_path, checkpoints, c
     ours = sorted([*(f"{stem}{suffix}" for stem in ("a_1", "b_1") for suffix in DEPTH_FILES), *DEPTH_RUN_FILES])
     assert recorded(folder) == ours
 
-    (folder / "a_1.npy").write_bytes(b"stale")  # an earlier result predict.py may replace
+    np.save(folder / "a_1.npy", np.zeros((1, 1), np.float32))  # an earlier result, as predict.py left it...
+    predict.write_record(folder, set(ours))  # ... (its record says so)
     status, stdout, err = run(capsys, *common)
     assert status == 0, err
     assert "wrote depth results for 2 of 2 images" in stdout  # a_1.png, a_1_color.png, ... not inputs
     assert "5 image files" in err and "predict.py's own results" in err  # with colorbar.png
     assert np.allclose(
         np.load(folder / "a_1.npy"), expected_depth(checkpoints["depth"], folder / "a.jpg"), atol=1e-5
-    )
+    )  # replaced: it was predict.py's own, unchanged since
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         ["a.jpg", "a.npy", "b.png", *ours, predict.RECORD]
     )
     assert np.array_equal(np.load(folder / "a.npy"), user_npy)
+
+    # Someone rewrites a result (same name, other content): from then on it is theirs, never replaced.
+    (folder / "a_1.npy").write_bytes(b"mine now")
+    status, stdout, err = run(capsys, *common)
+    assert status == 0, err
+    assert (folder / "a_1.npy").read_bytes() == b"mine now"
+    assert "the results of a.jpg are named a_2.*" in err
+
+
+def test_a_record_naming_a_file_predict_did_not_leave_there_does_not_make_it_replaceable(
+    tmp_path, checkpoints, capsys
+):
+    """A stale or crafted record that names someone's file (the name only, or another file's size,
+    mtime and inode) does not let predict.py replace it."""
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    Image.fromarray(rgb(28, 28)).save(folder / "x.jpg")
+    mine = folder / "x_color.png"
+    Image.fromarray(rgb(40, 40, seed=3)).save(mine)
+    before = mine.read_bytes()
+    record = {"format": predict.RECORD_FORMAT, "files": {"x_color.png": [mine.stat().st_size, 0, 1]}}
+    (folder / predict.RECORD).write_text(json.dumps(record))
+    status, _, err = run(capsys, f"ckpt={checkpoints['depth']}", f"input={folder}", f"output={folder}")
+    assert status == 0, err
+    assert mine.read_bytes() == before
+    assert "the results of x.jpg are named x_1.*" in err
 
 
 def test_a_crafted_record_only_names_plain_files_in_its_folder(tmp_path, checkpoints, capsys):
@@ -160,8 +187,8 @@ def test_a_crafted_record_only_names_plain_files_in_its_folder(tmp_path, checkpo
     outside.write_bytes(b"keep me")
     (out / "a.png").symlink_to(outside)  # a link under a result's name
     (out / "a.npy").mkdir()  # a folder under a result's name
-    entries = ["../outside.npy", str(outside), "sub/a_color.png", ".a_color.png", "a.txt", "a.png", "a.npy"]
-    record = {"format": predict.RECORD_FORMAT, "files": entries}
+    names = ["../outside.npy", str(outside), "sub/a_color.png", ".a_color.png", "a.txt", "a.png", "a.npy"]
+    record = {"format": predict.RECORD_FORMAT, "files": {name: [7, 0, 0] for name in names}}
     (out / predict.RECORD).write_text(json.dumps(record))
     status, _, err = run(capsys, f"ckpt={checkpoints['depth']}", f"input={images}", f"output={out}")
     assert status == 0, err
@@ -170,7 +197,7 @@ def test_a_crafted_record_only_names_plain_files_in_its_folder(tmp_path, checkpo
     assert outside.read_bytes() == b"keep me" and (out / "a.png").is_symlink() and (out / "a.npy").is_dir()
     assert recorded(out) == sorted([*(f"a_1{suffix}" for suffix in (".npy", ".png", "_color.png")), *DEPTH_RUN_FILES])
 
-    for text in ("not json", json.dumps({"files": ["a_1.png"]}), json.dumps(["a_1.png"])):
+    for text in ("not json", json.dumps({"files": ["a_1.png"]}), json.dumps(["a_1.png"]), "[" * 100_000):
         (out / predict.RECORD).write_text(text)
         status, _, err = run(capsys, f"ckpt={checkpoints['depth']}", f"input={images}", f"output={out}")
         assert "is not predict.py's record" in one_line_error(status, err)

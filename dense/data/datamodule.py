@@ -266,6 +266,8 @@ MODULE_KEYS: dict[str, tuple] = {
     "drop_last": (bool,),
 }
 LOADER_MINIMUMS = {"batch_size": 1, "val_batch_size": 1, "num_workers": 0}
+# Bounds on what a config (possibly a checkpoint's) may ask for: processes and images per step.
+LOADER_MAXIMUMS = {"batch_size": 65536, "val_batch_size": 65536, "num_workers": 256}
 
 
 def _fits(value, types: tuple) -> bool:
@@ -332,10 +334,10 @@ def datamodule_from_config(config, source: str | None = None) -> DenseDataModule
         if key in LOADER_MINIMUMS:
             minimum = LOADER_MINIMUMS[key]
             if not (value is None and key == "val_batch_size") and not (
-                isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+                isinstance(value, int) and not isinstance(value, bool) and minimum <= value <= LOADER_MAXIMUMS[key]
             ):
                 kind = "a positive integer" if minimum else "an integer >= 0"
-                raise DatasetError(f"{prefix}data.{key}={value!r} must be {kind}")
+                raise DatasetError(f"{prefix}data.{key}={value!r} must be {kind} (at most {LOADER_MAXIMUMS[key]})")
             continue
         types = MODULE_KEYS.get(key) or (_option_types(parameters[key]) if key in parameters else None)
         if types is None:

@@ -103,6 +103,7 @@ def check_schedule(
 
 MAX_TEST_SCALE = 16.0  # a bound, since each ratio sizes an image the model runs on
 MAX_WINDOW = 16384
+MAX_TEST_VIEWS = 16
 
 
 def check_test_settings(
@@ -127,15 +128,20 @@ def check_test_settings(
             raise ConfigError(f"task.{key}={value!r} must be a positive integer or [height, width] (at most {MAX_WINDOW})")
     if not (
         isinstance(test_scales, list | tuple)
-        and test_scales
+        and 0 < len(test_scales) <= MAX_TEST_VIEWS
         and all(isinstance(s, int | float) and not isinstance(s, bool) and 0 < s <= MAX_TEST_SCALE for s in test_scales)
     ):
         raise ConfigError(
-            f"task.test_scales={test_scales!r} must be a non-empty list of ratios in (0, {MAX_TEST_SCALE:g}] "
+            f"task.test_scales={_scales_shown(test_scales)} must be a list of 1 to {MAX_TEST_VIEWS} ratios in (0, {MAX_TEST_SCALE:g}] "
             "(upstream's multi-scale test: [1.0, 1.32, 1.73, 2.28, 3.0])"
         )
     if not isinstance(test_flip, bool):
         raise ConfigError(f"task.test_flip={test_flip!r} must be true or false")
+
+
+def _scales_shown(scales) -> str:
+    small = isinstance(scales, list | tuple) and len(scales) <= MAX_TEST_VIEWS
+    return repr(list(scales)) if small and all(isinstance(s, int | float) for s in scales) else shown(scales)
 
 
 class RunCheckpointIO(TorchCheckpointIO):
