@@ -16,41 +16,60 @@ Layout: `<root>/<key>/` with
 The key is a hash of everything that changes an entry: the backbone (name, weights: the file's sha256
 or a hash of the tensors of a random initialisation, layers, norm, class tokens), the precision the
 backbone ran in, the views, the image size, the target, and the dataset's `fingerprint()` (class,
-resolved root, split, options, and every sample's files by path, size and mtime). A dataset without a
-fingerprint (a plain torch Dataset) is keyed by a hash of all its samples' contents, read once per
-run. Change anything and a new folder is filled: a stale entry is never read.
+resolved root, split, options, and every sample's files by path, size, mtime, inode and ctime). A
+dataset without a fingerprint (a plain torch Dataset) is keyed by a hash of all its samples' contents,
+read once per run. Change anything and a new folder is filled: a stale entry is never read.
 
-Opening an entry checks it before trusting `done.npy`: meta.json must equal the description, and each
-.npy must have the expected header (shape, dtype, order) and exactly header + data bytes. A damaged
-entry (a file missing, cut short, rewritten) is reset with one `CacheEntryWarning` and refilled.
-Files are created under a temporary name and renamed, and the check and fill run under an exclusive
-lock, so a run killed at any moment or two runs sharing the folder never leave or read a half-made file.
+What opening an entry checks, before trusting `done.npy`:
+  * the entry folder and every file the cache reads or writes in it are real: the folder is opened
+    without following a link and every file is reached through that descriptor, never followed
+    through a symbolic link, and must be a regular file (not a FIFO, device or folder). Anything else
+    is refused with a CacheError naming it: nothing outside the entry is read, locked, replaced or
+    deleted, whatever the shared cache folder holds.
+  * meta.json is at most 1 MiB of JSON and equals the description;
+  * each .npy has the expected header (shape, dtype, order) and exactly header + data bytes.
+A damaged entry (a file missing, cut short, rewritten with another header or meta.json) is reset with
+one `CacheEntryWarning` and refilled. Files are created under a temporary name (O_EXCL, never through
+a link) and renamed, and the check and fill run under an exclusive lock, so a run killed at any moment
+or two runs sharing the folder never leave or read a half-made file.
+
+What it does NOT check: the features themselves. Someone with write access to the cache folder can
+rewrite an entry's numbers in place, keeping every header and size, and training reads them; telling
+that apart would need a keyed checksum of every entry, which the cache does not keep. Share a cache
+folder only read-only or with people you trust. Also, the arrays are memory-mapped: a file of an entry
+cut short by another process while a run reads it kills that run with SIGBUS (the cache's own refill
+never does this: it writes new files and renames them, and a running reader keeps the old ones).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
-import glob
 import hashlib
+import io
 import json
 import math
 import os
+import secrets
+import stat
 import warnings
+from typing import BinaryIO
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from dense.data.base import read_npy_header
 from dense.errors import DenseError
 from dense.features import FeatureMaps
 from dense.hashing import file_sha256, tensor_bytes, tensors_sha256
-from dense.io import atomic_path
 from dense.model import DenseModel, center_padding
 
 VIEWS = ("original", "hflip")
 FORMAT = 2  # bump when what an entry holds, or how it is computed, changes
 PRECISIONS = ("fp32", "bf16")
+MAX_META_BYTES = 1 << 20  # a description is a few KB; meta.json is read whole
 
 
 class CacheError(DenseError):
@@ -130,24 +149,14 @@ def cache_key(model: DenseModel, dataset: Dataset, image_size: tuple[int, int], 
 # ---- checking an entry ----------------------------------------------------------------------------
 
 
-def npy_problem(path: str, shape: tuple[int, ...], dtype: np.dtype) -> str | None:
-    """Why `path` is not a complete C-order .npy of this shape and dtype, or None when it is."""
-    name = os.path.basename(path)
+def npy_problem(f: BinaryIO, name: str, shape: tuple[int, ...], dtype: np.dtype) -> str | None:
+    """Why the .npy open in `f` (at its start) is not a complete C-order array of this shape and dtype,
+    or None when it is; `f` is then at the first data byte."""
     try:
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                header = np.lib.format.read_array_header_1_0(f)
-            elif version == (2, 0):
-                header = np.lib.format.read_array_header_2_0(f)
-            else:
-                return f"{name} has .npy version {version}, not one this cache writes"
-            header_bytes, size = f.tell(), os.fstat(f.fileno()).st_size
-    except FileNotFoundError:
-        return f"{name} is missing"
+        found_shape, fortran, found_dtype = read_npy_header(f)
+        header_bytes, size = f.tell(), os.fstat(f.fileno()).st_size
     except (OSError, ValueError, EOFError) as e:
         return f"{name} has no readable .npy header ({str(e).strip().splitlines()[0][:80]})"
-    found_shape, fortran, found_dtype = header
     if tuple(found_shape) != tuple(shape) or found_dtype != np.dtype(dtype) or fortran:
         return (f"{name} holds {'a Fortran-order ' if fortran else ''}{found_dtype} {tuple(found_shape)} array, "
                 f"expected {np.dtype(dtype)} {tuple(shape)}")
@@ -157,21 +166,103 @@ def npy_problem(path: str, shape: tuple[int, ...], dtype: np.dtype) -> str | Non
     return None
 
 
-@contextlib.contextmanager
-def entry_lock(directory: str):
-    """Holds an exclusive flock on `directory/.lock`: one run at a time checks and fills an entry. Where
-    the folder cannot hold a lock (read-only, a filesystem without flock) the block runs unlocked."""
-    try:
-        fd = os.open(os.path.join(directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError:
-        yield
-        return
-    try:
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
+def npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
+    """The .npy header of a C-order array, as np.save writes it."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
+    )
+    return header.getvalue()
+
+
+def refused(path: str, what: str, entry: str) -> CacheError:
+    """The one line for something in a cache folder that is not what the cache made (a link, a FIFO):
+    never followed or read, so the entry cannot be used until it is cleared."""
+    return CacheError(
+        f"feature cache entry {path} {what}: the cache never follows links or reads anything but regular files "
+        f"and folders; remove it (rm -r {entry}) or point cache.dir elsewhere"
+    )
+
+
+class EntryFolder:
+    """An entry's folder, opened once without following a link; every file in it is then reached through
+    that descriptor (never through a path that could be swapped for a link) and must be a regular file."""
+
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError as e:
+            if os.path.islink(path):
+                raise refused(path, "is a symbolic link", path) from None
+            if e.errno == errno.ENOTDIR:
+                raise refused(path, "is not a folder", path) from None
+            raise CacheError(f"cannot open the feature cache entry {path} ({e}); set cache.dir") from None
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def open_fd(self, name: str, flags: int, mode: int = 0o666) -> int:
+        """A descriptor of regular file `name` (O_NOFOLLOW, and O_NONBLOCK so that a FIFO is found, not
+        waited on). FileNotFoundError and other OSErrors pass; a link or a non-regular file is refused."""
+        path = os.path.join(self.path, name)
+        try:
+            fd = os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK, mode, dir_fd=self.fd)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise refused(path, "is a symbolic link", self.path) from None
+            if e.errno == errno.EISDIR:
+                raise refused(path, "is not a regular file", self.path) from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise refused(path, "is not a regular file", self.path)
+        os.set_blocking(fd, True)
+        return fd
+
+    def open(self, name: str, writable: bool = False) -> BinaryIO:
+        fd = self.open_fd(name, os.O_RDWR if writable else os.O_RDONLY)
+        return os.fdopen(fd, "r+b" if writable else "rb")
+
+    def create(self, name: str, content: bytes, size: int | None = None) -> None:
+        """Makes `name` hold `content` followed by zeros up to `size` bytes: written under a new
+        temporary name (O_EXCL: never through a link), then renamed over `name` (which replaces the
+        name itself, never what a link there points at)."""
+        tmp = f".tmp-{secrets.token_hex(6)}-{name}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666, dir_fd=self.fd)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(content)
+                f.truncate(len(content) if size is None else size)  # sparse zeros: no bytes written
+            os.replace(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=self.fd)
+            raise
+
+    def remove(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=self.fd)  # removes the name, a link included, never its target
+
+    def names(self) -> list[str]:
+        return os.listdir(self.fd)
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Holds an exclusive flock on `.lock`: one run at a time checks and fills the entry. Where the
+        folder cannot hold a lock (read-only, a filesystem without flock) the block runs unlocked; a
+        `.lock` that is a link or not a regular file is refused."""
+        try:
+            fd = self.open_fd(".lock", os.O_RDWR | os.O_CREAT)
+        except OSError:  # not a CacheError: that one (a link, a FIFO) goes up
+            yield
+            return
+        try:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
 
 
 # ---- the dataset ----------------------------------------------------------------------------------
@@ -219,45 +310,68 @@ class CachedFeatures(Dataset):
             shapes["cls"] = ((n, v, layers, dim), np.float16)
         return shapes
 
-    def _path(self, name: str) -> str:
-        return os.path.join(self.directory, f"{name}.npy" if name != "meta" else "meta.json")
-
-    def _problem(self) -> str | None:
+    def _problem(self, folder: EntryFolder) -> str | None:
         """What is wrong with the entry on disk, None when it can be trusted; "" when it was never
         completely created (no meta.json: nothing of it was ever read, so nothing to warn about)."""
         try:
-            with open(self._path("meta")) as f:
-                meta = json.load(f)
+            f = folder.open("meta.json")
         except FileNotFoundError:
             return ""
-        except (OSError, ValueError) as e:
+        except OSError as e:
             return f"meta.json is unreadable ({type(e).__name__})"
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_META_BYTES:
+                return f"meta.json is {size:,} bytes, larger than the {MAX_META_BYTES:,} a description takes"
+            try:
+                meta = json.loads(f.read(MAX_META_BYTES))
+            except (OSError, ValueError, RecursionError) as e:  # RecursionError: JSON nested too deep
+                return f"meta.json is unreadable ({type(e).__name__})"
         if meta != self.description:
             return "meta.json describes another entry"
         for name, (shape, dtype) in self.shapes.items():
-            problem = npy_problem(self._path(name), shape, dtype)
+            try:
+                f = folder.open(f"{name}.npy")
+            except FileNotFoundError:
+                return f"{name}.npy is missing"
+            except OSError as e:
+                return f"{name}.npy is unreadable ({type(e).__name__})"
+            with f:
+                problem = npy_problem(f, f"{name}.npy", shape, dtype)
             if problem:
                 return problem
         return None
 
-    def _reset(self) -> None:
+    def _reset(self, folder: EntryFolder) -> None:
         """Re-creates every file of the entry (features zero, done all False); meta.json last, so an
         entry with a meta.json always has all its files."""
         try:
-            for path in [self._path("meta"), *glob.glob(os.path.join(self.directory, ".tmp-*"))]:
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(path)  # stray temporary files of a killed run: nobody else is in (lock)
+            # Stray temporary files of a killed run: nobody else is in (lock).
+            for name in ["meta.json", *(n for n in folder.names() if n.startswith(".tmp-"))]:
+                folder.remove(name)
             for name, (shape, dtype) in self.shapes.items():
-                with atomic_path(self._path(name)) as tmp:
-                    np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape).flush()
-            with atomic_path(self._path("meta")) as tmp, open(tmp, "w") as f:
-                json.dump(self.description, f, indent=1)
+                header = npy_header(shape, dtype)
+                folder.create(f"{name}.npy", header, len(header) + math.prod(shape) * np.dtype(dtype).itemsize)
+            folder.create("meta.json", json.dumps(self.description, indent=1).encode())
         except OSError as e:
             raise CacheError(f"cannot write the feature cache entry {self.directory} ({e}); make the folder "
                              "writable or point cache.dir elsewhere") from None
 
-    def _open(self, mode: str) -> dict[str, np.memmap]:
-        return {name: np.load(self._path(name), mmap_mode=mode) for name in self.shapes}
+    def _map(self, folder: EntryFolder, name: str, mode: str) -> np.memmap:
+        """The array `name`, memory-mapped from the very file whose header was just checked."""
+        shape, dtype = self.shapes[name]
+        try:
+            with folder.open(f"{name}.npy", writable=mode == "r+") as f:
+                problem = npy_problem(f, f"{name}.npy", shape, dtype)
+                if problem is None:
+                    return np.memmap(f, dtype=dtype, mode=mode, offset=f.tell(), shape=shape)
+        except OSError as e:
+            problem = f"{name}.npy is unreadable ({e})"
+        raise CacheError(f"feature cache entry {self.directory} changed while this run opened it ({problem}); "
+                         "another run is refilling it or the folder is damaged: run again")
+
+    def _open(self, folder: EntryFolder, mode: str) -> dict[str, np.memmap]:
+        return {name: self._map(folder, name, mode) for name in self.shapes}
 
     @property
     def complete(self) -> bool:
@@ -274,20 +388,27 @@ class CachedFeatures(Dataset):
     def _fill(self, model: DenseModel, batch_size: int, device) -> int:
         try:
             os.makedirs(self.directory, exist_ok=True)
+        except FileExistsError:
+            pass  # something else by that name (a link, a file): EntryFolder says what
         except OSError as e:
             raise CacheError(f"cannot create the feature cache entry {self.directory} ({e}); set cache.dir") from None
-        with entry_lock(self.directory):
-            problem = self._problem()
-            if problem is not None:
-                if problem:
-                    warnings.warn(f"feature cache entry {self.directory} is damaged ({problem}); refilling it",
-                                  CacheEntryWarning, stacklevel=3)
-                self._reset()
-            count = 0
-            if not np.load(self._path("done"), mmap_mode="r").all():
-                count = self._compute_missing(self._open("r+"), model, batch_size, device)
-        # Read-only from here on: nothing in training can write into the entry.
-        self.arrays = self._open("r")
+        folder = EntryFolder(self.directory)
+        try:
+            with folder.lock():
+                problem = self._problem(folder)
+                if problem is not None:
+                    if problem:
+                        warnings.warn(f"feature cache entry {self.directory} is damaged ({problem}); refilling it",
+                                      CacheEntryWarning, stacklevel=3)
+                    self._reset(folder)
+                count = 0
+                if not self._map(folder, "done", "r").all():
+                    count = self._compute_missing(self._open(folder, "r+"), model, batch_size, device)
+                # Read-only from here on: nothing in training can write into the entry. Mapped under
+                # the lock: a later refill by another run makes new files and leaves these alone.
+                self.arrays = self._open(folder, "r")
+        finally:
+            folder.close()
         return count
 
     @torch.no_grad()

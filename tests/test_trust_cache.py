@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from dense.cache import CachedFeatures, CacheEntryWarning
+from dense.cache import CachedFeatures, CacheEntryWarning, EntryFolder
 from dense.data import SyntheticScenes
 from dense.hashing import file_sha256
 from dense.model import build_model
@@ -142,16 +142,18 @@ def _kill_at_call(obj, name: str, call: int, before=None):
     setattr(obj, name, wrapper)
 
 
-def _half_written_file(original, path, *args, **kwargs):
-    original(path, *args, **kwargs).flush()
-    os.truncate(path, 40)  # the kill came while the header was being written
+def _half_written_file(original, folder, name, content, *args, **kwargs):
+    # What a kill while the header was being written leaves: a temporary file holding part of it.
+    fd = os.open(f".tmp-killed-{name}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, dir_fd=folder.fd)
+    os.write(fd, content[:40])
+    os.close(fd)
 
 
 KILL_POINTS = {
     # creating the entry's files (patches, target, done are made in this order)
-    "creating_patches": ("open_memmap", 1),
-    "creating_target": ("open_memmap", 2),
-    "creating_done": ("open_memmap", 3),
+    "creating_patches": ("create", 1),
+    "creating_target": ("create", 2),
+    "creating_done": ("create", 3),
     # filling: batch 1 (images 0, 1) is complete, batch 2's first view was being computed
     "filling_batch_2": ("extract_features", 3),
 }
@@ -164,8 +166,8 @@ def test_a_fill_killed_at_any_moment_resumes_bit_identical(tmp_path, point):
     name, call = KILL_POINTS[point]
 
     def child():
-        if name == "open_memmap":
-            _kill_at_call(np.lib.format, "open_memmap", call, before=_half_written_file)
+        if name == "create":
+            _kill_at_call(EntryFolder, "create", call, before=_half_written_file)
         else:
             _kill_at_call(model, "extract_features", call)
         CachedFeatures(dataset, model, str(tmp_path / "killed"), random_flip=False, batch_size=2)

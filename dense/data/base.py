@@ -13,11 +13,13 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import math
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import BinaryIO, ClassVar
 
 import albumentations as A
 import numpy as np
@@ -93,6 +95,7 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
     # would be circular.
     from ..io import ImageReadError, read_image
 
+    check_regular(path, "image", "an image file")  # read_image would block on a FIFO
     try:
         return read_image(path)
     except ImageReadError as e:
@@ -111,12 +114,55 @@ def unreadable(path: str | os.PathLike, what: str, error: Exception, expected: s
     return DatasetError(f"cannot read {what} {path} ({error}); expected {expected}")
 
 
-def read_text(path: str | os.PathLike, what: str) -> str:
-    """A text file (split, class and file lists), failing with one line naming it."""
+# The most a text list (split, id, class or file list) may hold: NYU's and KITTI's lists are well
+# under a megabyte, and a list is read whole.
+MAX_LIST_BYTES = 64 << 20
+
+
+def open_regular(path: str | os.PathLike, what: str, expected: str, max_bytes: int | None = None) -> BinaryIO:
+    """`path` opened for reading in binary, only if it is a regular file (a link to one is fine) of at
+    most `max_bytes`: a FIFO would block the read forever and a device such as /dev/zero never ends.
+    Fails with one line naming the file. The file is checked through the descriptor that is read, so
+    it cannot be swapped between the check and the read."""
     try:
-        return Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise unreadable(path, what, e, "a text file with one entry per line") from None
+        # O_NONBLOCK: opening a FIFO with no writer returns at once instead of waiting for one.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise unreadable(path, what, e, expected) from None
+    try:
+        status = os.fstat(fd)
+        if stat.S_ISDIR(status.st_mode):
+            raise unreadable(path, what, IsADirectoryError(), expected)
+        if not stat.S_ISREG(status.st_mode):
+            raise DatasetError(
+                f"{what} {path} is not a regular file (a FIFO, device or socket, which never ends or "
+                f"blocks the read); expected {expected}"
+            )
+        if max_bytes is not None and status.st_size > max_bytes:
+            raise DatasetError(
+                f"{what} {path} is {status.st_size:,} bytes, larger than the {max_bytes:,} allowed; "
+                f"expected {expected}"
+            )
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def check_regular(path: str | os.PathLike, what: str, expected: str) -> None:
+    """Fails like `open_regular` unless `path` is a regular file (for readers that take a path)."""
+    open_regular(path, what, expected).close()
+
+
+def read_text(path: str | os.PathLike, what: str) -> str:
+    """A text file (split, class and file lists) of at most MAX_LIST_BYTES, failing with one line naming it."""
+    expected = "a text file with one entry per line"
+    with open_regular(path, what, expected, MAX_LIST_BYTES) as f:
+        try:
+            return f.read(MAX_LIST_BYTES).decode()
+        except (OSError, UnicodeDecodeError) as e:
+            raise unreadable(path, what, e, expected) from None
 
 
 def read_lines(path: str | os.PathLike, what: str) -> list[str]:
@@ -124,19 +170,39 @@ def read_lines(path: str | os.PathLike, what: str) -> list[str]:
     return [line.strip() for line in read_text(path, what).splitlines() if line.strip()]
 
 
+def check_pixels(name: str, height: int, width: int) -> None:
+    """Refuse an image or array (`name`: what and which file) of more than dense.io.MAX_PIXELS pixels,
+    from its header, before it is decoded: the memory it takes is in pixels, not in file size."""
+    from ..io import MAX_PIXELS  # dense.io imports dense.data: a module-level import would be circular
+
+    if height * width > MAX_PIXELS:
+        raise DatasetError(
+            f"{name}: {height}×{width} = {height * width:,} pixels, more than the {MAX_PIXELS:,} allowed; "
+            "use smaller images"
+        )
+
+
 def _read_single_channel(path: str | os.PathLike, what: str) -> np.ndarray:
+    expected = "a single-channel PNG (is the file truncated or not a PNG?)"
     try:
-        with Image.open(path) as im:
-            if im.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L", "F", "1"):
-                raise DatasetError(
-                    f"{what} {path} is a {im.mode} image; expected a single-channel PNG "
-                    f"({'16-bit depth' if what == 'depth' else 'class ids as L or palette mode'})"
-                )
-            return np.asarray(im)
+        with open_regular(path, what, expected) as f, warnings.catch_warnings():
+            # PIL warns from 89 megapixels; check_pixels is the one message people see.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(f) as im:
+                if im.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L", "F", "1"):
+                    raise DatasetError(
+                        f"{what} {path} is a {im.mode} image; expected a single-channel PNG "
+                        f"({'16-bit depth' if what == 'depth' else 'class ids as L or palette mode'})"
+                    )
+                width, height = im.size
+                check_pixels(f"{what} {path}", height, width)
+                return np.asarray(im)
     except DatasetError:
         raise
+    except Image.DecompressionBombError as e:  # over ~179 megapixels: PIL refuses it while opening
+        raise DatasetError(f"{what} {path}: more than the pixels allowed ({e}); use smaller images") from None
     except (OSError, ValueError, SyntaxError) as e:
-        raise unreadable(path, what, e, "a single-channel PNG (is the file truncated or not a PNG?)") from None
+        raise unreadable(path, what, e, expected) from None
 
 
 def read_depth_png(path: str | os.PathLike, scale: float) -> tuple[np.ndarray, int]:
@@ -146,22 +212,49 @@ def read_depth_png(path: str | os.PathLike, scale: float) -> tuple[np.ndarray, i
     return stored.astype(np.float32) / np.float32(scale), stored.dtype.itemsize * 8
 
 
+def read_npy_header(f: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) from the header of the .npy open in `f`, which is left at the
+    first data byte. Raises ValueError (or EOFError) for anything but a version 1 or 2 header."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(f)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(f)
+    raise ValueError(f".npy version {version} is not supported (np.save writes 1.0)")
+
+
 def read_depth_npy(path: str | os.PathLike) -> np.ndarray:
-    """A .npy H×W (or 1×H×W / H×W×1) float array in metres → float32 metres."""
-    try:
-        depth = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise unreadable(path, "depth", e, "an H×W float array saved with np.save") from None
-    # Only a channel axis is dropped: np.squeeze would also collapse a 1-pixel-high or 1×1 map.
-    if depth.ndim == 3 and depth.shape[0] == 1:
-        depth = depth[0]
-    elif depth.ndim == 3 and depth.shape[2] == 1:
-        depth = depth[..., 0]
-    if depth.ndim != 2 or not np.issubdtype(depth.dtype, np.number):
-        raise DatasetError(
-            f"depth {path} has shape {depth.shape} ({depth.dtype}); expected an H×W float array in metres"
-        )
-    return depth.astype(np.float32)
+    """A .npy H×W (or 1×H×W / H×W×1) float array in metres → float32 metres. The header is checked
+    against the file's size and the pixel budget before any memory is allocated for the data."""
+    expected = "an H×W float array saved with np.save"
+    with open_regular(path, "depth", expected) as f:
+        try:
+            shape, fortran, dtype = read_npy_header(f)
+        except (OSError, ValueError, EOFError) as e:
+            raise unreadable(path, "depth", e, expected) from None
+        if dtype.hasobject:
+            raise DatasetError(f"depth {path} holds Python objects (a pickle, never loaded); expected {expected}")
+        # Only a channel axis is dropped: np.squeeze would also collapse a 1-pixel-high or 1×1 map.
+        plane = shape
+        if len(shape) == 3 and shape[0] == 1:
+            plane = shape[1:]
+        elif len(shape) == 3 and shape[2] == 1:
+            plane = shape[:2]
+        if len(plane) != 2 or not np.issubdtype(dtype, np.number):
+            raise DatasetError(f"depth {path} has shape {shape} ({dtype}); expected an H×W float array in metres")
+        count = math.prod(shape)
+        data_bytes, file_bytes = count * dtype.itemsize, os.fstat(f.fileno()).st_size - f.tell()
+        if data_bytes != file_bytes:
+            raise DatasetError(
+                f"depth {path}: its header declares a {dtype} {shape} array of {data_bytes:,} bytes, but the "
+                f"file holds {file_bytes:,} (cut short or crafted); expected {expected}"
+            )
+        check_pixels(f"depth {path}", *plane)
+        try:
+            depth = np.fromfile(f, dtype=dtype, count=count)
+        except (OSError, ValueError) as e:
+            raise unreadable(path, "depth", e, expected) from None
+    return depth.reshape(shape, order="F" if fortran else "C").reshape(plane).astype(np.float32)
 
 
 def read_label_png(path: str | os.PathLike) -> np.ndarray:
@@ -260,17 +353,21 @@ def depth_range_hint(depth: np.ndarray, source: str, min_depth: float, max_depth
 
 
 def file_identity(path: str | os.PathLike, root: str | None) -> list:
-    """[path relative to root, size, mtime_ns]: what tells a changed file apart without reading it."""
+    """[path relative to root, size, mtime_ns, inode, ctime_ns]: what tells a changed file apart
+    without reading it. Size and mtime alone miss a file regenerated at the same size with its mtime
+    set back (os.utime, `touch -r`, `cp -p`); the ctime cannot be set back by a user, and any rewrite,
+    rename or chmod moves it, as a replacement moves the inode. So a copy or a chmod also makes a new
+    cache entry: one refill, never a stale read."""
     path = os.fspath(path)
     try:
-        stat = os.stat(path)
+        status = os.stat(path)
     except OSError as e:
         raise unreadable(path, "dataset file", e, "the file the dataset was built from") from None
     if root is not None:
         prefix = os.path.join(root, "")
         # The prefix test first: os.path.relpath costs more than the stat, on every file of the dataset.
         path = path[len(prefix) :] if path.startswith(prefix) else os.path.relpath(path, root)
-    return [path, stat.st_size, stat.st_mtime_ns]
+    return [path, status.st_size, status.st_mtime_ns, status.st_ino, status.st_ctime_ns]
 
 
 def _jsonable(value):
@@ -399,8 +496,9 @@ class DenseDataset(Dataset):
     def fingerprint(self) -> dict:
         """A JSON-able description of everything that makes the samples what they are: the class, the
         resolved root, the split, the constructor's options, and for every sample its name and
-        files (path relative to the root, size, mtime_ns). Equal fingerprints mean equal samples;
-        any edit, addition, removal or rename of a file changes it. Costs one stat per file."""
+        files (path relative to the root, size, mtime_ns, inode, ctime_ns: `file_identity`). Equal
+        fingerprints mean equal samples; any edit, addition, removal or rename of a file changes it.
+        Costs one stat per file."""
         root = getattr(self, "root", None)
         root = None if root is None else os.fspath(root)
         files = hashlib.sha256()

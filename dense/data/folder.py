@@ -15,6 +15,7 @@ as ADE20K's (views at eval_short_side, scored on the original mask).
 
 from __future__ import annotations
 
+import os
 import zlib
 from pathlib import Path
 
@@ -40,6 +41,12 @@ LAYOUT = (
 )
 
 
+def present(path: Path) -> bool:
+    """Whether a split or class file is there at all: anything by that name counts, so that a FIFO, a
+    device or a folder named train.txt is refused by read_lines rather than skipped in silence."""
+    return os.path.lexists(path)
+
+
 def resolve_class_names(root, class_names=None, num_classes=None) -> tuple[str, ...]:
     """Class names from the config (names or a count) or root/classes.txt."""
     if class_names is not None:
@@ -48,7 +55,7 @@ def resolve_class_names(root, class_names=None, num_classes=None) -> tuple[str, 
             raise DatasetError(f"data.num_classes={num_classes} but data.class_names has {len(names)} names")
     elif num_classes is not None:
         names = tuple(f"class_{i}" for i in range(int(num_classes)))
-    elif root is not None and (Path(root).expanduser() / "classes.txt").is_file():
+    elif root is not None and present(Path(root).expanduser() / "classes.txt"):
         names = tuple(read_lines(Path(root).expanduser() / "classes.txt", "class list"))
     else:
         raise DatasetError(
@@ -178,11 +185,11 @@ class FolderDataset(DenseDataset):
 
     def _split_stems(self, split: str, stems: list[str], val_fraction: float) -> list[str]:
         split_files = {s: self.root / f"{s}.txt" for s in SPLITS}
-        if any(p.is_file() for p in split_files.values()):
+        if any(present(p) for p in split_files.values()):
             path = split_files[split]
-            if split == "test" and not path.is_file():
+            if split == "test" and not present(path):
                 path = split_files["val"]  # no test list: evaluate on val, as without split files
-            if not path.is_file():
+            if not present(path):
                 raise DatasetError(
                     f"{path} is missing; this folder has split files, so the {split} split needs one"
                 )
@@ -220,7 +227,7 @@ class FolderDataset(DenseDataset):
     def dataset_files(self) -> tuple[Path, ...]:
         # The split files choose the samples and classes.txt names the classes.
         candidates = [self.root / f"{s}.txt" for s in SPLITS] + [self.root / "classes.txt"]
-        return tuple(p for p in candidates if p.is_file())
+        return tuple(p for p in candidates if present(p))
 
     def read(self, index: int) -> RawSample:
         name, image, target = self.items[index]

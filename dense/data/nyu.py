@@ -15,15 +15,20 @@ form unless color_aug="bts"); eval: the full 480×640 frame, metrics use the Eig
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 import numpy as np
 
 from .base import (
+    MAX_LIST_BYTES,
     DatasetError,
     DenseDataset,
     RawSample,
+    check_pixels,
+    check_regular,
+    open_regular,
     read_depth_pair,
     read_pair_list,
     resolve_root,
@@ -41,28 +46,64 @@ LAYOUT = (
 )
 
 
+SPLIT_EXPECTED = "the NYU splits.mat with trainNdxs/testNdxs"
+MAX_SPLIT_INDICES = 100_000  # the labelled set has 1449 frames: a split lists at most those
+
+
 def read_official_split(path: Path, split: str) -> np.ndarray:
     """0-based indices of the official 795/654 split from splits.mat (1-based MATLAB indices)."""
     key = "trainNdxs" if split == "train" else "testNdxs"
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise DatasetError(
             f"{path} is missing: the official NYU split (trainNdxs/testNdxs) is needed next to {MAT_FILE}; "
             "get splits.mat from the NYU-Depth v2 toolbox page"
         )
+    from scipy.io.matlab import MatReadError
+
+    with open_regular(path, "split file", SPLIT_EXPECTED, MAX_LIST_BYTES) as f:
+        try:
+            indices = _split_variable(f, key, path)
+        except (OSError, ValueError, TypeError, MatReadError) as e:
+            raise unreadable(path, "split file", e, SPLIT_EXPECTED) from None
+    if indices is None:
+        raise DatasetError(f"{path} has no {key}; expected {SPLIT_EXPECTED}")
     try:
-        import scipy.io
+        return np.asarray(indices).astype(np.int64).ravel() - 1
+    except (TypeError, ValueError):
+        raise DatasetError(f"{path}: {key} is not a list of numbers; expected {SPLIT_EXPECTED}") from None
 
-        arrays = scipy.io.loadmat(path)
+
+def _split_variable(f, key: str, path: Path):
+    """The array `key` of the .mat open in `f` (None when it has none), its size checked from the
+    header before it is read."""
+    import scipy.io
+
+    def check(count: int) -> None:
+        if count > MAX_SPLIT_INDICES:
+            raise DatasetError(
+                f"{path}: {key} holds {count:,} values, more than the {MAX_SPLIT_INDICES:,} allowed; "
+                f"expected {SPLIT_EXPECTED}"
+            )
+
+    try:
+        shapes = {name: shape for name, shape, _ in scipy.io.whosmat(f)}
     except NotImplementedError:  # a v7.3 (HDF5) .mat
-        import h5py
+        shapes = None
+    f.seek(0)
+    if shapes is not None:
+        if key not in shapes:
+            return None
+        check(math.prod(shapes[key]))
+        return scipy.io.loadmat(f, variable_names=[key])[key]
+    import h5py
 
-        with h5py.File(path, "r") as f:
-            arrays = {k: f[k][()] for k in f.keys()}
-    except (OSError, ValueError) as e:
-        raise unreadable(path, "split file", e, "the NYU splits.mat with trainNdxs/testNdxs") from None
-    if key not in arrays:
-        raise DatasetError(f"{path} has no {key}; expected the NYU splits.mat with trainNdxs/testNdxs")
-    return np.asarray(arrays[key]).astype(np.int64).ravel() - 1
+    with h5py.File(f, "r") as mat:
+        if key not in mat:
+            return None
+        if not isinstance(mat[key], h5py.Dataset):
+            raise ValueError(f"{key} is an HDF5 group, not an array")
+        check(mat[key].size)
+        return mat[key][()]
 
 
 def mat_sample_name(index: int) -> str:
@@ -115,6 +156,7 @@ class NYUDepthV2(DenseDataset):
         import h5py
 
         mat = self.root / MAT_FILE
+        check_regular(mat, "NYU file", "the official v7.3 labelled .mat")  # HDF5 would block on a FIFO
         try:
             with h5py.File(mat, "r") as f:
                 images, depths = f["images"], f["depths"]
@@ -133,6 +175,13 @@ class NYUDepthV2(DenseDataset):
                         "official file, MATLAB's column-major H×W×3×N, reads in h5py as N×3×640×480: store "
                         "images as N×3×W×H and depths as N×W×H"
                     )
+                if images.dtype != np.uint8 or depths.dtype.kind != "f" or depths.dtype.itemsize > 8:
+                    raise DatasetError(
+                        f"{mat}: images are {images.dtype}, expected uint8, and depths {depths.dtype}, expected "
+                        "float metres (as in the official file)"
+                    )
+                # Bounded before any frame is read: a few KB of chunked HDF5 can declare any frame size.
+                check_pixels(f"the images of {mat}", images.shape[3], images.shape[2])
                 n = images.shape[0]
         except KeyError as e:
             raise DatasetError(
@@ -182,6 +231,7 @@ class NYUDepthV2(DenseDataset):
         if self._h5 is None or self._h5_pid != os.getpid():
             import h5py
 
+            check_regular(self.root / MAT_FILE, "NYU file", "the official v7.3 labelled .mat")
             self._h5, self._h5_pid = h5py.File(self.root / MAT_FILE, "r"), os.getpid()
         return self._h5
 

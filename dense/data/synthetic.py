@@ -28,12 +28,13 @@ from typing import ClassVar
 
 import numpy as np
 
-from .base import DatasetError, DenseDataset, RawSample
+from .base import DatasetError, DenseDataset, RawSample, check_pixels
 from .transforms import compose, depth_train, size_pair
 
 SYNTHETIC_CLASSES = ("floor", "wall", "ceiling", "box", "sphere", "cylinder", "painting")
 FLOOR, WALL, CEILING, BOX, SPHERE, CYLINDER, PAINTING = range(len(SYNTHETIC_CLASSES))
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+MAX_SCENES = 10**8  # per split: a count read from a checkpoint's config is bounded
 
 _EPS = 1e-4
 _F32 = np.float32
@@ -507,10 +508,19 @@ class SyntheticScenes(DenseDataset):
         self.check_task(task)
         self.check_split(split)
         self.split, self.size = split, size_pair(image_size)
+        height, width = self.size
+        if height < 1 or width < 1:
+            raise DatasetError(f"data.image_size={list(self.size)} must be positive (height, width)")
+        # These options also come from a checkpoint's config: bounded before anything is rendered.
+        check_pixels("synthetic data.image_size", height, width)
         self.length = {"train": num_train, "val": num_val, "test": num_test}[split]
         if self.length <= 0:
             raise DatasetError(
                 f"synthetic split {split!r} is empty: set data.num_{split} to a positive number"
+            )
+        if self.length > MAX_SCENES:
+            raise DatasetError(
+                f"data.num_{split}={self.length:,} is more than the {MAX_SCENES:,} synthetic scenes allowed"
             )
         self.base_seed, self.shadows = base_seed, shadows
         super().__init__(compose(depth_train() if augment else [], seed=seed))

@@ -66,7 +66,7 @@ class PascalVOC(SegmentationFiles):
         if split == "train" and self.use_aug:
             # mmseg's tools/convert_datasets/voc_aug.py writes aug.txt; other tools write train_aug.txt
             candidates = [sets / "train_aug.txt", sets / "aug.txt"]
-            list_file = next((p for p in candidates if p.is_file()), None)
+            list_file = next((p for p in candidates if p.exists()), None)
             if list_file is None:
                 raise DatasetError(
                     f"{candidates[0]} (or aug.txt) is missing; use_aug needs the SBD-augmented id list"
@@ -75,7 +75,7 @@ class PascalVOC(SegmentationFiles):
             ids = read_aug_id_list(list_file)
         else:
             list_file = sets / ("train.txt" if split == "train" else "val.txt")
-            if not list_file.is_file():
+            if not list_file.exists():  # anything else there is refused by read_id_list, naming it
                 raise DatasetError(f"{list_file} is missing; expected {LAYOUT}")
             label_dir = self.root / "SegmentationClass"
             ids = read_id_list(list_file)
