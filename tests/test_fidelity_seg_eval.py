@@ -437,6 +437,7 @@ def test_predict_py_gives_the_maps_eval_py_scores(tmp_path):
             "eval",
             overrides=[
                 f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+                f"data.root={data}",  # a stored root outside the run folder is not followed: given here
                 "split=val",
                 "trainer=cpu",
                 "trainer.enable_progress_bar=false",
