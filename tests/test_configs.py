@@ -111,7 +111,9 @@ def test_experiment_recipes(name):
 
 # What every experiment composed to before the shared recipes of configs/recipe/ (main at 233beac, made
 # by tests/reference/make_experiment_reference.py from that commit's config files).
-BEFORE_RECIPES = json.loads((Path(__file__).parent / "reference" / "experiments.json").read_text())["experiments"]
+BEFORE_RECIPES = json.loads((Path(__file__).parent / "reference" / "experiments.json").read_text())[
+    "experiments"
+]
 
 
 def compose_with_choices(*overrides: str) -> tuple[dict, dict]:
@@ -140,9 +142,11 @@ def test_experiment_composes_as_before_the_shared_recipes(name):
     assert {key: now.get(key, "<missing>") for key in then} == then
     # A key the reference lacks may only come from a group file or train.yaml (added there since), never
     # from the experiment: it equals the plain composition of the same group options.
-    same_groups = [f"{group}={option}" for group, option in before["choices"].items() if group != "experiment"]
-    plain = flat(compose_with_choices(*same_groups)[0])
-    assert {key: now[key] for key in now.keys() - then.keys()} == {key: plain.get(key) for key in now.keys() - then.keys()}
+    same_groups = [
+        f"{group}={option}" for group, option in before["choices"].items() if group != "experiment"
+    ]
+    plain, added = flat(compose_with_choices(*same_groups)[0]), now.keys() - then.keys()
+    assert {key: now[key] for key in added} == {key: plain.get(key) for key in added}
 
 
 # DINOv3's own recipes, value by value from its configs (dinov3/eval/depth/configs/config-nyu.yaml,
@@ -162,19 +166,25 @@ DINOV3_RECIPES = {
 
 @pytest.mark.parametrize("name", sorted(DINOV3_RECIPES))
 def test_dinov3_experiments_follow_upstreams_configs(name):
-    head, data, (layers, norm, use_cls), lr, betas, wd, warmup, steps, clip, interval, head_options = DINOV3_RECIPES[name]
+    head, data, (layers, norm, use_cls), lr, betas, wd, warmup, steps, clip, interval, head_options = (
+        DINOV3_RECIPES[name]
+    )
     cfg = compose_config("train", f"experiment={name}")
     assert cfg.backbone.name == "vitl16"  # the ViT-L/16 of upstream's DPT config; backbone=... overrides it
     assert compose_config("train", f"experiment={name}", "backbone=vits16").backbone.name == "vits16"
     assert (cfg.head.name, cfg.data.name) == (head, data)
     assert (cfg.head.layers, cfg.head.norm, cfg.head.use_cls_token) == (layers, norm, use_cls)
     optimizer = cfg.task.optimizer
-    assert (optimizer._target_, optimizer.lr, list(optimizer.betas), optimizer.weight_decay) == (
-        "torch.optim.AdamW", lr, betas, wd
-    )
+    assert optimizer._target_ == "torch.optim.AdamW"
+    assert (optimizer.lr, list(optimizer.betas), optimizer.weight_decay) == (lr, betas, wd)
     assert (cfg.task.scheduler.warmup_steps, cfg.task.scheduler.decay) == (warmup, "cosine")
-    assert (cfg.trainer.max_steps, cfg.trainer.gradient_clip_val, cfg.trainer.val_check_interval) == (steps, clip, interval)
-    assert cfg.trainer.check_val_every_n_epoch is None
+    trainer = cfg.trainer
+    assert (trainer.max_steps, trainer.gradient_clip_val, trainer.val_check_interval) == (
+        steps,
+        clip,
+        interval,
+    )
+    assert trainer.check_val_every_n_epoch is None
     assert OmegaConf.to_container(cfg.head.options) == head_options
     assert cfg.data.batch_size == 16  # bs 2 × n_gpus 8
     if data == "nyu":  # SIGLOSS alone, flip TTA, the whole-run cosine from lr/1000 to lr/25/1000
@@ -185,7 +195,8 @@ def test_dinov3_experiments_follow_upstreams_configs(name):
         assert (cfg.task.seg_loss.ce_weight, cfg.task.seg_loss.dice_weight) == (1.0, 0.0)
         assert (cfg.task.test_mode, cfg.task.test_crop_size, cfg.task.test_stride) == ("slide", 512, 341)
         assert not cfg.task.test_flip and list(cfg.task.test_scales) == [1.0]
-        assert (cfg.data.crop_size, list(cfg.data.ratio_range), cfg.data.eval_short_side) == (512, [0.5, 2.0], 512)
+        data = cfg.data
+        assert (data.crop_size, list(data.ratio_range), data.eval_short_side) == (512, [0.5, 2.0], 512)
     OmegaConf.resolve(cfg)
 
 

@@ -41,7 +41,11 @@ def compose_experiment(configs: Path, name: str) -> dict:
         cfg = compose("train", overrides=[f"experiment={name}"], return_hydra_config=True)
     config = OmegaConf.to_container(cfg, resolve=False)
     hydra = config.pop("hydra")
-    choices = {group: option for group, option in hydra["runtime"]["choices"].items() if not group.startswith("hydra")}
+    choices = {
+        group: option
+        for group, option in hydra["runtime"]["choices"].items()
+        if not group.startswith("hydra")
+    }
     return {"config": config, "choices": choices}
 
 
@@ -52,7 +56,9 @@ def main(commit: str) -> None:
         configs = export_configs(full_commit, Path(tmp))
         names = sorted(p.stem for p in (configs / "experiment").glob("*.yaml"))
         experiments = {name: compose_experiment(configs, name) for name in names}
-    OUT.write_text(json.dumps({"commit": full_commit, "experiments": experiments}, indent=1, sort_keys=True) + "\n")
+    OUT.write_text(
+        json.dumps({"commit": full_commit, "experiments": experiments}, indent=1, sort_keys=True) + "\n"
+    )
     print(f"{OUT}: {len(experiments)} experiments of {full_commit[:10]}")
 
 
