@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from dense.bench import cli, paths
 from dense.bench.case import WORKS
+from dense.bench.references import Unavailable, build_upstream_dinov3
+from dense.dinov3_specs import get_dinov3_spec
 from dense.model import DenseModel
 
 RESULT_FIELDS = {
@@ -83,3 +87,13 @@ def test_compile_on_compiles_ours_as_the_entry_scripts_do(tmp_path, monkeypatch)
     # ours: one DenseModel.compile per work, and no whole-call compile; naive: whole-call compiled
     assert len(model_compiles) == 2 and all(isinstance(m, DenseModel) for m in model_compiles)
     assert sorted(whole_calls) == [False, False, True, True]
+
+
+def test_dinov3_backbones_take_upstream_from_a_dinov3_checkout(tmp_path):
+    """A DINOv3 name picks the DINOv3 references; --upstream must then hold DINOv3's package, and its
+    test variants have no hub function: both say so in the skip reason instead of failing the run."""
+    assert paths.dinov3_spec("vits14") is None and paths.dinov3_spec("dinov3_vitl16").name == "vitl16"
+    with pytest.raises(Unavailable, match="holds no dinov3/hub/backbones.py: vits16 needs a DINOv3 checkout"):
+        build_upstream_dinov3(str(tmp_path), get_dinov3_spec("vits16"), ours=None)
+    with pytest.raises(Unavailable, match="tiny16 is a test variant"):
+        build_upstream_dinov3(str(tmp_path), get_dinov3_spec("tiny16"), ours=None)

@@ -19,8 +19,8 @@ each by `ours` and by reference paths run in the same process on the same input 
                 class token) map upsampled 4× and concatenated before the 1×1 conv (NaiveLinearDepthHead)
     timm+naive  timm's backbone + the naive head: what timm plus upstream's head gives
     upstream    Meta's own code (the hub depthers) from a local checkout: --upstream DIR (depth heads,
-                plain backbones); for DINOv3 backbones its hub backbone, --upstream-dinov3 DIR
-                (the backbone work only)
+                plain backbones); for DINOv3 backbones its hub backbone from a DINOv3 checkout
+                as DIR (the backbone work only)
 
 Headlines are ratios, ours ÷ reference: speed = ours img/s ÷ reference img/s (> 1: ours is faster),
 memory = ours peak ÷ reference peak (< 1: ours needs less). "TFLOP/s" is the backbone's forward FLOPs
@@ -48,3 +48,7 @@ training step spends its time). scripts/bench_cache.py, bench_loader.py and benc
 scripts: they drive train.py, predict.py or the test fixtures, which a module of the package must not
 import (imports go one way: the entry scripts use the library, never the reverse).
 """
+
+from dense.bench.cli import main, parse_args
+
+__all__ = ["main", "parse_args"]

@@ -94,18 +94,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--reference",
         type=_list(str, (*REFERENCES, "none")),
         default=list(REFERENCES),
-        help="compared with: timm, naive, upstream (needs --upstream DIR or, for DINOv3, --upstream-dinov3 DIR), "
-        "or none: ours alone (default: timm,naive,upstream)",
+        help="compared with: timm, naive, upstream (needs --upstream DIR), or none: ours alone "
+        "(default: timm,naive,upstream)",
     )
     option(
         "--upstream",
         default=None,
-        help="a local checkout of facebookresearch/dinov2 (default: none, upstream skipped)",
-    )
-    option(
-        "--upstream-dinov3",
-        default=None,
-        help="a local checkout of facebookresearch/dinov3, for the DINOv3 backbones (default: none, upstream skipped)",
+        help="a local checkout of the backbones' family: facebookresearch/dinov2 for *14, facebookresearch/dinov3 "
+        "for *16 (default: none, upstream skipped)",
     )
     option("--iters", type=int, default=10, help="timed calls per path (default: 10)")
     option("--warmup", type=int, default=2, help="untimed calls first (default: 2)")

@@ -154,7 +154,7 @@ def build_upstream_dinov3_reference(
     spec: Dinov3Spec, ours: DenseModel, upstream_dir: str | None, works, device: torch.device, skipped: list
 ) -> nn.Module | None:
     if upstream_dir is None:
-        skipped.append({"path": "upstream", "reason": "no --upstream-dinov3 DIR given"})
+        skipped.append({"path": "upstream", "reason": "no --upstream DIR given"})
         return None
     try:
         with device:
@@ -192,7 +192,7 @@ def build_dinov3_references(
         references.naive_head = build_naive_reference(case, ours, skipped)
     if "upstream" in args.reference:
         references.upstream_backbone = build_upstream_dinov3_reference(
-            spec, ours, args.upstream_dinov3, args.work, torch.device(case.device), skipped
+            spec, ours, args.upstream, args.work, torch.device(case.device), skipped
         )
     return references
 

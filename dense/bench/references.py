@@ -8,6 +8,7 @@ upstream    Meta's own code from a local checkout: DINOv2's hub depthers
 from __future__ import annotations
 
 import copy
+import os
 import sys
 import warnings
 
@@ -161,6 +162,10 @@ def build_upstream_dinov3(repo_dir: str, spec: Dinov3Spec, ours: DenseModel) -> 
     Only the backbone: upstream's dense heads (hub depthers, segmentors) exist for the 7B alone."""
     if spec.hub_name is None:
         raise Unavailable(f"{spec.name} is a test variant: upstream's hub has no function for it")
+    if not os.path.isfile(os.path.join(repo_dir, "dinov3", "hub", "backbones.py")):
+        raise Unavailable(
+            f"--upstream {repo_dir} holds no dinov3/hub/backbones.py: {spec.name} needs a DINOv3 checkout"
+        )
     if repo_dir not in sys.path:
         # Its package, not its hubconf.py: that one imports the whole evaluation code and its dependencies.
         sys.path.insert(0, repo_dir)
