@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# The GPU measurements of issue 6 (BENCHMARKS.md, "GPU targets"), ours and upstream in the same run.
+# The GPU measurements of issue 6 (BENCHMARKS.md, "GPU targets"), ours and upstream in the same run, and
+# issue 15's DINOv3 steps (8-10).
 #
 # Run from the repository root. Made for one call of the device tool (one H100; 15 minutes of device
 # time in all, 10 per command):
 #   here, once:   echo /.upstream/ >> .git/info/exclude
 #                 mkdir -p .upstream && cp -r /path/to/dinov2/. .upstream/      # a facebookresearch/dinov2 checkout
-#   device call:  command "bash scripts/bench_gpu.sh", carry [".upstream"], timeout_s 600
-# Elsewhere: `OUT=somewhere UPSTREAM=/path/to/dinov2 bash scripts/bench_gpu.sh`.
+#                 echo /.upstream_dinov3/ >> .git/info/exclude                  # and for steps 8-10, DINOv3's package:
+#                 mkdir -p .upstream_dinov3 && git -C /path/to/dinov3 archive HEAD dinov3 | tar -x -C .upstream_dinov3
+#   device call:  command "bash scripts/bench_gpu.sh", carry [".upstream", ".upstream_dinov3"], timeout_s 600
+# Elsewhere: `OUT=somewhere UPSTREAM=/path/to/dinov2 UPSTREAM_DINOV3=/path/to/dinov3 bash scripts/bench_gpu.sh`.
 # A subset (e.g. to split the work over two calls if one runs out of time): STEPS="3 4" bash scripts/bench_gpu.sh
 # On the H100 (2026-11-26) steps 1-4 took 87 s and steps 5-7 200 s (compiling); both fit one call.
+# Steps 8-10 (DINOv3 ViT-L/16 and 7B/16) have not run yet: give them a call of their own, STEPS="8 9 10".
+# Every step runs whatever the others did: a failed step prints FAILED with its command and the script goes on.
 #
 # Upstream's code is imported from that checkout (torch.hub.load(dir, source="local"), pretrained=False):
 # the device machine reaches no network, and nothing of upstream belongs in this repository.
@@ -19,12 +24,18 @@ set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
 OUT=${OUT:-bench_out}
 UPSTREAM=${UPSTREAM:-.upstream}
+UPSTREAM_DINOV3=${UPSTREAM_DINOV3:-.upstream_dinov3}
 PYTHON=${PYTHON:-python3}
 mkdir -p "$OUT"
 up=()
 if [ -f "$UPSTREAM/hubconf.py" ]; then up=(--upstream "$UPSTREAM"); else echo "no upstream checkout at $UPSTREAM: ours vs timm only"; fi
-bench() { "$PYTHON" -m dense.bench --device cuda --precision bf16 --iters 10 --warmup 3 "$@"; }
-STEPS=${STEPS:-1 2 3 4 5 6 7}
+up3=()
+if [ -f "$UPSTREAM_DINOV3/dinov3/hub/backbones.py" ]; then up3=(--upstream "$UPSTREAM_DINOV3")
+else echo "no DINOv3 package at $UPSTREAM_DINOV3: DINOv3 steps ours alone"; fi
+bench() {
+  "$PYTHON" -m dense.bench --device cuda --precision bf16 --iters 10 --warmup 3 "$@" || echo "FAILED (exit $?): dense.bench $*"
+}
+STEPS=${STEPS:-1 2 3 4 5 6 7 8 9 10}
 step() { [[ " $STEPS " == *" $1 "* ]]; }  # is step $1 asked for?
 
 {
@@ -51,5 +62,20 @@ step() { [[ " $STEPS " == *" $1 "* ]]; }  # is step $1 asked for?
   # 7. compile=true on ViT-L/14 + DPT inference (backbone and head compiled).
   step 7 && bench --backbone vitl14 --head depth_dpt --work predict --size 480x640 --batch 16 --compile on \
     --reference none --json "$OUT/7_vitl_dpt_predict_compiled.json"
+  # 8. DINOv3 bf16 backbone TFLOP/s: ViT-L/16 (batch 32) and ViT-7B/16 (batch 8) at 512x512, with upstream's
+  #    backbone (same weights) when its package is there.
+  step 8 && bench --backbone vitl16 --head depth_dpt --work backbone --size 512x512 --batch 32 --reference upstream \
+    "${up3[@]}" --json "$OUT/8_dinov3_vitl16_backbone.json"
+  step 8 && bench --backbone vit7b16 --head depth_dpt --work backbone --size 512x512 --batch 8 --reference upstream \
+    "${up3[@]}" --json "$OUT/8_dinov3_vit7b16_backbone.json"
+  # 9. DINOv3 + DPT inference img/s and peak memory, batch 16 (7B: 4), 480x640 (ours alone: upstream's DPT is 7B-only
+  #    and trained on SYNTHMIX; its hub builds it from files we do not have).
+  step 9 && bench --backbone vitl16 --head depth_dpt --work predict --size 480x640 --batch 16 --reference none \
+    --json "$OUT/9_dinov3_vitl16_dpt_predict.json"
+  step 9 && bench --backbone vit7b16 --head depth_dpt --work predict --size 480x640 --batch 4 --reference none \
+    --json "$OUT/9_dinov3_vit7b16_dpt_predict.json"
+  # 10. A frozen ViT-7B/16 under a DPT head: one training step, batch 8, 416x544 (ours alone).
+  step 10 && bench --backbone vit7b16 --head depth_dpt --work train --size 416x544 --batch 8 --reference none \
+    --json "$OUT/10_dinov3_vit7b16_dpt_train.json"
   :  # a step left out is not a failure (each step's own errors are in the log)
 } 2>&1 | tee "$OUT/log.txt"

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import json
 
-from dense import bench
+import pytest
+
+from dense.bench import cli, paths
+from dense.bench.case import WORKS
+from dense.bench.references import Unavailable, build_upstream_dinov3
+from dense.dinov3_specs import get_dinov3_spec
+from dense.model import DenseModel
 
 RESULT_FIELDS = {
     "work",
@@ -29,7 +35,7 @@ def test_bench_runs_on_cpu_and_writes_table_and_json(tmp_path, capsys):
     argv = ["--backbone", "tiny14", "--head", "depth_linear4", "--size", "28x28", "--batch", "1",
             "--precision", "fp32,bf16", "--compile", "off", "--device", "cpu", "--iters", "1", "--warmup", "0",
             "--json", str(out)]  # fmt: skip
-    assert bench.main(argv) == 0
+    assert cli.main(argv) == 0
 
     printed = capsys.readouterr().out
     assert "machine:" in printed
@@ -49,9 +55,7 @@ def test_bench_runs_on_cpu_and_writes_table_and_json(tmp_path, capsys):
         for result in case["results"]:
             assert RESULT_FIELDS <= set(result)
             assert result["images_per_s"] > 0 and len(result["times_s"]) == 1
-        assert {(r["work"], r["reference"]) for r in case["ratios"]} == paths - {
-            (w, "ours") for w in bench.WORKS
-        }
+        assert {(r["work"], r["reference"]) for r in case["ratios"]} == paths - {(w, "ours") for w in WORKS}
         assert [s["path"] for s in case["skipped"]] == ["upstream"]  # no --upstream DIR given
 
     # Not a speed: the naive reference must compute what our head computes, or its ratio means nothing.
@@ -64,22 +68,32 @@ def test_compile_on_compiles_ours_as_the_entry_scripts_do(tmp_path, monkeypatch)
     """--compile on: our model paths go through DenseModel.compile (what compile=true does in
     train/eval/predict); the references compile their whole call. Recorded, not compiled (fast)."""
     model_compiles, whole_calls = [], []
-    monkeypatch.setattr(bench.DenseModel, "compile", lambda self, **options: model_compiles.append(self))
+    monkeypatch.setattr(DenseModel, "compile", lambda self, **options: model_compiles.append(self))
 
     def record_whole_call(fn, on):
         whole_calls.append(on)
         return fn
 
-    monkeypatch.setattr(bench, "maybe_compile", record_whole_call)
+    monkeypatch.setattr(paths, "maybe_compile", record_whole_call)
     argv = ["--backbone", "tiny14", "--head", "depth_linear", "--size", "28x28", "--batch", "1",
             "--compile", "on", "--work", "predict,train", "--reference", "naive", "--device", "cpu",
             "--iters", "1", "--warmup", "0", "--json", str(tmp_path / "bench.json")]  # fmt: skip
-    assert bench.main(argv) == 0
+    assert cli.main(argv) == 0
     case = json.loads((tmp_path / "bench.json").read_text())["cases"][0]
     assert case["compile"] is True
     assert {(r["work"], r["path"]) for r in case["results"]} == {
         (w, p) for w in ("predict", "train") for p in ("ours", "naive")
     }
     # ours: one DenseModel.compile per work, and no whole-call compile; naive: whole-call compiled
-    assert len(model_compiles) == 2 and all(isinstance(m, bench.DenseModel) for m in model_compiles)
+    assert len(model_compiles) == 2 and all(isinstance(m, DenseModel) for m in model_compiles)
     assert sorted(whole_calls) == [False, False, True, True]
+
+
+def test_dinov3_backbones_take_upstream_from_a_dinov3_checkout(tmp_path):
+    """A DINOv3 name picks the DINOv3 references; --upstream must then hold DINOv3's package, and its
+    test variants have no hub function: both say so in the skip reason instead of failing the run."""
+    assert paths.dinov3_spec("vits14") is None and paths.dinov3_spec("dinov3_vitl16").name == "vitl16"
+    with pytest.raises(Unavailable, match="holds no dinov3/hub/backbones.py: vits16 needs a DINOv3 checkout"):
+        build_upstream_dinov3(str(tmp_path), get_dinov3_spec("vits16"), ours=None)
+    with pytest.raises(Unavailable, match="tiny16 is a test variant"):
+        build_upstream_dinov3(str(tmp_path), get_dinov3_spec("tiny16"), ours=None)

@@ -1,6 +1,6 @@
 """Where a DPT head training step spends its time (BENCHMARKS.md, "What holds the DPT training step back").
 
-    python scripts/profile_dpt_step.py [--device cuda] [--backbone vitl14] [--size 416x544] [--batch 8]
+    python -m dense.bench.profile_dpt [--device cuda] [--backbone vitl14] [--size 416x544] [--batch 8]
         [--parts split,upsample,compile,kernels]
 
 bf16 autocast, the frozen backbone's weights in bf16 (as train.py runs with trainer.precision=bf16-mixed),
@@ -18,33 +18,13 @@ The CPU runs it too (small sizes advised: --backbone vits14 --size 56x70 --batch
 """
 
 import argparse
-import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dense.model import build_model  # noqa: E402
-
-
-def milliseconds(fn, device: torch.device, repeat: int, warmup: int = 2) -> float:
-    def synchronize():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    for _ in range(warmup):
-        fn()
-    synchronize()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        synchronize()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+from dense.bench.measure import median_ms
+from dense.model import build_model
 
 
 class Setup:
@@ -97,16 +77,18 @@ class Setup:
 def part_split(s: Setup, repeat: int) -> None:
     for benchmark in (False, True):
         torch.backends.cudnn.benchmark = benchmark
-        step = milliseconds(s.train_step(), s.device, repeat)
-        backbone = milliseconds(s.backbone_forward, s.device, repeat)
-        head = milliseconds(s.head_step(), s.device, repeat)
-        print(f"cudnn.benchmark={benchmark}: training step {step:.1f} ms ({len(s.images) / step * 1000:.1f} img/s), "
-              f"backbone forward {backbone:.1f} ms, head forward+backward+AdamW {head:.1f} ms")
+        step = median_ms(s.train_step(), s.device, repeat, warmup=2)
+        backbone = median_ms(s.backbone_forward, s.device, repeat, warmup=2)
+        head = median_ms(s.head_step(), s.device, repeat, warmup=2)
+        print(
+            f"cudnn.benchmark={benchmark}: training step {step:.1f} ms ({len(s.images) / step * 1000:.1f} img/s), "
+            f"backbone forward {backbone:.1f} ms, head forward+backward+AdamW {head:.1f} ms"
+        )
     torch.backends.cudnn.benchmark = False
 
 
 def part_upsample(s: Setup, repeat: int) -> None:
-    grid = [-(-side // 14) for side in s.size]  # patches per side after padding
+    grid = [-(-side // s.model.patch_size) for side in s.size]  # patches per side after padding
     batch = len(s.images)
     # The fusion block at 4× the grid (256 channels) and the depth output at 16× (128 channels).
     for channels, scale in ((256, 4), (128, 16)):
@@ -126,8 +108,8 @@ def part_upsample(s: Setup, repeat: int) -> None:
                 x.grad = None
                 forward().backward(grad)
 
-            f = milliseconds(forward, s.device, repeat)
-            fb = milliseconds(forward_backward, s.device, repeat)
+            f = median_ms(forward, s.device, repeat, warmup=2)
+            fb = median_ms(forward_backward, s.device, repeat, warmup=2)
             print(f"upsample ×2 {tuple(shape)} {layout}: forward {f:.2f} ms, forward+backward {fb:.2f} ms")
 
 
@@ -154,9 +136,11 @@ def part_compile(s: Setup, repeat: int) -> None:
             model.train(work == "train")
             fn()
             first = time.perf_counter() - start
-            ms = milliseconds(fn, s.device, repeat, warmup=1)
+            ms = median_ms(fn, s.device, repeat, warmup=1)
             n = batch if work == "train" else len(images)
-            print(f"compile {variant:13} {work:7} batch {n}: {ms:.1f} ms ({n / ms * 1000:.1f} img/s; first call {first:.0f} s)")
+            print(
+                f"compile {variant:13} {work:7} batch {n}: {ms:.1f} ms ({n / ms * 1000:.1f} img/s; first call {first:.0f} s)"
+            )
             vars(model.head).pop("forward", None)  # back to the eager head
     model._compiled_tokens = model._compiled_head = None
     torch._dynamo.reset()
@@ -196,7 +180,9 @@ def main(argv=None) -> None:
         parser.error(f"unknown part(s) {unknown}: choose from {', '.join(PARTS)}")
     setup = Setup(args)
     name = torch.cuda.get_device_name(setup.device) if setup.device.type == "cuda" else "CPU"
-    print(f"{args.backbone} + DPT, {args.size[0]}×{args.size[1]}, batch {args.batch}, bf16, {name}, torch {torch.__version__}")
+    print(
+        f"{args.backbone} + DPT, {args.size[0]}×{args.size[1]}, batch {args.batch}, bf16, {name}, torch {torch.__version__}"
+    )
     for part in parts:
         PARTS[part](setup, args.repeat)
 

@@ -1,6 +1,6 @@
 """Channels-last (NHWC) against the usual NCHW layout for what the heads do on the CPU.
 
-    python scripts/bench_layout.py [--batch 8] [--size 224] [--repeat 5]
+    python -m dense.bench.layout [--batch 8] [--size 224] [--repeat 5]
 
 1. The bilinear resize of many-channel logits (what heads._common.resize is for).
 2. Each head's forward + backward on ViT-S/14 feature maps laid out NCHW and channels-last (what
@@ -9,27 +9,15 @@ Random weights and inputs; milliseconds per call, median of --repeat calls after
 """
 
 import argparse
-import statistics
-import sys
-import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dense.features import FeatureMaps  # noqa: E402
-from dense.model import build_model  # noqa: E402
+from dense.bench.measure import median_ms
+from dense.features import FeatureMaps
+from dense.model import build_model
 
-
-def milliseconds(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+CPU = torch.device("cpu")
 
 
 def as_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -39,7 +27,7 @@ def as_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
 def both_layouts(step, repeat: int) -> tuple[float, float, float]:
     """(NCHW ms, NHWC ms, max |difference|) of step(channels_last) -> output."""
     outputs = [step(False), step(True)]
-    times = [milliseconds(lambda: step(False), repeat), milliseconds(lambda: step(True), repeat)]
+    times = [median_ms(lambda: step(False), CPU, repeat), median_ms(lambda: step(True), CPU, repeat)]
     return times[0], times[1], (outputs[0] - outputs[1]).abs().max().item()
 
 
@@ -61,8 +49,10 @@ def bench_resize(batch: int, repeat: int) -> None:
     for channels, grid, size in ((256, 16, 64), (150, 16, 224), (256, 37, 148), (3, 224, 448)):
         x = torch.randn(batch, channels, grid, grid, requires_grad=True)
         nchw, nhwc, diff = both_layouts(lambda cl, x=x, size=size: resize_step(x, size, cl), repeat)
-        print(f"  {batch}×{channels}×{grid}² → {size}²: NCHW {nchw:.1f}, NHWC {nhwc:.1f} ({nchw / nhwc:.1f}×), "
-              f"max diff {diff:.1e}")
+        print(
+            f"  {batch}×{channels}×{grid}² → {size}²: NCHW {nchw:.1f}, NHWC {nhwc:.1f} ({nchw / nhwc:.1f}×), "
+            f"max diff {diff:.1e}"
+        )
 
 
 def bench_heads(batch: int, size: int, repeat: int) -> None:

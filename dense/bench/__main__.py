@@ -1,0 +1,5 @@
+import sys
+
+from dense.bench.cli import main
+
+sys.exit(main())
