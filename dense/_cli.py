@@ -23,16 +23,12 @@ from typing import Any
 from omegaconf import DictConfig
 
 from dense.config import plain  # noqa: F401  (re-exported for the entry scripts and tasks)
-from dense.errors import DenseError
+from dense.errors import ConfigError, DenseError  # ConfigError: used by the entry scripts as _cli.ConfigError
 from dense.host_memory import keep_large_allocations
 
 EXIT_USAGE = 2
 # Where the repository (train.py, configs/) lies: `paths.root_dir` reads it from this variable.
 ROOT_ENV = "DENSE_ROOT"
-
-
-class ConfigError(DenseError, ValueError):
-    """A run configuration that cannot work (the message names the key and what it should be)."""
 
 
 def set_root_dir(script: str) -> None:

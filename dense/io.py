@@ -20,7 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dense.data.base import IMAGE_SUFFIXES
 from dense.data.transforms import MEAN_FILL
-from dense.errors import DenseError
+from dense.errors import ImageReadError
 
 # More than the datasets read: predict.py takes whatever people have lying around.
 INPUT_SUFFIXES = tuple(sorted({*IMAGE_SUFFIXES, ".gif", ".jp2", ".ppm", ".pgm", ".pbm", ".tga"}))
@@ -29,10 +29,6 @@ INPUT_SUFFIXES = tuple(sorted({*IMAGE_SUFFIXES, ".gif", ".jp2", ".ppm", ".pgm", 
 # 105 KB PNG of 108 megapixels takes 4 GB, and PIL only refuses above 179 megapixels. predict.py's
 # max_pixels option passes its own bound.
 MAX_PIXELS = 64_000_000
-
-
-class ImageReadError(DenseError):
-    """An input image that cannot be used; the message names the file and the reason."""
 
 
 def list_images(path: str | os.PathLike) -> list[Path]:

@@ -23,16 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dense.errors import DenseError
-
-
-class BadInputError(DenseError, ValueError):
-    """A loss or metric was handed tensors it cannot use (wrong shape, NaN/inf, labels out of range)."""
-
-
-class TrainingDivergedError(DenseError, FloatingPointError):
-    """The training loss became NaN or inf (raised by dense.tasks.DenseTask at its periodic check)."""
-
+from dense.errors import BadInputError
 
 # ----------------------------------------------------------------------------------------------------
 # Input checks shared by the losses and the metrics (dense/metrics.py imports these).

@@ -26,7 +26,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..errors import DenseError
+from dense.errors import DatasetError
+
 from .transforms import IGNORE_INDEX, compose, eval_scale, seg_recipe, to_sample
 
 TASKS = ("depth", "segmentation")
@@ -36,11 +37,6 @@ SPLITS = (
     "test",
 )  # NYU, KITTI, ADE20K and VOC serve their one evaluation split as both val and test
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-class DatasetError(DenseError, ValueError):
-    """A data problem the user can fix. The message is one line: the path, what is wrong, and what
-    the layout should be."""
 
 
 class DepthScaleWarning(UserWarning):

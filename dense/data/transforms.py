@@ -21,7 +21,7 @@ import torch
 from albumentations.augmentations.crops.transforms import BaseCrop
 from albumentations.core.transforms_interface import DualTransform, ImageOnlyTransform
 
-from dense.errors import DenseError
+from dense.errors import RecipeError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -185,10 +185,6 @@ class CatMaxRatioCrop(BaseCrop):
                     break
                 coords = self._draw(h, w)
         return {"crop_coords": coords}
-
-
-class RecipeError(DenseError, ValueError):
-    """An augmentation option that is not one of its choices."""
 
 
 # data.color_aug: the depth colour augmentation's two forms (GammaBrightnessColor).

@@ -28,11 +28,17 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from packaging.version import InvalidVersion, Version
 from torch.optim.lr_scheduler import LambdaLR
 
-from dense._cli import ConfigError, plain
+from dense._cli import plain
 from dense.cache import forward_cached
 from dense.checkpoint import atomic_save, is_inside, restore_frozen_backbone, strip_frozen_backbone
-from dense.errors import WeightsError, load_weights_file, shown
-from dense.losses import BadInputError, TrainingDivergedError
+from dense.errors import (
+    BadInputError,
+    ConfigError,
+    TrainingDivergedError,
+    WeightsError,
+    load_weights_file,
+    shown,
+)
 from dense.model import DenseModel
 
 DECAYS = ("cosine", "poly", "constant")
