@@ -60,10 +60,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from dense.data.base import read_npy_header
 from dense.errors import CacheError
 from dense.features import FeatureMaps
 from dense.hashing import file_sha256, tensor_bytes, tensors_sha256
+from dense.io import read_npy_header
 from dense.model import DenseModel, center_padding
 
 VIEWS = ("original", "hflip")

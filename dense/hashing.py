@@ -17,6 +17,8 @@ import os
 
 import torch
 
+from dense.io import atomic_path
+
 _CHUNK = 1 << 24
 
 
@@ -31,8 +33,6 @@ def _identity(path: str) -> list[int]:
 
 def file_sha256(path: str | os.PathLike) -> str:
     """The sha256 hex digest of a file's content (memoised, see above)."""
-    from dense.io import atomic_path
-
     path = os.path.abspath(path)
     identity = _identity(path)
     memo_file = memo_path()

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dense.constants import IGNORE_INDEX
 from dense.errors import BadInputError
 
 # ----------------------------------------------------------------------------------------------------
@@ -382,7 +383,7 @@ class SegLoss(nn.Module):
     def __init__(
         self,
         num_classes: int,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
         ce_weight: float = 1.0,
         dice_weight: float = 0.0,
         lovasz_weight: float = 0.0,

@@ -19,7 +19,7 @@ from PIL import Image
 
 import dense
 import predict
-from dense.data.base import read_rgb
+from dense.data.readers import read_rgb
 from dense.errors import DenseError, ImageReadError
 from dense.io import read_image
 from tests.test_predict import config, model_input, rgb, write_checkpoint, write_checkpoints
