@@ -7,8 +7,8 @@ TYPE_CHECKING) included: a lazy import that dodges a cycle is still a cycle."""
 from __future__ import annotations
 
 import ast
-import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -138,8 +138,9 @@ def test_no_module_imports_a_higher_layer(graph):
     assert not wrong, "\n".join(wrong)
 
 
-def test_there_is_no_import_cycle(graph):
-    """Depth-first search for a back edge; the cycle is reported as a path."""
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A cycle of `graph` as a path (its first module repeated at the end), or None: depth-first
+    search for an edge back to a module still open."""
     state: dict[str, str] = {}
     path: list[str] = []
 
@@ -156,25 +157,20 @@ def test_there_is_no_import_cycle(graph):
         return None
 
     for name in sorted(graph):
-        if name not in state:
-            cycle = visit(name)
-            assert cycle is None, " -> ".join(cycle)
+        if name not in state and (cycle := visit(name)):
+            return cycle
+    return None
+
+
+def test_there_is_no_import_cycle(graph):
+    cycle = find_cycle(graph)
+    assert cycle is None, " -> ".join(cycle)
 
 
 def test_the_cycle_search_finds_a_cycle():
-    """Control for the search above, on a made-up graph."""
-    made_up = {"a": {"b"}, "b": {"c"}, "c": {"a"}}
-    state: dict[str, str] = {}
-
-    def has_cycle(name: str) -> bool:
-        state[name] = "open"
-        for target in made_up[name]:
-            if state.get(target) == "open" or (target not in state and has_cycle(target)):
-                return True
-        state[name] = "done"
-        return False
-
-    assert has_cycle("a")
+    """Control for the search, on made-up graphs."""
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
 
 
 def test_only_the_entry_helpers_import_the_cli_helpers(graph):
@@ -200,16 +196,44 @@ def test_private_modules_are_imported_only_inside_their_package(graph):
     assert not wrong, "\n".join(wrong)
 
 
-def test_importing_the_library_installs_no_warning_filter():
-    """The filter for Lightning's note about DenseTask's own on_before_batch_transfer is the entry
-    scripts' (dense._cli.quiet_library_noise), not a side effect of importing dense.tasks."""
-    code = (
-        "import warnings, dense.tasks, dense._cli as cli\n"
-        "def ours(): return [f for f in warnings.filters if f[1] is not None and 'on_before_batch' in f[1].pattern]\n"
-        "before = len(ours()); cli.quiet_library_noise(); print(before, len(ours()))"
-    )
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert result.stdout.split() == ["0", "1"], result.stderr[-2000:]
+def module_level_warning_filters(path: Path) -> list[int]:
+    """Lines of `path` that change the warning filters when the module is imported: a
+    warnings.filterwarnings/simplefilter call outside every function."""
+    lines = []
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            continue
+        for call in ast.walk(node):
+            if (
+                isinstance(call, ast.Call)
+                and isinstance(call.func, ast.Attribute)
+                and call.func.attr in ("filterwarnings", "simplefilter")
+            ):
+                lines.append(call.lineno)
+    return lines
+
+
+def test_importing_the_library_installs_no_warning_filter(tmp_path):
+    found = {name: lines for name, path in module_files().items() if (lines := module_level_warning_filters(path))}
+    assert not found, found
+    control = tmp_path / "control.py"
+    control.write_text("import warnings\n\nwarnings.filterwarnings('ignore')\n\n\ndef f():\n    warnings.simplefilter('ignore')\n")
+    assert module_level_warning_filters(control) == [3]
+
+
+def test_the_entry_scripts_filter_lightnings_note_about_our_own_hook():
+    """The filter that dense/tasks/base.py installed at import time is the entry path's now."""
+    from dense import _cli
+
+    def filtered() -> bool:
+        return any(f[0] == "ignore" and f[1] is not None and f[1].pattern == _cli.ON_BEFORE_BATCH_TRANSFER_NOTE
+                   for f in warnings.filters)
+
+    with warnings.catch_warnings():
+        warnings.resetwarnings()
+        assert not filtered()
+        _cli.quiet_library_noise()
+        assert filtered()
 
 
 # ---- datasets: registered where defined, one contract --------------------------------------------

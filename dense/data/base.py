@@ -34,7 +34,7 @@ from dense.data.sample import DatasetInfo, RawSample
 from dense.data.transforms import compose, to_sample
 from dense.errors import DatasetError
 
-TASKS = ("depth", "segmentation")
+TASK_NAMES = ("depth", "segmentation")
 # NYU, KITTI, ADE20K and VOC serve their one evaluation split as both val and test.
 SPLITS = ("train", "val", "test")
 
@@ -149,8 +149,8 @@ class DenseDataset(Dataset):
 
     @classmethod
     def check_task(cls, task: str | None) -> str:
-        if task is not None and task not in TASKS:
-            raise DatasetError(f"data.task={task!r} is not one of {TASKS}")
+        if task is not None and task not in TASK_NAMES:
+            raise DatasetError(f"data.task={task!r} is not one of {TASK_NAMES}")
         if cls.fixed_task is not None and task not in (None, cls.fixed_task):
             raise DatasetError(f"data.task={task!r}, but this dataset only provides {cls.fixed_task}")
         return task or cls.fixed_task or "depth"

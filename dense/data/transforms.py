@@ -32,8 +32,8 @@ ADDITIONAL_TARGETS = {"depth": "mask", "valid": "mask"}
 # --------------------------------------------------------------------------- tensors
 
 
-# Per channel, the normalised value of each of the 256 uint8 levels: a table lookup is several times
-# faster than float arithmetic on an H×W×3 array, which matters on the few CPU cores of a loader.
+# Per channel, the normalised value of each of the 256 uint8 levels: a table lookup costs less than
+# float arithmetic on an H×W×3 array, which matters on the few CPU cores of a loader.
 _NORMALIZE_LUT = (
     (np.arange(256, dtype=np.float64)[None] / 255.0 - np.array(IMAGENET_MEAN)[:, None])
     / np.array(IMAGENET_STD)[:, None]
