@@ -128,7 +128,7 @@ def check_stored_root(root, cfg: DictConfig) -> None:
 def predict_options(cfg: DictConfig, stored) -> dict:
     """The task.test_* settings: the checkpoint's (checked, naming the file), with the non-null ones of
     the command line on top."""
-    from dense.config import plain_value_problem
+    from dense.plain import plain_value_problem
     from dense.tasks.base import check_test_settings
 
     options = {}

@@ -47,7 +47,7 @@ from dense.model import DenseModel
 
 EXIT_SKIPPED = 3
 UINT16_MAX = 65535
-UsageError = _cli.ConfigError
+from dense.errors import ConfigError as UsageError  # noqa: E402  (ConfigError under the name predict.py uses)
 
 # The output folder's record of the result files predict.py wrote in it: a hidden JSON file of plain
 # file names. A rerun may replace exactly these; every other file there is the user's.

@@ -292,8 +292,8 @@ def warn_about_resume_changes(checkpoint: dict, current: dict, model) -> None:
     fail on it deep inside the restore."""
     import warnings
 
-    from dense.config import plain_value_problem
     from dense.errors import shown
+    from dense.plain import plain_value_problem
 
     check_optimizer_state(checkpoint, model)
     stored = (checkpoint.get("hyper_parameters") or {}).get("config")

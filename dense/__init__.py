@@ -2,6 +2,7 @@
 
 from dense.backbone import BACKBONES, OFFICIAL_NAMES, build_backbone
 from dense.checkpoint import load_model
+from dense.data.registry import list_datasets, register_dataset
 from dense.errors import DenseError, WeightsError
 from dense.features import FeatureMaps
 from dense.model import DenseModel, build_model
@@ -15,6 +16,8 @@ __all__ = [
     "WeightsError",
     "build_backbone",
     "build_model",
+    "list_datasets",
     "load_model",
+    "register_dataset",
 ]
 __version__ = "0.1.0"

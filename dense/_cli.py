@@ -22,17 +22,13 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from dense.config import plain  # noqa: F401  (re-exported for the entry scripts and tasks)
-from dense.errors import DenseError
+from dense.errors import ConfigError, DenseError  # ConfigError: used by the entry scripts as _cli.ConfigError
 from dense.host_memory import keep_large_allocations
+from dense.plain import flatten, plain  # noqa: F401  (the entry scripts use them as _cli.flatten, _cli.plain)
 
 EXIT_USAGE = 2
 # Where the repository (train.py, configs/) lies: `paths.root_dir` reads it from this variable.
 ROOT_ENV = "DENSE_ROOT"
-
-
-class ConfigError(DenseError, ValueError):
-    """A run configuration that cannot work (the message names the key and what it should be)."""
 
 
 def set_root_dir(script: str) -> None:
@@ -172,22 +168,6 @@ def absolute_paths(cfg: DictConfig, keys: tuple[str, ...]) -> None:
                 OmegaConf.update(cfg, key, to_absolute_path(value), merge=False)
 
 
-def flatten(config: dict, max_depth: int = 8) -> dict[str, Any]:
-    """{"a": {"b": 1}} → {"a.b": 1}; lists stay values. Mappings nested deeper than `max_depth` stay
-    values too (a config read from a file may be nested thousands deep)."""
-    flat = {}
-    pending = [("", config, 0)]
-    while pending:
-        prefix, mapping, depth = pending.pop()
-        for key, value in mapping.items():
-            name = f"{prefix}{key}"
-            if isinstance(value, dict) and value and depth < max_depth:
-                pending.append((name + ".", value, depth + 1))
-            else:
-                flat[name] = value
-    return flat
-
-
 def single_log_stream() -> None:
     """Lightning adds its own console handler and also propagates to the root logger that Hydra sets
     up (console + <run>/<job>.log): every message would be printed twice. Keep Hydra's."""
@@ -274,14 +254,19 @@ def run(function: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         raise
 
 
+ON_BEFORE_BATCH_TRANSFER_NOTE = r"You have overridden `on_before_batch_transfer` in `LightningModule` but have passed in"
+
+
 def quiet_library_noise() -> None:
     """Messages of our libraries that tell the user nothing they can act on, printed on every run:
-    torch's deprecation of LeafSpec (used inside Lightning, not by us) and Lightning's advertisement
-    for its cloud logger."""
+    torch's deprecation of LeafSpec (used inside Lightning, not by us), Lightning's advertisement for
+    its cloud logger, and its note that DenseTask's on_before_batch_transfer (the host-side target
+    check) is used rather than the DenseDataModule's: the intent."""
     import logging
     import warnings
 
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=ON_BEFORE_BATCH_TRANSFER_NOTE)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_litlogger_tip)
 
 

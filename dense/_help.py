@@ -122,7 +122,7 @@ def shown_values(config) -> dict[str, str]:
     """Every leaf key's value as written (interpolations unresolved), short enough for a column."""
     from omegaconf import OmegaConf
 
-    from dense._cli import flatten
+    from dense.plain import flatten
 
     shown = {}
     for key, raw in flatten(OmegaConf.to_container(config, resolve=False)).items():

@@ -60,20 +60,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from dense.data.base import read_npy_header
-from dense.errors import DenseError
+from dense.errors import CacheError
 from dense.features import FeatureMaps
 from dense.hashing import file_sha256, tensor_bytes, tensors_sha256
+from dense.io import read_npy_header
 from dense.model import DenseModel, center_padding
 
 VIEWS = ("original", "hflip")
 FORMAT = 2  # bump when what an entry holds, or how it is computed, changes
 PRECISIONS = ("fp32", "bf16")
 MAX_META_BYTES = 1 << 20  # a description is a few KB; meta.json is read whole
-
-
-class CacheError(DenseError):
-    """A cache entry that cannot be used or repaired here (e.g. a read-only cache folder)."""
 
 
 class CacheEntryWarning(UserWarning):

@@ -17,10 +17,10 @@ import os
 import torch
 
 import heads
-from dense.config import plain_value_problem
 from dense.errors import WeightsError, load_weights_file, shown
 from dense.hashing import file_sha256
 from dense.model import DenseModel, build_model
+from dense.plain import plain_value_problem
 
 MODEL_KEY = "dense_model"
 BACKBONE_PREFIX = "model.backbone."

@@ -12,42 +12,11 @@ from collections.abc import Mapping
 
 import torch
 
-from dense.errors import shown
 from dense.model import DenseModel, build_model
+from dense.plain import plain
 
 BACKBONE_KEYS = {"name", "pretrained", "weights"}
 HEAD_KEYS = {"name", "weights", "layers", "norm", "use_cls_token", "min_depth", "max_depth", "num_classes", "options"}
-
-
-def plain(config):
-    """OmegaConf containers → plain dicts/lists (resolved); anything else unchanged. Checkpoints store
-    only plain containers, so that they load with torch.load(weights_only=True)."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    if isinstance(config, DictConfig | ListConfig):
-        return OmegaConf.to_container(config, resolve=True)
-    return config
-
-
-PLAIN_SCALARS = (type(None), bool, int, float, str)
-
-
-def plain_value_problem(value, key: str) -> str | None:
-    """None if `value` is a plain config value (None, a bool, number or string, or a list of them, lists
-    nested at most twice); else what is wrong with it, naming `key`. Values read from a checkpoint must
-    pass this before they go anywhere: a mapping could carry a `_target_`."""
-
-    def problem(item, depth: int) -> str | None:
-        if isinstance(item, PLAIN_SCALARS):
-            return None
-        if isinstance(item, list | tuple) and depth < 2:
-            return next((p for p in (problem(i, depth + 1) for i in item) if p), None)
-        if isinstance(item, Mapping):
-            keys = ", ".join(shown(k, 20) for k in list(item)[:3])
-            return f"{key} holds a mapping (keys {keys}), not a plain value (number, string, bool or list)"
-        return f"{key} holds {shown(item)}, not a plain value (number, string, bool or list)"
-
-    return problem(value, 0)
 
 
 def model_from_config(backbone: Mapping, head: Mapping) -> DenseModel:

@@ -1,5 +1,8 @@
 """Errors that users see, and the one safe way to read a weights file.
 
+Every error class meant for users is defined here (dense.registry's UnknownNameError excepted: it
+belongs to the registry it describes), so that the entry scripts and library code agree on them.
+
 Every refusal is a single line saying what was wrong and how to fix it. The entry scripts print
 `DenseError`s as that one line instead of a traceback.
 """
@@ -34,6 +37,35 @@ def shown(value, width: int = 60) -> str:
 
 class WeightsError(DenseError, ValueError):
     """A weights or checkpoint file that cannot be used (missing, corrupt, unsafe, or for another model)."""
+
+
+class ConfigError(DenseError, ValueError):
+    """A run configuration that cannot work (the message names the key and what it should be)."""
+
+
+class DatasetError(DenseError, ValueError):
+    """A data problem the user can fix. The message is one line: the path, what is wrong, and what
+    the layout should be."""
+
+
+class RecipeError(DenseError, ValueError):
+    """An augmentation option that is not one of its choices."""
+
+
+class ImageReadError(DenseError):
+    """An input image that cannot be used; the message names the file and the reason."""
+
+
+class CacheError(DenseError):
+    """A cache entry that cannot be used or repaired here (e.g. a read-only cache folder)."""
+
+
+class BadInputError(DenseError, ValueError):
+    """A loss or metric was handed tensors it cannot use (wrong shape, NaN/inf, labels out of range)."""
+
+
+class TrainingDivergedError(DenseError, FloatingPointError):
+    """The training loss became NaN or inf (raised by dense.tasks.DenseTask at its periodic check)."""
 
 
 # torch.save stores the members of its zip archive uncompressed, so they add up to about the file's size.

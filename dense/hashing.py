@@ -1,7 +1,7 @@
 """sha256 of (large) files and of sets of tensors: what checkpoints record of the backbone file they
 point at, what names a random backbone's file, and what the feature cache keys its entries by.
 
-Hashing a 4.5 GB ViT-g file takes seconds and the result only changes when the file does, so it is
+Hashing a 4.5 GB ViT-g file reads all of it, and the result only changes when the file does, so it is
 memoised in ~/.cache/dense/file_hashes.json, one record per path, trusted only while the file's size,
 mtime, inode and ctime are all unchanged. mtime alone is not enough: a file rewritten with the same
 size and its old mtime put back (`touch -d`, `os.utime`) would get its old hash; ctime cannot be set
@@ -17,6 +17,8 @@ import os
 
 import torch
 
+from dense.io import atomic_path
+
 _CHUNK = 1 << 24
 
 
@@ -31,8 +33,6 @@ def _identity(path: str) -> list[int]:
 
 def file_sha256(path: str | os.PathLike) -> str:
     """The sha256 hex digest of a file's content (memoised, see above)."""
-    from dense.io import atomic_path
-
     path = os.path.abspath(path)
     identity = _identity(path)
     memo_file = memo_path()

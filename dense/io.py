@@ -14,13 +14,13 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from dense.data.base import IMAGE_SUFFIXES
-from dense.data.transforms import MEAN_FILL
-from dense.errors import DenseError
+from dense.constants import IMAGE_SUFFIXES, MEAN_FILL
+from dense.errors import ImageReadError
 
 # More than the datasets read: predict.py takes whatever people have lying around.
 INPUT_SUFFIXES = tuple(sorted({*IMAGE_SUFFIXES, ".gif", ".jp2", ".ppm", ".pgm", ".pbm", ".tga"}))
@@ -29,10 +29,6 @@ INPUT_SUFFIXES = tuple(sorted({*IMAGE_SUFFIXES, ".gif", ".jp2", ".ppm", ".pgm", 
 # 105 KB PNG of 108 megapixels takes 4 GB, and PIL only refuses above 179 megapixels. predict.py's
 # max_pixels option passes its own bound.
 MAX_PIXELS = 64_000_000
-
-
-class ImageReadError(DenseError):
-    """An input image that cannot be used; the message names the file and the reason."""
 
 
 def list_images(path: str | os.PathLike) -> list[Path]:
@@ -104,6 +100,17 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndar
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ImageReadError(f"{path}: cannot decode ({reason}); the file is truncated or corrupt") from None
+
+
+def read_npy_header(f: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) from the header of the .npy open in `f`, which is left at the
+    first data byte. Raises ValueError (or EOFError) for anything but a version 1 or 2 header."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(f)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(f)
+    raise ValueError(f".npy version {version} is not supported (np.save writes 1.0)")
 
 
 # --------------------------------------------------------------------------- atomic writes

@@ -23,16 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dense.errors import DenseError
-
-
-class BadInputError(DenseError, ValueError):
-    """A loss or metric was handed tensors it cannot use (wrong shape, NaN/inf, labels out of range)."""
-
-
-class TrainingDivergedError(DenseError, FloatingPointError):
-    """The training loss became NaN or inf (raised by dense.tasks.DenseTask at its periodic check)."""
-
+from dense.constants import IGNORE_INDEX
+from dense.errors import BadInputError
 
 # ----------------------------------------------------------------------------------------------------
 # Input checks shared by the losses and the metrics (dense/metrics.py imports these).
@@ -391,7 +383,7 @@ class SegLoss(nn.Module):
     def __init__(
         self,
         num_classes: int,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
         ce_weight: float = 1.0,
         dice_weight: float = 0.0,
         lovasz_weight: float = 0.0,

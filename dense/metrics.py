@@ -13,7 +13,9 @@ import math
 import torch
 from torchmetrics import Metric
 
-from dense.losses import BadInputError, as_label_map, check_finite, check_labels
+from dense.constants import IGNORE_INDEX
+from dense.errors import BadInputError
+from dense.losses import as_label_map, check_finite, check_labels
 
 DEPTH_METRIC_NAMES = ("a1", "a2", "a3", "abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog")
 
@@ -182,7 +184,7 @@ class SegMetrics(Metric):
     def __init__(
         self,
         num_classes: int,
-        ignore_index: int | None = 255,
+        ignore_index: int | None = IGNORE_INDEX,
         class_names: list[str] | tuple[str, ...] | None = None,
         **kwargs,
     ):

@@ -9,8 +9,10 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from dense.data import DATASETS, DatasetError, DenseDataModule, SyntheticScenes, pad_collate
-from dense.data.base import DenseDataset, RawSample
-from dense.data.transforms import GammaBrightnessColor, compose
+from dense.data.base import DenseDataset
+from dense.data.sample import RawSample
+from dense.data.transforms import GammaBrightnessColor
+from dense.registry import UnknownNameError
 from tests._fixtures_data import (
     pattern_image,
     write_ade20k,
@@ -47,7 +49,8 @@ def test_every_dataset_has_a_config_whose_keys_the_datamodule_accepts():
         "seed",
         "drop_last",
     }
-    for name, cls in DATASETS.items():
+    for name in DATASETS:
+        cls = DATASETS.get(name)
         cfg = OmegaConf.load(CONFIGS / f"{name}.yaml")
         assert cfg._target_ == "dense.data.DenseDataModule" and cfg.name == name
         assert set(cfg) - generic <= set(cls.option_names()), name
@@ -97,7 +100,7 @@ def test_exposed_facts():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"name": "imagenet"}, r"data\.name='imagenet' is not one of"),
+        ({"name": "imagenet"}, r"unknown dataset 'imagenet' for data\.name; choose one of ade20k, folder"),
         ({"num_trian": 5}, r"data\.num_trian is not an option of the synthetic dataset"),
         ({"name": "nyu"}, r"data\.root is not set"),
         ({"name": "kitti", "root": "/nonexistent/kitti"}, r"/nonexistent/kitti does not exist"),
@@ -105,7 +108,7 @@ def test_exposed_facts():
     ],
 )
 def test_config_mistakes_fail_at_construction(kwargs, match):
-    with pytest.raises(DatasetError, match=match):
+    with pytest.raises((DatasetError, UnknownNameError), match=match):
         DenseDataModule(**kwargs)
 
 
@@ -134,13 +137,12 @@ def test_same_seed_same_batches_other_seed_other_batches():
 class ConstantColourAug(DenseDataset):
     """Every item is the same image through a random colour transform: outputs differ only by RNG."""
 
-    task = "depth"
+    fixed_task = "depth"
     needs_root = False
 
-    def __init__(self, root=None, split="train", augment=True, task=None, seed=None):
-        super().__init__(
-            compose([GammaBrightnessColor((0.5, 1.5), (0.5, 1.5), (0.5, 1.5), p=1.0)], seed=seed)
-        )
+    def __init__(self, root=None, split="train", **common):
+        super().__init__(root, split, **common)
+        self.use_recipe([GammaBrightnessColor((0.5, 1.5), (0.5, 1.5), (0.5, 1.5), p=1.0)])
 
     def __len__(self):
         return 4
@@ -150,7 +152,7 @@ class ConstantColourAug(DenseDataset):
 
 
 def test_workers_get_distinct_reproducible_augmentation(monkeypatch):
-    monkeypatch.setitem(DATASETS, "constant", ConstantColourAug)
+    monkeypatch.setitem(DATASETS._entries, "constant", ConstantColourAug)  # registered for this test only
 
     def run():
         dm = DenseDataModule(name="constant", batch_size=1, num_workers=2, seed=3)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dense.data import SYNTHETIC_CLASSES, SyntheticScenes
-from dense.data.synthetic import CEILING, FLOOR, WALL, camera_rays
+from dense.data.scenes import CEILING, FLOOR, WALL, camera_rays
 
 SIZE = (96, 128)
 

@@ -18,7 +18,6 @@ import torch.nn.functional as F
 import dense
 from dense.cache import forward_cached
 from dense.data import DenseDataModule
-from dense.data.base import DatasetError
 from dense.data.kitti import KITTIEigen
 from dense.data.nyu import NYUDepthV2
 from dense.data.transforms import (
@@ -33,7 +32,8 @@ from dense.data.transforms import (
     photometric_distortion,
 )
 from dense.data.voc import PascalVOC
-from dense.losses import BadInputError, DepthLoss, GradientLoss
+from dense.errors import BadInputError, DatasetError
+from dense.losses import DepthLoss, GradientLoss
 from dense.tasks import build_task
 from tests._fixtures_data import write_kitti, write_nyu_mat, write_voc
 from tests.test_configs import compose_config

@@ -2,7 +2,7 @@
 what is wrong (or is a documented skip), nothing crashes deep inside, no code in a file ever runs, and
 no partial output is left behind.
 
-Images go through both readers users meet: the datasets (FolderDataset, via dense.data.base.read_rgb)
+Images go through both readers users meet: the datasets (FolderDataset, via dense.data.readers.read_rgb)
 and predict.py (dense.io.read_image) — the two must agree. Config mistakes run `train.py` as users do.
 The case counts in docs/README_failures.md are the parametrised cases of this file.
 """
@@ -29,8 +29,8 @@ import dense.metrics
 import heads
 import predict
 from dense.checkpoint import BACKBONE_PREFIX, HEAD_PREFIX, MODEL_KEY, load_model
+from dense.constants import MEAN_FILL
 from dense.data import DatasetError, DepthScaleWarning, FolderDataset
-from dense.data.transforms import MEAN_FILL
 from dense.errors import WeightsError, load_weights_file
 from dense.io import read_image
 
@@ -179,7 +179,7 @@ def test_image_through_the_dataset(tmp_path, case):
         message = one_line(error.value)
         assert str(path) in message and words in message
         return
-    image = dense.data.base.read_rgb(path)
+    image = dense.data.readers.read_rgb(path)
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
     assert np.array_equal(image, read_image(path))  # the datasets read images as predict.py does
     if expected is not None:
@@ -416,7 +416,7 @@ def test_bad_dataset_layout_is_refused_at_construction(tmp_path, case):
 
 def test_file_list_naming_missing_files(tmp_path):
     """BTS-style lists (NYU / KITTI file lists) naming files that are not there."""
-    from dense.data.base import read_pair_list
+    from dense.data.filelist import read_pair_list
 
     (tmp_path / "rgb").mkdir()
     Image.fromarray(rgb(H, W)).save(tmp_path / "rgb" / "a.png")

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dense.losses import BadInputError, DepthLoss, GradientLoss, SegLoss, SigLoss
+from dense.errors import BadInputError
+from dense.losses import DepthLoss, GradientLoss, SegLoss, SigLoss
 
 EPS = 1e-3  # upstream's eps, added inside both logs
 

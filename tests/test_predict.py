@@ -14,8 +14,10 @@ from PIL import Image
 import dense
 import predict
 from dense.checkpoint import BACKBONE_PREFIX, HEAD_PREFIX, MODEL_KEY
-from dense.data.transforms import MEAN_FILL, normalize_image
-from dense.io import ImageReadError, list_images, read_image
+from dense.constants import MEAN_FILL
+from dense.data.transforms import normalize_image
+from dense.errors import ImageReadError
+from dense.io import list_images, read_image
 
 ROOT = Path(__file__).resolve().parents[1]
 

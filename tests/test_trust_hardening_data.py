@@ -27,8 +27,9 @@ import pytest
 import scipy.io
 import torch
 
-from dense.cache import CachedFeatures, CacheEntryWarning, CacheError, cache_key
+from dense.cache import CachedFeatures, CacheEntryWarning, cache_key
 from dense.data import DatasetError, FolderDataset, KITTIEigen, NYUDepthV2, PascalVOC, SyntheticScenes
+from dense.errors import CacheError
 from dense.model import build_model
 from tests._fixtures_data import (
     pattern_image,

@@ -19,9 +19,9 @@ from PIL import Image
 
 import dense
 import predict
-from dense.data.base import read_rgb
-from dense.errors import DenseError
-from dense.io import ImageReadError, read_image
+from dense.data.readers import read_rgb
+from dense.errors import DenseError, ImageReadError
+from dense.io import read_image
 from tests.test_predict import config, model_input, rgb, write_checkpoint, write_checkpoints
 
 DEPTH_FILES = (".png", ".npy", "_color.png")

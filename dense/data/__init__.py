@@ -1,17 +1,25 @@
 """Datasets, augmentation recipes and the LightningDataModule.
 
 image (uint8 HWC) + target (depth metres | class ids) → dataset reads files → albumentations recipe
-(joint image/target) → ImageNet normalisation → tensors. See `base.py` for the sample contract.
+(joint image/target) → ImageNet normalisation → tensors. See `base.py` for the dataset contract.
+Importing this package registers the built-in datasets (`list_datasets()`).
 """
 
+from dense.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from dense.errors import DatasetError
+
 from .ade20k import ADE20K, ADE20K_CLASSES
-from .base import DatasetError, DatasetInfo, DenseDataset, DepthRangeWarning, DepthScaleWarning
-from .datamodule import DATASETS, DenseDataModule, datamodule_from_config, pad_collate
+from .base import DenseDataset
+from .checks import DepthRangeWarning, DepthScaleWarning
+from .datamodule import DenseDataModule, datamodule_from_config, pad_collate
 from .folder import FolderDataset
 from .kitti import KITTIEigen
 from .nyu import NYUDepthV2
-from .synthetic import SYNTHETIC_CLASSES, SyntheticScenes, render_scene
-from .transforms import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, denormalize_image, normalize_image
+from .registry import DATASETS, list_datasets, register_dataset
+from .sample import DatasetInfo, RawSample
+from .scenes import SYNTHETIC_CLASSES, render_scene
+from .synthetic import SyntheticScenes
+from .transforms import denormalize_image, normalize_image
 from .voc import VOC_CLASSES, PascalVOC
 
 __all__ = [
@@ -31,12 +39,15 @@ __all__ = [
     "KITTIEigen",
     "NYUDepthV2",
     "PascalVOC",
+    "RawSample",
     "SYNTHETIC_CLASSES",
     "SyntheticScenes",
     "VOC_CLASSES",
     "datamodule_from_config",
     "denormalize_image",
+    "list_datasets",
     "normalize_image",
     "pad_collate",
+    "register_dataset",
     "render_scene",
 ]

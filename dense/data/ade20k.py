@@ -19,13 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import (
-    IMAGE_SUFFIXES,
-    DatasetError,
-    SegmentationFiles,
-    resolve_root,
-)
-from .transforms import IGNORE_INDEX
+from dense.constants import IGNORE_INDEX, IMAGE_SUFFIXES
+from dense.data.readers import resolve_root
+from dense.data.registry import register_dataset
+from dense.data.segmentation import SegmentationFiles
+from dense.errors import DatasetError
 
 ADE20K_CLASSES = (
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
@@ -76,6 +74,7 @@ def paired_files(
     return pairs
 
 
+@register_dataset("ade20k")
 class ADE20K(SegmentationFiles):
     class_names = ADE20K_CLASSES
 
@@ -86,5 +85,5 @@ class ADE20K(SegmentationFiles):
             raise DatasetError(f"{self.root / 'annotations' / sub} does not exist; expected {LAYOUT}")
         return paired_files(self.root / "images" / sub, self.root / "annotations" / sub)
 
-    def decode(self, labels: np.ndarray) -> np.ndarray:
+    def to_class_ids(self, labels: np.ndarray) -> np.ndarray:
         return reduce_zero_label(labels)

@@ -20,25 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, default_collate, get_worker_info
 
-from dense.config import plain, plain_value_problem
+from dense.cache import CachedFeatures
+from dense.constants import IGNORE_INDEX
+from dense.data.base import DenseDataset
+from dense.data.registry import DATASETS
+from dense.data.sample import DatasetInfo
+from dense.errors import DatasetError
+from dense.plain import plain, plain_value_problem
+from dense.registry import UnknownNameError
 
-from .ade20k import ADE20K
-from .base import DatasetError, DatasetInfo, DenseDataset
-from .folder import FolderDataset
-from .kitti import KITTIEigen
-from .nyu import NYUDepthV2
-from .synthetic import SyntheticScenes
-from .transforms import IGNORE_INDEX
-from .voc import PascalVOC
-
-DATASETS: dict[str, type[DenseDataset]] = {
-    "synthetic": SyntheticScenes,
-    "nyu": NYUDepthV2,
-    "kitti": KITTIEigen,
-    "ade20k": ADE20K,
-    "voc": PascalVOC,
-    "folder": FolderDataset,
-}
 SPLIT_SEED_OFFSETS = {"train": 0, "val": 1, "test": 2}
 PAD_VALUES = {"image": 0.0, "depth": 0.0, "mask": IGNORE_INDEX}  # image 0 = the mean colour after normalising
 
@@ -82,7 +72,8 @@ def seed_worker(worker_id: int) -> None:
 class DenseDataModule(L.LightningDataModule):
     """Data for one dataset.
 
-    name: synthetic | nyu | kitti | ade20k | voc | folder
+    name: a registered dataset (`dense.list_datasets()`: synthetic, nyu, kitti, ade20k, voc, folder
+        and any registered with @dense.register_dataset)
     root: the dataset folder (unused by synthetic)
     task: "depth" | "segmentation"; only synthetic and folder let you choose
     batch_size / val_batch_size (default: batch_size) / num_workers / persistent_workers
@@ -111,9 +102,7 @@ class DenseDataModule(L.LightningDataModule):
         **options,
     ):
         super().__init__()
-        if name not in DATASETS:
-            raise DatasetError(f"data.name={name!r} is not one of {sorted(DATASETS)}")
-        self.dataset_cls = DATASETS[name]
+        self.dataset_cls = DATASETS.get(name)
         options = {k: plain(v) for k, v in options.items()}
         allowed = set(self.dataset_cls.option_names()) - {"augment", "seed", "task"}
         unknown = sorted(set(options) - allowed)
@@ -202,8 +191,6 @@ class DenseDataModule(L.LightningDataModule):
                 **self.options,
             )
             if split == "train" and self.feature_cache is not None:
-                from dense.cache import CachedFeatures
-
                 options = dict(self.feature_cache)
                 dataset = CachedFeatures(dataset, options.pop("model"), options.pop("directory"),
                                          random_flip=True, **options)
@@ -298,15 +285,6 @@ def _option_types(parameter: inspect.Parameter) -> tuple:
     return (type(default), *nullable)
 
 
-def _dataset_parameters(dataset_cls) -> dict[str, inspect.Parameter]:
-    parameters = {}
-    for klass in dataset_cls.__mro__:
-        if "__init__" in klass.__dict__:
-            for p in inspect.signature(klass.__init__).parameters.values():
-                parameters.setdefault(p.name, p)
-    return parameters
-
-
 def datamodule_from_config(config, source: str | None = None) -> DenseDataModule:
     """A DenseDataModule from a data config (a config group, or the copy a checkpoint stores), read as
     plain data: known keys, known types, plain values only. Nothing in it is instantiated or imported,
@@ -326,10 +304,11 @@ def datamodule_from_config(config, source: str | None = None) -> DenseDataModule
         problem = plain_value_problem(value, f"data.{key}")
         if problem:
             raise DatasetError(prefix + problem)
-    name = values.get("name", "synthetic")
-    if name not in DATASETS:
-        raise DatasetError(f"{prefix}data.name={name!r} is not one of {sorted(DATASETS)}")
-    parameters = _dataset_parameters(DATASETS[name])
+    try:
+        dataset_cls = DATASETS.get(values.get("name", "synthetic"))
+    except UnknownNameError as error:
+        raise UnknownNameError(f"{prefix}{error}") from None
+    parameters = {p.name: p for p in dataset_cls._parameters()}
     for key, value in values.items():
         if key in LOADER_MINIMUMS:
             minimum = LOADER_MINIMUMS[key]

@@ -19,23 +19,15 @@ import os
 import zlib
 from pathlib import Path
 
-from .base import (
-    IMAGE_SUFFIXES,
-    DatasetError,
-    DatasetInfo,
-    DenseDataset,
-    RawSample,
-    read_depth_npy,
-    read_depth_pair,
-    read_label_png,
-    read_lines,
-    read_rgb,
-    resolve_root,
-    segmentation_eval_scale,
-)
-from .transforms import IGNORE_INDEX, compose, depth_train, seg_recipe, size_pair
+from dense.constants import IGNORE_INDEX, IMAGE_SUFFIXES
+from dense.data.base import SPLITS, DenseDataset
+from dense.data.filelist import read_depth_pair
+from dense.data.readers import read_depth_npy, read_label_png, read_lines, read_rgb, resolve_root
+from dense.data.registry import register_dataset
+from dense.data.sample import DatasetInfo, RawSample
+from dense.data.transforms import SegRecipe, depth_train, size_pair
+from dense.errors import DatasetError
 
-SPLITS = ("train", "val", "test")
 LAYOUT = (
     "images/<stem>.jpg|png plus depth/<stem>.png|npy (task depth) or masks/<stem>.png (task segmentation)"
 )
@@ -79,13 +71,19 @@ def hash_split(stems: list[str], val_fraction: float) -> dict[str, list[str]]:
     return {"train": train, "val": val, "test": val}
 
 
+@register_dataset("folder")
 class FolderDataset(DenseDataset):
+    """Depth or segmentation, as `task` says. The segmentation recipe's options are SegRecipe's
+    fields; `crop_size` is the depth recipe's random crop (None: whole images) and the segmentation
+    crop (None: 512)."""
+
+    recipe_options = SegRecipe
+
     def __init__(
         self,
-        root,
+        root=None,
         split: str = "train",
-        augment: bool = False,
-        task: str | None = "depth",
+        *,
         depth_scale: float = 1000.0,
         min_depth: float = 1e-3,
         max_depth: float = 10.0,
@@ -93,17 +91,11 @@ class FolderDataset(DenseDataset):
         class_names=None,
         val_fraction: float = 0.1,
         crop_size=None,
-        short_side: int = 512,
-        max_long_side: int = 2048,
-        ratio_range=(0.5, 2.0),
-        cat_max_ratio: float = 0.75,
-        eval_short_side: int | None = 512,
-        seed: int | None = None,
+        **common,
     ):
-        self.folder_task = self.check_task(task)
-        self.check_split(split)
+        super().__init__(root, split, crop_size=crop_size or SegRecipe.crop_size, **common)
         self.root = resolve_root(root, (), "images", LAYOUT)
-        target_dir = self.root / ("depth" if self.folder_task == "depth" else "masks")
+        target_dir = self.root / ("depth" if self.task == "depth" else "masks")
         if not target_dir.is_dir():
             raise DatasetError(f"{target_dir} does not exist; expected {LAYOUT}")
         self.depth_scale = depth_scale
@@ -119,25 +111,14 @@ class FolderDataset(DenseDataset):
                 f"expected {LAYOUT}"
             )
         self.items = [
-            (s, images[s], targets[s]) for s in self._split_stems(split, sorted(images), val_fraction)
+            (s, images[s], targets[s]) for s in self._split_stems(self.split, sorted(images), val_fraction)
         ]
 
-        if self.folder_task == "segmentation":
+        if self.task == "segmentation":
             names = resolve_class_names(self.root, class_names, num_classes)
-            recipe = seg_recipe(
-                augment,
-                crop_size or 512,
-                short_side,
-                max_long_side,
-                ratio_range,
-                cat_max_ratio,
-                eval_short_side,
-                split,
-            )
+            self.use_recipe(self.recipe.transforms(self.augment, self.split), num_classes=len(names))
         else:
-            names = ()
-            recipe = depth_train(size_pair(crop_size)) if augment else []
-        super().__init__(compose(recipe, seed=seed), num_classes=len(names))
+            self.use_recipe(depth_train(size_pair(crop_size)) if self.augment else [], num_classes=0)
 
     @classmethod
     def describe(
@@ -158,7 +139,7 @@ class FolderDataset(DenseDataset):
             class_names=resolve_class_names(root, class_names, num_classes),
             min_depth=min_depth,
             max_depth=max_depth,
-            eval_scale=segmentation_eval_scale(cls, options),
+            eval_scale=cls.recipe_from(options).eval_scale,
         )
 
     @staticmethod
@@ -211,7 +192,7 @@ class FolderDataset(DenseDataset):
         return chosen
 
     def _target(self, target_dir: Path, stem: str) -> Path | None:
-        suffixes = (".png", ".npy") if self.folder_task == "depth" else (".png",)
+        suffixes = (".png", ".npy") if self.task == "depth" else (".png",)
         found = [
             target_dir / f"{stem}{suffix}"
             for suffix in suffixes
@@ -231,9 +212,9 @@ class FolderDataset(DenseDataset):
 
     def read(self, index: int) -> RawSample:
         name, image, target = self.items[index]
-        if target.suffix == ".png" and self.folder_task == "depth":
+        if target.suffix == ".png" and self.task == "depth":
             return read_depth_pair(name, image, target, self.depth_scale)
         rgb = read_rgb(image)
-        if self.folder_task == "segmentation":
+        if self.task == "segmentation":
             return RawSample(name, rgb, mask=read_label_png(target), source=str(target))
         return RawSample(name, rgb, read_depth_npy(target), source=str(target), depth_unit="m")

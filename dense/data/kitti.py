@@ -16,18 +16,10 @@ toolbox's form unless color_aug="bts"); eval: KB crop; metrics use the Garg crop
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from .base import (
-    DatasetError,
-    DenseDataset,
-    RawSample,
-    check_exists,
-    read_depth_pair,
-    read_pair_list,
-    resolve_root,
-)
-from .transforms import COLOR_AUG_FORMS, compose, kitti_eval, kitti_train, size_pair
+from dense.data.filelist import DepthFileList
+from dense.data.readers import check_exists, resolve_root
+from dense.data.registry import register_dataset
+from dense.data.transforms import kitti_eval, kitti_train, size_pair
 
 LIST_FILES = {"train": "kitti_eigen_train.txt", "val": "kitti_eigen_test.txt", "test": "kitti_eigen_test.txt"}
 LAYOUT = (
@@ -39,44 +31,27 @@ LAYOUT = (
 ANNOTATED_SPLITS = ("train", "val")
 
 
-class KITTIEigen(DenseDataset):
-    task = "depth"
+@register_dataset("kitti")
+class KITTIEigen(DepthFileList):
     min_depth, max_depth = 1e-3, 80.0
     eval_crop = "garg"
 
     def __init__(
         self,
-        root,
+        root=None,
         split: str = "train",
-        augment: bool = False,
-        task: str | None = None,
+        *,
         image_dir: str = "input",
         depth_dir: str = "gt_depth",
         crop_size=(352, 704),
         depth_scale: float = 256.0,
         color_aug: str = "toolbox",
-        seed: int | None = None,
+        **common,
     ):
-        self.check_task(task)
-        self.check_split(split)
-        if color_aug not in COLOR_AUG_FORMS:
-            raise DatasetError(f"data.color_aug={color_aug!r} is not one of {COLOR_AUG_FORMS}")
-        self.root = resolve_root(root, ("kitti",), LIST_FILES[split], LAYOUT)
+        super().__init__(root, split, depth_scale=depth_scale, color_aug=color_aug, **common)
+        self.root = resolve_root(root, ("kitti",), LIST_FILES[self.split], LAYOUT)
         image_root = check_exists(self.root / image_dir, "KITTI image folder", LAYOUT)
         depth_root = check_exists(self.root / depth_dir, "KITTI depth folder", LAYOUT)
         halves = tuple(depth_root / h for h in ANNOTATED_SPLITS if (depth_root / h).is_dir())
-        self.items, self.skipped = read_pair_list(
-            self.root / LIST_FILES[split], image_root, (depth_root, *halves)
-        )
-        self.split, self.depth_scale = split, depth_scale
-        recipe = kitti_train(size_pair(crop_size), color_aug) if augment else kitti_eval()
-        super().__init__(compose(recipe, seed=seed))
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def dataset_files(self) -> tuple[Path, ...]:
-        return (self.root / LIST_FILES[self.split],)
-
-    def read(self, index: int) -> RawSample:
-        return read_depth_pair(*self.items[index], self.depth_scale)
+        self.read_file_list(self.root / LIST_FILES[self.split], image_root, (depth_root, *halves))
+        self.use_recipe(kitti_train(size_pair(crop_size), color_aug) if self.augment else kitti_eval())

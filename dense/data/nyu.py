@@ -21,20 +21,19 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import (
+from dense.data.filelist import DepthFileList
+from dense.data.readers import (
     MAX_LIST_BYTES,
-    DatasetError,
-    DenseDataset,
-    RawSample,
     check_pixels,
     check_regular,
     open_regular,
-    read_depth_pair,
-    read_pair_list,
     resolve_root,
     unreadable,
 )
-from .transforms import COLOR_AUG_FORMS, compose, nyu_train, size_pair
+from dense.data.registry import register_dataset
+from dense.data.sample import RawSample
+from dense.data.transforms import nyu_train, size_pair
+from dense.errors import DatasetError
 
 MAT_FILE = "nyu_depth_v2_labeled.mat"
 SPLITS_FILE = "splits.mat"
@@ -111,29 +110,27 @@ def mat_sample_name(index: int) -> str:
     return f"{int(index) + 1:04d}"
 
 
-class NYUDepthV2(DenseDataset):
-    task = "depth"
+@register_dataset("nyu")
+class NYUDepthV2(DepthFileList):
+    """Both layouts; in the file-list layout everything but finding the list is DepthFileList's."""
+
     min_depth, max_depth = 1e-3, 10.0
     eval_crop = "eigen"
 
     def __init__(
         self,
-        root,
+        root=None,
         split: str = "train",
-        augment: bool = False,
-        task: str | None = None,
+        *,
         layout: str = "auto",
         crop_size=(416, 544),
         depth_scale: float = 1000.0,
         color_aug: str = "toolbox",
-        seed: int | None = None,
+        **common,
     ):
-        self.check_task(task)
-        self.check_split(split)
+        super().__init__(root, split, depth_scale=depth_scale, color_aug=color_aug, **common)
         if layout not in ("auto", "mat", "filelist"):
             raise DatasetError(f"data.layout={layout!r} is not one of 'auto', 'mat', 'filelist'")
-        if color_aug not in COLOR_AUG_FORMS:
-            raise DatasetError(f"data.color_aug={color_aug!r} is not one of {COLOR_AUG_FORMS}")
         self.layout = layout
         if layout == "auto":  # whichever layout is present, the .mat first
             try:
@@ -141,16 +138,15 @@ class NYUDepthV2(DenseDataset):
                 self.layout = "mat"
             except DatasetError:
                 self.layout = "filelist"
-        marker = MAT_FILE if self.layout == "mat" else LIST_FILES[split]
+        marker = MAT_FILE if self.layout == "mat" else LIST_FILES[self.split]
         self.root = resolve_root(root, ROOT_CANDIDATES, marker, LAYOUT)
-        self.split, self.depth_scale = split, depth_scale
         self._h5, self._h5_pid = None, None
 
         if self.layout == "mat":
             self.indices = self._check_mat()
         else:
-            self.items, _ = read_pair_list(self.root / LIST_FILES[split], self.root, self.root)
-        super().__init__(compose(nyu_train(size_pair(crop_size), color_aug) if augment else [], seed=seed))
+            self.read_file_list(self.root / LIST_FILES[self.split], self.root, self.root)
+        self.use_recipe(nyu_train(size_pair(crop_size), color_aug) if self.augment else [])
 
     def _check_mat(self) -> np.ndarray:
         import h5py
@@ -204,7 +200,7 @@ class NYUDepthV2(DenseDataset):
         return indices
 
     def __len__(self) -> int:
-        return len(self.indices) if self.layout == "mat" else len(self.items)
+        return len(self.indices) if self.layout == "mat" else super().__len__()
 
     def sample_names(self) -> list[str]:
         if self.layout == "mat":
@@ -219,7 +215,7 @@ class NYUDepthV2(DenseDataset):
     def dataset_files(self) -> tuple[Path, ...]:
         if self.layout == "mat":
             return self.root / MAT_FILE, self.root / SPLITS_FILE
-        return (self.root / LIST_FILES[self.split],)
+        return super().dataset_files()
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -242,4 +238,4 @@ class NYUDepthV2(DenseDataset):
             image = np.ascontiguousarray(f["images"][i].transpose(2, 1, 0))  # 3×W×H → H×W×3
             depth = np.ascontiguousarray(f["depths"][i].T).astype(np.float32)  # W×H → H×W, metres
             return RawSample(mat_sample_name(i), image, depth, source=f"{self.root / MAT_FILE}[{i + 1}]")
-        return read_depth_pair(*self.items[index], self.depth_scale)
+        return super().read(index)

@@ -13,6 +13,7 @@ corners that rotation brings in.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import albumentations as A
 import cv2
@@ -21,14 +22,8 @@ import torch
 from albumentations.augmentations.crops.transforms import BaseCrop
 from albumentations.core.transforms_interface import DualTransform, ImageOnlyTransform
 
-from dense.errors import DenseError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-IGNORE_INDEX = 255
-# Images are padded with the mean colour, which is 0 after normalisation: what mmseg gets by padding
-# after Normalize, and what `pad_collate` uses between batch items.
-MEAN_FILL = tuple(round(255 * m) for m in IMAGENET_MEAN)
+from dense.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, MEAN_FILL
+from dense.errors import RecipeError
 
 # Depth and the validity map are "mask" targets: nearest interpolation, no pixel (colour) transforms.
 ADDITIONAL_TARGETS = {"depth": "mask", "valid": "mask"}
@@ -37,8 +32,8 @@ ADDITIONAL_TARGETS = {"depth": "mask", "valid": "mask"}
 # --------------------------------------------------------------------------- tensors
 
 
-# Per channel, the normalised value of each of the 256 uint8 levels: a table lookup is several times
-# faster than float arithmetic on an H×W×3 array, which matters on the few CPU cores of a loader.
+# Per channel, the normalised value of each of the 256 uint8 levels: a table lookup costs less than
+# float arithmetic on an H×W×3 array, which matters on the few CPU cores of a loader.
 _NORMALIZE_LUT = (
     (np.arange(256, dtype=np.float64)[None] / 255.0 - np.array(IMAGENET_MEAN)[:, None])
     / np.array(IMAGENET_STD)[:, None]
@@ -185,10 +180,6 @@ class CatMaxRatioCrop(BaseCrop):
                     break
                 coords = self._draw(h, w)
         return {"crop_coords": coords}
-
-
-class RecipeError(DenseError, ValueError):
-    """An augmentation option that is not one of its choices."""
 
 
 # data.color_aug: the depth colour augmentation's two forms (GammaBrightnessColor).
@@ -376,7 +367,7 @@ def photometric_distortion() -> list[A.BasicTransform]:
 def seg_eval(short_side: int | None = 512, max_long_side: int = 2048) -> list[A.BasicTransform]:
     """Short side `short_side` keeping the aspect ratio (None: keep the original size): the un-augmented
     train split's resize (the feature cache reads it). Validation and test are not resized: see
-    `seg_recipe` and `eval_view`."""
+    `SegRecipe` and `eval_view`."""
     return [] if short_side is None else [RescaleShortSide(short_side, max_long_side)]
 
 
@@ -406,25 +397,36 @@ def seg_train(
     ]
 
 
-def seg_recipe(
-    augment: bool,
-    crop_size: int | Sequence[int] = 512,
-    short_side: int = 512,
-    max_long_side: int = 2048,
-    ratio_range: Sequence[float] = (0.5, 2.0),
-    cat_max_ratio: float = 0.75,
-    eval_short_side: int | None = 512,
-    split: str = "train",
-) -> list[A.BasicTransform]:
-    """The segmentation recipe for a split: `seg_train` when augmenting; nothing for val and test, which
-    keep the original image and annotation (mmseg scores on the untouched annotation; the model sees
-    the views `eval_view` makes, at `eval_scale(eval_short_side, max_long_side)`); `seg_eval` for an
-    un-augmented train split."""
-    if augment:
-        return seg_train(size_pair(crop_size), short_side, max_long_side, ratio_range, cat_max_ratio)
-    if split != "train":
-        return []
-    return seg_eval(eval_short_side, max_long_side)
+@dataclass(frozen=True)
+class SegRecipe:
+    """The segmentation recipe's options (the `data.*` keys of ADE20K, VOC and segmentation folders),
+    and the transforms of each split:
+    - augmenting: `seg_train` (mmseg's linear-probe recipe);
+    - val and test: nothing; they keep the original image and annotation (mmseg scores on the untouched
+      annotation; the model sees the views `eval_view` makes, at `eval_scale`);
+    - the un-augmented train split (the feature cache reads it): `seg_eval`.
+    """
+
+    crop_size: int | Sequence[int] = 512
+    short_side: int = 512
+    max_long_side: int = 2048
+    ratio_range: Sequence[float] = (0.5, 2.0)
+    cat_max_ratio: float = 0.75
+    eval_short_side: int | None = 512
+
+    def transforms(self, augment: bool, split: str) -> list[A.BasicTransform]:
+        if augment:
+            return seg_train(
+                size_pair(self.crop_size), self.short_side, self.max_long_side, self.ratio_range, self.cat_max_ratio
+            )
+        if split != "train":
+            return []
+        return seg_eval(self.eval_short_side, self.max_long_side)
+
+    @property
+    def eval_scale(self) -> tuple[int, int] | None:
+        """The test-time scale (long side, short side) the evaluation views are made at."""
+        return eval_scale(self.eval_short_side, self.max_long_side)
 
 
 # --------------------------------------------------------------------------- test-time views (segmentation)
@@ -499,10 +501,6 @@ def size_pair(size: int | Sequence[int] | None) -> tuple[int, int] | None:
 
 
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "IGNORE_INDEX",
-    "MEAN_FILL",
     "normalize_image",
     "denormalize_image",
     "compose",
@@ -521,7 +519,7 @@ __all__ = [
     "photometric_distortion",
     "seg_train",
     "seg_eval",
-    "seg_recipe",
+    "SegRecipe",
     "eval_scale",
     "eval_view_size",
     "eval_view",

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
-from .base import DatasetError, SegmentationFiles, read_lines, read_text, resolve_root
+from dense.data.readers import read_lines, read_text, resolve_root
+from dense.data.registry import register_dataset
+from dense.data.segmentation import SegmentationFiles
+from dense.errors import DatasetError
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -53,12 +56,13 @@ def read_aug_id_list(path: Path) -> list[str]:
     return ids
 
 
+@register_dataset("voc")
 class PascalVOC(SegmentationFiles):
     class_names = VOC_CLASSES
 
-    def __init__(self, root, split: str = "train", use_aug: bool = False, **options):
+    def __init__(self, root=None, split: str = "train", *, use_aug: bool = False, **common):
         self.use_aug = use_aug  # read by find_items, which the base constructor calls
-        super().__init__(root, split, **options)
+        super().__init__(root, split, **common)
 
     def find_items(self, root, split: str) -> list[tuple[str, Path, Path]]:
         self.root = resolve_root(root, ("VOC2012", "VOCdevkit/VOC2012"), "JPEGImages", LAYOUT)

@@ -28,23 +28,22 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from packaging.version import InvalidVersion, Version
 from torch.optim.lr_scheduler import LambdaLR
 
-from dense._cli import ConfigError, plain
 from dense.cache import forward_cached
 from dense.checkpoint import atomic_save, is_inside, restore_frozen_backbone, strip_frozen_backbone
-from dense.errors import WeightsError, load_weights_file, shown
-from dense.losses import BadInputError, TrainingDivergedError
+from dense.errors import (
+    BadInputError,
+    ConfigError,
+    TrainingDivergedError,
+    WeightsError,
+    load_weights_file,
+    shown,
+)
 from dense.model import DenseModel
+from dense.plain import plain
 
 DECAYS = ("cosine", "poly", "constant")
 TEST_MODES = ("whole", "slide")
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-4, "weight_decay": 0.01}
-
-# DenseTask overrides on_before_batch_transfer (the host-side target check) and is trained with a
-# DenseDataModule; Lightning then warns, on every run, that the module's hook is the one used: the intent.
-warnings.filterwarnings(
-    "ignore",
-    message=r"You have overridden `on_before_batch_transfer` in `LightningModule` but have passed in",
-)
 
 
 def lr_schedule(

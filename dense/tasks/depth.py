@@ -6,10 +6,10 @@ from collections.abc import Mapping
 
 import torch
 
-from dense._cli import plain
 from dense.losses import DepthLoss, check_finite
 from dense.metrics import DepthMetrics
 from dense.model import DenseModel
+from dense.plain import plain
 from dense.tasks.base import DenseTask
 
 

@@ -19,11 +19,12 @@ from typing import Any
 
 import torch
 
-from dense._cli import plain
+from dense.constants import IGNORE_INDEX
 from dense.data.transforms import denormalize_image, eval_view
 from dense.losses import SegLoss, check_labels
 from dense.metrics import SegMetrics
 from dense.model import DenseModel
+from dense.plain import plain
 from dense.tasks.base import DenseTask
 
 
@@ -60,7 +61,7 @@ class SegmentationTask(DenseTask):
         model: DenseModel,
         *,
         loss: Mapping | None = None,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
         class_names: Sequence[str] | None = None,
         eval_scale: Sequence[int] | None = None,
         **common,

@@ -1,0 +1,39 @@
+"""What a dataset says of itself before reading a file (DatasetInfo), and a sample as read from disk
+(RawSample), before the recipe turns it into tensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class DatasetInfo:
+    """What the model, the training task and the metrics need to know before any file is read."""
+
+    task: str
+    class_names: tuple[str, ...] = ()
+    min_depth: float = 1e-3
+    max_depth: float = 10.0
+    eval_crop: str | None = None  # "eigen" (NYU), "garg" (KITTI) or None
+    # Segmentation: the test-time scale (long, short) the evaluation views are made at
+    # (transforms.eval_view_size), e.g. (2048, 512); None: each image at its own size.
+    eval_scale: tuple[int, int] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclass
+class RawSample:
+    """A sample as read from disk, before augmentation. `source` names the file(s) for errors."""
+
+    name: str
+    image: np.ndarray  # uint8 H×W×3 RGB
+    depth: np.ndarray | None = None  # float32 H×W metres, 0 = invalid
+    mask: np.ndarray | None = None  # uint8 H×W class ids, 255 = ignore
+    source: str = ""
+    depth_unit: str = "m"  # what the file stored: "m" (floats) or "scaled" (integers = metres × depth_scale)
+    depth_bits: int | None = None  # bits per stored value of an integer depth file (8 or 16 for PNGs)

@@ -1,0 +1,54 @@
+"""Configuration values as plain data: what checkpoints store (so that they load with
+torch.load(weights_only=True)) and the check that a value read back from one is nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from dense.errors import shown
+
+PLAIN_SCALARS = (type(None), bool, int, float, str)
+
+
+def plain(config):
+    """OmegaConf containers → plain dicts/lists (resolved); anything else unchanged."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(config, DictConfig | ListConfig):
+        return OmegaConf.to_container(config, resolve=True)
+    return config
+
+
+def plain_value_problem(value, key: str) -> str | None:
+    """None if `value` is a plain config value (None, a bool, number or string, or a list of them, lists
+    nested at most twice); else what is wrong with it, naming `key`. Values read from a checkpoint must
+    pass this before they go anywhere: a mapping could carry a `_target_`."""
+
+    def problem(item, depth: int) -> str | None:
+        if isinstance(item, PLAIN_SCALARS):
+            return None
+        if isinstance(item, list | tuple) and depth < 2:
+            return next((p for p in (problem(i, depth + 1) for i in item) if p), None)
+        if isinstance(item, Mapping):
+            keys = ", ".join(shown(k, 20) for k in list(item)[:3])
+            return f"{key} holds a mapping (keys {keys}), not a plain value (number, string, bool or list)"
+        return f"{key} holds {shown(item)}, not a plain value (number, string, bool or list)"
+
+    return problem(value, 0)
+
+
+def flatten(config: dict, max_depth: int = 8) -> dict[str, Any]:
+    """{"a": {"b": 1}} → {"a.b": 1}; lists stay values. Mappings nested deeper than `max_depth` stay
+    values too (a config read from a file may be nested thousands deep)."""
+    flat = {}
+    pending = [("", config, 0)]
+    while pending:
+        prefix, mapping, depth = pending.pop()
+        for key, value in mapping.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict) and value and depth < max_depth:
+                pending.append((name + ".", value, depth + 1))
+            else:
+                flat[name] = value
+    return flat
