@@ -88,15 +88,15 @@ class NaiveLinearDepthHead(nn.Module):
     def __init__(self, head: LinearDepthHead):
         super().__init__()
         self.upsample = head.upsample
-        self.uses_cls_token = head.uses_cls_token
-        self.norm_strategy = head.norm_strategy
+        self.use_cls_token = head.use_cls_token
+        self.bin_weighting = head.bin_weighting
         self.conv_depth = copy.deepcopy(head.conv_depth)  # own parameters: trained by its own optimiser
         self.register_buffer("bins", head.bins.clone(), persistent=False)
 
     def forward(self, features: FeatureMaps) -> torch.Tensor:
         maps = []
         for i, patches in enumerate(features.patches):
-            if self.uses_cls_token:
+            if self.use_cls_token:
                 cls = features.cls_tokens[i][:, :, None, None].expand_as(patches)
                 patches = torch.cat((patches, cls), dim=1)
             maps.append(patches)
@@ -106,10 +106,10 @@ class NaiveLinearDepthHead(nn.Module):
             [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps], dim=1
         )
         logit = self.conv_depth(x)
-        if self.norm_strategy == "linear":
+        if self.bin_weighting == "linear":
             logit = torch.relu(logit) + 0.1
             logit = logit / logit.sum(dim=1, keepdim=True)
-        elif self.norm_strategy == "softmax":
+        elif self.bin_weighting == "softmax":
             logit = torch.softmax(logit, dim=1)
         else:
             logit = torch.sigmoid(logit)
@@ -501,11 +501,11 @@ def build_paths(case: Case, args, skipped: list[dict]) -> tuple[list[Path], Dens
             features = ours.extract_features(padded)  # computed once: this work is the head alone
         size = tuple(case.size)
         paths.append(
-            Path("head", "ours", inference(lambda: ours.decode(features, padding, size)), [ours.head])
+            Path("head", "ours", inference(lambda: ours.forward_head(features, padding, size)), [ours.head])
         )
         if naive_head is not None:
             naive = _like(ours, ours.backbone, naive_head)
-            call = inference(lambda: naive.decode(features, padding, size))
+            call = inference(lambda: naive.forward_head(features, padding, size))
             paths.append(Path("head", "naive", call, [naive_head]))
     if "predict" in works:
         for name, make in models.items():

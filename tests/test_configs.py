@@ -36,7 +36,7 @@ def test_defaults_are_the_documented_ones():
 
 def test_every_backbone_and_head_option_composes():
     assert set(options("backbone")) == set(BACKBONES)
-    assert set(options("head")) == set(heads.head_names())
+    assert set(options("head")) == set(heads.list_heads(with_aliases=True))
     for name in options("backbone"):
         assert compose_config("train", f"backbone={name}").backbone.name == name
     for name in options("head"):
