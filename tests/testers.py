@@ -80,12 +80,14 @@ class HeadTester:
         with torch.no_grad():
             torch.testing.assert_close(target(images), source(images), rtol=0, atol=0)
 
-    def check_compile(self) -> None:
+    def check_compile(self, **options) -> None:
+        """DenseModel.compile (backbone token extraction and head) gives the eager outputs; `options` go
+        to torch.compile (backend="eager": Dynamo traces the same code without Inductor's minutes of codegen)."""
         model = self.build().eval()
         images = torch.randn(1, 3, 32, 32)
         with torch.no_grad():
             eager = model(images)
-            model.compile()
+            model.compile(**options)
             compiled = model(images)
         torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4 * eager.abs().max().item())
 
