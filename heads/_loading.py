@@ -15,8 +15,8 @@ import torch.nn as nn
 
 from dense.errors import WeightsError, load_weights_file
 
-# Widths of the four DINOv2 backbones; used only to put names on channel counts in messages.
-_BACKBONE_DIMS = {"ViT-S": 384, "ViT-B": 768, "ViT-L": 1024, "ViT-g": 1536}
+# Widths of the DINOv2 and DINOv3 ViTs (S, B, L shared); used only to put names on channel counts in messages.
+_BACKBONE_DIMS = {"ViT-S": 384, "ViT-B": 768, "ViT-L": 1024, "ViT-H+": 1280, "ViT-g": 1536, "ViT-7B": 4096}
 _MAX_LISTED = 3
 
 

@@ -457,6 +457,21 @@ def test_pretrained_without_the_file_says_where_to_request_it(tmp_path, monkeypa
         build_backbone("tiny16", pretrained=True)
 
 
+def test_entry_scripts_early_check_says_where_to_request_the_file(tmp_path, monkeypatch):
+    # train.py and predict.py check the official file before building anything (check_official_weights):
+    # for DINOv3 that is the gated-download line at once, with no network request.
+    from dense.backbone import check_official_weights
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("no request for a gated file")
+
+    monkeypatch.setattr("urllib.request.urlopen", no_network)
+    with pytest.raises(WeightsError, match="dinov3_vits16_pretrain_lvd1689m-08c60483.pth.*weights=PATH"):
+        check_official_weights(get_spec("dinov3_vits16"))
+
+
 def test_pretrained_uses_the_file_in_the_hub_cache(tmp_path, monkeypatch, reference):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     # A tiny stand-in for a released variant: the same path logic in milliseconds.
