@@ -415,8 +415,6 @@ def build_model(
         head_options.update(min_depth=min_depth, max_depth=max_depth)
     elif min_depth is not None or max_depth is not None:
         raise ValueError(f"min_depth/max_depth are options of depth heads, not of {spec.name}")
-    if spec.task == "segmentation" and use_cls_token:
-        raise ValueError(f"head {spec.name} does not use class tokens (use_cls_token must be false)")
 
     backbone_module = build_backbone(backbone_name, pretrained=pretrained, weights=backbone_weights)
     head_module = heads.build_head(
