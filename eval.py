@@ -21,6 +21,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from dense import _cli
+from dense.imports import import_modules
 
 _cli.set_root_dir(__file__)
 
@@ -50,6 +51,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from dense.tasks import build_task
 
     with _cli.setup_errors():
+        import_modules(cfg.get("imports"))  # the user's own registered heads, backbones, datasets
         _cli.require(
             not OmegaConf.is_missing(cfg, "ckpt_path"),
             "ckpt_path is not set: python eval.py ckpt_path=RUN/checkpoints/best.ckpt",

@@ -42,8 +42,9 @@ from dense.checkpoint import model_from_checkpoint, read_model_config
 from dense.config import apply_speed_options, compile_mode, model_from_config
 from dense.data import ADE20K_CLASSES, VOC_CLASSES
 from dense.data.transforms import eval_view, normalize_image
+from dense.imports import import_modules
 from dense.io import INPUT_SUFFIXES, ImageReadError, atomic_path, list_images, read_image, save_npy, save_png
-from dense.model import DenseModel
+from dense.model import DenseModel, check_inference_settings
 
 EXIT_SKIPPED = 3
 UINT16_MAX = 65535
@@ -65,10 +66,10 @@ def check_options(cfg: DictConfig) -> None:
         raise UsageError("input is not set: python predict.py ckpt=PATH input=IMAGE_OR_FOLDER output=DIR")
     if cfg.output is None:
         raise UsageError("output is not set: python predict.py ckpt=PATH input=IMAGE_OR_FOLDER output=DIR")
-    if cfg.mode not in ("whole", "slide"):
-        raise UsageError(f"mode={cfg.mode} is not one of whole, slide")
-    if cfg.mode == "slide" and cfg.crop_size is None:
-        raise UsageError("mode=slide needs crop_size (e.g. crop_size=518; stride defaults to 2/3 of it)")
+    try:
+        check_inference_settings(cfg.mode, *(_cli.plain(cfg[k]) for k in ("crop_size", "stride", "scales", "flip")))
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     if cfg.precision not in ("fp32", "bf16"):
         raise UsageError(f"precision={cfg.precision} is not one of fp32, bf16")
     compile_mode(cfg.compile)
@@ -93,34 +94,11 @@ def check_options(cfg: DictConfig) -> None:
             f"depth_range={depth_range} must be model (the model's depth range), auto (each image's own "
             "range) or [min,max] in metres with 0 <= min < max"
         )
-    if not cfg.scales or any(float(s) <= 0 for s in cfg.scales):
-        raise UsageError(f"scales={list(cfg.scales or [])} must be a non-empty list of positive ratios")
-    crop, stride = window("crop_size", cfg.crop_size), window("stride", cfg.stride)
-    if crop and stride and (stride[0] > crop[0] or stride[1] > crop[1]):
-        raise UsageError(
-            f"stride={_cli.plain(cfg.stride)} is larger than crop_size={_cli.plain(cfg.crop_size)}: the windows "
-            "would leave pixels uncovered; use a stride of at most the window"
-        )
     max_pixels = cfg.max_pixels
     if not isinstance(max_pixels, int) or isinstance(max_pixels, bool) or max_pixels < 1:
         raise UsageError(
             f"max_pixels={max_pixels} must be a positive number of pixels (default 64000000: 8000×8000)"
         )
-
-
-def window(name: str, value) -> tuple[int, int] | None:
-    """crop_size or stride: a positive int or [h, w] of them, as (h, w); None when not given."""
-    value = _cli.plain(value)
-    if value is None:
-        return None
-    sides = [value, value] if not isinstance(value, list) else value
-    if len(sides) != 2 or any(
-        not isinstance(side, int) or isinstance(side, bool) or side < 1 for side in sides
-    ):
-        raise UsageError(
-            f"{name}={value} must be a positive number of pixels or [height,width] of them (e.g. {name}=518)"
-        )
-    return sides[0], sides[1]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -595,6 +573,7 @@ def predict(cfg: DictConfig) -> int:
     """Everything predict.py does; returns the exit status (0, or EXIT_SKIPPED). Set-up mistakes exit
     with status 2 and one line (dense._cli), before any image is processed."""
     with _cli.setup_errors():
+        import_modules(cfg.get("imports"))  # the user's own registered heads, backbones, datasets
         check_options(cfg)
         output = Path(cfg.output).expanduser()
         paths = list_images(cfg.input)

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 import heads
 from dense import _cli
+from dense.imports import import_modules
 
 _cli.set_root_dir(__file__)
 
@@ -48,6 +49,7 @@ def train(cfg: DictConfig):
     # The frozen backbone is in eval mode on purpose (DenseModel.train keeps it so).
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     with _cli.setup_errors():
+        import_modules(cfg.get("imports"))  # the user's own registered heads, backbones, datasets
         _cli.absolute_paths(cfg, USER_PATHS)
         check_config(cfg)
         L.seed_everything(cfg.seed, workers=True)
@@ -128,7 +130,7 @@ def check_data_and_weights(cfg: DictConfig, datamodule) -> None:
     """What the expensive steps need, checked cheaply before the model is built or anything downloaded:
     the file lists of the splits the run reads (a wrong data.root fails here, not after a 4 GB download;
     DenseDataModule caches them, so this costs nothing later) and the official backbone weights (in the
-    torch hub cache, or reachable: a ViT-g/14 takes 20 s and 5 GB to build before a download can fail)."""
+    torch hub cache, or reachable: a large backbone is slow to build before a download can fail)."""
     from dense.backbone import check_official_weights, get_spec
 
     splits = ["val", *(["test"] if cfg.test else [])]

@@ -3,7 +3,7 @@
 Why our own module rather than timm's `VisionTransformer`: the official files then load with
 `load_state_dict(strict=True)` and no key translation, and the position-embedding interpolation of the
 plain (non-register) models can follow upstream exactly (timm's size-based resize differs from it at
-every size but 518; see REFERENCE.md). timm is still the independent reference in the tests.
+every size but 518; see the README, "Backbones"). timm is still the independent reference in the tests.
 """
 
 from __future__ import annotations

@@ -1,8 +1,11 @@
-"""The 8 DINOv2 backbones (ViT-S/B/L/g, patch 14, with and without 4 registers), plus tiny test variants.
+"""The backbone registry, and the 8 DINOv2 backbones (ViT-S/B/L/g, patch 14, with and without 4
+registers) plus tiny test variants. The DINOv3 family registers itself the same way in
+dense/dinov3_specs.py.
 
-`build_backbone(name, pretrained=False, weights=None)` is the only entry point. Official checkpoints
-load as Meta publishes them (strictly: every key used, every shape checked), also in the chunked
-`blocks.C.I.*` layout and inside training checkpoints.
+Every variant is a spec (a BackboneSpec subclass) registered by `register_backbone` where it is
+defined; `build_backbone(name, pretrained=False, weights=None)` builds any of them and
+`list_backbones()` names them. Official checkpoints load as Meta publishes them (strictly: every key
+used, every shape checked), also in the chunked `blocks.C.I.*` layout and inside training checkpoints.
 """
 
 from __future__ import annotations
@@ -17,13 +20,107 @@ import torch
 
 from dense._vit import DinoVisionTransformer
 from dense.errors import WeightsError, load_weights_file
+from dense.features import LayerSet
+from dense.registry import Registry
 
 DINOV2_BASE_URL = "https://dl.fbaipublicfiles.com/dinov2"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class BackboneSpec:
+    """What every registered backbone variant states (its subclasses are frozen dataclasses).
+
+    Attributes: name, embed_dim, depth, patch_size, num_register_tokens (DINOv3: its storage tokens),
+    four_layers (the FOUR_EVEN_INTERVALS blocks), hub_name (None for test variants), test_only,
+    image_mean / image_std (the normalisation its weights were trained with). Methods: create() (the
+    randomly initialised module), load_weights(model, path) (strict), official_weights_path() and
+    check_official_weights() (the released file for pretrained=True).
+    """
+
+    family = "backbone"
+    patch_size: int
+    image_mean: tuple[float, float, float] = IMAGENET_MEAN
+    image_std: tuple[float, float, float] = IMAGENET_STD
+
+    def layer_indices(self, layer_set: LayerSet) -> tuple[int, ...]:
+        """The 0-based block indices of `layer_set` on this backbone."""
+        if layer_set is LayerSet.LAST:
+            return (self.depth - 1,)
+        if layer_set is LayerSet.FOUR_LAST:
+            return tuple(range(self.depth - 4, self.depth))
+        if layer_set is LayerSet.FOUR_EVEN_INTERVALS:
+            return tuple(self.four_layers)
+        raise ValueError(f"layer_set must be a dense.LayerSet, got {layer_set!r}")
+
+    @property
+    def last_layer(self) -> tuple[int, ...]:
+        return self.layer_indices(LayerSet.LAST)
+
+    @property
+    def last_four_layers(self) -> tuple[int, ...]:
+        return self.layer_indices(LayerSet.FOUR_LAST)
+
+    def _official(self):
+        if self.hub_name is None:
+            raise WeightsError(
+                f"backbone {self.name} is a test variant with no official weights; use pretrained=False"
+            )
+        return self
+
+
+BACKBONES: Registry[BackboneSpec] = Registry("backbone", "backbone.name", "dense.register_backbone")
+
+
+def register_backbone(spec: BackboneSpec, aliases: tuple[str, ...] = ()) -> BackboneSpec:
+    """Register a backbone variant under `spec.name` (and `aliases`, e.g. upstream's spellings) and
+    return it. Called where each variant is defined (the spec tables here and in dense/dinov3_specs.py);
+    a variant of your own is a BackboneSpec subclass instance registered the same way."""
+    return BACKBONES.add(spec.name, spec, tuple(aliases))
+
+
+def list_backbones(include_test: bool = True) -> list[str]:
+    """The registered backbone names, sorted (the tiny test variants too unless include_test=False)."""
+    return [name for name in BACKBONES.names() if include_test or not BACKBONES.get(name).test_only]
+
+
+def resolve_name(name: str) -> str:
+    """Canonical variant name; accepts upstream spellings (`dinov2_vitl14_reg`, `vitl14_reg4`,
+    `dinov3_vitl16`, `vitl16_sat493m`) in any case."""
+    key = name.strip().lower() if isinstance(name, str) else name
+    return BACKBONES.canonical(key)
+
+
+def get_spec(name: str) -> BackboneSpec:
+    return BACKBONES.get(resolve_name(name))
+
+
+def build_backbone(name: str, pretrained: bool = False, weights: str | os.PathLike | None = None):
+    """A registered backbone (DINOv2 or DINOv3) by name.
+
+    weights:    a local checkpoint file (takes precedence over `pretrained`), loaded strictly.
+    pretrained: the official weights from the torch hub cache (DINOv2: downloaded there when missing;
+                DINOv3: gated, never downloaded: a missing file says where to request it).
+    Without either, the weights are randomly initialised as upstream does.
+    """
+    spec = get_spec(name)
+    if weights is None and pretrained:
+        weights = spec.official_weights_path()  # before building: a missing file is found at once
+    model = spec.create()
+    if weights is not None:
+        spec.load_weights(model, weights)
+    return model
+
+
+def check_official_weights(spec: BackboneSpec, timeout: float = 10.0) -> None:
+    """Refuse in a second what build_backbone(pretrained=True) would refuse after a slow build: the
+    official file is neither in the torch hub cache nor obtainable. Nothing is downloaded or built."""
+    spec.check_official_weights(timeout)
 
 
 @dataclass(frozen=True)
-class BackboneSpec:
-    """One registered variant. `layers` holds the 0-based block indices the official heads read."""
+class Dinov2Spec(BackboneSpec):
+    """One DINOv2 variant. `four_layers` holds the 0-based blocks upstream's linear4 and DPT heads read."""
 
     name: str
     embed_dim: int
@@ -36,13 +133,8 @@ class BackboneSpec:
     timm_name: str | None = None
     test_only: bool = False
 
-    @property
-    def last_layer(self) -> tuple[int, ...]:
-        return (self.depth - 1,)
-
-    @property
-    def last_four_layers(self) -> tuple[int, ...]:
-        return tuple(range(self.depth - 4, self.depth))
+    family = "dinov2"
+    patch_size = 14
 
     @property
     def url(self) -> str | None:
@@ -65,12 +157,30 @@ class BackboneSpec:
             interpolate_antialias=registers,
         )
 
+    def load_weights(self, model: DinoVisionTransformer, path) -> None:
+        load_backbone_weights(model, self, path)
 
-BACKBONES: dict[str, BackboneSpec] = {}
+    def official_weights_path(self) -> str:
+        return official_weights_path(self)
+
+    def check_official_weights(self, timeout: float = 10.0) -> None:
+        path = hub_cache_path(self._official())
+        if os.path.isfile(path):
+            return
+        try:
+            with urllib.request.urlopen(urllib.request.Request(self.url, method="HEAD"), timeout=timeout):
+                pass
+        except (urllib.error.URLError, OSError, ConnectionError) as error:
+            raise _cannot_download(self, path, error) from None
 
 
-def _register(spec: BackboneSpec) -> None:
-    BACKBONES[spec.name] = spec
+def _register_dinov2(spec: Dinov2Spec) -> None:
+    aliases = []
+    if spec.hub_name is not None:
+        aliases.append(spec.hub_name)
+        if spec.num_register_tokens:
+            aliases += [spec.name + "4", spec.hub_name + "4"]  # vitl14_reg4, dinov2_vitl14_reg4
+    register_backbone(spec, aliases)
 
 
 for _size, _dim, _depth, _heads, _ffn, _four in [
@@ -81,8 +191,8 @@ for _size, _dim, _depth, _heads, _ffn, _four in [
 ]:
     _timm_arch = {"s": "small", "b": "base", "l": "large", "g": "giant"}[_size]
     for _reg in (False, True):
-        _register(
-            BackboneSpec(
+        _register_dinov2(
+            Dinov2Spec(
                 name=f"vit{_size}14" + ("_reg" if _reg else ""),
                 embed_dim=_dim,
                 depth=_depth,
@@ -96,52 +206,24 @@ for _size, _dim, _depth, _heads, _ffn, _four in [
         )
 
 # Tiny variants for tests: the same code paths (both interpolation rules, registers, SwiGLU) in milliseconds.
-_register(BackboneSpec("tiny14", 48, 4, 3, four_layers=(0, 1, 2, 3), test_only=True))
-_register(BackboneSpec("tiny14_reg", 48, 4, 3, num_register_tokens=4, four_layers=(0, 1, 2, 3), test_only=True))
-_register(BackboneSpec("tiny14_swiglu", 48, 4, 3, ffn="swiglu", four_layers=(0, 1, 2, 3), test_only=True))
+_register_dinov2(Dinov2Spec("tiny14", 48, 4, 3, four_layers=(0, 1, 2, 3), test_only=True))
+_register_dinov2(Dinov2Spec("tiny14_reg", 48, 4, 3, num_register_tokens=4, four_layers=(0, 1, 2, 3), test_only=True))
+_register_dinov2(Dinov2Spec("tiny14_swiglu", 48, 4, 3, ffn="swiglu", four_layers=(0, 1, 2, 3), test_only=True))
 
-OFFICIAL_NAMES = [name for name, spec in BACKBONES.items() if not spec.test_only]
-
-
-def resolve_name(name: str) -> str:
-    """Canonical variant name; accepts upstream spellings such as `dinov2_vitl14_reg` or `vitl14_reg4`."""
-    key = name.strip().lower().removeprefix("dinov2_")
-    key = re.sub(r"_reg4$", "_reg", key)
-    if key not in BACKBONES:
-        raise ValueError(f"unknown backbone '{name}': choose one of {', '.join(BACKBONES)}")
-    return key
-
-
-def get_spec(name: str) -> BackboneSpec:
-    return BACKBONES[resolve_name(name)]
-
-
-def build_backbone(name: str, pretrained: bool = False, weights: str | os.PathLike | None = None):
-    """A DINOv2 backbone by name.
-
-    pretrained: download the official weights into the torch hub cache (or use them from there).
-    weights:    a local checkpoint file (takes precedence over `pretrained`).
-    Without either, the weights are randomly initialised as upstream does.
-    """
-    spec = get_spec(name)
-    model = spec.create()
-    if weights is not None:
-        load_backbone_weights(model, spec, weights)
-    elif pretrained:
-        load_backbone_weights(model, spec, official_weights_path(spec))
-    return model
+DINOV2_NAMES = [name for name in BACKBONES.names() if isinstance(BACKBONES.get(name), Dinov2Spec)]
+OFFICIAL_NAMES = [name for name in DINOV2_NAMES if not BACKBONES.get(name).test_only]
 
 
 # ---- official weights ---------------------------------------------------------------------------------
 
 
-def hub_cache_path(spec: BackboneSpec) -> str:
+def hub_cache_path(spec: Dinov2Spec) -> str:
     return os.path.join(torch.hub.get_dir(), "checkpoints", spec.url.rsplit("/", 1)[1])
 
 
-def official_weights_path(spec: BackboneSpec) -> str:
+def official_weights_path(spec: Dinov2Spec) -> str:
     """Path of the official file in the torch hub cache, downloading it there if it is not yet present."""
-    path = hub_cache_path(_official(spec))
+    path = hub_cache_path(spec._official())
     if os.path.isfile(path):
         return path
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -152,27 +234,7 @@ def official_weights_path(spec: BackboneSpec) -> str:
     return path
 
 
-def check_official_weights(spec: BackboneSpec, timeout: float = 10.0) -> None:
-    """Refuse in a second what official_weights_path would refuse after the backbone was built: the file
-    is neither in the torch hub cache nor downloadable (a HEAD request to its URL, through the same
-    proxies as the download). Nothing is downloaded or built here."""
-    path = hub_cache_path(_official(spec))
-    if os.path.isfile(path):
-        return
-    try:
-        with urllib.request.urlopen(urllib.request.Request(spec.url, method="HEAD"), timeout=timeout):
-            pass
-    except (urllib.error.URLError, OSError, ConnectionError) as error:
-        raise _cannot_download(spec, path, error) from None
-
-
-def _official(spec: BackboneSpec) -> BackboneSpec:
-    if spec.url is None:
-        raise WeightsError(f"backbone {spec.name} is a test variant with no official weights; use pretrained=False")
-    return spec
-
-
-def _cannot_download(spec: BackboneSpec, path: str, error: BaseException) -> WeightsError:
+def _cannot_download(spec: Dinov2Spec, path: str, error: BaseException) -> WeightsError:
     return WeightsError(
         f"could not download the {spec.name} weights ({type(error).__name__}: {error}). Without a network, "
         f"download {spec.url} elsewhere and place it at {path}, or pass its path with "
@@ -220,13 +282,13 @@ def describe_state_dict(state: dict[str, torch.Tensor]) -> tuple[int | None, int
 
 
 def _guess_variant(dim, depth, registers, ffn) -> str:
-    for spec in BACKBONES.values():
+    for spec in (BACKBONES.get(name) for name in DINOV2_NAMES):
         if (spec.embed_dim, spec.depth, spec.num_register_tokens, spec.ffn) == (dim, depth, registers, ffn):
             return spec.name
     return "an unknown variant"
 
 
-def check_compatible(state: dict[str, torch.Tensor], spec: BackboneSpec) -> None:
+def check_compatible(state: dict[str, torch.Tensor], spec: Dinov2Spec) -> None:
     """One clear line when a checkpoint is for another variant, before any key-by-key comparison."""
     dim, depth, registers, ffn = describe_state_dict(state)
     if dim is None:
@@ -247,21 +309,29 @@ def check_compatible(state: dict[str, torch.Tensor], spec: BackboneSpec) -> None
         raise WeightsError(f"checkpoint uses a {ffn} feed-forward but the backbone {spec.name} uses {spec.ffn}")
 
 
-def load_backbone_weights(model: DinoVisionTransformer, spec: BackboneSpec, path) -> None:
+def load_backbone_weights(model: DinoVisionTransformer, spec: Dinov2Spec, path) -> None:
     state = extract_backbone_state_dict(load_weights_file(path))
     check_compatible(state, spec)
+    load_state_dict_strictly(model, state, spec.name, path)
+
+
+def load_state_dict_strictly(model: torch.nn.Module, state: dict, name: str, path, optional=None) -> None:
+    """Every key used, every shape checked, one line naming what differs (for any backbone family).
+    Keys of the model that match `optional` (a compiled regex) may be absent from `state`: the model's
+    own values are kept."""
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
+    absent = set(expected) - set(state)
+    missing = sorted(k for k in absent if optional is None or not optional.match(k))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         raise WeightsError(
-            f"{path}: checkpoint keys do not match {spec.name}: "
+            f"{path}: checkpoint keys do not match {name}: "
             f"missing {missing[:3]}{'…' if len(missing) > 3 else ''}, "
             f"unexpected {unexpected[:3]}{'…' if len(unexpected) > 3 else ''}"
         )
     for key, value in state.items():
         if value.shape != expected[key].shape:
             raise WeightsError(
-                f"{path}: '{key}' has shape {tuple(value.shape)} but {spec.name} expects {tuple(expected[key].shape)}"
+                f"{path}: '{key}' has shape {tuple(value.shape)} but {name} expects {tuple(expected[key].shape)}"
             )
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict({**expected, **state}, strict=True)

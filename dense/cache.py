@@ -423,7 +423,7 @@ class CachedFeatures(Dataset):
             for view in range(len(VIEWS)):
                 view_images = images.flip(-1) if view == 1 else images
                 with autocast:
-                    features = model.extract_features(model.pad(view_images)[0])
+                    features, _ = model.image_features(view_images)
                 arrays["patches"][indices, view] = torch.stack(features.patches, dim=1).half().cpu().numpy()
                 if "cls" in arrays:
                     arrays["cls"][indices, view] = torch.stack(features.cls_tokens, dim=1).half().cpu().numpy()
@@ -469,8 +469,8 @@ def batch_features(batch: dict, dtype: torch.dtype = torch.float32) -> FeatureMa
 
 
 def forward_cached(model: DenseModel, batch: dict, image_size: tuple[int, int]) -> torch.Tensor:
-    """The model's output from cached features: the head, un-pad and resize, no backbone (decode clamps
+    """The model's output from cached features: the head, un-pad and resize, no backbone (forward_head clamps
     depth only outside training, as for images)."""
     height, width = image_size
     padding = center_padding(height, width, model.patch_size)
-    return model.decode(batch_features(batch), padding, (height, width))
+    return model.forward_head(batch_features(batch), padding, (height, width))

@@ -17,6 +17,7 @@ import os
 import torch
 
 import heads
+from dense.backbone import BACKBONES
 from dense.errors import WeightsError, load_weights_file, shown
 from dense.hashing import file_sha256
 from dense.model import DenseModel, build_model
@@ -92,10 +93,14 @@ def check_model_config(config, where: str) -> None:
     for key in ("backbone", "head"):
         if not isinstance(config.get(key), str):
             raise WeightsError(f"{where}: its '{MODEL_KEY}' entry has no '{key}' name")
-    try:
-        options = set(heads.get_head_spec(config["head"]).options)
-    except ValueError as error:
-        raise WeightsError(f"{where}: {error}") from None
+    # A checkpoint names its head and backbone, it never makes us import the module defining them.
+    for kind, registry in (("head", heads.HEADS), ("backbone", BACKBONES)):
+        if config[kind] not in registry:
+            raise WeightsError(
+                f"{where} was trained with the {kind} {shown(config[kind])}, which is not registered: pass the "
+                f"module that defines it with imports=[module] (known: {', '.join(registry.names())})"
+            )
+    options = set(heads.get_head_spec(config["head"]).options)
     for key, value in config.items():
         if key not in MODEL_CONFIG_TYPES and key not in options:
             raise WeightsError(f"{where}: '{MODEL_KEY}' has the key {shown(key)}, which is no option of the model")

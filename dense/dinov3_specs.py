@@ -6,9 +6,9 @@ there and `_DINOV3_BASE_URL` in dinov3/hub/utils.py, the default layer sets from
 in dinov3/eval/depth/models/encoder.py and dinov3/eval/segmentation/models/__init__.py, the image
 normalisation from the README's transforms.
 
-`build_dinov3_backbone(name, pretrained=False, weights=None)` builds one; the backbone registry wires
-it in. Meta's downloads are gated (a licence form), so `pretrained=True` never downloads: it uses the
-file in the torch hub cache, or says where to request it and where to put it.
+Each variant registers itself in the backbone registry (dense.build_backbone builds it). Meta's
+downloads are gated (a licence form), so `pretrained=True` never downloads: it uses the file in the
+torch hub cache, or says where to request it and where to put it.
 """
 
 from __future__ import annotations
@@ -20,22 +20,30 @@ from dataclasses import dataclass
 import torch
 
 from dense._vit_dinov3 import Dinov3VisionTransformer, ffn_hidden_features
-from dense.backbone import extract_backbone_state_dict
+from dense.backbone import (
+    BACKBONES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    BackboneSpec,
+    extract_backbone_state_dict,
+    load_state_dict_strictly,
+    register_backbone,
+)
 from dense.errors import WeightsError, load_weights_file
 
 DINOV3_BASE_URL = "https://dl.fbaipublicfiles.com/dinov3"
 DINOV3_ACCESS_URL = "https://ai.meta.com/resources/models-and-libraries/dinov3-downloads/"
 
-# Image normalisation per pretraining set (README, "Image transforms"): web images use ImageNet's,
-# the satellite models their own.
+# Image normalisation per pretraining set (upstream's README, "Image transforms"): web images use
+# ImageNet's, the satellite models their own.
 IMAGE_STATS = {
-    "lvd1689m": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "lvd1689m": (IMAGENET_MEAN, IMAGENET_STD),
     "sat493m": ((0.430, 0.411, 0.296), (0.213, 0.156, 0.143)),
 }
 
 
 @dataclass(frozen=True)
-class Dinov3Spec:
+class Dinov3Spec(BackboneSpec):
     """One DINOv3 ViT variant. `four_layers` is upstream's FOUR_EVEN_INTERVALS layer set (0-based
     blocks): i · (depth // 4) − 1 for i = 1..4, except ViT-L's [4, 11, 17, 23] kept "for backward
     compatibility" (encoder.py calls it incorrect, the segmentation code "used in the paper")."""
@@ -56,19 +64,12 @@ class Dinov3Spec:
     file_hash: str | None = None  # the 8 hex digits in the released file's name
     test_only: bool = False
 
+    family = "dinov3"
     patch_size = 16
 
     @property
     def num_register_tokens(self) -> int:
         return self.n_storage_tokens
-
-    @property
-    def last_layer(self) -> tuple[int, ...]:  # BackboneLayersSet.LAST
-        return (self.depth - 1,)
-
-    @property
-    def last_four_layers(self) -> tuple[int, ...]:  # BackboneLayersSet.FOUR_LAST
-        return tuple(range(self.depth - 4, self.depth))
 
     @property
     def ffn_hidden(self) -> int:
@@ -109,12 +110,30 @@ class Dinov3Spec:
             untie_global_and_local_cls_norm=self.untie_global_and_local_cls_norm,
         )
 
+    def load_weights(self, model: Dinov3VisionTransformer, path) -> None:
+        load_dinov3_weights(model, self, path)
 
-DINOV3_BACKBONES: dict[str, Dinov3Spec] = {}
+    def official_weights_path(self) -> str:
+        path = dinov3_hub_cache_path(self._official())
+        if not os.path.isfile(path):
+            raise WeightsError(gated_weights_message(self))
+        return path
+
+    def check_official_weights(self, timeout: float = 10.0) -> None:
+        self.official_weights_path()  # gated: nothing to ask the network, the file is there or not
 
 
 def _add(spec: Dinov3Spec) -> None:
-    DINOV3_BACKBONES[spec.name] = spec
+    """Register a variant with upstream's spellings as aliases: the hub function's name (dinov3_vitl16)
+    and the pretraining set as a suffix (vitl16_sat493m, dinov3_vit7b16_lvd1689m)."""
+    aliases = []
+    if spec.hub_name is not None:
+        data = spec.pretrain_data
+        arch = spec.name.removesuffix("_sat")
+        for stem in (arch, spec.hub_name):
+            aliases.append(f"{stem}_{data}")
+        aliases.append(spec.hub_name if data == "lvd1689m" else f"{spec.hub_name}_sat")
+    register_backbone(spec, aliases)
 
 
 # One row per hub function of dinov3/hub/backbones.py (a `_sat` row: the same function with
@@ -134,7 +153,8 @@ for _name, _dim, _depth, _heads, _ffn, _ratio, _qkv_bias, _local_norm, _four, _h
 ]:
     _add(
         Dinov3Spec(
-            _name, _dim, _depth, _heads, _ffn, _ratio,
+            _name, _dim, _depth, _heads, _ffn,
+            ffn_ratio=_ratio,
             qkv_bias=_qkv_bias,
             untie_global_and_local_cls_norm=_local_norm,
             four_layers=_four,
@@ -155,37 +175,8 @@ _add(Dinov3Spec("tiny16_untied", ffn="swiglu64", ffn_ratio=3, qkv_bias=False, un
                 **_TINY))
 _add(Dinov3Spec("tiny16_clsnorm", untie_cls_and_patch_norms=True, **_TINY))
 
-OFFICIAL_DINOV3_NAMES = [name for name, spec in DINOV3_BACKBONES.items() if not spec.test_only]
-
-
-def resolve_dinov3_name(name: str) -> str:
-    """Canonical variant name; accepts upstream's spellings (`dinov3_vitl16`, `dinov3_vith16plus`) and
-    the pretraining set as a suffix (`vitl16_sat493m`, `dinov3_vit7b16_lvd1689m`)."""
-    key = name.strip().lower().removeprefix("dinov3_")
-    key = re.sub(r"_sat493m$", "_sat", key).removesuffix("_lvd1689m")
-    if key not in DINOV3_BACKBONES:
-        raise ValueError(f"unknown DINOv3 backbone '{name}': choose one of {', '.join(DINOV3_BACKBONES)}")
-    return key
-
-
-def get_dinov3_spec(name: str) -> Dinov3Spec:
-    return DINOV3_BACKBONES[resolve_dinov3_name(name)]
-
-
-def build_dinov3_backbone(name: str, pretrained: bool = False, weights: str | os.PathLike | None = None):
-    """A DINOv3 backbone by name.
-
-    weights:    a local file (Meta's released file, or a state dict in its layout); wins over pretrained.
-    pretrained: the released file from the torch hub cache (never downloaded: the files are gated).
-    Without either, the weights are randomly initialised as upstream does.
-    """
-    spec = get_dinov3_spec(name)
-    if weights is None and pretrained:
-        weights = official_dinov3_weights_path(spec)  # before building: a missing file is found at once
-    model = spec.create()
-    if weights is not None:
-        load_dinov3_weights(model, spec, weights)
-    return model
+DINOV3_NAMES = [name for name in BACKBONES.names() if isinstance(BACKBONES.get(name), Dinov3Spec)]
+OFFICIAL_DINOV3_NAMES = [name for name in DINOV3_NAMES if not BACKBONES.get(name).test_only]
 
 
 # ---- the released files ---------------------------------------------------------------------------
@@ -203,15 +194,6 @@ def gated_weights_message(spec: Dinov3Spec) -> str:
         f"from the link Meta e-mails (with wget), then place it at {dinov3_hub_cache_path(spec)} or pass "
         "its path with weights=PATH (config: backbone.weights=PATH)"
     )
-
-
-def official_dinov3_weights_path(spec: Dinov3Spec) -> str:
-    if spec.hub_name is None:
-        raise WeightsError(f"backbone {spec.name} is a test variant with no official weights; use pretrained=False")
-    path = dinov3_hub_cache_path(spec)
-    if not os.path.isfile(path):
-        raise WeightsError(gated_weights_message(spec))
-    return path
 
 
 # ---- strict loading -------------------------------------------------------------------------------
@@ -257,7 +239,7 @@ def describe_signature(signature: tuple) -> str:
 def guess_dinov3_variants(state: dict[str, torch.Tensor]) -> list[str]:
     """The variants whose architecture the state dict has (vit7b16 and vit7b16_sat share one)."""
     signature = state_signature(state)
-    return [name for name, spec in DINOV3_BACKBONES.items() if spec_signature(spec) == signature]
+    return [name for name in DINOV3_NAMES if spec_signature(BACKBONES.get(name)) == signature]
 
 
 def check_dinov3_compatible(state: dict[str, torch.Tensor], spec: Dinov3Spec, path) -> None:
@@ -287,25 +269,3 @@ def load_dinov3_weights(model: Dinov3VisionTransformer, spec: Dinov3Spec, path) 
     check_dinov3_compatible(state, spec, path)
     load_state_dict_strictly(model, state, spec.name, path, optional=OPTIONAL_BUFFERS)
 
-
-def load_state_dict_strictly(model: torch.nn.Module, state: dict, name: str, path, optional=None) -> None:
-    """Every key used, every shape checked, one line naming what differs. Keys of the model that match
-    `optional` (a compiled regex) may be absent from `state`: the model's own values are kept.
-
-    Written for any backbone family (dense/backbone.py's DINOv2 loader does the same checks)."""
-    expected = model.state_dict()
-    absent = set(expected) - set(state)
-    missing = sorted(k for k in absent if optional is None or not optional.match(k))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise WeightsError(
-            f"{path}: checkpoint keys do not match {name}: "
-            f"missing {missing[:3]}{'…' if len(missing) > 3 else ''}, "
-            f"unexpected {unexpected[:3]}{'…' if len(unexpected) > 3 else ''}"
-        )
-    for key, value in state.items():
-        if value.shape != expected[key].shape:
-            raise WeightsError(
-                f"{path}: '{key}' has shape {tuple(value.shape)} but {name} expects {tuple(expected[key].shape)}"
-            )
-    model.load_state_dict({**expected, **state}, strict=True)

@@ -7,6 +7,7 @@ replaced by features read back from disk (see the feature cache) without the hea
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 
@@ -44,3 +45,21 @@ class FeatureMaps:
     def to(self, *args, **kwargs) -> FeatureMaps:
         cls = None if self.cls_tokens is None else tuple(t.to(*args, **kwargs) for t in self.cls_tokens)
         return FeatureMaps(tuple(p.to(*args, **kwargs) for p in self.patches), cls)
+
+
+class LayerSet(Enum):
+    """Which blocks a head reads, named as DINOv3's evaluation code names them (its BackboneLayersSet);
+    each backbone turns a set into block indices (`BackboneSpec.layer_indices`).
+
+    LAST: the last block. FOUR_LAST: the last four blocks (the "ms" segmentation heads).
+    FOUR_EVEN_INTERVALS: four blocks spread over the depth (linear4 and DPT depth heads), as upstream
+    lists them per backbone (ViT-S/B 2,5,8,11; ViT-L 4,11,17,23; ViT-g 9,19,29,39).
+    """
+
+    LAST = "LAST"
+    FOUR_LAST = "FOUR_LAST"
+    FOUR_EVEN_INTERVALS = "FOUR_EVEN_INTERVALS"
+
+    @property
+    def num_layers(self) -> int:
+        return 1 if self is LayerSet.LAST else 4

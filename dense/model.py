@@ -1,7 +1,8 @@
-"""DenseModel: a frozen DINOv2 backbone under one head, for any input size.
+"""DenseModel: a frozen DINOv2 or DINOv3 backbone under one head, for any input size.
 
     images (ImageNet-normalised B×3×H×W, any H, W)
-      → centre-pad to a multiple of 14 (the extra pixel of an odd pad goes bottom/right, as upstream)
+      → re-normalised to the backbone's own mean/std when they differ (the DINOv3 satellite variants)
+      → centre-pad to a multiple of the patch size, 14 or 16 (an odd pad's extra pixel goes bottom/right)
       → backbone.get_intermediate_tokens(layers, norm) → FeatureMaps
       → head → raw output on the head's own grid
       → depth: clamp to [min_depth, max_depth], except in training (train mode with autograd on)
@@ -13,7 +14,7 @@ the inference path, clamps; `forward_train` hands the losses the raw head output
 
 Upstream resizes the padded prediction straight to H×W, which shifts it by up to half a patch; we
 resize to the padded size and then crop, so the prediction stays aligned with the image. The two agree
-exactly whenever H and W are multiples of 14 (no padding).
+exactly whenever H and W are multiples of the patch size (no padding).
 """
 
 from __future__ import annotations
@@ -28,14 +29,63 @@ import torch.nn.functional as F
 from torch import nn
 
 import heads
-from dense.backbone import build_backbone, get_spec
-from dense.errors import DenseError
+from dense.backbone import IMAGENET_MEAN, IMAGENET_STD, build_backbone, get_spec
+from dense.errors import DenseError, load_weights_file, shown
 from dense.features import FeatureMaps
-from heads._common import resize
+from dense.ops import resize
 
 DEFAULT_DEPTH_RANGE = (1e-3, 10.0)
 # Upstream's multi-scale test ratios for the "ms" segmentation evaluation.
 MS_SCALES = (1.0, 1.32, 1.73, 2.28, 3.0)
+INFERENCE_MODES = ("whole", "slide")
+MAX_SCALE = 16.0  # bounds, since each ratio and window sizes an image the model runs on
+MAX_WINDOW = 16384
+MAX_VIEWS = 16
+
+
+def check_inference_settings(
+    mode: str = "whole", crop_size=None, stride=None, scales=(1.0,), flip: bool = False, *, option_prefix: str = ""
+) -> None:
+    """Refuse whole/slide/multi-scale/flip settings that cannot work, before anything runs: the one check
+    of DenseModel.predict, the tasks' task.test_* (option_prefix="task.test_"), eval.py and predict.py.
+    Raises ValueError naming the option as `option_prefix` + its name."""
+    p = option_prefix
+    if mode not in INFERENCE_MODES:
+        raise ValueError(f"{p}mode={mode} is not one of {', '.join(INFERENCE_MODES)}")
+    if mode == "slide" and crop_size is None:
+        raise ValueError(f"{p}mode=slide needs {p}crop_size (e.g. {p}crop_size=518; {p}stride defaults to 2/3 of it)")
+    sides = {}
+    for key, value in (("crop_size", crop_size), ("stride", stride)):
+        if value is None:
+            continue
+        pair = [value, value] if isinstance(value, int) else value
+        if not (
+            isinstance(pair, list | tuple)
+            and len(pair) in (1, 2)
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_WINDOW for v in pair)
+        ):
+            raise ValueError(
+                f"{p}{key}={value!r} must be a positive number of pixels or [height,width] of them (at most {MAX_WINDOW})"
+            )
+        sides[key] = (pair[0], pair[-1])
+    if "crop_size" in sides and "stride" in sides and any(s > c for s, c in zip(sides["stride"], sides["crop_size"])):
+        raise ValueError(
+            f"{p}stride={stride} is larger than {p}crop_size={crop_size}: the windows would leave pixels "
+            "uncovered; use a stride of at most the window"
+        )
+    if not (
+        isinstance(scales, list | tuple)
+        and 0 < len(scales) <= MAX_VIEWS
+        and all(isinstance(s, int | float) and not isinstance(s, bool) and 0 < s <= MAX_SCALE for s in scales)
+    ):
+        small = isinstance(scales, list | tuple) and len(scales) <= MAX_VIEWS
+        numbers = small and all(isinstance(s, int | float) for s in scales)
+        raise ValueError(
+            f"{p}scales={list(scales) if numbers else shown(scales)} must be a list of 1 to {MAX_VIEWS} ratios in (0, {MAX_SCALE:g}] "
+            "(upstream's multi-scale test: [1.0, 1.32, 1.73, 2.28, 3.0])"
+        )
+    if not isinstance(flip, bool):
+        raise ValueError(f"{p}flip={flip!r} must be true or false")
 
 
 def center_padding(height: int, width: int, multiple: int) -> tuple[int, int, int, int]:
@@ -49,9 +99,7 @@ def to_maps(patch_tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Patch tokens B×(h·w)×D → feature maps B×D×h×w, stored channels-last (NHWC).
 
     Channels-last is the tokens' own layout (no transpose copy), and the heads' convolutions and
-    bilinear resizes run faster on it: on 2 CPU cores, ViT-S features at 224², batch 8, forward and
-    backward: DPT head 6.6 → 5.4 s, seg_ms 341 → 298 ms (scripts/bench_layout.py); on GPUs, cuDNN's
-    bf16 convolutions are NHWC kernels. Convolutions keep the layout of their input, so the whole head
+    bilinear resizes run faster on it (on the CPU; on GPUs, cuDNN's bf16 convolutions are NHWC kernels). Convolutions keep the layout of their input, so the whole head
     runs channels-last without converting its weights.
     """
     B = patch_tokens.shape[0]
@@ -76,6 +124,8 @@ class DenseModel(nn.Module):
         use_cls_token: bool,
         min_depth: float | None = None,
         max_depth: float | None = None,
+        image_mean: Sequence[float] = IMAGENET_MEAN,
+        image_std: Sequence[float] = IMAGENET_STD,
         config: dict | None = None,
     ):
         super().__init__()
@@ -93,6 +143,16 @@ class DenseModel(nn.Module):
         self.config = dict(config or {})
         self.backbone.requires_grad_(False)
         self.backbone.eval()
+        # The data pipeline normalises with ImageNet's mean/std; a backbone trained with other statistics
+        # (the DINOv3 satellite variants) gets its own through one affine map per channel:
+        # (x·std_in + mean_in − mean) / std = x·scale + shift. None when they agree (every other backbone).
+        self.image_mean, self.image_std = tuple(image_mean), tuple(image_std)
+        if self.image_mean == IMAGENET_MEAN and self.image_std == IMAGENET_STD:
+            self.renormalisation = None
+        else:
+            mean_in, std_in = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+            mean, std = torch.tensor(self.image_mean), torch.tensor(self.image_std)
+            self.renormalisation = ((std_in / std).view(3, 1, 1), ((mean_in - mean) / std).view(3, 1, 1))
         self.backbone_dtype = torch.float32  # of its matrix weights: see cast_backbone
         self._compiled_tokens = None  # the compiled get_intermediate_tokens: see compile
         self._compiled_head = None  # the compiled head.forward, used when autograd is off: see compile
@@ -118,10 +178,8 @@ class DenseModel(nn.Module):
         resize, crop) stays eager: it is cheap and its shapes change with every image size.
 
         Why not the head in training: its compiled backward was slower than eager everywhere we
-        measured (ViT-L/14 + DPT, bf16, batch 8, 416×544 on an H100: 68.3 ms per step with the head
-        compiled, 52.7 ms with the backbone alone compiled, 65.8 ms eager; the CPU shows the same),
-        while in inference the compiled head gains (ViT-L/14 + DPT predict, batch 16, 480×640:
-        86.3 → 70.0 ms per batch). BENCHMARKS.md, "GPU targets", has the numbers.
+        measured, while in inference the compiled head gains (BENCHMARKS.md, "GPU targets", has the
+        numbers).
 
         Nothing is registered as a submodule, so state_dict keys do not change and checkpoints
         written with and without compile are interchangeable. `options` go to torch.compile (mode=...).
@@ -150,6 +208,14 @@ class DenseModel(nn.Module):
 
     # ---- the pipeline, one step per method ------------------------------------------------------
 
+    def renormalise(self, images: torch.Tensor) -> torch.Tensor:
+        """ImageNet-normalised images → normalised with the backbone's own mean/std (before padding, so
+        that the padding is the backbone's mean colour, as upstream pads normalised images with zeros)."""
+        if self.renormalisation is None:
+            return images
+        scale, shift = (t.to(images.device, images.dtype) for t in self.renormalisation)
+        return images * scale + shift
+
     def pad(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
         padding = center_padding(images.shape[-2], images.shape[-1], self.patch_size)
         if any(padding):
@@ -158,7 +224,7 @@ class DenseModel(nn.Module):
 
     @torch.no_grad()
     def extract_features(self, padded_images: torch.Tensor) -> FeatureMaps:
-        """The frozen backbone's FeatureMaps for images whose sides are multiples of 14."""
+        """The frozen backbone's FeatureMaps for images whose sides are multiples of the patch size."""
         device_type = padded_images.device.type
         if self.backbone_dtype != torch.float32 and not torch.is_autocast_enabled(device_type):
             raise DenseError(
@@ -173,8 +239,15 @@ class DenseModel(nn.Module):
         cls_tokens = tuple(t.cls for t in tokens) if self.use_cls_token else None
         return FeatureMaps(patches, cls_tokens)
 
-    def decode(self, features: FeatureMaps, padding: tuple[int, int, int, int], size: tuple[int, int]):
-        """Head output → clamp (depth, not in training) → resize to the padded size → crop the padding → H×W.
+    def image_features(self, images: torch.Tensor) -> tuple[FeatureMaps, tuple[int, int, int, int]]:
+        """ImageNet-normalised images (any size) → (their FeatureMaps, the padding added): re-normalise,
+        pad, run the frozen backbone. What forward and the feature cache feed the head."""
+        padded, padding = self.pad(self.renormalise(images))
+        return self.extract_features(padded), padding
+
+    def forward_head(self, features: FeatureMaps, padding: tuple[int, int, int, int], size: tuple[int, int]):
+        """The head's output for FeatureMaps of padded images, as the model's output: clamp (depth, not in
+        training) → resize to the padded size → crop the padding → H×W. (Not a decoder: the head is.)
 
         Training means train mode with autograd on: what DenseTask.training_step runs, on images or on
         cached features (dense.cache.forward_cached calls this too). There the losses get the raw
@@ -194,8 +267,8 @@ class DenseModel(nn.Module):
         """Depth B×1×H×W in metres, or class logits B×K×H×W, for ImageNet-normalised B×3×H×W."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape B×3×H×W, got {tuple(images.shape)}")
-        padded, padding = self.pad(images)
-        return self.decode(self.extract_features(padded), padding, tuple(images.shape[-2:]))
+        features, padding = self.image_features(images)
+        return self.forward_head(features, padding, tuple(images.shape[-2:]))
 
     # ---- inference modes ---------------------------------------------------------------------
 
@@ -244,10 +317,7 @@ class DenseModel(nn.Module):
         slide_inference resize the view's logits to ori_shape, inference softmaxes and flips back,
         aug_test averages the probabilities).
         """
-        if mode not in ("whole", "slide"):
-            raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
-        if mode == "slide" and crop_size is None:
-            raise ValueError("mode='slide' needs crop_size (and optionally stride, default 2/3 of it)")
+        check_inference_settings(mode, crop_size, stride, flip=flip)
         size = (int(size[0]), int(size[1]))
         total = None
         count = 0
@@ -300,11 +370,6 @@ def _two_thirds(crop) -> tuple[int, int]:
     return max(1, h * 2 // 3), max(1, w * 2 // 3)
 
 
-def default_layers(backbone_name: str, layer_set: str) -> list[int]:
-    spec = get_spec(backbone_name)
-    return list({"last": spec.last_layer, "four": spec.four_layers, "last4": spec.last_four_layers}[layer_set])
-
-
 def build_model(
     backbone: str,
     head: str,
@@ -319,18 +384,20 @@ def build_model(
     max_depth: float | None = None,
     **head_options,
 ) -> DenseModel:
-    """A DenseModel: DINOv2 `backbone` (e.g. "vitl14", "vitg14_reg") under `head` (e.g. "depth_dpt").
+    """A DenseModel: a registered `backbone` (e.g. "vitl14", "vitg14_reg", "vitl16") under a registered
+    `head` (e.g. "depth_dpt", or one of your own registered with @dense.register_head).
 
     pretrained / backbone_weights: official backbone weights (see build_backbone).
     head_weights: one of Meta's released head files, or a checkpoint written by train.py.
-    layers / norm / use_cls_token: override upstream's defaults for this head and backbone.
+    layers: 0-based block indices (default: the head's layer set on this backbone); norm (features
+    through the backbone's final LayerNorm) / use_cls_token: override the head's registered defaults.
     min_depth / max_depth (depth heads, default 0.001–10 m), num_classes (segmentation heads), and any
-    other option of the head (n_bins, bins_strategy, norm_strategy, channels, dropout, …).
+    other option of the head (n_bins, bins_strategy, bin_weighting, channels, dropout, …).
     """
     spec = heads.get_head_spec(head)
     backbone_spec = get_spec(backbone)
     backbone_name = backbone_spec.name
-    layers = list(layers) if layers is not None else default_layers(backbone_name, spec.layers)
+    layers = list(layers) if layers is not None else list(backbone_spec.layer_indices(spec.layer_set))
     if not layers or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
         raise ValueError(f"layers={layers!r} must be a non-empty list of block indices")
     if not all(0 <= i < backbone_spec.depth for i in layers):
@@ -348,8 +415,6 @@ def build_model(
         head_options.update(min_depth=min_depth, max_depth=max_depth)
     elif min_depth is not None or max_depth is not None:
         raise ValueError(f"min_depth/max_depth are options of depth heads, not of {spec.name}")
-    if spec.task == "segmentation" and use_cls_token:
-        raise ValueError(f"head {spec.name} does not use class tokens (use_cls_token must be false)")
 
     backbone_module = build_backbone(backbone_name, pretrained=pretrained, weights=backbone_weights)
     head_module = heads.build_head(
@@ -378,6 +443,8 @@ def build_model(
         use_cls_token=use_cls_token,
         min_depth=min_depth,
         max_depth=max_depth,
+        image_mean=backbone_spec.image_mean,
+        image_std=backbone_spec.image_std,
         config=config,
     )
     if head_weights is not None:
@@ -387,8 +454,6 @@ def build_model(
 
 def load_head_weights(model: DenseModel, path: str | os.PathLike) -> None:
     """Meta's released head files (`decode_head.*`) or a train.py checkpoint (`model.head.*`), strictly."""
-    from dense.errors import load_weights_file
-
     checkpoint = load_weights_file(path)
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else checkpoint
     ours = isinstance(state, dict) and any(k.startswith("model.head.") for k in state)

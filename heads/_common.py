@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:  # annotations only: `dense` imports `heads`, so `heads` must not import `dense`
-    from dense.features import FeatureMaps
+from dense.features import FeatureMaps
 
 
 def check_features(
-    features: FeatureMaps, *, head: str, embed_dim: int, num_layers: int, uses_cls: bool
+    features: FeatureMaps, *, head: str, embed_dim: int, num_layers: int, use_cls_token: bool
 ) -> None:
     """Refuse, in one line, features that do not fit the head (wrong layer count, width or no class token)."""
     if len(features) != num_layers:
@@ -22,7 +19,7 @@ def check_features(
         raise ValueError(
             f"{head} expects {embed_dim}-channel features, got {sorted(widths)} (another backbone?)"
         )
-    if uses_cls and features.cls_tokens is None:
+    if use_cls_token and features.cls_tokens is None:
         raise ValueError(
             f"{head} uses class tokens but the FeatureMaps holds none (request them from the backbone)"
         )
@@ -49,19 +46,3 @@ def pointwise_with_global(
         return out
     return out + per_image.to(out.dtype)[:, :, None, None]
 
-
-def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize (align_corners=False) to `size`; `x` itself when it already has that size.
-
-    Maps with many channels (bin or class logits) are resized channels-last on the CPU: PyTorch's
-    bilinear kernel is much faster on NHWC there (256 logits on a 16×16 grid to 64×64, batch 8:
-    163 ms NCHW, 40 ms NHWC, forward and backward; 150 logits to 224×224: 1.1×), with values equal to
-    float rounding (scripts/bench_layout.py). Images and depth maps (≤ 4 channels; NHWC is slower for
-    3 channels) and tensors on other devices (not measured) are resized as they are. The output keeps
-    the layout it was resized in; the reductions over channels that follow read NHWC contiguously.
-    """
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    if x.device.type == "cpu" and x.shape[1] > 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)

@@ -13,8 +13,10 @@ from collections.abc import Mapping
 import torch
 import torch.nn as nn
 
-# Widths of the four DINOv2 backbones; used only to put names on channel counts in messages.
-_BACKBONE_DIMS = {"ViT-S": 384, "ViT-B": 768, "ViT-L": 1024, "ViT-g": 1536}
+from dense.errors import WeightsError, load_weights_file
+
+# Widths of the DINOv2 and DINOv3 ViTs (S, B, L shared); used only to put names on channel counts in messages.
+_BACKBONE_DIMS = {"ViT-S": 384, "ViT-B": 768, "ViT-L": 1024, "ViT-H+": 1280, "ViT-g": 1536, "ViT-7B": 4096}
 _MAX_LISTED = 3
 
 
@@ -33,9 +35,6 @@ def load_released_head(
     name: the file a mapping was read from, so that errors name it (default: the path, or
     "the given state dict").
     """
-    # Imported here, not at module level: `heads` must stay importable by `dense` without a cycle.
-    from dense.errors import WeightsError, load_weights_file
-
     if isinstance(source, Mapping):
         where, checkpoint = (os.fspath(name) if name is not None else "the given state dict"), source
     else:
@@ -52,8 +51,6 @@ def check_head_state(head: nn.Module, state: Mapping[str, torch.Tensor], where: 
     """Raise a one-line WeightsError unless `state` has exactly the keys and shapes of `head`'s state
     dict. Works on a head built on the meta device, so a file can be checked against the head its
     config describes before anything of that size is allocated."""
-    from dense.errors import WeightsError
-
     problem = _mismatch(head.state_dict(), state)
     if problem:
         raise WeightsError(

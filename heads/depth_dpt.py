@@ -18,16 +18,13 @@ this to the image size; we keep that behaviour (the model resizes).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dense.features import FeatureMaps, LayerSet
 from heads._common import check_features, pointwise_with_global
-
-if TYPE_CHECKING:
-    from dense.features import FeatureMaps
+from heads.registry import register_head
 
 READOUTS = ("project", "add", "ignore")
 
@@ -140,11 +137,17 @@ class DepthOutput(nn.Module):
         return self.head(x)
 
 
+@register_head(
+    "depth_dpt", task="depth", layer_set=LayerSet.FOUR_EVEN_INTERVALS, norm=False, use_cls_token=True,
+    aliases=("depth",),
+)
 class DPTDepthHead(nn.Module):
     """FeatureMaps (exactly 4 layers, with class tokens unless readout="ignore") → depth in metres,
     B×1×32·ceil(h/2)×32·ceil(w/2), = relu(x) + min_depth, with no upper bound. DenseModel clamps it
     to max_depth at inference only (as upstream's encode_decode); in training the losses see it raw,
-    so an overshoot above max_depth is still pulled back by the gradient."""
+    so an overshoot above max_depth is still pulled back by the gradient.
+
+    use_cls_token=False is readout "ignore"; None (the default) follows `readout`."""
 
     num_layers = 4
 
@@ -153,11 +156,19 @@ class DPTDepthHead(nn.Module):
         embed_dim: int,
         channels: int = 256,
         post_process_channels: list[int] | None = None,
-        readout: str = "project",
+        readout: str | None = None,
         min_depth: float = 1e-3,
         max_depth: float = 10.0,
+        num_layers: int = 4,
+        use_cls_token: bool | None = None,
     ):
         super().__init__()
+        if num_layers != 4:
+            raise ValueError(f"DPTDepthHead fuses exactly 4 feature layers, got num_layers={num_layers}")
+        if readout is None:
+            readout = "ignore" if use_cls_token is False else "project"
+        if use_cls_token is not None and (readout != "ignore") != use_cls_token:
+            raise ValueError(f"DPTDepthHead: readout={readout!r} contradicts use_cls_token={use_cls_token}")
         if post_process_channels is None:
             post_process_channels = [embed_dim // 8, embed_dim // 4, embed_dim // 2, embed_dim]
         if len(post_process_channels) != 4:
@@ -165,7 +176,7 @@ class DPTDepthHead(nn.Module):
         if not 0 < min_depth < max_depth:
             raise ValueError(f"need 0 < min_depth < max_depth, got {min_depth}, {max_depth}")
         self.embed_dim = embed_dim
-        self.uses_cls_token = readout != "ignore"
+        self.use_cls_token = readout != "ignore"
         self.min_depth = min_depth
         self.max_depth = max_depth  # unused by the head itself; kept for repr (the model clamps at inference)
         self.reassemble_blocks = Reassemble(embed_dim, list(post_process_channels), readout)
@@ -180,7 +191,7 @@ class DPTDepthHead(nn.Module):
             head="DPTDepthHead",
             embed_dim=self.embed_dim,
             num_layers=4,
-            uses_cls=self.uses_cls_token,
+            use_cls_token=self.use_cls_token,
         )
         stages = self.reassemble_blocks(features.patches, features.cls_tokens)
         stages = [conv(x) for conv, x in zip(self.convs, stages, strict=True)]

@@ -14,19 +14,19 @@ n_bins logits → nonlinearity. Same numbers, a fraction of the memory and time.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from heads._common import check_features, pointwise_with_global, resize
-
-if TYPE_CHECKING:
-    from dense.features import FeatureMaps
+from dense.features import FeatureMaps, LayerSet
+from dense.ops import resize
+from heads._common import check_features, pointwise_with_global
+from heads.registry import register_head
 
 BINS_STRATEGIES = ("UD", "SID")
-NORM_STRATEGIES = ("linear", "softmax", "sigmoid")
+# How the bin logits become the weights of the expectation (upstream's BinsHead calls it norm_strategy,
+# a name that sat beside the model's `norm`, the backbone's final LayerNorm; the old name is accepted).
+BIN_WEIGHTINGS = ("linear", "softmax", "sigmoid")
 
 
 def depth_bins(min_depth: float, max_depth: float, n_bins: int, strategy: str) -> torch.Tensor:
@@ -42,6 +42,8 @@ def depth_bins(min_depth: float, max_depth: float, n_bins: int, strategy: str) -
     raise ValueError(f"bins_strategy must be one of {BINS_STRATEGIES}, got {strategy!r}")
 
 
+@register_head("depth_linear4", task="depth", layer_set=LayerSet.FOUR_EVEN_INTERVALS, norm=False, use_cls_token=True)
+@register_head("depth_linear", task="depth", layer_set=LayerSet.LAST, norm=False, use_cls_token=True)
 class LinearDepthHead(nn.Module):
     """FeatureMaps (1 or more layers, usually with class tokens) → depth B×1×(upsample·h)×(upsample·w).
 
@@ -56,15 +58,15 @@ class LinearDepthHead(nn.Module):
         num_layers: int = 1,
         n_bins: int = 256,
         bins_strategy: str = "UD",
-        norm_strategy: str = "linear",
+        bin_weighting: str = "linear",
         min_depth: float = 1e-3,
         max_depth: float = 10.0,
         upsample: int = 4,
         use_cls_token: bool = True,
     ):
         super().__init__()
-        if norm_strategy not in NORM_STRATEGIES:
-            raise ValueError(f"norm_strategy must be one of {NORM_STRATEGIES}, got {norm_strategy!r}")
+        if bin_weighting not in BIN_WEIGHTINGS:
+            raise ValueError(f"bin_weighting must be one of {BIN_WEIGHTINGS}, got {bin_weighting!r}")
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         if not (isinstance(n_bins, int) and n_bins >= 2):
@@ -76,8 +78,8 @@ class LinearDepthHead(nn.Module):
             raise ValueError(f"need 0 < min_depth < max_depth, got {min_depth}, {max_depth}")
         self.embed_dim = embed_dim
         self.num_layers = num_layers
-        self.uses_cls_token = use_cls_token
-        self.norm_strategy = norm_strategy
+        self.use_cls_token = use_cls_token
+        self.bin_weighting = bin_weighting
         self.bins_strategy = bins_strategy
         self.min_depth = min_depth
         self.max_depth = max_depth
@@ -96,18 +98,18 @@ class LinearDepthHead(nn.Module):
             head="LinearDepthHead",
             embed_dim=self.embed_dim,
             num_layers=self.num_layers,
-            uses_cls=self.uses_cls_token,
+            use_cls_token=self.use_cls_token,
         )
         logits = self.bin_logits(features)
         return self.expected_depth(logits)
 
     def bin_logits(self, features: FeatureMaps) -> torch.Tensor:
         """Bin logits at upsample× the first map's grid (B×n_bins×H×W), in float32."""
-        n_bins, parts = self.conv_depth.out_channels, (2 if self.uses_cls_token else 1)
+        n_bins, parts = self.conv_depth.out_channels, (2 if self.use_cls_token else 1)
         weight = self.conv_depth.weight.view(n_bins, self.num_layers, parts, self.embed_dim)
         w_patch = weight[:, :, 0].reshape(n_bins, -1)
-        w_cls = weight[:, :, 1].reshape(n_bins, -1) if self.uses_cls_token else None
-        cls = torch.cat(features.cls_tokens, dim=1) if self.uses_cls_token else None
+        w_cls = weight[:, :, 1].reshape(n_bins, -1) if self.use_cls_token else None
+        cls = torch.cat(features.cls_tokens, dim=1) if self.use_cls_token else None
         h, w = features.grid
         size = (h * self.upsample, w * self.upsample)
 
@@ -140,20 +142,20 @@ class LinearDepthHead(nn.Module):
         # sum_k w_k·bin_k / sum_k w_k: one division per pixel instead of one per bin. Autocast off, or
         # it would run the einsum (a matmul) in bf16 again.
         with torch.autocast(logits.device.type, enabled=False):
-            if self.norm_strategy == "linear":
+            if self.bin_weighting == "linear":
                 # AdaBins-style weights relu(l_k) + 0.1 (the 0.1 keeps every bin alive). The constant is
                 # added to the two sums instead of to all K×H×W weights: one full-size pass fewer.
                 weights = F.relu(logits)
                 numerator = torch.einsum("bkhw,k->bhw", weights, bins) + 0.1 * bins.sum()
                 denominator = weights.sum(dim=1) + 0.1 * len(bins)
             else:
-                weights = torch.softmax(logits, dim=1) if self.norm_strategy == "softmax" else torch.sigmoid(logits)
+                weights = torch.softmax(logits, dim=1) if self.bin_weighting == "softmax" else torch.sigmoid(logits)
                 numerator, denominator = torch.einsum("bkhw,k->bhw", weights, bins), weights.sum(dim=1)
             depth = numerator / denominator
         return depth.unsqueeze(1)
 
     def extra_repr(self) -> str:
         return (
-            f"layers={self.num_layers}, cls_token={self.uses_cls_token}, bins={self.bins_strategy}, "
-            f"norm={self.norm_strategy}, depth=[{self.min_depth}, {self.max_depth}], upsample={self.upsample}"
+            f"layers={self.num_layers}, cls_token={self.use_cls_token}, bins={self.bins_strategy}, "
+            f"weighting={self.bin_weighting}, depth=[{self.min_depth}, {self.max_depth}], upsample={self.upsample}"
         )

@@ -1,122 +1,104 @@
-"""Head names → what the model needs to know about each head, and how to build it.
+"""The head registry: every head registers itself where it is defined, with `@register_head`.
 
-One line per head. `layers` names the backbone blocks a head reads by default (the model turns it into
-block indices per backbone): "last" = the last block, "four" = upstream's 4 spread-out blocks
-(S/B 2,5,8,11; L 4,11,17,23; g 9,19,29,39), "last4" = the last 4 blocks. `norm` is whether those
-features pass through the backbone's final LayerNorm (upstream: depth no, segmentation yes).
+    @register_head("my_head", task="depth", layer_set=LayerSet.LAST, norm=False, use_cls_token=True)
+    class MyHead(nn.Module):
+        def __init__(self, embed_dim, num_layers=1, use_cls_token=True, my_option=3): ...
+
+The registration states what the model needs to know about the head: its task, the blocks it reads by
+default (a LayerSet, which each backbone turns into its own block indices), whether those features
+pass through the backbone's final LayerNorm (`norm`; upstream: depth no, segmentation yes) and
+whether it reads class tokens. The constructor takes the embedding width, then its options: the model
+always passes `num_layers` (how many feature maps it will get) and `use_cls_token`; a head that
+supports only some values refuses the others there, in one line.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch.nn as nn
 
-from heads.depth_dpt import DPTDepthHead
-from heads.depth_linear import LinearDepthHead
-from heads.seg_linear import LinearSegHead
+from dense.features import LayerSet
+from dense.registry import Registry
 
-LAYER_SETS = ("last", "four", "last4")
-LAYER_COUNTS = {"last": 1, "four": 4, "last4": 4}
+TASKS = ("depth", "segmentation")
+# Options under a former name: a config (or checkpoint) written with the old name still builds.
+RENAMED_OPTIONS = {"norm_strategy": "bin_weighting"}
 
 
 @dataclass(frozen=True)
 class HeadSpec:
+    """One registered head. `layer_set` is the default set of blocks; `aliases` other names for it."""
+
     name: str
-    task: str  # "depth" | "segmentation"
+    task: str
     head_class: type[nn.Module]
-    layers: str  # one of LAYER_SETS
+    layer_set: LayerSet
     norm: bool
     use_cls_token: bool
+    aliases: tuple[str, ...] = field(default=())
 
     @property
     def num_layers(self) -> int:
-        return LAYER_COUNTS[self.layers]
+        return self.layer_set.num_layers
 
     @property
     def options(self) -> tuple[str, ...]:
-        """Option names build_head accepts for this head: the constructor's, plus the shared ones."""
+        """Option names build_head accepts for this head: its constructor's, plus their former names."""
         params = [p for p in inspect.signature(self.head_class).parameters if p != "embed_dim"]
+        params += [old for old, new in RENAMED_OPTIONS.items() if new in params]
         return tuple(sorted(set(params) | {"num_layers", "use_cls_token"}))
 
 
-_DEPTH_LINEAR = dict(task="depth", head_class=LinearDepthHead, norm=False, use_cls_token=True)
-_SEG_LINEAR = dict(task="segmentation", head_class=LinearSegHead, norm=True, use_cls_token=False)
-
-HEADS: dict[str, HeadSpec] = {
-    spec.name: spec
-    for spec in [
-        HeadSpec("depth_linear", layers="last", **_DEPTH_LINEAR),
-        HeadSpec("depth_linear4", layers="four", **_DEPTH_LINEAR),
-        HeadSpec(
-            "depth_dpt", task="depth", head_class=DPTDepthHead, layers="four", norm=False, use_cls_token=True
-        ),
-        HeadSpec("seg_linear", layers="last", **_SEG_LINEAR),
-        HeadSpec("seg_ms", layers="last4", **_SEG_LINEAR),
-    ]
-}
-ALIASES = {"depth": "depth_dpt", "seg": "seg_ms"}
+HEADS: Registry[HeadSpec] = Registry("head", "head.name", "dense.register_head")
 
 
-def head_names(with_aliases: bool = True) -> list[str]:
-    return sorted(HEADS) + (sorted(ALIASES) if with_aliases else [])
+def register_head(
+    name: str,
+    *,
+    task: str,
+    layer_set: LayerSet,
+    norm: bool,
+    use_cls_token: bool,
+    aliases: tuple[str, ...] = (),
+):
+    """Class decorator: register a head under `name` (and `aliases`). See the module docstring."""
+    if task not in TASKS:
+        raise ValueError(f"head {name}: task must be one of {', '.join(TASKS)}, got {task!r}")
+    if not isinstance(layer_set, LayerSet):
+        raise ValueError(f"head {name}: layer_set must be a dense.LayerSet, got {layer_set!r}")
+    aliases = tuple(aliases)
+
+    def make_spec(head_class) -> HeadSpec:
+        return HeadSpec(name, task, head_class, layer_set, bool(norm), bool(use_cls_token), aliases)
+
+    return HEADS.decorator_for(name, make_spec, aliases)
+
+
+def list_heads(with_aliases: bool = False) -> list[str]:
+    """The registered head names, sorted; with their aliases after them when `with_aliases`."""
+    return HEADS.names() + (sorted(HEADS.aliases()) if with_aliases else [])
 
 
 def get_head_spec(name: str) -> HeadSpec:
-    spec = HEADS.get(ALIASES.get(name, name))
-    if spec is None:
-        raise ValueError(f"unknown head {name!r}; valid heads: {', '.join(head_names())}")
-    return spec
+    """The registration of head `name` (a name or an alias); one line listing the names if unknown."""
+    return HEADS.get(name)
 
 
 def build_head(name: str, embed_dim: int, **options: Any) -> nn.Module:
-    """Build head `name` for `embed_dim`-wide features. Options left at None mean "the default".
-
-    `num_layers` is the number of feature layers the model will pass (when the user overrides the
-    layer list); `use_cls_token` whether it will pass class tokens.
-    """
+    """Head `name` for `embed_dim`-wide features. Options left at None mean "the head's default";
+    `num_layers` defaults to the size of the head's layer set."""
     spec = get_head_spec(name)
-    options = {k: v for k, v in options.items() if v is not None}
+    options = {RENAMED_OPTIONS.get(k, k): v for k, v in options.items() if v is not None}
     unknown = sorted(set(options) - set(spec.options))
     if unknown:
         raise ValueError(
             f"head {spec.name} has no option(s) {', '.join(unknown)}; valid: {', '.join(spec.options)}"
         )
-    num_layers = options.pop("num_layers", spec.num_layers)
-    use_cls = options.pop("use_cls_token", None)  # None: the head's default
-    return _BUILDERS[spec.head_class](spec, embed_dim, num_layers, use_cls, options)
-
-
-def _build_linear_depth(spec, embed_dim, num_layers, use_cls, kwargs):
-    use_cls = spec.use_cls_token if use_cls is None else use_cls
-    return LinearDepthHead(embed_dim, num_layers=num_layers, use_cls_token=use_cls, **kwargs)
-
-
-def _build_dpt(spec, embed_dim, num_layers, use_cls, kwargs):
-    if num_layers != 4:
-        raise ValueError(f"head {spec.name} fuses exactly 4 feature layers, got num_layers={num_layers}")
-    # use_cls_token=False means readout "ignore"; an explicit readout must agree with it.
-    readout = kwargs.pop("readout", None)
-    if readout is None:
-        readout = "ignore" if use_cls is False else "project"
-    if use_cls is not None and (readout != "ignore") != use_cls:
-        raise ValueError(f"head {spec.name}: readout={readout!r} contradicts use_cls_token={use_cls}")
-    return DPTDepthHead(embed_dim, readout=readout, **kwargs)
-
-
-def _build_seg(spec, embed_dim, num_layers, use_cls, kwargs):
-    if use_cls:
-        raise ValueError(f"head {spec.name} does not use class tokens (use_cls_token must be False)")
-    if "num_classes" not in kwargs:
-        raise ValueError(f"head {spec.name} needs num_classes")
-    return LinearSegHead(embed_dim, num_layers=num_layers, **kwargs)
-
-
-_BUILDERS: dict[type, Callable[..., nn.Module]] = {
-    LinearDepthHead: _build_linear_depth,
-    DPTDepthHead: _build_dpt,
-    LinearSegHead: _build_seg,
-}
+    options.setdefault("num_layers", spec.num_layers)
+    try:
+        return spec.head_class(embed_dim, **options)
+    except ValueError as error:  # the constructor's refusals, named by the head they are about
+        raise ValueError(f"head {spec.name}: {error}") from None

@@ -8,25 +8,36 @@ The released configs set dropout_ratio 0 (their BNHead has no dropout module), h
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dense.features import FeatureMaps, LayerSet
 from heads._common import check_features
-
-if TYPE_CHECKING:
-    from dense.features import FeatureMaps
+from heads.registry import register_head
 
 
+@register_head("seg_ms", task="segmentation", layer_set=LayerSet.FOUR_LAST, norm=True, use_cls_token=False,
+               aliases=("seg",))
+@register_head("seg_linear", task="segmentation", layer_set=LayerSet.LAST, norm=True, use_cls_token=False)
 class LinearSegHead(nn.Module):
     """FeatureMaps (num_layers patch maps, no class token) → class logits B×num_classes×h×w on the patch grid."""
 
-    uses_cls_token = False
+    use_cls_token = False
 
-    def __init__(self, embed_dim: int, num_classes: int, num_layers: int = 1, dropout: float = 0.0):
+    def __init__(
+        self,
+        embed_dim: int,
+        num_classes: int | None = None,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        use_cls_token: bool = False,
+    ):
         super().__init__()
+        if use_cls_token:
+            raise ValueError("LinearSegHead does not use class tokens (use_cls_token must be False)")
+        if num_classes is None:
+            raise ValueError("LinearSegHead needs num_classes (the number of classes it predicts)")
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         self.embed_dim = embed_dim
@@ -47,7 +58,7 @@ class LinearSegHead(nn.Module):
             head="LinearSegHead",
             embed_dim=self.embed_dim,
             num_layers=self.num_layers,
-            uses_cls=False,
+            use_cls_token=False,
         )
         size = features.grid
         maps = [

@@ -226,7 +226,7 @@ def test_get_intermediate_layers_semantics():
 def test_attributes_of_every_variant():
     expected = {"vits14": 384, "vitb14": 768, "vitl14": 1024, "vitg14": 1536}
     for name in OFFICIAL_NAMES:
-        spec = BACKBONES[name]
+        spec = get_spec(name)
         with torch.device("meta"):
             model = spec.create()
         assert model.embed_dim == expected[name.removesuffix("_reg")]

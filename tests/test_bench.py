@@ -7,10 +7,10 @@ import json
 
 import pytest
 
+from dense.backbone import get_spec
 from dense.bench import cli, paths
 from dense.bench.case import WORKS
 from dense.bench.references import Unavailable, build_upstream_dinov3
-from dense.dinov3_specs import get_dinov3_spec
 from dense.model import DenseModel
 
 RESULT_FIELDS = {
@@ -94,6 +94,6 @@ def test_dinov3_backbones_take_upstream_from_a_dinov3_checkout(tmp_path):
     test variants have no hub function: both say so in the skip reason instead of failing the run."""
     assert paths.dinov3_spec("vits14") is None and paths.dinov3_spec("dinov3_vitl16").name == "vitl16"
     with pytest.raises(Unavailable, match="holds no dinov3/hub/backbones.py: vits16 needs a DINOv3 checkout"):
-        build_upstream_dinov3(str(tmp_path), get_dinov3_spec("vits16"), ours=None)
+        build_upstream_dinov3(str(tmp_path), get_spec("vits16"), ours=None)
     with pytest.raises(Unavailable, match="tiny16 is a test variant"):
-        build_upstream_dinov3(str(tmp_path), get_dinov3_spec("tiny16"), ours=None)
+        build_upstream_dinov3(str(tmp_path), get_spec("tiny16"), ours=None)

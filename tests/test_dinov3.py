@@ -25,15 +25,13 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from dense._vit_dinov3 import RopePositionEmbedding, rotate_patch_tokens
+from dense.backbone import BACKBONES, build_backbone, get_spec, resolve_name
 from dense.dinov3_specs import (
     DINOV3_ACCESS_URL,
-    DINOV3_BACKBONES,
+    DINOV3_NAMES,
     OFFICIAL_DINOV3_NAMES,
-    build_dinov3_backbone,
     check_dinov3_compatible,
     dinov3_hub_cache_path,
-    get_dinov3_spec,
-    resolve_dinov3_name,
 )
 from dense.errors import WeightsError
 from tests._random_weights import official_shapes, seeded_state_dict
@@ -81,7 +79,7 @@ def test_matches_upstream_reference_outputs(name, reference, tmp_path):
     entry = reference["variants"][name]
     # Saved without the derived buffers, as a state dict may come: ours must equal upstream's.
     torch.save(tiny_weights(entry), tmp_path / "weights.pth")
-    model = build_dinov3_backbone(name, weights=tmp_path / "weights.pth").eval()
+    model = build_backbone(name, weights=tmp_path / "weights.pth").eval()
     seen = set()
     for case in entry["cases"]:
         seen.add((case["size"], case["norm"], type(case["n"]).__name__))
@@ -107,7 +105,7 @@ def test_matches_upstream_reference_outputs(name, reference, tmp_path):
 @pytest.mark.parametrize("name", TINY_NAMES)
 def test_buffers_and_parameters_are_upstreams(name, reference):
     entry = reference["variants"][name]
-    model = get_dinov3_spec(name).create()
+    model = get_spec(name).create()
     assert {k: list(p.shape) for k, p in model.named_parameters()} == entry["param_shapes"]
     buffers = dict(model.named_buffers())
     assert sorted(buffers) == sorted(entry["buffers"])
@@ -120,7 +118,7 @@ def test_official_keys_and_shapes_match_upstream(official_keys):
     assert sorted(variants) == sorted(OFFICIAL_DINOV3_NAMES)
     for name, shapes in variants.items():
         with torch.device("meta"):
-            model = get_dinov3_spec(name).create()
+            model = get_spec(name).create()
         assert {k: list(v.shape) for k, v in model.state_dict().items()} == shapes, name
 
 
@@ -168,7 +166,7 @@ def test_rope_periods_follow_the_hub_base():
 
 def test_rope_is_the_same_in_train_mode():
     """Upstream jitters/rescales RoPE coordinates only in training; our frozen backbone never does."""
-    model = build_dinov3_backbone("tiny16")
+    model = build_backbone("tiny16")
     image = torch.randn(1, 3, 48, 64)
     with torch.no_grad():
         eval_out = model.eval()(image)
@@ -207,7 +205,7 @@ HUB = {
 def test_variant_table_matches_the_hub():
     assert sorted(HUB) == sorted(OFFICIAL_DINOV3_NAMES)
     for name, (dim, depth, heads, hidden, qkv_bias, local_norm, four, file) in HUB.items():
-        spec = get_dinov3_spec(name)
+        spec = get_spec(name)
         assert (spec.embed_dim, spec.depth, spec.num_heads, spec.ffn_hidden) == (dim, depth, heads, hidden), name
         assert (spec.qkv_bias, spec.untie_global_and_local_cls_norm, spec.untie_cls_and_patch_norms) == (
             qkv_bias, local_norm, False
@@ -222,7 +220,7 @@ def test_variant_table_matches_the_hub():
 
 
 def test_model_attributes_of_every_variant():
-    for name, spec in DINOV3_BACKBONES.items():
+    for name, spec in ((n, BACKBONES.get(n)) for n in DINOV3_NAMES):
         with torch.device("meta"):
             model = spec.create()
         assert (model.embed_dim, model.n_blocks, model.patch_size, model.num_register_tokens) == (
@@ -233,7 +231,7 @@ def test_model_attributes_of_every_variant():
 
 
 def test_random_init_is_upstreams():
-    model = build_dinov3_backbone("tiny16")
+    model = build_backbone("tiny16")
     block = model.blocks[0]
     assert torch.all(block.ls1.gamma == 1e-5) and torch.all(block.ls2.gamma == 1e-5)
     assert torch.all(model.mask_token == 0)
@@ -249,19 +247,19 @@ def test_random_init_is_upstreams():
      ("dinov3_vit7b16_sat493m", "vit7b16_sat"), ("dinov3_vit7b16_lvd1689m", "vit7b16"), ("vits16plus", "vits16plus")],
 )
 def test_upstream_names_are_accepted(alias, name):
-    assert resolve_dinov3_name(alias) == name
+    assert resolve_name(alias) == name
 
 
 def test_unknown_name_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="unknown DINOv3 backbone 'vitg16'.*vits16, vits16plus"):
-        build_dinov3_backbone("vitg16")
+    with pytest.raises(ValueError, match="unknown backbone 'vitg16'.*vits16, vits16plus"):
+        build_backbone("vitg16")
 
 
 # ---- API semantics ------------------------------------------------------------------------------
 
 
 def test_get_intermediate_semantics():
-    model = build_dinov3_backbone("tiny16").eval()
+    model = build_backbone("tiny16").eval()
     image = torch.randn(2, 3, 48, 96)
     with torch.no_grad():
         last_two = model.get_intermediate_layers(image, n=2)
@@ -282,7 +280,7 @@ def test_untied_norms_at_inference():
     """cls_norm (untie_cls_and_patch_norms) norms the class and storage tokens; local_cls_norm
     (untie_global_and_local_cls_norm) is never used at inference."""
     image = torch.randn(1, 3, 32, 48)
-    model = build_dinov3_backbone("tiny16_clsnorm").eval()
+    model = build_backbone("tiny16_clsnorm").eval()
     with torch.no_grad():
         torch.nn.init.normal_(model.cls_norm.weight)
         normed = model.get_intermediate_tokens(image, 1, norm=True)[0]
@@ -291,7 +289,7 @@ def test_untied_norms_at_inference():
     assert torch.allclose(normed.registers, model.cls_norm(raw.registers), atol=1e-6)
     assert torch.allclose(normed.patches, model.norm(raw.patches), atol=1e-6)
 
-    model = build_dinov3_backbone("tiny16_untied").eval()
+    model = build_backbone("tiny16_untied").eval()
     with torch.no_grad():
         before = model.get_intermediate_tokens(image, 1, norm=True)[0]
         model.local_cls_norm.weight.fill_(123.0)
@@ -300,7 +298,7 @@ def test_untied_norms_at_inference():
 
 
 def test_non_multiple_input_names_nearest_sizes():
-    model = build_dinov3_backbone("tiny16")
+    model = build_backbone("tiny16")
     with pytest.raises(ValueError, match=r"65×100 .* patch size 16: use 64 or 80 .* 96 or 112"):
         model(torch.randn(1, 3, 65, 100))
     with pytest.raises(ValueError, match="use 16 for the height"):
@@ -308,14 +306,14 @@ def test_non_multiple_input_names_nearest_sizes():
 
 
 def test_invalid_block_indices_are_refused():
-    model = build_dinov3_backbone("tiny16")
+    model = build_backbone("tiny16")
     with pytest.raises(ValueError, match="blocks 0 to 3"):
         model.get_intermediate_layers(torch.randn(1, 3, 32, 32), n=[1, 4])
 
 
 def test_flops_per_image_matches_torchs_counter():
     for name in ("tiny16", "tiny16_swiglu", "tiny16_untied"):
-        model = build_dinov3_backbone(name).eval()
+        model = build_backbone(name).eval()
         # The math backend runs attention as counted matmuls (the fused kernels are not counted).
         with torch.no_grad(), FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
             model.get_intermediate_tokens(torch.randn(1, 3, 64, 96), n=4)
@@ -323,7 +321,7 @@ def test_flops_per_image_matches_torchs_counter():
 
 
 def test_bf16_autocast_runs_and_stays_close():
-    model = build_dinov3_backbone("tiny16_swiglu").eval()
+    model = build_backbone("tiny16_swiglu").eval()
     image = torch.randn(1, 3, 80, 112)
     with torch.no_grad():
         full = model.get_intermediate_layers(image, n=[3])[0]
@@ -336,7 +334,7 @@ def test_bf16_autocast_runs_and_stays_close():
 def test_bf16_weights_under_autocast_change_nothing():
     """DenseModel.cast_backbone stores every Linear and Conv2d in bf16 (the qkv bias masks with them);
     under autocast that must give exactly what autocast's own casts give. RoPE stays float32."""
-    model = build_dinov3_backbone("tiny16").eval()
+    model = build_backbone("tiny16").eval()
     image = torch.randn(1, 3, 48, 64)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         before = model.get_intermediate_tokens(image, [1, 3], norm=False)
@@ -352,7 +350,7 @@ def test_bf16_weights_under_autocast_change_nothing():
 def test_torch_compile_matches_eager():
     """One graph (no breaks: DenseModel.compile compiles this method), equal to eager. Two blocks
     keep the compile to seconds."""
-    model = build_dinov3_backbone("tiny16").eval()
+    model = build_backbone("tiny16").eval()
     image = torch.randn(1, 3, 32, 48)
     compiled = torch.compile(model.get_intermediate_tokens, fullgraph=True)
     with torch.no_grad():
@@ -367,7 +365,7 @@ def test_torch_compile_matches_eager():
 
 def test_files_with_and_without_the_derived_buffers_load(reference, tmp_path):
     params = tiny_weights(reference["variants"]["tiny16"])
-    full = build_dinov3_backbone("tiny16").state_dict() | params  # with periods and bias masks
+    full = build_backbone("tiny16").state_dict() | params  # with periods and bias masks
     image = torch.randn(1, 3, 48, 32)
     variants = {
         "full": full,
@@ -378,13 +376,13 @@ def test_files_with_and_without_the_derived_buffers_load(reference, tmp_path):
     outputs = {}
     for label, state in variants.items():
         torch.save(state, tmp_path / f"{label}.pth")
-        model = build_dinov3_backbone("tiny16", weights=tmp_path / f"{label}.pth").eval()
+        model = build_backbone("tiny16", weights=tmp_path / f"{label}.pth").eval()
         with torch.no_grad():
             outputs[label] = model(image)
     assert all(torch.equal(out, outputs["full"]) for out in outputs.values())
     # A file's own buffers are what is used, as upstream's strict load does.
     torch.save(full | {"blocks.0.attn.qkv.bias_mask": torch.ones(240)}, tmp_path / "unmasked.pth")
-    unmasked = build_dinov3_backbone("tiny16", weights=tmp_path / "unmasked.pth").eval()
+    unmasked = build_backbone("tiny16", weights=tmp_path / "unmasked.pth").eval()
     assert torch.equal(unmasked.blocks[0].attn.qkv.bias_mask, torch.ones(240))
     with torch.no_grad():
         assert not torch.allclose(unmasked(image), outputs["full"])
@@ -401,10 +399,10 @@ def test_another_variants_file_is_one_line_naming_it(official_keys):
         for backbone in OFFICIAL_DINOV3_NAMES:
             same_architecture = {file_variant, backbone} <= {"vit7b16", "vit7b16_sat"} or file_variant == backbone
             if same_architecture:
-                check_dinov3_compatible(state, get_dinov3_spec(backbone), "w.pth")
+                check_dinov3_compatible(state, get_spec(backbone), "w.pth")
                 continue
             with pytest.raises(WeightsError) as error:
-                check_dinov3_compatible(state, get_dinov3_spec(backbone), "w.pth")
+                check_dinov3_compatible(state, get_spec(backbone), "w.pth")
             message = str(error.value)
             named = "vit7b16 or vit7b16_sat" if file_variant.startswith("vit7b16") else file_variant
             assert f"the checkpoint is {named} (" in message and f"but the backbone is {backbone} (" in message
@@ -414,7 +412,7 @@ def test_another_variants_file_is_one_line_naming_it(official_keys):
 def test_another_variants_file_refused_when_loading(reference, tmp_path):
     torch.save(tiny_weights(reference["variants"]["tiny16_swiglu"]), tmp_path / "swiglu.pth")
     with pytest.raises(WeightsError) as error:
-        build_dinov3_backbone("tiny16", weights=tmp_path / "swiglu.pth")
+        build_backbone("tiny16", weights=tmp_path / "swiglu.pth")
     assert str(error.value) == (
         f"{tmp_path / 'swiglu.pth'}: the checkpoint is tiny16_swiglu (embed dim 80, 4 blocks, swiglu 320, "
         "4 storage tokens) but the backbone is tiny16 (embed dim 80, 4 blocks, mlp 320, 4 storage tokens): "
@@ -425,20 +423,20 @@ def test_another_variants_file_refused_when_loading(reference, tmp_path):
 def test_dinov2_file_is_named_as_such():
     state = meta_state(official_shapes("vits14_reg"))
     with pytest.raises(WeightsError, match="it is a DINOv2 checkpoint, not DINOv3"):
-        check_dinov3_compatible(state, get_dinov3_spec("vits16"), "v2.pth")
+        check_dinov3_compatible(state, get_spec("vits16"), "v2.pth")
 
 
 def test_missing_key_and_wrong_shape(reference, tmp_path):
     params = tiny_weights(reference["variants"]["tiny16"])
     torch.save({k: v for k, v in params.items() if k != "blocks.1.ls1.gamma"}, tmp_path / "missing.pth")
     with pytest.raises(WeightsError, match=r"missing \['blocks.1.ls1.gamma'\]"):
-        build_dinov3_backbone("tiny16", weights=tmp_path / "missing.pth")
+        build_backbone("tiny16", weights=tmp_path / "missing.pth")
     torch.save(params | {"blocks.2.norm1.weight": torch.zeros(81)}, tmp_path / "shape.pth")
     with pytest.raises(WeightsError, match=r"'blocks.2.norm1.weight' has shape \(81,\) but tiny16 expects \(80,\)"):
-        build_dinov3_backbone("tiny16", weights=tmp_path / "shape.pth")
+        build_backbone("tiny16", weights=tmp_path / "shape.pth")
     torch.save(params | {"cls_norm.weight": torch.ones(80), "cls_norm.bias": torch.zeros(80)}, tmp_path / "extra.pth")
     with pytest.raises(WeightsError, match="the checkpoint is tiny16_clsnorm"):
-        build_dinov3_backbone("tiny16", weights=tmp_path / "extra.pth")
+        build_backbone("tiny16", weights=tmp_path / "extra.pth")
 
 
 def test_pretrained_without_the_file_says_where_to_request_it(tmp_path, monkeypatch):
@@ -449,27 +447,42 @@ def test_pretrained_without_the_file_says_where_to_request_it(tmp_path, monkeypa
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
     with pytest.raises(WeightsError) as error:
-        build_dinov3_backbone("vitl16_sat", pretrained=True)
+        build_backbone("vitl16_sat", pretrained=True)
     message = str(error.value)
     assert DINOV3_ACCESS_URL == "https://ai.meta.com/resources/models-and-libraries/dinov3-downloads/"
     assert DINOV3_ACCESS_URL in message and "dinov3_vitl16_pretrain_sat493m-eadcf0ff.pth" in message
     assert str(tmp_path / "hub" / "checkpoints" / "dinov3_vitl16_pretrain_sat493m-eadcf0ff.pth") in message
     assert "weights=PATH" in message and "\n" not in message
     with pytest.raises(WeightsError, match="test variant with no official weights"):
-        build_dinov3_backbone("tiny16", pretrained=True)
+        build_backbone("tiny16", pretrained=True)
+
+
+def test_entry_scripts_early_check_says_where_to_request_the_file(tmp_path, monkeypatch):
+    # train.py and predict.py check the official file before building anything (check_official_weights):
+    # for DINOv3 that is the gated-download line at once, with no network request.
+    from dense.backbone import check_official_weights
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("no request for a gated file")
+
+    monkeypatch.setattr("urllib.request.urlopen", no_network)
+    with pytest.raises(WeightsError, match="dinov3_vits16_pretrain_lvd1689m-08c60483.pth.*weights=PATH"):
+        check_official_weights(get_spec("dinov3_vits16"))
 
 
 def test_pretrained_uses_the_file_in_the_hub_cache(tmp_path, monkeypatch, reference):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     # A tiny stand-in for a released variant: the same path logic in milliseconds.
-    spec = dataclasses.replace(get_dinov3_spec("tiny16"), hub_name="dinov3_tiny16", file_hash="0123abcd")
-    monkeypatch.setitem(DINOV3_BACKBONES, "tiny16", spec)
+    spec = dataclasses.replace(get_spec("tiny16"), hub_name="dinov3_tiny16", file_hash="0123abcd")
+    monkeypatch.setitem(BACKBONES._entries, "tiny16", spec)
     path = tmp_path / "hub" / "checkpoints" / "dinov3_tiny16_pretrain_lvd1689m-0123abcd.pth"
     assert dinov3_hub_cache_path(spec) == str(path)
     state = tiny_weights(reference["variants"]["tiny16"])
     os.makedirs(path.parent)
     torch.save(state, path)
-    model = build_dinov3_backbone("dinov3_tiny16", pretrained=True)
+    model = build_backbone("tiny16", pretrained=True)
     assert torch.equal(model.storage_tokens, state["storage_tokens"])
 
 
@@ -510,7 +523,7 @@ def compare(upstream, ours, size, n, norm):
 @needs_upstream
 @pytest.mark.parametrize("name", ["vits16", "vits16plus", "vitb16", "vitl16"])
 def test_full_size_matches_upstream(name):
-    spec = get_dinov3_spec(name)
+    spec = get_spec(name)
     upstream, ours = randomised_pair(getattr(upstream_hub(), spec.hub_name)(pretrained=False), spec)
     for size in [(224, 224), (160, 288)]:
         for norm in (True, False):
@@ -521,7 +534,7 @@ def test_full_size_matches_upstream(name):
 @pytest.mark.slow
 @needs_upstream
 def test_huge_plus_forward_matches_upstream():
-    spec = get_dinov3_spec("vith16plus")
+    spec = get_spec("vith16plus")
     upstream, ours = randomised_pair(upstream_hub().dinov3_vith16plus(pretrained=False), spec)
     compare(upstream, ours, (224, 224), list(spec.four_layers), False)
 
@@ -537,6 +550,6 @@ def test_7b_width_matches_upstream():
     upstream.n_blocks = 2
     upstream.to_empty(device="cpu")
     upstream.rope_embed._init_weights()
-    upstream, ours = randomised_pair(upstream, dataclasses.replace(get_dinov3_spec("vit7b16"), depth=2))
+    upstream, ours = randomised_pair(upstream, dataclasses.replace(get_spec("vit7b16"), depth=2))
     compare(upstream, ours, (160, 96), [0, 1], True)
     compare(upstream, ours, (160, 96), 1, False)

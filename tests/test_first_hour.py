@@ -62,7 +62,7 @@ def offline(monkeypatch, tmp_path):
 
     monkeypatch.setattr(backbone.urllib.request, "urlopen", no_network)
     monkeypatch.setattr(backbone.torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("a download started"))
-    monkeypatch.setattr(backbone.BackboneSpec, "create", lambda self: pytest.fail(f"the {self.name} backbone was built"))
+    monkeypatch.setattr(backbone.Dinov2Spec, "create", lambda self: pytest.fail(f"the {self.name} backbone was built"))
 
 
 # --------------------------------------------------------------------------- 1. cheap checks first

@@ -10,9 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import dense
 import heads
 from dense.errors import WeightsError
-from dense.features import FeatureMaps
+from dense.features import FeatureMaps, LayerSet
 from heads import DPTDepthHead, LinearDepthHead, LinearSegHead, build_head, get_head_spec, load_released_head
 
 REFERENCE = Path(__file__).parent / "reference"
@@ -152,13 +153,13 @@ def naive_linear_depth(head: LinearDepthHead, feats: FeatureMaps) -> torch.Tenso
     maps = []
     for i, p in enumerate(feats.patches):
         parts = [p]
-        if head.uses_cls_token:
+        if head.use_cls_token:
             parts.append(feats.cls_tokens[i][:, :, None, None].expand(-1, -1, *p.shape[-2:]))
         maps.append(F.interpolate(torch.cat(parts, 1), size=size, mode="bilinear", align_corners=False))
     logit = head.conv_depth(torch.cat(maps, 1))
-    if head.norm_strategy == "linear":
+    if head.bin_weighting == "linear":
         prob = F.relu(logit) + 0.1
-    elif head.norm_strategy == "softmax":
+    elif head.bin_weighting == "softmax":
         prob = torch.softmax(logit, 1)
     else:
         prob = torch.sigmoid(logit)
@@ -188,7 +189,7 @@ def test_linear_depth_equals_naive_path(num_layers, use_cls, bins, norm, grids):
         num_layers=num_layers,
         n_bins=64,
         bins_strategy=bins,
-        norm_strategy=norm,
+        bin_weighting=norm,
         min_depth=0.01,
         max_depth=10.0,
         use_cls_token=use_cls,
@@ -273,7 +274,7 @@ def expected_grid(name: str, h: int, w: int) -> tuple[int, int]:
     return task_scale[name] * h, task_scale[name] * w
 
 
-@pytest.mark.parametrize("name", heads.head_names(with_aliases=False))
+@pytest.mark.parametrize("name", ["depth_linear", "depth_linear4", "depth_dpt", "seg_linear", "seg_ms"])
 @pytest.mark.parametrize("grid", [(3, 5), (4, 2)])
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16"])
 def test_forward_backward(name, grid, autocast):
@@ -301,30 +302,46 @@ def test_forward_backward(name, grid, autocast):
 
 
 def test_registry_specs():
-    table = {
-        name: (s.task, s.layers, s.norm, s.use_cls_token, s.num_layers) for name, s in heads.HEADS.items()
-    }
+    builtin = ["depth_dpt", "depth_linear", "depth_linear4", "seg_linear", "seg_ms"]
+    assert set(builtin) <= set(dense.list_heads())
+    table = {name: (s.task, s.layer_set, s.norm, s.use_cls_token, s.num_layers) for name, s in
+             ((n, get_head_spec(n)) for n in builtin)}
     assert table == {
-        "depth_linear": ("depth", "last", False, True, 1),
-        "depth_linear4": ("depth", "four", False, True, 4),
-        "depth_dpt": ("depth", "four", False, True, 4),
-        "seg_linear": ("segmentation", "last", True, False, 1),
-        "seg_ms": ("segmentation", "last4", True, False, 4),
+        "depth_linear": ("depth", LayerSet.LAST, False, True, 1),
+        "depth_linear4": ("depth", LayerSet.FOUR_EVEN_INTERVALS, False, True, 4),
+        "depth_dpt": ("depth", LayerSet.FOUR_EVEN_INTERVALS, False, True, 4),
+        "seg_linear": ("segmentation", LayerSet.LAST, True, False, 1),
+        "seg_ms": ("segmentation", LayerSet.FOUR_LAST, True, False, 4),
     }
-    assert get_head_spec("depth") is heads.HEADS["depth_dpt"]
-    assert get_head_spec("seg") is heads.HEADS["seg_ms"]
+    assert get_head_spec("depth") is get_head_spec("depth_dpt")
+    assert get_head_spec("seg") is get_head_spec("seg_ms")
+    assert {"depth", "seg"} <= set(dense.list_heads(with_aliases=True)) - set(dense.list_heads())
+
+
+def test_a_head_registered_twice_is_refused():
+    with pytest.raises(ValueError, match="head 'depth_dpt' is registered twice"):
+        dense.register_head("depth_dpt", task="depth", layer_set=LayerSet.LAST, norm=False, use_cls_token=False)(
+            LinearDepthHead
+        )
+    with pytest.raises(ValueError, match="layer_set must be a dense.LayerSet"):
+        dense.register_head("x", task="depth", layer_set="last", norm=False, use_cls_token=False)
+
+
+def test_former_option_name_still_builds():
+    # norm_strategy (upstream's name, in older configs and checkpoints) is bin_weighting now.
+    assert build_head("depth_linear", DIM, norm_strategy="softmax").bin_weighting == "softmax"
 
 
 def test_build_head_options():
     head = build_head(
-        "depth_linear4", DIM, n_bins=32, bins_strategy="SID", norm_strategy="softmax", max_depth=80
+        "depth_linear4", DIM, n_bins=32, bins_strategy="SID", bin_weighting="softmax", max_depth=80
     )
     assert (head.num_layers, head.bins.shape[0], head.bins_strategy, head.max_depth) == (4, 32, "SID", 80)
     assert (
         build_head("depth_linear", DIM, num_layers=2, use_cls_token=False).conv_depth.in_channels == 2 * DIM
     )
-    assert not build_head("depth_dpt", DIM, use_cls_token=False).uses_cls_token
-    assert not build_head("depth_dpt", DIM, readout="ignore").uses_cls_token
+    assert not build_head("depth_dpt", DIM, use_cls_token=False).use_cls_token
+    assert not build_head("depth_dpt", DIM, readout="ignore").use_cls_token
     assert build_head("seg", DIM, num_classes=3, num_layers=2, min_depth=None).bn.num_features == 2 * DIM
 
 
@@ -334,7 +351,7 @@ def test_build_head_options():
         (
             "depth_cnn",
             {},
-            "valid heads: depth_dpt, depth_linear, depth_linear4, seg_linear, seg_ms, depth, seg",
+            "unknown head 'depth_cnn' for head.name; choose one of depth_dpt, depth_linear, depth_linear4",
         ),
         ("depth_dpt", {"num_classes": 3}, "no option(s) num_classes; valid:"),
         ("depth_dpt", {"num_layers": 1}, "exactly 4 feature layers"),
@@ -342,7 +359,7 @@ def test_build_head_options():
         ("seg_linear", {"num_classes": 3, "use_cls_token": True}, "does not use class tokens"),
         ("seg_ms", {}, "needs num_classes"),
         ("depth_linear", {"bins_strategy": "log"}, "bins_strategy must be one of"),
-        ("depth_linear", {"norm_strategy": "exp"}, "norm_strategy must be one of"),
+        ("depth_linear", {"bin_weighting": "exp"}, "bin_weighting must be one of"),
         ("depth_linear", {"min_depth": 5.0, "max_depth": 1.0}, "min_depth < max_depth"),
     ],
 )

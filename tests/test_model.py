@@ -78,6 +78,53 @@ def test_default_layers_follow_upstream():
         assert build_model("vits14", "seg_linear", num_classes=21).layers == [11]
 
 
+def test_dinov3_default_layers_are_its_eval_codes():
+    # dinov3/eval/depth/models/encoder.py, BackboneLayersSet: FOUR_EVEN_INTERVALS = i·depth/4 − 1, except
+    # ViT-L's [4, 11, 17, 23] (kept by upstream for compatibility); LAST and FOUR_LAST as their names say.
+    expected = {"vits16": [2, 5, 8, 11], "vitb16": [2, 5, 8, 11], "vitl16": [4, 11, 17, 23],
+                "vitl16plus": [4, 11, 17, 23], "vith16plus": [7, 15, 23, 31], "vit7b16": [9, 19, 29, 39],
+                "vitl16_sat": [4, 11, 17, 23]}
+    with torch.device("meta"):
+        for backbone, four in expected.items():
+            assert build_model(backbone, "depth_dpt").layers == four, backbone
+        assert build_model("vit7b16", "seg", num_classes=150).layers == [36, 37, 38, 39]
+        assert build_model("vits16plus", "depth_linear").layers == [11]
+        assert build_model("dinov3_vitl16", "depth").config["backbone"] == "vitl16"
+
+
+def test_dinov3_pads_to_16_and_crops_back():
+    model = build_model("tiny16", "seg_linear", num_classes=3).eval()
+    model.head.load_state_dict(seeded_state_dict(shapes(model.head), seed=2))
+    assert model.patch_size == 16 and center_padding(45, 61, 16) == (1, 2, 1, 2)  # 61→64, 45→48
+    image = torch.randn(1, 3, 45, 61)
+    with torch.no_grad():
+        cropped = model(image)
+        full = model(torch.nn.functional.pad(image, (1, 2, 1, 2)))
+    assert cropped.shape == (1, 3, 45, 61)
+    assert torch.allclose(cropped, full[..., 1:46, 1:62], atol=1e-6)
+
+
+def test_satellite_backbones_see_their_own_normalisation():
+    sat_mean, sat_std = (0.430, 0.411, 0.296), (0.213, 0.156, 0.143)  # upstream's README, SAT-493M
+    with torch.device("meta"):
+        sat = build_model("vitl16_sat", "depth_dpt")
+        web = build_model("vitl16", "depth_dpt")
+    assert (sat.image_mean, sat.image_std) == (sat_mean, sat_std)
+    assert web.renormalisation is None
+    # The data pipeline normalises with ImageNet's statistics; the model must hand the backbone
+    # (pixel − sat_mean) / sat_std. Checked on a tiny backbone given the satellite statistics.
+    torch.manual_seed(0)
+    plain = build_model("tiny16", "depth_linear").eval()
+    renormed = dense.DenseModel(plain.backbone, plain.head, task="depth", layers=plain.layers, norm=False,
+                                use_cls_token=True, min_depth=1e-3, max_depth=10.0,
+                                image_mean=sat_mean, image_std=sat_std).eval()
+    pixels = torch.rand(1, 3, 32, 48)
+    imagenet = (pixels - torch.tensor([0.485, 0.456, 0.406])[:, None, None]) / torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    satellite = (pixels - torch.tensor(sat_mean)[:, None, None]) / torch.tensor(sat_std)[:, None, None]
+    with torch.no_grad():
+        torch.testing.assert_close(renormed(imagenet), plain(satellite), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("backbone", TINY)
 @pytest.mark.parametrize("head", HEAD_NAMES)
 @pytest.mark.parametrize("size", [(56, 56), (42, 70), (45, 61)])

@@ -26,7 +26,7 @@ from dense.config import apply_speed_options, compile_mode
 from dense.errors import DenseError
 from dense.features import FeatureMaps
 from dense.model import to_maps
-from heads._common import resize
+from dense.ops import resize
 from tests._random_weights import seeded_state_dict
 from tests.test_train import compose_train, run_train
 

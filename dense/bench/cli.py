@@ -13,7 +13,6 @@ import torch
 from dense.backbone import get_spec
 from dense.bench.case import PRECISIONS, REFERENCES, WORKS, Case
 from dense.bench.measure import release, run_case
-from dense.bench.paths import dinov3_spec
 from dense.bench.report import format_case, format_machine, machine_info
 from heads import get_head_spec
 
@@ -127,8 +126,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     for name in args.backbone:
-        if dinov3_spec(name) is None:
-            get_spec(name)  # unknown names fail here, in one line, before anything runs
+        get_spec(name)  # unknown names fail here, in one line, before anything runs
     for name in args.head:
         get_head_spec(name)
     if any(args.compile):

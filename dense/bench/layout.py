@@ -2,7 +2,7 @@
 
     python -m dense.bench.layout [--batch 8] [--size 224] [--repeat 5]
 
-1. The bilinear resize of many-channel logits (what heads._common.resize is for).
+1. The bilinear resize of many-channel logits (what dense.ops.resize is for).
 2. Each head's forward + backward on ViT-S/14 feature maps laid out NCHW and channels-last (what
    dense.model.to_maps gives), with the largest difference between the two outputs.
 Random weights and inputs; milliseconds per call, median of --repeat calls after one warm-up.
@@ -39,7 +39,7 @@ def resize_step(x: torch.Tensor, size: int, channels_last: bool) -> torch.Tensor
 
 def head_step(model, patches, cls, size: int, channels_last: bool) -> torch.Tensor:
     features = FeatureMaps([as_layout(p, channels_last) for p in patches], cls)
-    out = model.decode(features, (0, 0, 0, 0), (size, size))
+    out = model.forward_head(features, (0, 0, 0, 0), (size, size))
     out.float().mean().backward()
     return out.detach().float()
 

@@ -26,7 +26,7 @@ from dense.bench.references import (
     build_upstream_dinov3,
     timm_intermediates,
 )
-from dense.dinov3_specs import Dinov3Spec, get_dinov3_spec
+from dense.dinov3_specs import Dinov3Spec
 from dense.model import DenseModel, build_model
 from heads import LinearDepthHead, get_head_spec
 
@@ -112,10 +112,8 @@ class References:
 
 def dinov3_spec(backbone: str) -> Dinov3Spec | None:
     """The DINOv3 variant a backbone name is, or None for a DINOv2 one."""
-    try:
-        return get_dinov3_spec(backbone)
-    except ValueError:
-        return None
+    spec = get_spec(backbone)
+    return spec if isinstance(spec, Dinov3Spec) else None
 
 
 def build_timm_reference(
@@ -299,12 +297,12 @@ def head_paths(
     with torch.no_grad(), autocast(calls.device, case.precision):
         features = ours.extract_features(inputs.padded)  # computed once: this work is the head alone
     size, padding = tuple(case.size), inputs.padding
-    paths = [Path("head", "ours", calls.inference(lambda: ours.decode(features, padding, size)), [ours.head])]
+    paths = [Path("head", "ours", calls.inference(lambda: ours.forward_head(features, padding, size)), [ours.head])]
     if (naive_head := references.naive_head) is not None:
         naive = _like(ours, ours.backbone, naive_head)
         paths.append(
             Path(
-                "head", "naive", calls.inference(lambda: naive.decode(features, padding, size)), [naive_head]
+                "head", "naive", calls.inference(lambda: naive.forward_head(features, padding, size)), [naive_head]
             )
         )
     return paths

@@ -63,7 +63,7 @@ class Setup:
         return self.step(lambda: self.model(self.images))
 
     def head_step(self):
-        return self.step(lambda: self.model.decode(self.features, self.padding, tuple(self.size)))
+        return self.step(lambda: self.model.forward_head(self.features, self.padding, tuple(self.size)))
 
     def backbone_forward(self):
         with torch.no_grad(), self.autocast():

@@ -35,10 +35,8 @@ class NaiveLinearDepthHead(nn.Module):
     def __init__(self, head: LinearDepthHead):
         super().__init__()
         self.upsample = head.upsample
-        self.use_cls_token = (
-            head.uses_cls_token
-        )  # the heads' attribute (use_cls_token after issue 14's rename)
-        self.norm_strategy = head.norm_strategy
+        self.use_cls_token = head.use_cls_token
+        self.bin_weighting = head.bin_weighting
         self.conv_depth = copy.deepcopy(head.conv_depth)  # own parameters: trained by its own optimiser
         self.register_buffer("bins", head.bins.clone(), persistent=False)
 
@@ -55,10 +53,10 @@ class NaiveLinearDepthHead(nn.Module):
             [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps], dim=1
         )
         logit = self.conv_depth(x)
-        if self.norm_strategy == "linear":
+        if self.bin_weighting == "linear":
             logit = torch.relu(logit) + 0.1
             logit = logit / logit.sum(dim=1, keepdim=True)
-        elif self.norm_strategy == "softmax":
+        elif self.bin_weighting == "softmax":
             logit = torch.softmax(logit, dim=1)
         else:
             logit = torch.sigmoid(logit)

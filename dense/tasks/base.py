@@ -38,11 +38,10 @@ from dense.errors import (
     load_weights_file,
     shown,
 )
-from dense.model import DenseModel
+from dense.model import DenseModel, check_inference_settings
 from dense.plain import plain
 
 DECAYS = ("cosine", "poly", "constant")
-TEST_MODES = ("whole", "slide")
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-4, "weight_decay": 0.01}
 
 
@@ -100,11 +99,6 @@ def check_schedule(
         raise ConfigError(f"task.scheduler.power={power!r} must be positive")
 
 
-MAX_TEST_SCALE = 16.0  # a bound, since each ratio sizes an image the model runs on
-MAX_WINDOW = 16384
-MAX_TEST_VIEWS = 16
-
-
 def check_test_settings(
     test_mode: str = "whole",
     test_crop_size=None,
@@ -113,34 +107,10 @@ def check_test_settings(
     test_flip: bool = False,
 ) -> None:
     """Refuse prediction settings (task.test_*) that cannot work, before anything runs."""
-    if test_mode not in TEST_MODES:
-        raise ConfigError(f"task.test_mode={test_mode!r} is not one of {', '.join(TEST_MODES)}")
-    if test_mode == "slide" and test_crop_size is None:
-        raise ConfigError("task.test_mode=slide needs task.test_crop_size (e.g. 512)")
-    for key, value in (("test_crop_size", test_crop_size), ("test_stride", test_stride)):
-        sides = [value] if isinstance(value, int) else value
-        if value is not None and not (
-            isinstance(sides, list | tuple)
-            and len(sides) in (1, 2)
-            and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_WINDOW for v in sides)
-        ):
-            raise ConfigError(f"task.{key}={value!r} must be a positive integer or [height, width] (at most {MAX_WINDOW})")
-    if not (
-        isinstance(test_scales, list | tuple)
-        and 0 < len(test_scales) <= MAX_TEST_VIEWS
-        and all(isinstance(s, int | float) and not isinstance(s, bool) and 0 < s <= MAX_TEST_SCALE for s in test_scales)
-    ):
-        raise ConfigError(
-            f"task.test_scales={_scales_shown(test_scales)} must be a list of 1 to {MAX_TEST_VIEWS} ratios in (0, {MAX_TEST_SCALE:g}] "
-            "(upstream's multi-scale test: [1.0, 1.32, 1.73, 2.28, 3.0])"
-        )
-    if not isinstance(test_flip, bool):
-        raise ConfigError(f"task.test_flip={test_flip!r} must be true or false")
-
-
-def _scales_shown(scales) -> str:
-    small = isinstance(scales, list | tuple) and len(scales) <= MAX_TEST_VIEWS
-    return repr(list(scales)) if small and all(isinstance(s, int | float) for s in scales) else shown(scales)
+    try:
+        check_inference_settings(test_mode, test_crop_size, test_stride, test_scales, test_flip, option_prefix="task.test_")
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 class RunCheckpointIO(TorchCheckpointIO):
