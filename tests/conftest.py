@@ -4,6 +4,7 @@ repository's paths, Hydra composition, the script runner) are in tests/_tiny_run
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,14 @@ import torch
 
 import dense
 from tests._tiny_run import TINY_RUN, train_in_process, write_checkpoint
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-xdist runs one worker per core: torch's default of a thread per core in each worker would
+    # put several threads on every core, which tiny models only pay for in switching.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 @pytest.fixture(scope="session")
