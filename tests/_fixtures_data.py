@@ -18,6 +18,11 @@ VOC_PALETTE = [
 ]  # fmt: skip
 
 
+def rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Uniform random colours: an image with no structure (for readers and writers, not for learning)."""
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
 def pattern_image(h: int, w: int, seed: int = 0) -> np.ndarray:
     """uint8 H×W×3 whose values encode the position (different per channel and per seed)."""
     y, x = np.mgrid[0:h, 0:w]

@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader, Dataset
 from dense.cache import CachedFeatures, forward_cached
 from dense.losses import SigLoss
 from dense.model import build_model
+from tests._tiny_run import LEARNING_DEPTH, LEARNING_RUN, metric_rows, series, train_in_process
 
 
 class Scenes(Dataset):
@@ -132,11 +133,9 @@ def test_an_interrupted_fill_resumes_with_only_the_missing_images(tmp_path):
 def test_train_py_trains_a_linear_head_on_the_cache(tmp_path):
     """cache.features=true end to end: the cache is filled once, training reads it, the loss falls,
     and a second run with the same backbone finds every entry (nothing recomputed)."""
-    from tests.test_train import DEPTH, metric_rows, run_train, series
-
     cache_dir = tmp_path / "cache"
     options = ["cache.features=true", f"cache.dir={cache_dir}"]
-    task, _ = run_train(tmp_path / "first", *DEPTH, *options)
+    task, _ = train_in_process(tmp_path / "first", *LEARNING_RUN, *LEARNING_DEPTH, *options)
     (entry,) = list(cache_dir.iterdir())
     assert np.load(entry / "done.npy").all()
     loss = series(metric_rows(tmp_path / "first"), "train/loss")
@@ -146,6 +145,6 @@ def test_train_py_trains_a_linear_head_on_the_cache(tmp_path):
     assert sum(loss[-4:]) < 0.96 * sum(loss[:4]), loss
     modified = (entry / "patches.npy").stat().st_mtime_ns
     # A fresh run with the same (random, seeded) backbone uses the same entry without rewriting it.
-    run_train(tmp_path / "second", *DEPTH, *options, "trainer.max_steps=4")
+    train_in_process(tmp_path / "second", *LEARNING_RUN, *LEARNING_DEPTH, *options, "trainer.max_steps=4")
     assert list(cache_dir.iterdir()) == [entry]
     assert (entry / "patches.npy").stat().st_mtime_ns == modified

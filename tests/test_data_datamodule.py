@@ -1,6 +1,5 @@
 """DenseDataModule: the Hydra configs, the exposed dataset facts, reproducible loading, batching."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,20 +20,21 @@ from tests._fixtures_data import (
     write_nyu_filelist,
     write_voc,
 )
+from tests._tiny_run import CONFIGS
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "data"
+DATA_CONFIGS = CONFIGS / "data"
 TINY_SYNTHETIC = {"image_size": [28, 42], "num_train": 6, "num_val": 3, "num_test": 2}
 
 
 def load_config(name: str, **overrides):
-    cfg = OmegaConf.load(CONFIGS / f"{name}.yaml")
+    cfg = OmegaConf.load(DATA_CONFIGS / f"{name}.yaml")
     for key, value in overrides.items():
         OmegaConf.update(cfg, key, value, force_add=True)
     return cfg
 
 
 def test_every_dataset_has_a_config_whose_keys_the_datamodule_accepts():
-    assert {p.stem for p in CONFIGS.glob("*.yaml")} == set(DATASETS)
+    assert {p.stem for p in DATA_CONFIGS.glob("*.yaml")} == set(DATASETS)
     generic = {
         "_target_",
         "name",
@@ -51,7 +51,7 @@ def test_every_dataset_has_a_config_whose_keys_the_datamodule_accepts():
     }
     for name in DATASETS:
         cls = DATASETS.get(name)
-        cfg = OmegaConf.load(CONFIGS / f"{name}.yaml")
+        cfg = OmegaConf.load(DATA_CONFIGS / f"{name}.yaml")
         assert cfg._target_ == "dense.data.DenseDataModule" and cfg.name == name
         assert set(cfg) - generic <= set(cls.option_names()), name
 
@@ -195,7 +195,7 @@ def test_loader_workers_stay_alive_between_epochs():
     """Every dataset config keeps its loader workers (no re-spawn before each epoch and validation);
     the loaders get it, and pinned memory follows CUDA's presence."""
     for name in DATASETS:
-        cfg = OmegaConf.load(CONFIGS / f"{name}.yaml")
+        cfg = OmegaConf.load(DATA_CONFIGS / f"{name}.yaml")
         assert cfg.persistent_workers is True and cfg.num_workers > 0 and cfg.pin_memory is None, name
     datamodule = DenseDataModule(name="synthetic", num_train=4, num_val=2, num_test=2, image_size=[28, 28],
                                  batch_size=2, num_workers=1, persistent_workers=True)

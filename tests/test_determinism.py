@@ -10,17 +10,13 @@ which makes PyTorch use deterministic kernels or raise where none exists).
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
 from dense.errors import load_weights_file
-from tests._tiny_run import QUIET_TINY_RUN, SCENES_28
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests._tiny_run import QUIET_TINY_RUN, SCENES_28, start_script
 
 TINY = [
     *QUIET_TINY_RUN,
@@ -32,14 +28,7 @@ TINY = [
 
 
 def start(run_dir: Path, seed: int) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "train.py", *TINY, f"seed={seed}", f"hydra.run.dir={run_dir}"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start_script("train.py", *TINY, f"seed={seed}", f"hydra.run.dir={run_dir}")
 
 
 def head(run_dir: Path, name: str = "last.ckpt") -> dict[str, torch.Tensor]:

@@ -22,21 +22,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
 import dense
 import eval as eval_script
 import predict as predict_script
-import train as train_script
 from dense.data import DenseDataModule, datamodule_from_config, pad_collate
 from dense.data.transforms import denormalize_image, eval_view, eval_view_size, normalize_image
 from dense.model import MS_SCALES
 from dense.tasks import build_task
 from tests._fixtures_data import VOC_PALETTE, save_labels, save_rgb
-from tests._tiny_run import QUIET_TINY_RUN
+from tests._tiny_run import QUIET_TINY_RUN, compose_config, predict_config, train_in_process
 
-ROOT = Path(__file__).resolve().parents[1]
 IGNORE = 255
 SHORT = 28  # the test-time short side of these tests (eval_short_side); upstream's is 512
 
@@ -415,8 +412,8 @@ def test_predict_py_gives_the_maps_eval_py_scores(tmp_path):
     data = tmp_path / "data"
     truth = write_folder(data)
     run = tmp_path / "run"
-    overrides = [
-        f"paths.output_dir={run}",
+    train_in_process(
+        run,
         *QUIET_TINY_RUN,
         "head=seg_linear",
         "data=folder",
@@ -430,32 +427,24 @@ def test_predict_py_gives_the_maps_eval_py_scores(tmp_path):
         "trainer.max_steps=1",
         "task.test_scales=[1.0,1.32]",
         "task.test_flip=true",
-    ]
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        train_script.train(compose("train", overrides=overrides))
-        eval_cfg = compose(
-            "eval",
-            overrides=[
-                f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
-                f"data.root={data}",  # a stored root outside the run folder is not followed: given here
-                "split=val",
-                "trainer=cpu",
-                "trainer.enable_progress_bar=false",
-                f"paths.output_dir={tmp_path / 'eval'}",
-            ],
-        )
-        predict_cfg = compose(
-            "predict",
-            overrides=[
-                f"ckpt={run / 'checkpoints' / 'last.ckpt'}",
-                f"input={tmp_path / 'val_images'}",
-                f"output={tmp_path / 'maps'}",
-                "scales=[1.0,1.32]",
-                "flip=true",
-                "device=cpu",
-                "progress=false",
-            ],
-        )
+    )
+    eval_cfg = compose_config(
+        "eval",
+        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        f"data.root={data}",  # a stored root outside the run folder is not followed: given here
+        "split=val",
+        "trainer=cpu",
+        "trainer.enable_progress_bar=false",
+        f"paths.output_dir={tmp_path / 'eval'}",
+    )
+    predict_cfg = predict_config(
+        f"ckpt={run / 'checkpoints' / 'last.ckpt'}",
+        f"input={tmp_path / 'val_images'}",
+        f"output={tmp_path / 'maps'}",
+        "scales=[1.0,1.32]",
+        "flip=true",
+        "device=cpu",
+    )
     scores = eval_script.evaluate(eval_cfg)
     (tmp_path / "val_images").mkdir()
     for stem in ("s0", "s1"):

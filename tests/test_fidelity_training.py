@@ -36,7 +36,7 @@ from dense.errors import BadInputError, DatasetError
 from dense.losses import DepthLoss, GradientLoss
 from dense.tasks import build_task
 from tests._fixtures_data import write_kitti, write_nyu_mat, write_voc
-from tests.test_configs import compose_config
+from tests._tiny_run import compose_config
 
 # ==================================================================================================
 # §3  Training sees the raw depth; only inference clamps

@@ -3,10 +3,7 @@ that can be read, quiet logs."""
 
 import json
 import logging
-import os
 import re
-import subprocess
-import sys
 import time
 import urllib.error
 import warnings
@@ -15,7 +12,6 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 from PIL import Image
@@ -26,23 +22,19 @@ import train as train_script
 from dense import _cli, _help, backbone, bench
 from dense.data import SYNTHETIC_CLASSES
 from dense.progress import TimedProgressBar
-from tests._tiny_run import QUIET_TINY_RUN, SCENES_28
-from tests.test_predict import rgb, write_checkpoints
+from tests._fixtures_data import rgb
+from tests._tiny_run import (
+    CONFIGS,
+    QUIET_TINY_RUN,
+    ROOT,
+    SCENES_28,
+    compose_config,
+    predict_config,
+    run_script,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
 # 2 steps of an epoch of 4: training stops before its first validation.
 TWO_STEPS = [*QUIET_TINY_RUN, *SCENES_28, "trainer.max_steps=2"]
-
-
-def compose_config(name: str, *overrides: str):
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose(name, overrides=list(overrides))
-
-
-def run_script(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def exit_status(function, *args) -> tuple[int | None, object]:
@@ -122,8 +114,7 @@ def test_a_refused_run_leaves_no_run_folder(tmp_path):
 
 def test_a_run_folder_with_anything_else_in_it_is_kept(tmp_path):
     cfg = compose_config("train", "paths.log_dir=" + str(tmp_path / "outputs"))
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        hydra_cfg = compose("train", return_hydra_config=True)  # what HydraConfig holds in a run
+    hydra_cfg = compose_config("train", return_hydra_config=True)  # what HydraConfig holds in a run
     run = tmp_path / "outputs" / "train" / "2026-01-01" / "10-00-00"
     (run / ".hydra").mkdir(parents=True)
     for name in _cli.HYDRA_BOOKKEEPING:
@@ -169,8 +160,7 @@ def test_help_shows_examples_groups_and_the_meaning_of_each_key(script):
     assert len(text.splitlines()) < 110  # Hydra's own --help: 155 lines
     keys = listed_keys(text)
     assert len(keys) >= 10
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        full = compose(script, return_hydra_config=True)
+    full = compose_config(script, return_hydra_config=True)
     leaves = _cli.flatten(OmegaConf.to_container(full, resolve=False))
     existing = set(leaves) | {key.rsplit(".", n)[0] for key in leaves for n in range(1, key.count(".") + 1)}
     missing = [key for key in keys if key not in existing]
@@ -233,29 +223,20 @@ def test_the_dev_extra_installs_what_the_notebook_command_needs():
 # --------------------------------------------------------------------------- 3. pictures
 
 
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    return write_checkpoints(tmp_path_factory.mktemp("ckpt"))
-
-
-def predict_config(*overrides: str):
-    return compose_config("predict", "progress=false", *overrides)
-
-
 def reference_colours(depth: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
     """magma_r over [vmin, vmax] in 256 steps, straight from matplotlib."""
     index = np.clip(np.rint((depth - vmin) / (vmax - vmin) * 255), 0, 255) / 255
     return (matplotlib.colormaps["magma_r"](index)[..., :3] * 255).round()
 
 
-def test_depth_colours_use_the_models_range_and_a_separate_colour_bar(tmp_path, checkpoints, capsys):
+def test_depth_colours_use_the_models_range_and_a_separate_colour_bar(tmp_path, tiny_checkpoints, capsys):
     images, out = tmp_path / "in", tmp_path / "out"
     images.mkdir()
     Image.fromarray(rgb(28, 42, seed=1)).save(images / "a.png")
     Image.fromarray(rgb(30, 28, seed=2)).save(images / "b.png")
-    assert predict.predict(predict_config(f"ckpt={checkpoints['depth']}", f"input={images}", f"output={out}")) == 0
+    assert predict.predict(predict_config(f"ckpt={tiny_checkpoints['depth']}", f"input={images}", f"output={out}")) == 0
     stdout = capsys.readouterr().out
-    # tiny14 depth_linear of write_checkpoints: the range 0.001-10 m (max_depth=10).
+    # tiny14 depth_linear of tiny_checkpoints: the range 0.001-10 m (max_depth=10).
     assert "0.001 to 10 m in every image (the model's depth range)" in stdout and "colorbar.png" in stdout
     for stem, size in (("a", (28, 42)), ("b", (30, 28))):
         colour = np.asarray(Image.open(out / f"{stem}_color.png")).astype(float)
@@ -267,11 +248,11 @@ def test_depth_colours_use_the_models_range_and_a_separate_colour_bar(tmp_path, 
     assert not list(out.glob("*_colorbar.png"))
 
 
-def test_depth_range_auto_gives_each_image_its_own_range_and_bar(tmp_path, checkpoints, capsys):
+def test_depth_range_auto_gives_each_image_its_own_range_and_bar(tmp_path, tiny_checkpoints, capsys):
     images, out = tmp_path / "in", tmp_path / "out"
     images.mkdir()
     Image.fromarray(rgb(28, 28, seed=3)).save(images / "a.png")
-    common = [f"ckpt={checkpoints['depth']}", f"input={images}", f"output={out}"]
+    common = [f"ckpt={tiny_checkpoints['depth']}", f"input={images}", f"output={out}"]
     assert predict.predict(predict_config(*common, "depth_range=auto")) == 0
     depth = np.load(out / "a.npy")
     colour = np.asarray(Image.open(out / "a_color.png")).astype(float)
@@ -309,9 +290,9 @@ def test_segmentation_gets_a_legend_and_the_class_names(tmp_path, seg_run, capsy
         assert (legend.reshape(-1, 3) == entry["color"]).all(axis=1).sum() > 100, entry
 
 
-def test_released_heads_get_the_dataset_names_by_class_count(checkpoints):
-    model, names = predict.build(predict_config(f"ckpt={checkpoints['seg']}"))
-    assert names is None  # write_checkpoints stores no class names
+def test_released_heads_get_the_dataset_names_by_class_count(tiny_checkpoints):
+    model, names = predict.build(predict_config(f"ckpt={tiny_checkpoints['seg']}"))
+    assert names is None  # tiny_checkpoints store no class names
     assert predict.class_names(model, names) == [f"class {i}" for i in range(5)]
 
 
@@ -353,7 +334,7 @@ def test_a_fresh_tiny_run_prints_none_of_the_noise(two_step_run):
 def test_eval_says_where_the_metrics_went_and_counts_images_in_integers(two_step_run, tmp_path, capsys):
     out, _ = two_step_run
     cfg = compose_config(
-        "eval", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}", f"paths.output_dir={tmp_path}",
+        "eval", f"ckpt_path={out / 'tiny_checkpoints' / 'last.ckpt'}", f"paths.output_dir={tmp_path}",
         "trainer=cpu", "trainer.enable_progress_bar=false",
     )
     eval_script.evaluate(cfg)

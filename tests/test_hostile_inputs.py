@@ -12,15 +12,12 @@ from __future__ import annotations
 import io
 import os
 import pathlib
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
 import dense
@@ -28,23 +25,19 @@ import dense.losses
 import dense.metrics
 import heads
 import predict
-from dense.checkpoint import BACKBONE_PREFIX, HEAD_PREFIX, MODEL_KEY, load_model
+from dense.checkpoint import MODEL_KEY, load_model
 from dense.constants import MEAN_FILL
 from dense.data import DatasetError, DepthScaleWarning, FolderDataset
 from dense.errors import WeightsError, load_weights_file
 from dense.io import read_image
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests._fixtures_data import rgb
+from tests._tiny_run import predict_config, run_script
 
 
 def one_line(message: str) -> str:
     message = str(message)
     assert "\n" not in message.strip() and "Traceback" not in message, message
     return message
-
-
-def rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
 def jpeg_bytes(array: np.ndarray, **kwargs) -> bytes:
@@ -189,25 +182,10 @@ def test_image_through_the_dataset(tmp_path, case):
     assert tuple(sample["depth"].shape) == (1, *image.shape[:2])
 
 
-@pytest.fixture(scope="module")
-def depth_ckpt(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("ckpt")
-    torch.manual_seed(0)
-    model = dense.build_model("tiny14", "depth_linear", max_depth=10.0)
-    return write_checkpoint(model, folder / "depth.ckpt")
-
-
-def write_checkpoint(model: dense.DenseModel, path: Path) -> Path:
-    """A checkpoint as train.py writes one (random backbone stored inside)."""
-    state = {BACKBONE_PREFIX + k: v for k, v in model.backbone.state_dict().items()}
-    state.update({HEAD_PREFIX + k: v for k, v in model.head.state_dict().items()})
-    torch.save({"state_dict": state, MODEL_KEY: model.config}, path)
-    return path
-
-
-def predict_config(*overrides: str):
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose("predict", overrides=["progress=false", *overrides])
+@pytest.fixture
+def depth_ckpt(tiny_checkpoints) -> Path:
+    """tiny14 depth_linear (0.001-10 m), random backbone stored inside."""
+    return tiny_checkpoints["depth"]
 
 
 @pytest.mark.parametrize("case", IMAGE_CASES)
@@ -567,12 +545,8 @@ def test_non_train_checkpoint_is_refused_by_load_model(tmp_path):
 TINY = ["backbone=tiny14", "trainer=cpu", "data.image_size=[14,14]", "data.num_train=4", "data.num_workers=0"]
 
 
-def run_train(tmp_path: Path, *overrides: str, tiny=TINY) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run(
-        [sys.executable, "train.py", *tiny, f"hydra.run.dir={tmp_path / 'run'}", *overrides],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, env=env,
-    )  # fmt: skip
+def run_train(tmp_path: Path, *overrides: str, tiny=TINY):
+    return run_script("train.py", *tiny, f"hydra.run.dir={tmp_path / 'run'}", *overrides, timeout=120)
 
 
 CONFIG_ERRORS = {

@@ -14,8 +14,6 @@ import csv
 import io
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,9 +22,7 @@ import pytest
 import torch
 
 from dense.errors import load_weights_file
-from tests._tiny_run import QUIET_TINY_RUN, SCENES_28
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests._tiny_run import QUIET_TINY_RUN, SCENES_28, run_script, start_script
 
 # 16 training scenes in batches of 4: 4 steps an epoch; 12 steps = 3 epochs, validated after each.
 TINY = [
@@ -95,31 +91,18 @@ class HangInsideCheckpointWrite(L.Callback):
 # ---- helpers ------------------------------------------------------------------------------------------
 
 
-def train_cmd(run_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "train.py", *TINY, f"hydra.run.dir={run_dir}", *extra]
-
-
-def env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(ROOT)}
+def train_args(run_dir: Path, *extra: str) -> list[str]:
+    return ["train.py", *TINY, f"hydra.run.dir={run_dir}", *extra]
 
 
 def run_train(run_dir: Path, *extra: str) -> None:
-    result = subprocess.run(
-        train_cmd(run_dir, *extra), cwd=ROOT, env=env(), capture_output=True, text=True, timeout=240
-    )
+    result = run_script(*train_args(run_dir, *extra), timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
 
 
 def run_and_kill(run_dir: Path, marker: Path, callback: str) -> None:
     """Start train.py with `callback`, wait for its marker, SIGKILL it."""
-    process = subprocess.Popen(
-        train_cmd(run_dir, f"+callbacks.hang={callback}"),
-        cwd=ROOT,
-        env=env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_script(*train_args(run_dir, f"+callbacks.hang={callback}"))
     try:
         deadline = time.monotonic() + 240
         while not marker.exists():

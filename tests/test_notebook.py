@@ -1,12 +1,12 @@
 """notebooks/visualise.ipynb runs top to bottom headless and draws its pictures."""
 
 import os
-from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests._tiny_run import ROOT
+
 NOTEBOOK = ROOT / "notebooks" / "visualise.ipynb"
 
 

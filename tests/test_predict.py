@@ -1,65 +1,19 @@
 """predict.py and dense.io: reading any image, the result files, round trips, and bad inputs."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
 import dense
 import predict
-from dense.checkpoint import BACKBONE_PREFIX, HEAD_PREFIX, MODEL_KEY
 from dense.constants import MEAN_FILL
-from dense.data.transforms import normalize_image
 from dense.errors import ImageReadError
 from dense.io import list_images, read_image
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def write_checkpoint(model: dense.DenseModel, path: Path) -> Path:
-    """A checkpoint as train.py writes one (dense/checkpoint.py), random backbone stored inside."""
-    state = {BACKBONE_PREFIX + k: v for k, v in model.backbone.state_dict().items()}
-    state.update({HEAD_PREFIX + k: v for k, v in model.head.state_dict().items()})
-    torch.save({"state_dict": state, MODEL_KEY: model.config}, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    return write_checkpoints(tmp_path_factory.mktemp("ckpt"))
-
-
-def write_checkpoints(folder: Path) -> dict[str, Path]:
-    """A tiny14 depth and a tiny14 segmentation checkpoint (tests/test_trust_predict.py uses them too)."""
-    torch.manual_seed(0)
-    depth = dense.build_model("tiny14", "depth_linear", max_depth=10.0)
-    seg = dense.build_model("tiny14", "seg_linear", num_classes=5)
-    # Larger class weights than the near-uniform init, so the argmax varies across the image.
-    torch.nn.init.normal_(seg.head.conv_seg.weight, std=1.0)
-    return {
-        "depth": write_checkpoint(depth, folder / "depth.ckpt"),
-        "seg": write_checkpoint(seg, folder / "seg.ckpt"),
-    }
-
-
-def config(*overrides: str):
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose("predict", overrides=["progress=false", *overrides])
-
-
-def rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-
-
-def model_input(path: Path) -> torch.Tensor:
-    return normalize_image(read_image(path))[None]
-
+from tests._fixtures_data import rgb
+from tests._tiny_run import ROOT, model_input, predict_config, run_script, write_checkpoint
 
 # --------------------------------------------------------------------------- reading images
 
@@ -114,12 +68,12 @@ def test_unreadable_files_are_named_with_a_reason(tmp_path):
 # --------------------------------------------------------------------------- result files
 
 
-def test_depth_round_trip(tmp_path, checkpoints):
+def test_depth_round_trip(tmp_path, tiny_checkpoints):
     Image.fromarray(rgb(45, 61)).save(tmp_path / "room.png")  # not a multiple of 14
     out = tmp_path / "out"
     assert (
         predict.predict(
-            config(f"ckpt={checkpoints['depth']}", f"input={tmp_path / 'room.png'}", f"output={out}")
+            predict_config(f"ckpt={tiny_checkpoints['depth']}", f"input={tmp_path / 'room.png'}", f"output={out}")
         )
         == 0
     )
@@ -131,18 +85,18 @@ def test_depth_round_trip(tmp_path, checkpoints):
     # the 16-bit PNG holds millimetres: equal to the .npy to its quantisation (half a millimetre)
     assert np.abs(png / 1000.0 - metres).max() <= 0.5e-3 + 1e-6
     with torch.no_grad():
-        expected = dense.load_model(checkpoints["depth"]).predict(model_input(tmp_path / "room.png"))[0, 0]
+        expected = dense.load_model(tiny_checkpoints["depth"]).predict(model_input(tmp_path / "room.png"))[0, 0]
     assert np.allclose(metres, expected.numpy(), atol=1e-5)
     color = np.asarray(Image.open(out / "room_color.png"))
     assert color.shape == (45, 61, 3)
     assert not list(out.glob(".tmp-*"))  # atomic writes leave no temporary files
 
 
-def test_depth_scale_and_colorbar(tmp_path, checkpoints):
+def test_depth_scale_and_colorbar(tmp_path, tiny_checkpoints):
     Image.fromarray(rgb(28, 28)).save(tmp_path / "a.png")
     out = tmp_path / "out"
-    cfg = config(
-        f"ckpt={checkpoints['depth']}",
+    cfg = predict_config(
+        f"ckpt={tiny_checkpoints['depth']}",
         f"input={tmp_path}",
         f"output={out}",
         "depth_scale=256",
@@ -154,7 +108,7 @@ def test_depth_scale_and_colorbar(tmp_path, checkpoints):
     png = np.asarray(Image.open(out / "a.png"))
     with torch.no_grad():
         expected = (
-            dense.load_model(checkpoints["depth"]).predict(model_input(tmp_path / "a.png"))[0, 0].numpy()
+            dense.load_model(tiny_checkpoints["depth"]).predict(model_input(tmp_path / "a.png"))[0, 0].numpy()
         )
     assert np.abs(png / 256.0 - expected).max() <= 0.5 / 256 + 1e-6
     assert not (out / "a.npy").exists()
@@ -162,14 +116,14 @@ def test_depth_scale_and_colorbar(tmp_path, checkpoints):
     assert (out / "colorbar.png").is_file()  # the bar is a file of its own
 
 
-def test_segmentation_ids_equal_argmax_of_logits(tmp_path, checkpoints):
+def test_segmentation_ids_equal_argmax_of_logits(tmp_path, tiny_checkpoints):
     Image.fromarray(rgb(40, 50, seed=3)).save(tmp_path / "scene.jpg")
     out = tmp_path / "out"
-    assert predict.predict(config(f"ckpt={checkpoints['seg']}", f"input={tmp_path}", f"output={out}")) == 0
+    assert predict.predict(predict_config(f"ckpt={tiny_checkpoints['seg']}", f"input={tmp_path}", f"output={out}")) == 0
     ids = np.asarray(Image.open(out / "scene.png"))
     assert ids.dtype == np.uint8 and ids.shape == (40, 50)
     with torch.no_grad():
-        logits = dense.load_model(checkpoints["seg"])(model_input(tmp_path / "scene.jpg"))
+        logits = dense.load_model(tiny_checkpoints["seg"])(model_input(tmp_path / "scene.jpg"))
     assert (ids == logits.argmax(1)[0].numpy()).all()
     assert len(np.unique(ids)) > 1
     for name in ("scene_color.png", "scene_overlay.png"):
@@ -185,7 +139,7 @@ def test_released_head_files_through_the_config_groups(tmp_path):
     head_state = {f"decode_head.{k}": v for k, v in model.head.state_dict().items()}
     torch.save({"state_dict": head_state}, tmp_path / "head.pth")
     Image.fromarray(rgb(42, 56)).save(tmp_path / "x.png")
-    cfg = config(
+    cfg = predict_config(
         "backbone=tiny14",
         "head=depth_linear",
         f"backbone.weights={tmp_path / 'backbone.pth'}",
@@ -206,7 +160,7 @@ def test_more_than_255_classes_give_16_bit_ids(tmp_path):
     ckpt = write_checkpoint(model, tmp_path / "seg300.ckpt")
     Image.fromarray(rgb(28, 42)).save(tmp_path / "x.png")
     assert (
-        predict.predict(config(f"ckpt={ckpt}", f"input={tmp_path / 'x.png'}", f"output={tmp_path / 'out'}"))
+        predict.predict(predict_config(f"ckpt={ckpt}", f"input={tmp_path / 'x.png'}", f"output={tmp_path / 'out'}"))
         == 0
     )
     ids = np.asarray(Image.open(tmp_path / "out" / "x.png"))
@@ -216,28 +170,28 @@ def test_more_than_255_classes_give_16_bit_ids(tmp_path):
     assert (ids == expected).all()
 
 
-def test_batching_and_inference_modes_agree(tmp_path, checkpoints):
+def test_batching_and_inference_modes_agree(tmp_path, tiny_checkpoints):
     """Equal-size images batched together give what one at a time gives; slide / flip / bf16 run."""
     for i in range(3):
         Image.fromarray(rgb(30, 40, seed=i)).save(tmp_path / f"img{i}.png")
     Image.fromarray(rgb(20, 25, seed=9)).save(tmp_path / "img3.png")  # another size: its own batch
-    common = [f"ckpt={checkpoints['depth']}", f"input={tmp_path}"]
-    assert predict.predict(config(*common, f"output={tmp_path / 'b4'}", "batch_size=4")) == 0
-    assert predict.predict(config(*common, f"output={tmp_path / 'b1'}", "batch_size=1")) == 0
+    common = [f"ckpt={tiny_checkpoints['depth']}", f"input={tmp_path}"]
+    assert predict.predict(predict_config(*common, f"output={tmp_path / 'b4'}", "batch_size=4")) == 0
+    assert predict.predict(predict_config(*common, f"output={tmp_path / 'b1'}", "batch_size=1")) == 0
     for i in range(4):
         a, b = np.load(tmp_path / "b4" / f"img{i}.npy"), np.load(tmp_path / "b1" / f"img{i}.npy")
         assert np.allclose(a, b, atol=1e-5)
     options = ["mode=slide", "crop_size=28", "stride=14", "flip=true", "scales=[1.0,1.5]", "precision=bf16"]
-    one = [f"ckpt={checkpoints['depth']}", f"input={tmp_path / 'img3.png'}", f"output={tmp_path / 'tta'}"]
-    assert predict.predict(config(*one, *options)) == 0
+    one = [f"ckpt={tiny_checkpoints['depth']}", f"input={tmp_path / 'img3.png'}", f"output={tmp_path / 'tta'}"]
+    assert predict.predict(predict_config(*one, *options)) == 0
     assert np.load(tmp_path / "tta" / "img3.npy").shape == (20, 25)
 
 
-def test_setup_mistakes_are_one_line(tmp_path, checkpoints, capsys):
+def test_setup_mistakes_are_one_line(tmp_path, tiny_checkpoints, capsys):
     Image.fromarray(rgb(14, 14)).save(tmp_path / "a.png")
     good_input, good_ckpt, good_output = (
         f"input={tmp_path}",
-        f"ckpt={checkpoints['depth']}",
+        f"ckpt={tiny_checkpoints['depth']}",
         f"output={tmp_path / 'o'}",
     )
     cases = [
@@ -249,13 +203,13 @@ def test_setup_mistakes_are_one_line(tmp_path, checkpoints, capsys):
     ]
     for overrides, message in cases:
         with pytest.raises(SystemExit) as exit_info:
-            predict.predict(config(*overrides))
+            predict.predict(predict_config(*overrides))
         assert exit_info.value.code == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and message in err and "\n" not in err, err
 
 
-def test_folder_with_bad_and_odd_images_from_the_command_line(tmp_path, checkpoints):
+def test_folder_with_bad_and_odd_images_from_the_command_line(tmp_path, tiny_checkpoints):
     """The real CLI: outputs for every good image, a named reason for the bad one, exit status 3."""
     images = tmp_path / "in"
     images.mkdir()
@@ -266,17 +220,8 @@ def test_folder_with_bad_and_odd_images_from_the_command_line(tmp_path, checkpoi
     Image.fromarray(rgb(99, 131)).save(images / "odd.jpg")  # 99×131: not multiples of 14
     (images / "readme.txt").write_text("ignored: not an image suffix")
     out = tmp_path / "out"
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "predict.py"),
-            f"ckpt={checkpoints['seg']}",
-            f"input={images}",
-            f"output={out}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
+    result = run_script(
+        str(ROOT / "predict.py"), f"ckpt={tiny_checkpoints['seg']}", f"input={images}", f"output={out}", cwd=tmp_path
     )
     assert result.returncode == 3, result.stderr
     assert "broken.jpg" in result.stderr and "truncated or corrupt" in result.stderr

@@ -10,11 +10,9 @@ with 1,000 images (numbers in docs/README_failures.md).
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests._tiny_run import run_script
+
 MiB = 2**20
 
 # Measured here (2 CPU cores, torch CPU): traced heap slope 0.07 KiB/image, RSS within ±5 MiB after
@@ -29,11 +27,9 @@ WARMUP = 20
 
 def test_predict_memory_does_not_grow_per_image(tmp_path):
     out = tmp_path / "rss.json"
-    result = subprocess.run(
-        [sys.executable, "scripts/bench_predict_memory.py", "--images", "60", "--scale", "4",
-         "--warmup", str(WARMUP), "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    result = run_script(
+        "scripts/bench_predict_memory.py", "--images", "60", "--scale", "4", "--warmup", str(WARMUP), "--json", str(out)
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(out.read_text())
     assert data["status"] == 0 and data["files"] == 3 * 60 + 1  # .png, .npy, _color.png each; colorbar.png

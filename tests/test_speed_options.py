@@ -10,13 +10,10 @@ Stated tolerances (CPU, tiny random models, measured in these tests' set-up):
 - the bf16 weight copy vs bf16 autocast over fp32 weights: bit-identical.
 """
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
 import dense
@@ -28,9 +25,10 @@ from dense.features import FeatureMaps
 from dense.model import to_maps
 from dense.ops import resize
 from tests._random_weights import seeded_state_dict
-from tests.test_train import compose_train, run_train
+from tests._tiny_run import QUIET_TINY_RUN, SCENES_28, compose_config, predict_config, train_in_process
 
-ROOT = Path(__file__).resolve().parents[1]
+# 28×28 scenes, 4 steps = one epoch: enough to see the options applied (nothing here needs learning).
+RUN = [*QUIET_TINY_RUN, *SCENES_28, "trainer.max_steps=4"]
 HEADS = {"depth_linear": {}, "depth_linear4": {}, "depth_dpt": {}, "seg_linear": {"num_classes": 5}, "seg_ms": {"num_classes": 5}}
 
 
@@ -179,8 +177,8 @@ def compile_calls(monkeypatch):
 
 
 def test_train_and_eval_apply_bf16_and_compile(tmp_path, compile_calls):
-    task, metrics = run_train(
-        tmp_path, "head=depth_linear", "trainer.max_steps=4", "trainer.precision=bf16-mixed", "compile=max-autotune"
+    task, metrics = train_in_process(
+        tmp_path, *RUN, "head=depth_linear", "trainer.precision=bf16-mixed", "compile=max-autotune"
     )
     assert task.model.backbone_dtype == torch.bfloat16
     assert task.model.backbone.blocks[0].attn.qkv.weight.dtype == torch.bfloat16
@@ -191,27 +189,24 @@ def test_train_and_eval_apply_bf16_and_compile(tmp_path, compile_calls):
     assert rebuilt.backbone.blocks[0].attn.qkv.weight.dtype == torch.float32
 
     (tmp_path / "eval").mkdir()
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(
-            "eval",
-            overrides=[
-                f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}",
-                "trainer=cpu",
-                "trainer.precision=bf16-mixed",
-                "trainer.enable_progress_bar=false",
-                "compile=true",
-                f"paths.output_dir={tmp_path / 'eval'}",
-            ],
-        )
+    cfg = compose_config(
+        "eval",
+        f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}",
+        "trainer=cpu",
+        "trainer.precision=bf16-mixed",
+        "trainer.enable_progress_bar=false",
+        "compile=true",
+        f"paths.output_dir={tmp_path / 'eval'}",
+    )
     results = eval_script.evaluate(cfg)
     assert compile_calls[-1] == {"mode": "default"}
-    assert np.isfinite(results["rmse"]) and results["n_images"] == 8  # TINY: 8 test images
+    assert np.isfinite(results["rmse"]) and results["n_images"] == 4  # SCENES_28: 4 test images
 
 
 def test_a_bf16_run_fills_the_feature_cache_under_autocast(tmp_path):
     # The cache is filled when the datamodule is set up, after the backbone's weights went bf16.
-    task, metrics = run_train(
-        tmp_path, "head=seg_linear", "data.task=segmentation", "trainer.max_steps=4", "trainer.precision=bf16-mixed",
+    task, metrics = train_in_process(
+        tmp_path, *RUN, "head=seg_linear", "data.task=segmentation", "trainer.precision=bf16-mixed",
         "cache.features=true", f"cache.dir={tmp_path / 'cache'}",
     )
     assert task.model.backbone_dtype == torch.bfloat16
@@ -228,21 +223,16 @@ def test_predict_applies_bf16_and_compile(tmp_path, compile_calls, monkeypatch):
     monkeypatch.setattr(
         predict_script, "apply_speed_options", lambda model, **kw: built.append(model) or apply(model, **kw)
     )
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(
-            "predict",
-            overrides=[
-                "backbone=tiny14",
-                "head=depth_linear",
-                f"head.weights={weights}",
-                f"input={tmp_path / 'a.png'}",
-                f"output={tmp_path / 'out'}",
-                "precision=bf16",
-                "compile=reduce-overhead",
-                "progress=false",
-                "device=cpu",
-            ],
-        )
+    cfg = predict_config(
+        "backbone=tiny14",
+        "head=depth_linear",
+        f"head.weights={weights}",
+        f"input={tmp_path / 'a.png'}",
+        f"output={tmp_path / 'out'}",
+        "precision=bf16",
+        "compile=reduce-overhead",
+        "device=cpu",
+    )
     assert predict_script.predict(cfg) == 0
     assert built[0].backbone_dtype == torch.bfloat16
     assert compile_calls == [{"mode": "reduce-overhead"}]
@@ -251,11 +241,11 @@ def test_predict_applies_bf16_and_compile(tmp_path, compile_calls, monkeypatch):
 
 def test_a_wrong_compile_value_stops_with_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
-        run_train(tmp_path, "head=depth_linear", "compile=fast")
+        train_in_process(tmp_path, *RUN, "head=depth_linear", "compile=fast")
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: compile='fast' is not one of") and "\n" not in err
-    assert compose_train(tmp_path).compile is False  # off unless asked for
+    assert compose_config("train", f"paths.output_dir={tmp_path}", *RUN).compile is False  # off unless asked for
 
 
 def test_apply_speed_options_leaves_a_default_run_alone():

@@ -4,72 +4,39 @@ Small runs go through `train.train(cfg)` in-process (configs composed from the r
 the smoke run, DDP and the command-line error paths run the scripts as users do.
 """
 
-import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 import dense
 import eval as eval_script
-import train as train_script
-from tests._tiny_run import QUIET_TINY_RUN
+from tests._tiny_run import (
+    LEARNING_DEPTH,
+    LEARNING_RUN,
+    compose_config,
+    metric_rows,
+    run_script,
+    series,
+    train_in_process,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
-
-# Tiny runs: random tiny14 backbone, 56×56 synthetic scenes, 4 steps per epoch, validated every epoch.
-TINY = [
-    *QUIET_TINY_RUN,
-    "data.image_size=[56,56]",
-    "data.num_train=32",
-    "data.num_val=8",
-    "data.num_test=8",
-    "data.batch_size=8",
-    "task.optimizer.lr=1e-2",
-    "task.scheduler.warmup_steps=3",
-]
-# 24 steps = 6 epochs. Without the SigLoss warm-up, whose variance-free loss would make the curve jump.
-DEPTH = ["head=depth_linear4", "trainer.max_steps=24", "task.depth_loss.warm_up=false"]
+# Tiny runs (LEARNING_RUN): random tiny14 backbone, 56×56 synthetic scenes, 4 steps per epoch, validated
+# every epoch; LEARNING_DEPTH and SEG train 24 steps = 6 epochs.
 SEG = ["head=seg_ms", "data.task=segmentation", "trainer.max_steps=24"]
 # 8 steps = 2 epochs, SigLoss warm-up over the first 6: a resume at step 4 must restore its counter too.
 RESUME = ["head=depth_linear", "trainer.max_steps=8", "task.depth_loss.warm_iter=6"]
 
 
-def compose_train(out: Path, *overrides: str):
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose("train", overrides=[f"paths.output_dir={out}", *TINY, *overrides])
-
-
 def run_train(out: Path, *overrides: str):
-    return train_script.train(compose_train(out, *overrides))
-
-
-def metric_rows(out: Path) -> list[dict]:
-    with open(out / "csv" / "version_0" / "metrics.csv") as f:
-        return list(csv.DictReader(f))
-
-
-def series(rows: list[dict], key: str) -> list[float]:
-    return [float(r[key]) for r in rows if r.get(key)]
-
-
-def run_script(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
-    )
+    return train_in_process(out, *LEARNING_RUN, *overrides)
 
 
 @pytest.fixture(scope="module")
 def depth_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("depth_run")
-    task, metrics = run_train(out, *DEPTH)
+    task, metrics = run_train(out, *LEARNING_DEPTH)
     return out, task.model.eval(), metrics
 
 
@@ -208,7 +175,7 @@ def test_ddp_ranks_log_the_single_process_metrics(tmp_path):
         "trainer.accelerator=cpu",
         "trainer.devices=2",
         "trainer.sync_batchnorm=false",
-        *[o for o in TINY if not o.startswith("trainer=")],
+        *[o for o in LEARNING_RUN if not o.startswith("trainer=")],
         "head=depth_linear4",
         "data.image_size=[42,42]",
         "data.num_train=16",
@@ -223,24 +190,21 @@ def test_ddp_ranks_log_the_single_process_metrics(tmp_path):
     assert ranks[0]["val/n_images"] == 8  # 4 per process, summed
 
     # One process, the same checkpoint and the same 8 validation images.
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose(
-            "eval",
-            overrides=[
-                f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
-                "split=val",
-                "trainer=cpu",
-                "trainer.enable_progress_bar=false",
-                f"paths.output_dir={tmp_path}",
-            ],
-        )
+    cfg = compose_config(
+        "eval",
+        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        "split=val",
+        "trainer=cpu",
+        "trainer.enable_progress_bar=false",
+        f"paths.output_dir={tmp_path}",
+    )
     single = eval_script.evaluate(cfg)
     assert single["rmse"] == pytest.approx(ranks[0]["val/rmse"], rel=1e-6)
     assert single["a1"] == pytest.approx(ranks[0]["val/a1"], rel=1e-6)
 
 
 def test_multirun_sweeps_backbones(tmp_path):
-    tiny = [o for o in TINY if not o.startswith("backbone=")]
+    tiny = [o for o in LEARNING_RUN if not o.startswith("backbone=")]
     result = run_script(
         "train.py", "-m", "backbone=tiny14,tiny14_reg", "head=depth_linear", *tiny,
         "data.image_size=[28,28]", "data.num_train=8", "trainer.max_steps=2", f"hydra.sweep.dir={tmp_path}",

@@ -13,8 +13,6 @@ import http.server
 import os
 import pathlib
 import shutil
-import subprocess
-import sys
 import threading
 import time
 import warnings
@@ -23,20 +21,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 import dense
 import eval as eval_script
-import train as train_script
 from dense.checkpoint import MODEL_KEY, load_model
 from dense.errors import WeightsError, load_weights_file
 from dense.tasks import RunCheckpointIO
-from tests._tiny_run import QUIET_TINY_RUN, SCENES_28
+from tests._tiny_run import QUIET_TINY_RUN, ROOT, TINY_RUN, compose_config, run_script, train_in_process
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
-# 4 steps = 1 epoch of the 16 scenes of SCENES_28; the "finished" run below ends there.
-RUN = [*QUIET_TINY_RUN, *SCENES_28, "head=depth_linear", "trainer.max_steps=4"]
+# TINY_RUN: 4 steps = 1 epoch of the 16 scenes of SCENES_28; the finished run (conftest's `tiny_run`) ends there.
 
 
 def one_line(text: str) -> str:
@@ -45,13 +38,8 @@ def one_line(text: str) -> str:
     return text
 
 
-def compose_config(name: str, *overrides: str):
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose(name, overrides=list(overrides))
-
-
 def train(out: Path, *overrides: str):
-    return train_script.train(compose_config("train", f"paths.output_dir={out}", *RUN, *overrides))
+    return train_in_process(out, *TINY_RUN, *overrides)
 
 
 def evaluate(ckpt: Path, out: Path, *overrides: str) -> dict:
@@ -69,12 +57,11 @@ def exit_line(capsys, call) -> str:
     return one_line(capsys.readouterr().err)
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Path:
-    """A tiny run trained to its end (max_steps=4): checkpoints/{best,last}.ckpt + its random backbone."""
-    out = tmp_path_factory.mktemp("finished")
-    train(out)
-    return out
+@pytest.fixture
+def finished_run(tiny_run) -> Path:
+    """A tiny run trained to its end (max_steps=4): checkpoints/{best,last}.ckpt + its random backbone.
+    Shared by the session: read it, or resume and craft a run_copy of it."""
+    return tiny_run
 
 
 def run_copy(finished_run: Path, tmp_path: Path) -> Path:
@@ -502,11 +489,6 @@ def test_eval_refuses_bad_loader_settings(finished_run, tmp_path, capsys, overri
     assert override.split("=")[0] in line
 
 
-def run_script(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
-
-
 def test_hydra_job_chdir(tmp_path):
     """`+hydra.job.chdir=true` (the key exists: Hydra's own multi-line refusal) gets one line; the
     right spelling works, with relative paths still read from where the command was typed."""
@@ -514,11 +496,11 @@ def test_hydra_job_chdir(tmp_path):
     plus = run_script(script, "+hydra.job.chdir=true", cwd=tmp_path)
     assert plus.returncode == 2
     assert "hydra.job.chdir=true" in one_line(plus.stderr) and "without the +" in plus.stderr
-    result = run_script(script, *RUN, "hydra.job.chdir=true", "hydra.run.dir=run", cwd=tmp_path)
+    result = run_script(script, *TINY_RUN, "hydra.job.chdir=true", "hydra.run.dir=run", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
     resumed = run_script(
-        script, *RUN, "hydra.job.chdir=true", "hydra.run.dir=run", "ckpt_path=run/checkpoints/last.ckpt",
+        script, *TINY_RUN, "hydra.job.chdir=true", "hydra.run.dir=run", "ckpt_path=run/checkpoints/last.ckpt",
         "trainer.max_steps=8", cwd=tmp_path,
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -570,7 +552,7 @@ def test_a_run_folder_with_links_is_refused_before_anything_is_written(finished_
         target.parent.mkdir(exist_ok=True)
         target.unlink(missing_ok=True)
         target.symlink_to(victim / "bashrc")
-    result = run_script("train.py", *RUN, "trainer.max_steps=8", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+    result = run_script("train.py", *TINY_RUN, "trainer.max_steps=8", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
                         f"hydra.run.dir={run}")  # fmt: skip
     assert result.returncode == 2
     assert "holds a link" in one_line(result.stderr)
@@ -583,7 +565,7 @@ def test_a_run_folder_with_a_hard_linked_file_is_refused(finished_run, tmp_path)
     victim.write_text("mine")
     (run / "train.log").unlink(missing_ok=True)
     os.link(victim, run / "train.log")
-    result = run_script("train.py", *RUN, f"hydra.run.dir={run}")
+    result = run_script("train.py", *TINY_RUN, f"hydra.run.dir={run}")
     assert result.returncode == 2 and "hard link" in one_line(result.stderr)
     assert victim.read_text() == "mine"
 
@@ -594,10 +576,8 @@ def test_eval_follows_a_stored_data_root_only_inside_the_run_or_the_data_folder(
     data = tmp_path / "elsewhere" / "folder"
     write_folder(data, h=28, w=28)
     run = tmp_path / "run"
-    train_script.train(
-        compose_config("train", f"paths.output_dir={run}", *QUIET_TINY_RUN, "head=depth_linear", "trainer.max_steps=2",
-                       "data=folder", f"data.root={data}", "data.batch_size=2")
-    )  # fmt: skip
+    train_in_process(run, *QUIET_TINY_RUN, "head=depth_linear", "trainer.max_steps=2", "data=folder",
+                     f"data.root={data}", "data.batch_size=2")  # fmt: skip
     ckpt = run / "checkpoints" / "last.ckpt"
     line = exit_line(capsys, lambda: evaluate(ckpt, tmp_path / "eval"))
     assert "outside its run folder and paths.data_dir" in line and "data.root=" in line
@@ -621,7 +601,7 @@ def test_crafted_config_values_in_a_resumed_checkpoint_give_one_line(finished_ru
         c["hyper_parameters"]["config"]["data"]["num_val"] = torch.zeros(3)
 
     ckpt = edit_checkpoint(run_copy(finished_run, tmp_path / "b") / "checkpoints" / "last.ckpt", wrong_state)
-    result = run_script("train.py", *RUN, "trainer.max_steps=8", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'c'}")
+    result = run_script("train.py", *TINY_RUN, "trainer.max_steps=8", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'c'}")
     assert result.returncode == 2 and "optimiser state does not fit the head" in one_line(result.stderr)
 
 

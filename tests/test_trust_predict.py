@@ -22,15 +22,11 @@ import predict
 from dense.data.readers import read_rgb
 from dense.errors import DenseError, ImageReadError
 from dense.io import read_image
-from tests.test_predict import config, model_input, rgb, write_checkpoint, write_checkpoints
+from tests._fixtures_data import rgb
+from tests._tiny_run import model_input, predict_config, write_checkpoint
 
 DEPTH_FILES = (".png", ".npy", "_color.png")
 DEPTH_RUN_FILES = ["colorbar.png"]  # once per run, with the first results
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    return write_checkpoints(tmp_path_factory.mktemp("ckpt"))
 
 
 def expected_depth(checkpoint: Path, image: Path) -> np.ndarray:
@@ -39,9 +35,9 @@ def expected_depth(checkpoint: Path, image: Path) -> np.ndarray:
 
 
 def run(capsys, *overrides: str) -> tuple[int, str, str]:
-    """predict.predict(config(...)) → (exit status, stdout, stderr); set-up refusals give status 2."""
+    """predict.predict(predict_config(...)) → (exit status, stdout, stderr); set-up refusals give status 2."""
     try:
-        status = predict.predict(config(*overrides))
+        status = predict.predict(predict_config(*overrides))
     except SystemExit as exit_info:
         status = exit_info.code
     captured = capsys.readouterr()
@@ -62,7 +58,7 @@ def recorded(out: Path) -> list[str]:
 # --------------------------------------------------------------------------- one result per input
 
 
-def test_inputs_whose_results_would_share_a_name_get_distinct_names(tmp_path, checkpoints, capsys):
+def test_inputs_whose_results_would_share_a_name_get_distinct_names(tmp_path, tiny_checkpoints, capsys):
     """c.jpg + c.png + c_jpg.png all wanted c_jpg.*; x.png's colour picture was x_color.png's depth."""
     images = tmp_path / "in"
     images.mkdir()
@@ -70,7 +66,7 @@ def test_inputs_whose_results_would_share_a_name_get_distinct_names(tmp_path, ch
     for seed, name in enumerate(names):
         Image.fromarray(rgb(28, 28, seed=seed)).save(images / name, quality=95)
     out = tmp_path / "out"
-    status, stdout, err = run(capsys, f"ckpt={checkpoints['depth']}", f"input={images}", f"output={out}")
+    status, stdout, err = run(capsys, f"ckpt={tiny_checkpoints['depth']}", f"input={images}", f"output={out}")
     assert status == 0, err
     assert "wrote depth results for 5 of 5 images" in stdout
     # The documented rule (a shared stem → the full name), then a number for what still clashes.
@@ -83,7 +79,7 @@ def test_inputs_whose_results_would_share_a_name_get_distinct_names(tmp_path, ch
     }
     for name, stem in stems.items():
         assert np.allclose(
-            np.load(out / f"{stem}.npy"), expected_depth(checkpoints["depth"], images / name), atol=1e-5
+            np.load(out / f"{stem}.npy"), expected_depth(tiny_checkpoints["depth"], images / name), atol=1e-5
         )
         assert np.asarray(Image.open(out / f"{stem}.png")).dtype == np.uint16
         assert np.asarray(Image.open(out / f"{stem}_color.png")).shape == (28, 28, 3)  # a colour picture
@@ -94,14 +90,14 @@ def test_inputs_whose_results_would_share_a_name_get_distinct_names(tmp_path, ch
     assert "the results of x_color.png are named x_color_1.* (x_color.png is x.png's result)" in err
 
 
-def test_names_that_differ_only_in_case_do_not_share_results(tmp_path, checkpoints, capsys):
+def test_names_that_differ_only_in_case_do_not_share_results(tmp_path, tiny_checkpoints, capsys):
     """A.png and a.jpg are one file name on macOS and Windows disks: they get a_png-style names."""
     images = tmp_path / "in"
     images.mkdir()
     Image.fromarray(rgb(28, 28, seed=1)).save(images / "A.png")
     Image.fromarray(rgb(28, 28, seed=2)).save(images / "a.jpg")
     out = tmp_path / "out"
-    status, _, err = run(capsys, f"ckpt={checkpoints['depth']}", f"input={images}", f"output={out}")
+    status, _, err = run(capsys, f"ckpt={tiny_checkpoints['depth']}", f"input={images}", f"output={out}")
     assert status == 0, err
     assert {p.stem for p in out.glob("*.npy")} == {"A_png", "a_jpg"}
 
@@ -109,7 +105,7 @@ def test_names_that_differ_only_in_case_do_not_share_results(tmp_path, checkpoin
 # --------------------------------------------------------------------------- nothing of the user's overwritten
 
 
-def test_files_predict_did_not_write_are_never_replaced(tmp_path, checkpoints, capsys):
+def test_files_predict_did_not_write_are_never_replaced(tmp_path, tiny_checkpoints, capsys):
     """Output = input folder: the user's a.npy beside a.jpg, and the input b.png itself, stay as they
     are; those inputs get other names, said on stderr. A rerun replaces its own results, creates no
     second copy, and does not read its results as inputs."""
@@ -120,7 +116,7 @@ def test_files_predict_did_not_write_are_never_replaced(tmp_path, checkpoints, c
     user_npy = np.arange(6.0).reshape(2, 3)
     np.save(folder / "a.npy", user_npy)
     b_before = (folder / "b.png").read_bytes()
-    common = [f"ckpt={checkpoints['depth']}", f"input={folder}", f"output={folder}"]
+    common = [f"ckpt={tiny_checkpoints['depth']}", f"input={folder}", f"output={folder}"]
 
     status, stdout, err = run(capsys, *common)
     assert status == 0, err
@@ -130,7 +126,7 @@ def test_files_predict_did_not_write_are_never_replaced(tmp_path, checkpoints, c
     assert f"the results of a.jpg are named a_1.* (a.npy in {folder} was not written by predict.py)" in err
     assert "the results of b.png are named b_1.* (b.png is an input image)" in err
     assert np.allclose(
-        np.load(folder / "a_1.npy"), expected_depth(checkpoints["depth"], folder / "a.jpg"), atol=1e-5
+        np.load(folder / "a_1.npy"), expected_depth(tiny_checkpoints["depth"], folder / "a.jpg"), atol=1e-5
     )
     ours = sorted([*(f"{stem}{suffix}" for stem in ("a_1", "b_1") for suffix in DEPTH_FILES), *DEPTH_RUN_FILES])
     assert recorded(folder) == ours
@@ -142,7 +138,7 @@ def test_files_predict_did_not_write_are_never_replaced(tmp_path, checkpoints, c
     assert "wrote depth results for 2 of 2 images" in stdout  # a_1.png, a_1_color.png, ... not inputs
     assert "5 image files" in err and "predict.py's own results" in err  # with colorbar.png
     assert np.allclose(
-        np.load(folder / "a_1.npy"), expected_depth(checkpoints["depth"], folder / "a.jpg"), atol=1e-5
+        np.load(folder / "a_1.npy"), expected_depth(tiny_checkpoints["depth"], folder / "a.jpg"), atol=1e-5
     )  # replaced: it was predict.py's own, unchanged since
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         ["a.jpg", "a.npy", "b.png", *ours, predict.RECORD]
@@ -158,7 +154,7 @@ def test_files_predict_did_not_write_are_never_replaced(tmp_path, checkpoints, c
 
 
 def test_a_record_naming_a_file_predict_did_not_leave_there_does_not_make_it_replaceable(
-    tmp_path, checkpoints, capsys
+    tmp_path, tiny_checkpoints, capsys
 ):
     """A stale or crafted record that names someone's file (the name only, or another file's size,
     mtime and inode) does not let predict.py replace it."""
@@ -170,13 +166,13 @@ def test_a_record_naming_a_file_predict_did_not_leave_there_does_not_make_it_rep
     before = mine.read_bytes()
     record = {"format": predict.RECORD_FORMAT, "files": {"x_color.png": [mine.stat().st_size, 0, 1]}}
     (folder / predict.RECORD).write_text(json.dumps(record))
-    status, _, err = run(capsys, f"ckpt={checkpoints['depth']}", f"input={folder}", f"output={folder}")
+    status, _, err = run(capsys, f"ckpt={tiny_checkpoints['depth']}", f"input={folder}", f"output={folder}")
     assert status == 0, err
     assert mine.read_bytes() == before
     assert "the results of x.jpg are named x_1.*" in err
 
 
-def test_a_crafted_record_only_names_plain_files_in_its_folder(tmp_path, checkpoints, capsys):
+def test_a_crafted_record_only_names_plain_files_in_its_folder(tmp_path, tiny_checkpoints, capsys):
     """The record decides what may be replaced: entries with a folder part, hidden names, other suffixes,
     links and folders are not taken from it; a file that is not a record is refused in one line."""
     images, out = tmp_path / "in", tmp_path / "out"
@@ -190,7 +186,7 @@ def test_a_crafted_record_only_names_plain_files_in_its_folder(tmp_path, checkpo
     names = ["../outside.npy", str(outside), "sub/a_color.png", ".a_color.png", "a.txt", "a.png", "a.npy"]
     record = {"format": predict.RECORD_FORMAT, "files": {name: [7, 0, 0] for name in names}}
     (out / predict.RECORD).write_text(json.dumps(record))
-    status, _, err = run(capsys, f"ckpt={checkpoints['depth']}", f"input={images}", f"output={out}")
+    status, _, err = run(capsys, f"ckpt={tiny_checkpoints['depth']}", f"input={images}", f"output={out}")
     assert status == 0, err
     assert "ignored 5 entries" in err
     assert "the results of a.png are named a_1.*" in err
@@ -199,11 +195,11 @@ def test_a_crafted_record_only_names_plain_files_in_its_folder(tmp_path, checkpo
 
     for text in ("not json", json.dumps({"files": ["a_1.png"]}), json.dumps(["a_1.png"]), "[" * 100_000):
         (out / predict.RECORD).write_text(text)
-        status, _, err = run(capsys, f"ckpt={checkpoints['depth']}", f"input={images}", f"output={out}")
+        status, _, err = run(capsys, f"ckpt={tiny_checkpoints['depth']}", f"input={images}", f"output={out}")
         assert "is not predict.py's record" in one_line_error(status, err)
     (out / predict.RECORD).unlink()
     (out / predict.RECORD).symlink_to(outside)
-    status, _, err = run(capsys, f"ckpt={checkpoints['depth']}", f"input={images}", f"output={out}")
+    status, _, err = run(capsys, f"ckpt={tiny_checkpoints['depth']}", f"input={images}", f"output={out}")
     assert "is not a plain file" in one_line_error(status, err)
     assert outside.read_bytes() == b"keep me"
 
@@ -235,7 +231,7 @@ def test_a_nan_prediction_is_an_error_for_that_image(tmp_path, task, capsys):
 # --------------------------------------------------------------------------- the output folder
 
 
-def test_a_full_disk_stops_the_run_and_says_how_many_were_written(tmp_path, checkpoints, capsys, monkeypatch):
+def test_a_full_disk_stops_the_run_and_says_how_many_were_written(tmp_path, tiny_checkpoints, capsys, monkeypatch):
     images, out = tmp_path / "in", tmp_path / "out"
     images.mkdir()
     for i in range(3):
@@ -250,7 +246,7 @@ def test_a_full_disk_stops_the_run_and_says_how_many_were_written(tmp_path, chec
         real_save_npy(array, path)
 
     monkeypatch.setattr(predict, "save_npy", save_npy_until_full)
-    status, stdout, err = run(capsys, f"ckpt={checkpoints['depth']}", f"input={images}", f"output={out}")
+    status, stdout, err = run(capsys, f"ckpt={tiny_checkpoints['depth']}", f"input={images}", f"output={out}")
     assert status == predict.EXIT_SKIPPED, err
     assert "Traceback" not in err
     assert (
@@ -264,7 +260,7 @@ def test_a_full_disk_stops_the_run_and_says_how_many_were_written(tmp_path, chec
     assert len(calls) == 2  # img2 was not tried
 
 
-def test_result_names_too_long_for_the_disk_skip_that_image(tmp_path, checkpoints, capsys):
+def test_result_names_too_long_for_the_disk_skip_that_image(tmp_path, tiny_checkpoints, capsys):
     """A 250-character input name fits, its 255+-character `_color.png` does not (NAME_MAX): that
     image is skipped with its reason and leaves no file, the others are written."""
     images, out = tmp_path / "in", tmp_path / "out"
@@ -272,18 +268,18 @@ def test_result_names_too_long_for_the_disk_skip_that_image(tmp_path, checkpoint
     long_name = "a" * 246 + ".png"
     Image.fromarray(rgb(28, 28)).save(images / long_name)
     Image.fromarray(rgb(28, 28, seed=1)).save(images / "b.png")
-    status, stdout, err = run(capsys, f"ckpt={checkpoints['depth']}", f"input={images}", f"output={out}")
+    status, stdout, err = run(capsys, f"ckpt={tiny_checkpoints['depth']}", f"input={images}", f"output={out}")
     assert status == predict.EXIT_SKIPPED, err
     assert f"{long_name}: its result file names are too long for the disk; rename it" in err
     assert "wrote depth results for 1 of 2 images" in stdout
     assert sorted(p.name for p in out.iterdir()) == sorted([predict.RECORD, "b.npy", "b.png", "b_color.png", *DEPTH_RUN_FILES])
 
 
-def test_an_output_that_is_a_file_or_lies_under_one_is_one_line(tmp_path, checkpoints, capsys):
+def test_an_output_that_is_a_file_or_lies_under_one_is_one_line(tmp_path, tiny_checkpoints, capsys):
     Image.fromarray(rgb(28, 28)).save(tmp_path / "a.png")
     a_file = tmp_path / "notes.txt"
     a_file.write_text("mine")
-    common = [f"ckpt={checkpoints['depth']}", f"input={tmp_path / 'a.png'}"]
+    common = [f"ckpt={tiny_checkpoints['depth']}", f"input={tmp_path / 'a.png'}"]
     status, _, err = run(capsys, *common, f"output={a_file}")
     assert f"output={a_file} is a file, not a folder" in one_line_error(status, err)
     status, _, err = run(capsys, *common, f"output={a_file / 'sub' / 'dir'}")
@@ -291,7 +287,7 @@ def test_an_output_that_is_a_file_or_lies_under_one_is_one_line(tmp_path, checkp
     assert a_file.read_text() == "mine"
 
 
-def test_a_read_only_output_folder_is_refused_before_any_work(tmp_path, checkpoints, capsys, monkeypatch):
+def test_a_read_only_output_folder_is_refused_before_any_work(tmp_path, tiny_checkpoints, capsys, monkeypatch):
     Image.fromarray(rgb(28, 28)).save(tmp_path / "a.png")
     out = tmp_path / "read_only"
     out.mkdir()
@@ -310,7 +306,7 @@ def test_a_read_only_output_folder_is_refused_before_any_work(tmp_path, checkpoi
     monkeypatch.setattr(predict, "read_image", lambda *args, **kwargs: pytest.fail("an image was read"))
     try:
         status, _, err = run(
-            capsys, f"ckpt={checkpoints['depth']}", f"input={tmp_path / 'a.png'}", f"output={out}"
+            capsys, f"ckpt={tiny_checkpoints['depth']}", f"input={tmp_path / 'a.png'}", f"output={out}"
         )
     finally:
         out.chmod(0o755)
@@ -330,9 +326,9 @@ def test_a_read_only_output_folder_is_refused_before_any_work(tmp_path, checkpoi
         (["max_pixels=0"], "max_pixels=0 must be a positive number of pixels"),
     ],
 )
-def test_window_and_pixel_options_are_checked(tmp_path, checkpoints, capsys, options, words):
+def test_window_and_pixel_options_are_checked(tmp_path, tiny_checkpoints, capsys, options, words):
     Image.fromarray(rgb(56, 56)).save(tmp_path / "a.png")
-    common = [f"ckpt={checkpoints['depth']}", f"input={tmp_path / 'a.png'}", f"output={tmp_path / 'out'}"]
+    common = [f"ckpt={tiny_checkpoints['depth']}", f"input={tmp_path / 'a.png'}", f"output={tmp_path / 'out'}"]
     status, _, err = run(capsys, *common, *options)
     assert words in one_line_error(status, err)
 
@@ -367,12 +363,12 @@ def test_an_image_above_the_pixel_budget_is_refused_before_decoding(tmp_path, mo
         read_rgb(paths[0])  # the datasets read through the same function, with the same bound
 
 
-def test_predict_passes_its_own_pixel_budget_to_the_reader(tmp_path, checkpoints, capsys):
+def test_predict_passes_its_own_pixel_budget_to_the_reader(tmp_path, tiny_checkpoints, capsys):
     images, out = tmp_path / "in", tmp_path / "out"
     images.mkdir()
     Image.fromarray(rgb(28, 28)).save(images / "small.png")  # 784 pixels
     Image.fromarray(rgb(28, 42)).save(images / "wide.png")  # 1,176 pixels
-    common = [f"ckpt={checkpoints['depth']}", f"input={images}", f"output={out}"]
+    common = [f"ckpt={tiny_checkpoints['depth']}", f"input={images}", f"output={out}"]
     status, stdout, err = run(capsys, *common, "max_pixels=1000")
     assert status == predict.EXIT_SKIPPED, err
     assert "wide.png: 42×28 = 1,176 pixels, more than the 1,000 allowed (max_pixels=1000)" in err
@@ -380,13 +376,13 @@ def test_predict_passes_its_own_pixel_budget_to_the_reader(tmp_path, checkpoints
 
 
 def test_a_resized_view_above_the_pixel_budget_is_refused_before_it_is_allocated(
-    tmp_path, checkpoints, capsys
+    tmp_path, tiny_checkpoints, capsys
 ):
     """scales=[500] makes a 28×28 image a 14000×14000 view (196 MP), above the default 64 MP."""
     Image.fromarray(rgb(28, 28)).save(tmp_path / "small.png")
     start = time.perf_counter()
     status, stdout, err = run(
-        capsys, f"ckpt={checkpoints['depth']}", f"input={tmp_path / 'small.png'}", f"output={tmp_path / 'out'}",
+        capsys, f"ckpt={tiny_checkpoints['depth']}", f"input={tmp_path / 'small.png'}", f"output={tmp_path / 'out'}",
         "scales=[500]",
     )  # fmt: skip
     assert time.perf_counter() - start < 30
@@ -398,7 +394,7 @@ def test_a_resized_view_above_the_pixel_budget_is_refused_before_it_is_allocated
 
 
 @pytest.mark.parametrize("error", ["torch_cpu", "numpy"])
-def test_cpu_out_of_memory_skips_that_image(tmp_path, checkpoints, capsys, monkeypatch, error):
+def test_cpu_out_of_memory_skips_that_image(tmp_path, tiny_checkpoints, capsys, monkeypatch, error):
     """The CPU allocator's own error (a RuntimeError, not torch.OutOfMemoryError) and numpy's
     MemoryError skip the image that caused them, as CUDA's out-of-memory does."""
     images, out = tmp_path / "in", tmp_path / "out"
@@ -417,7 +413,7 @@ def test_cpu_out_of_memory_skips_that_image(tmp_path, checkpoints, capsys, monke
 
     monkeypatch.setattr(dense.DenseModel, "predict", predict_out_of_memory_above_28)
     status, stdout, err = run(
-        capsys, f"ckpt={checkpoints['depth']}", f"input={images}", f"output={out}", "device=cpu"
+        capsys, f"ckpt={tiny_checkpoints['depth']}", f"input={images}", f"output={out}", "device=cpu"
     )
     assert status == predict.EXIT_SKIPPED, err
     assert "Traceback" not in err
