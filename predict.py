@@ -48,7 +48,7 @@ from dense.model import DenseModel, check_inference_settings
 
 EXIT_SKIPPED = 3
 UINT16_MAX = 65535
-from dense.errors import ConfigError as UsageError  # noqa: E402  (ConfigError under the name predict.py uses)
+from dense.errors import ConfigError  # noqa: E402  (ConfigError under the name predict.py uses)
 
 # The output folder's record of the result files predict.py wrote in it: a hidden JSON file of plain
 # file names. A rerun may replace exactly these; every other file there is the user's.
@@ -63,26 +63,26 @@ RESULT_SUFFIXES = (".png", ".npy", ".json")
 
 def check_options(cfg: DictConfig) -> None:
     if cfg.input is None:
-        raise UsageError("input is not set: python predict.py ckpt=PATH input=IMAGE_OR_FOLDER output=DIR")
+        raise ConfigError("input is not set: python predict.py ckpt=PATH input=IMAGE_OR_FOLDER output=DIR")
     if cfg.output is None:
-        raise UsageError("output is not set: python predict.py ckpt=PATH input=IMAGE_OR_FOLDER output=DIR")
+        raise ConfigError("output is not set: python predict.py ckpt=PATH input=IMAGE_OR_FOLDER output=DIR")
     try:
         check_inference_settings(cfg.mode, *(_cli.plain(cfg[k]) for k in ("crop_size", "stride", "scales", "flip")))
     except ValueError as error:
-        raise UsageError(str(error)) from None
+        raise ConfigError(str(error)) from None
     if cfg.precision not in ("fp32", "bf16"):
-        raise UsageError(f"precision={cfg.precision} is not one of fp32, bf16")
+        raise ConfigError(f"precision={cfg.precision} is not one of fp32, bf16")
     compile_mode(cfg.compile)
     if not cfg.depth_scale or cfg.depth_scale <= 0:
-        raise UsageError(f"depth_scale={cfg.depth_scale} must be positive (1000: millimetres)")
+        raise ConfigError(f"depth_scale={cfg.depth_scale} must be positive (1000: millimetres)")
     if int(cfg.batch_size) < 1:
-        raise UsageError(f"batch_size={cfg.batch_size} must be at least 1")
+        raise ConfigError(f"batch_size={cfg.batch_size} must be at least 1")
     if cfg.palette not in viz.PALETTES:
-        raise UsageError(f"palette={cfg.palette} is not one of {', '.join(viz.PALETTES)}")
+        raise ConfigError(f"palette={cfg.palette} is not one of {', '.join(viz.PALETTES)}")
     if not 0.0 <= float(cfg.alpha) <= 1.0:
-        raise UsageError(f"alpha={cfg.alpha} must be between 0 and 1")
+        raise ConfigError(f"alpha={cfg.alpha} must be between 0 and 1")
     if cfg.cmap not in matplotlib.colormaps:
-        raise UsageError(f"cmap={cfg.cmap} is not a matplotlib colour map (e.g. magma_r, turbo, viridis)")
+        raise ConfigError(f"cmap={cfg.cmap} is not a matplotlib colour map (e.g. magma_r, turbo, viridis)")
     depth_range = _cli.plain(cfg.depth_range)
     if depth_range not in ("model", "auto") and not (
         isinstance(depth_range, list)
@@ -90,13 +90,13 @@ def check_options(cfg: DictConfig) -> None:
         and all(isinstance(v, int | float) and not isinstance(v, bool) for v in depth_range)
         and 0 <= depth_range[0] < depth_range[1]
     ):
-        raise UsageError(
+        raise ConfigError(
             f"depth_range={depth_range} must be model (the model's depth range), auto (each image's own "
             "range) or [min,max] in metres with 0 <= min < max"
         )
     max_pixels = cfg.max_pixels
     if not isinstance(max_pixels, int) or isinstance(max_pixels, bool) or max_pixels < 1:
-        raise UsageError(
+        raise ConfigError(
             f"max_pixels={max_pixels} must be a positive number of pixels (default 64000000: 8000×8000)"
         )
 
@@ -107,11 +107,11 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UsageError(f"device={name} is not a device name (auto, cpu, cuda, cuda:1, mps)") from None
+        raise ConfigError(f"device={name} is not a device name (auto, cpu, cuda, cuda:1, mps)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device={name} but CUDA is not available here; use device=cpu")
+        raise ConfigError(f"device={name} but CUDA is not available here; use device=cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UsageError(f"device={name} but MPS is not available here; use device=cpu")
+        raise ConfigError(f"device={name} but MPS is not available here; use device=cpu")
     return device
 
 
@@ -120,24 +120,24 @@ def build(cfg: DictConfig) -> tuple[DenseModel, list[str] | None]:
     the class names a checkpoint stores (None: none stored)."""
     if cfg.ckpt is not None:
         if cfg.head.get("weights"):
-            raise UsageError(
+            raise ConfigError(
                 "give either ckpt=PATH (train.py) or head.weights=PATH (a released head), not both"
             )
         if not os.path.isfile(cfg.ckpt):
-            raise UsageError(f"checkpoint not found: {cfg.ckpt}")
+            raise ConfigError(f"checkpoint not found: {cfg.ckpt}")
         checkpoint, _ = read_model_config(cfg.ckpt)
         model = model_from_checkpoint(checkpoint, cfg.ckpt, backbone_weights=cfg.backbone.get("weights"))
         return model, stored_class_names(checkpoint)
     if not cfg.head.get("weights"):
         # A head without weights is random: its maps would look like results and mean nothing.
-        raise UsageError(
+        raise ConfigError(
             "no trained head: give ckpt=PATH (a train.py checkpoint) or head.weights=PATH (one of Meta's "
             "released heads, with backbone=... and backbone.weights=PATH)"
         )
     if not os.path.isfile(cfg.head.weights):
-        raise UsageError(f"head weights not found: {cfg.head.weights}")
+        raise ConfigError(f"head weights not found: {cfg.head.weights}")
     if cfg.backbone.get("weights") and not os.path.isfile(cfg.backbone.weights):
-        raise UsageError(f"backbone weights not found: {cfg.backbone.weights}")
+        raise ConfigError(f"backbone weights not found: {cfg.backbone.weights}")
     if cfg.backbone.get("pretrained") and not cfg.backbone.get("weights"):
         check_official_weights(get_spec(cfg.backbone.name))  # in a second, before the backbone is built
     return model_from_config(cfg.backbone, cfg.head).eval(), None
@@ -175,10 +175,10 @@ def depth_colour_range(cfg: DictConfig, model: DenseModel) -> tuple[float, float
 def check_output_path(output: Path) -> None:
     """An output folder that cannot be one (a file, or under a file), refused before anything is built."""
     if output.exists() and not output.is_dir():
-        raise UsageError(f"output={output} is a file, not a folder; choose a folder for the results")
+        raise ConfigError(f"output={output} is a file, not a folder; choose a folder for the results")
     under = next((parent for parent in output.parents if parent.exists() and not parent.is_dir()), None)
     if under is not None:
-        raise UsageError(
+        raise ConfigError(
             f"output={output} lies under {under}, which is a file; choose a folder for the results"
         )
 
@@ -193,7 +193,7 @@ def prepare_output(output: Path) -> list[str]:
         os.remove(probe)
         return os.listdir(output)
     except OSError as error:
-        raise UsageError(
+        raise ConfigError(
             f"cannot write in the output folder {output} ({error.strerror or error}); make it writable or "
             "choose another output"
         ) from None
@@ -235,8 +235,8 @@ def read_record(output: Path) -> set[str]:
     names in this folder are taken from it; nothing it names elsewhere is looked at."""
     path = output / RECORD
 
-    def refuse(reason: str) -> UsageError:
-        return UsageError(
+    def refuse(reason: str) -> ConfigError:
+        return ConfigError(
             f"{path} {reason}, so it is not predict.py's record of the results it wrote there; move it "
             "away or choose another output folder"
         )
@@ -581,7 +581,7 @@ def predict(cfg: DictConfig) -> int:
         ours = read_record(output) if output.is_dir() else set()
         paths = without_own_results(paths, cfg.input, output, ours)
         if not paths:
-            raise UsageError(f"input folder {cfg.input} holds no image files ({' '.join(INPUT_SUFFIXES)})")
+            raise ConfigError(f"input folder {cfg.input} holds no image files ({' '.join(INPUT_SUFFIXES)})")
         device = resolve_device(cfg.device)
         model, stored_names = build(cfg)
         model = apply_speed_options(model.to(device), compile=cfg.compile, bf16_autocast=cfg.precision == "bf16")
@@ -596,7 +596,7 @@ def predict(cfg: DictConfig) -> int:
         try:
             write_record(output, ours)
         except OSError as error:
-            raise UsageError(
+            raise ConfigError(
                 f"cannot write {error.filename or output} ({error.strerror or error}); nothing was predicted"
             ) from None
 

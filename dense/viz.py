@@ -14,7 +14,7 @@ import matplotlib
 import numpy as np
 import torch
 
-from dense.data.transforms import IGNORE_INDEX, denormalize_image
+from dense.constants import IGNORE_INDEX, denormalize_image
 
 # magma reversed: near is bright, far is dark, and lightness changes monotonically with depth, so the
 # picture reads correctly in greyscale and for colour-blind viewers (DINOv2's own notebooks use it).
