@@ -42,6 +42,7 @@ from dense.checkpoint import model_from_checkpoint, read_model_config
 from dense.config import apply_speed_options, compile_mode, model_from_config
 from dense.data import ADE20K_CLASSES, VOC_CLASSES
 from dense.data.transforms import eval_view, normalize_image
+from dense.export import onnx_model_for_predict
 from dense.io import INPUT_SUFFIXES, ImageReadError, atomic_path, list_images, read_image, save_npy, save_png
 from dense.model import DenseModel
 
@@ -604,8 +605,12 @@ def predict(cfg: DictConfig) -> int:
         if not paths:
             raise UsageError(f"input folder {cfg.input} holds no image files ({' '.join(INPUT_SUFFIXES)})")
         device = resolve_device(cfg.device)
-        model, stored_names = build(cfg)
-        model = apply_speed_options(model.to(device), compile=cfg.compile, bf16_autocast=cfg.precision == "bf16")
+        if cfg.get("model") is not None:  # a file written by export.py, run by ONNX Runtime
+            model = onnx_model_for_predict(cfg)
+            stored_names = model.class_names
+        else:
+            model, stored_names = build(cfg)
+            model = apply_speed_options(model.to(device), compile=cfg.compile, bf16_autocast=cfg.precision == "bf16")
         existing = prepare_output(output)  # only once the model is there: a refused checkpoint leaves nothing
         layout = run_layout(cfg, model.task)
         stems, notes, run_names = assign_stems(paths, output, existing, ours, layout)

@@ -8,7 +8,7 @@ The graph is `DenseModel.forward` itself, traced once by torch.export with every
 the patch multiple, the position encoding for the actual grid, backbone, head, clamp, resize, crop.
 Python branches on sizes (a skipped pad, a resize to the same size) are taken as at the example input
 and are no-ops at the other sizes, so the example is chosen to take the general side of each: batch 2,
-an odd grid (DPT's skip resize), sides that are not patch multiples (the pad).
+an odd grid (DPT's skip resize), sides that are not patch multiples with a pad on both sides.
 
 One step is swapped while tracing: DINOv2's learned position embedding. F.interpolate takes its scale
 factor ((h + 0.1) / 37, the plain models' rule) as a Python float, which torch.export freezes to the
@@ -77,7 +77,7 @@ class ExportGraph(nn.Module):
 
 def example_input(model: DenseModel, uint8_input: bool) -> torch.Tensor:
     p = model.patch_size
-    height, width = EXAMPLE_GRID[0] * p - p // 2, EXAMPLE_GRID[1] * p - 1
+    height, width = EXAMPLE_GRID[0] * p - p // 2, EXAMPLE_GRID[1] * p - 3
     if uint8_input:
         return torch.randint(0, 256, (EXAMPLE_BATCH, 3, height, width), dtype=torch.uint8)
     return torch.randn(EXAMPLE_BATCH, 3, height, width)
@@ -177,7 +177,7 @@ def export_program(model: DenseModel, uint8_input: bool = False) -> torch.export
     auto = torch.export.Dim.AUTO
     with _traceable_position_encoding(model), torch.no_grad():
         try:
-            return torch.export.export(
+            program = torch.export.export(
                 graph,
                 (example_input(model, uint8_input),),
                 dynamic_shapes={"images": {0: auto, 2: auto, 3: auto}},
@@ -191,9 +191,27 @@ def export_program(model: DenseModel, uint8_input: bool = False) -> torch.export
                 f"torch.export cannot trace {model.config.get('backbone', 'this backbone')} + {name} with "
                 f"dynamic sizes: {type(error).__name__}: {first[:300]}"
             ) from error
+    return _without_size_asserts(program)
 
 
-def _check_output(path: str | os.PathLike, suffix: str) -> str:
+def _without_size_asserts(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """The program without its runtime size assertions, as torch.onnx leaves them out of ONNX graphs.
+
+    torch.export records each size branch it took at the example (a pad that was not zero, a DPT skip
+    map that needed resizing, a grid above 1) as an assertion; the other side of each is the same
+    computation (a zero pad, a resize to the same size), so the assertions would only refuse sizes the
+    graph computes correctly. The tests check the program at those sizes against the model.
+    """
+    graph = program.graph
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target is torch.ops.aten._assert_scalar.default:
+            graph.erase_node(node)
+    graph.eliminate_dead_code()
+    program.graph_module.recompile()
+    return program
+
+
+def check_output(path: str | os.PathLike, suffix: str) -> str:
     path = os.fspath(path)
     if not path.endswith(suffix):
         raise ExportError(f"output={path} must end in {suffix}")
@@ -209,7 +227,7 @@ def _check_output(path: str | os.PathLike, suffix: str) -> str:
 
 def to_torch_export(model: DenseModel, path: str | os.PathLike, *, uint8_input: bool = False) -> str:
     """Save the dynamic-shape ExportedProgram of `model` as a .pt2 file (torch.export.load reads it)."""
-    path = _check_output(path, ".pt2")
+    path = check_output(path, ".pt2")
     program = export_program(model, uint8_input)
     with atomic_path(path) as tmp:
         torch.export.save(program, tmp)
@@ -283,7 +301,7 @@ def to_onnx(
     """
     import onnx
 
-    path = _check_output(path, ".onnx")
+    path = check_output(path, ".onnx")
     metadata = model_metadata(model, uint8_input=uint8_input, fp16_weights=fp16_weights, class_names=class_names)
     check_metadata(metadata, path)
     program = export_program(model, uint8_input)
@@ -450,3 +468,24 @@ def load_onnx_model(path: str | os.PathLike, threads: int | None = None) -> Onnx
         raise ExportError(f"model={path}: expected one input and one output, as export.py writes")
     return OnnxDenseModel(session, metadata, path)
 
+
+
+def onnx_model_for_predict(cfg) -> OnnxDenseModel:
+    """predict.py model=FILE.onnx: the file's model, the options that cannot apply to it refused."""
+    path = str(cfg.model)
+    if cfg.ckpt is not None or cfg.head.get("weights"):
+        raise ExportError("give either model=FILE.onnx (export.py) or ckpt=/head.weights=, not both")
+    if not path.endswith(".onnx"):
+        raise ExportError(f"model={path}: predict.py runs .onnx files written by export.py (ckpt=PATH for checkpoints)")
+    if cfg.precision != "fp32" or cfg.compile not in (False, None, "false"):
+        raise ExportError(
+            f"model={path} runs in ONNX Runtime as exported: leave precision=fp32 and compile=false "
+            "(fp16=true at export stores half-precision weights)"
+        )
+    model = load_onnx_model(path)
+    if model.uint8_input and any(float(s) != 1.0 for s in cfg.scales):
+        raise ExportError(
+            f"model={path} takes uint8 images (exported with normalise=true), which resized views are not: "
+            "export with normalise=false for scales other than [1.0]"
+        )
+    return model

@@ -40,8 +40,8 @@ MS_SCALES = (1.0, 1.32, 1.73, 2.28, 3.0)
 
 def center_padding(height: int, width: int, multiple: int) -> tuple[int, int, int, int]:
     """(left, right, top, bottom) padding to the next multiple; odd remainders go right/bottom."""
-    pad_h = math.ceil(height / multiple) * multiple - height
-    pad_w = math.ceil(width / multiple) * multiple - width
+    # (-n) % multiple: ceil(n / multiple) · multiple − n in integers, which a .pt2 program can store.
+    pad_h, pad_w = -height % multiple, -width % multiple
     return pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2
 
 
