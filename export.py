@@ -39,7 +39,9 @@ def export(cfg: DictConfig) -> str:
             if not isinstance(cfg[key], bool):
                 raise ExportError(f"{key}={cfg[key]} must be true or false")
         if suffix == ".pt2" and cfg.fp16:
-            raise ExportError("fp16=true is for .onnx files; a .pt2 program keeps the model's float32 weights")
+            raise ExportError(
+                "fp16=true is for .onnx files; a .pt2 program keeps the model's float32 weights"
+            )
         check_output(output, suffix)  # before the model is built: a wrong path fails in a second
         model, stored_names = build(cfg)
         names = class_names(model, stored_names) if model.task == "segmentation" else None

@@ -91,7 +91,9 @@ def _keys_cubic(x: torch.Tensor, a: float) -> torch.Tensor:
     return torch.where(x <= 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
 
 
-def bicubic_matrix(positions: torch.Tensor, in_len: int, in_per_out: torch.Tensor, antialias: bool) -> torch.Tensor:
+def bicubic_matrix(
+    positions: torch.Tensor, in_len: int, in_per_out: torch.Tensor, antialias: bool
+) -> torch.Tensor:
     """len(positions) × in_len matrix W such that W @ v is F.interpolate's 1-D bicubic resampling of v
     (align_corners=False) at output indices `positions`, `in_per_out` input pixels per output pixel.
 
@@ -157,7 +159,9 @@ def _traceable_position_encoding(model: DenseModel) -> Iterator[None]:
 
 def check_exportable(model: DenseModel) -> None:
     if not isinstance(model, DenseModel):
-        raise ExportError(f"only a DenseModel can be exported (build_model or a train.py checkpoint), got {type(model).__name__}")
+        raise ExportError(
+            f"only a DenseModel can be exported (build_model or a train.py checkpoint), got {type(model).__name__}"
+        )
     if model.backbone_dtype != torch.float32:
         raise ExportError(
             f"the backbone's weights are stored in {model.backbone_dtype} (cast_backbone, precision=bf16): "
@@ -167,7 +171,9 @@ def check_exportable(model: DenseModel) -> None:
         raise ExportError("the model was torch.compile'd (compile=true): export the model without compile")
     devices = {p.device.type for p in model.parameters()}
     if devices - {"cpu"}:
-        raise ExportError(f"export runs on the CPU: move the model there first (model.cpu()), it is on {sorted(devices)}")
+        raise ExportError(
+            f"export runs on the CPU: move the model there first (model.cpu()), it is on {sorted(devices)}"
+        )
 
 
 def export_program(model: DenseModel, uint8_input: bool = False) -> torch.export.ExportedProgram:
@@ -302,14 +308,20 @@ def to_onnx(
     import onnx
 
     path = check_output(path, ".onnx")
-    metadata = model_metadata(model, uint8_input=uint8_input, fp16_weights=fp16_weights, class_names=class_names)
+    metadata = model_metadata(
+        model, uint8_input=uint8_input, fp16_weights=fp16_weights, class_names=class_names
+    )
     check_metadata(metadata, path)
     program = export_program(model, uint8_input)
     try:
-        onnx_program = torch.onnx.export(program, dynamo=True, opset_version=OPSET, optimize=False, verbose=False)
+        onnx_program = torch.onnx.export(
+            program, dynamo=True, opset_version=OPSET, optimize=False, verbose=False
+        )
     except Exception as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ExportError(f"torch.onnx cannot convert the traced model: {type(error).__name__}: {first[:300]}") from error
+        raise ExportError(
+            f"torch.onnx cannot convert the traced model: {type(error).__name__}: {first[:300]}"
+        ) from error
     onnx_model = onnx_program.model_proto
     if fp16_weights:
         _store_weights_in_fp16(onnx_model)
@@ -363,11 +375,17 @@ def check_metadata(metadata: dict, where: str) -> dict:
         raise refuse("its metadata names an unknown task or input")
     for key in ("mean", "std"):
         values = metadata[key]
-        if len(values) != 3 or not all(isinstance(v, float) and math.isfinite(v) and 0 < v < 1 for v in values):
+        if len(values) != 3 or not all(
+            isinstance(v, float) and math.isfinite(v) and 0 < v < 1 for v in values
+        ):
             raise refuse(f"metadata field {key} is not three numbers between 0 and 1")
     if metadata["task"] == "depth":
         low, high = metadata["min_depth"], metadata["max_depth"]
-        if low is None or high is None or not (math.isfinite(low) and math.isfinite(high) and 0 <= low < high):
+        if (
+            low is None
+            or high is None
+            or not (math.isfinite(low) and math.isfinite(high) and 0 <= low < high)
+        ):
             raise refuse("a depth model needs 0 ≤ min_depth < max_depth in its metadata")
     else:
         count, names = metadata["num_classes"], metadata["class_names"]
@@ -386,7 +404,9 @@ def read_metadata(custom_metadata: dict, where: str) -> dict:
     if not isinstance(text, str):
         raise ExportError(f"{where}: no dense metadata in this ONNX file; export the model with export.py")
     if len(text.encode()) > METADATA_MAX_BYTES:
-        raise ExportError(f"{where}: its dense metadata is larger than {METADATA_MAX_BYTES} bytes; not a file of ours")
+        raise ExportError(
+            f"{where}: its dense metadata is larger than {METADATA_MAX_BYTES} bytes; not a file of ours"
+        )
     try:
         metadata = json.loads(text)
     except (ValueError, RecursionError):
@@ -413,7 +433,11 @@ class OnnxDenseModel(DenseModel):
         self.path = path
         self.task = metadata["task"]
         self.min_depth, self.max_depth = metadata["min_depth"], metadata["max_depth"]
-        self.config = {"backbone": metadata["backbone"], "head": metadata["head"], "num_classes": metadata["num_classes"]}
+        self.config = {
+            "backbone": metadata["backbone"],
+            "head": metadata["head"],
+            "num_classes": metadata["num_classes"],
+        }
         self.class_names = metadata["class_names"]
         self.input_name = session.get_inputs()[0].name
         self.register_buffer("mean", torch.tensor(metadata["mean"]).view(1, 3, 1, 1), persistent=False)
@@ -469,14 +493,15 @@ def load_onnx_model(path: str | os.PathLike, threads: int | None = None) -> Onnx
     return OnnxDenseModel(session, metadata, path)
 
 
-
 def onnx_model_for_predict(cfg) -> OnnxDenseModel:
     """predict.py model=FILE.onnx: the file's model, the options that cannot apply to it refused."""
     path = str(cfg.model)
     if cfg.ckpt is not None or cfg.head.get("weights"):
         raise ExportError("give either model=FILE.onnx (export.py) or ckpt=/head.weights=, not both")
     if not path.endswith(".onnx"):
-        raise ExportError(f"model={path}: predict.py runs .onnx files written by export.py (ckpt=PATH for checkpoints)")
+        raise ExportError(
+            f"model={path}: predict.py runs .onnx files written by export.py (ckpt=PATH for checkpoints)"
+        )
     if cfg.precision != "fp32" or cfg.compile not in (False, None, "false"):
         raise ExportError(
             f"model={path} runs in ONNX Runtime as exported: leave precision=fp32 and compile=false "

@@ -18,7 +18,6 @@ exactly whenever H and W are multiples of 14 (no padding).
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from collections.abc import Iterable, Sequence

@@ -36,9 +36,11 @@ def dinov3_dense_model(backbone: str, head: str, **options) -> DenseModel:
     """A DenseModel around a tiny DINOv3 backbone with upstream's layer set for the head, as build_model
     builds DINOv2 ones. Switch to dense.build_model(backbone, head, ...) once build_model knows DINOv3."""
     spec, backbone_spec = heads.get_head_spec(head), get_dinov3_spec(backbone)
-    layers = {"last": backbone_spec.last_layer, "four": backbone_spec.four_layers, "last4": backbone_spec.last_four_layers}[
-        spec.layers
-    ]
+    layers = {
+        "last": backbone_spec.last_layer,
+        "four": backbone_spec.four_layers,
+        "last4": backbone_spec.last_four_layers,
+    }[spec.layers]
     if spec.task == "depth":
         options = {"min_depth": 1e-3, "max_depth": 10.0, **options}
     module = build_dinov3_backbone(backbone)
@@ -72,7 +74,9 @@ def tiny_model(backbone: str, head: str, seed: int = 0) -> DenseModel:
 def assert_close_relative(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-4) -> None:
     assert actual.shape == expected.shape
     error = (actual - expected).abs().max().item()
-    assert error <= rtol * expected.abs().max().item(), f"max error {error:.3g}, scale {expected.abs().max().item():.3g}"
+    assert error <= rtol * expected.abs().max().item(), (
+        f"max error {error:.3g}, scale {expected.abs().max().item():.3g}"
+    )
 
 
 def run_at_sizes(model: DenseModel, run, uint8: bool = False) -> None:
@@ -80,9 +84,9 @@ def run_at_sizes(model: DenseModel, run, uint8: bool = False) -> None:
     generator = torch.Generator().manual_seed(1)
     for batch, height, width in SIZES:
         images = torch.randint(0, 256, (batch, 3, height, width), generator=generator, dtype=torch.uint8)
-        normalised = (images.float() / 255 - torch.tensor(export.IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(
-            export.IMAGENET_STD
-        ).view(1, 3, 1, 1)
+        normalised = (
+            images.float() / 255 - torch.tensor(export.IMAGENET_MEAN).view(1, 3, 1, 1)
+        ) / torch.tensor(export.IMAGENET_STD).view(1, 3, 1, 1)
         with torch.no_grad():
             expected = model(normalised)
         actual = run(images if uint8 else normalised)
@@ -237,7 +241,7 @@ def images(tmp_path_factory):
 
 @pytest.mark.parametrize(
     "options",
-    [[], ["mode=slide", "crop_size=28", "stride=14", "flip=true", "scales=[1.0,1.5]"]],
+    [[], ["mode=slide", "crop_size=28", "stride=21", "flip=true", "scales=[1.0,1.5]"]],
     ids=["whole", "slide-flip-scales"],
 )
 def test_predict_segmentation_from_onnx_equals_checkpoint(seg_onnx, images, tmp_path, options):
@@ -268,8 +272,13 @@ def test_predict_depth_from_uint8_onnx_equals_checkpoint(depth_onnx_uint8_fp16, 
     assert predict.predict(predict_config(f"model={onnx_path}", f"output={tmp_path / 'onnx'}", *common)) == 0
     for stem in ("a", "b"):
         expected, actual = (np.load(tmp_path / out / f"{stem}.npy") for out in ("ckpt", "onnx"))
-        assert expected.shape == actual.shape and np.abs(actual - expected).max() <= 1e-4 * np.abs(expected).max()
-        assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+        assert (
+            expected.shape == actual.shape
+            and np.abs(actual - expected).max() <= 1e-4 * np.abs(expected).max()
+        )
+        assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == sorted(
+            p.name for p in (tmp_path / "ckpt").iterdir()
+        )
 
 
 # ---- one-line errors ------------------------------------------------------------------------------------
@@ -294,7 +303,9 @@ def test_export_refusals_are_one_line(seg_onnx, tmp_path, capsys):
         ([f"output={tmp_path / 'm.onnx'}", "ckpt=/nonexistent.ckpt"], "checkpoint not found"),
     ]
     for overrides, message in cases:
-        overrides = overrides if any(o.startswith("ckpt=") for o in overrides) else [f"ckpt={ckpt}", *overrides]
+        overrides = (
+            overrides if any(o.startswith("ckpt=") for o in overrides) else [f"ckpt={ckpt}", *overrides]
+        )
         err = one_line_exit(lambda o=overrides: export_script.main.__wrapped__(export_config(*o)), capsys)
         assert message in err, err
     model = tiny_model("tiny14", "seg_linear")
@@ -309,7 +320,10 @@ def write_onnx(path: Path, metadata: dict | str | None) -> Path:
     node = onnx.helper.make_node("Identity", ["images"], ["out"])
     tensor = onnx.helper.make_tensor_value_info
     graph = onnx.helper.make_graph(
-        [node], "crafted", [tensor("images", onnx.TensorProto.FLOAT, None)], [tensor("out", onnx.TensorProto.FLOAT, None)]
+        [node],
+        "crafted",
+        [tensor("images", onnx.TensorProto.FLOAT, None)],
+        [tensor("out", onnx.TensorProto.FLOAT, None)],
     )
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
     model.ir_version = 8
