@@ -4,6 +4,7 @@
     python predict.py backbone=vitl14 head=depth_dpt backbone.weights=B.pth head.weights=H.pth input=room.jpg output=results/
     python predict.py ckpt=... input=... output=... depth_range=[0,5] cmap=turbo      # colours over 0-5 m
     python predict.py ckpt=... input=... output=... mode=slide crop_size=518 precision=bf16
+    python predict.py model=model.onnx input=photos/ output=results/                  # a file from export.py
 
 Depth: <stem>.png (16-bit, metres × depth_scale), <stem>.npy (float32 metres), <stem>_color.png in one
 colour range for every image (the model's depth range, or depth_range), and colorbar.png to read it.

@@ -490,6 +490,9 @@ def load_onnx_model(path: str | os.PathLike, threads: int | None = None) -> Onnx
     inputs = session.get_inputs()
     if len(inputs) != 1 or len(session.get_outputs()) != 1:
         raise ExportError(f"model={path}: expected one input and one output, as export.py writes")
+    expected_type = {"uint8": "tensor(uint8)", "float32": "tensor(float)"}[metadata["input"]]
+    if inputs[0].type != expected_type:
+        raise ExportError(f"model={path}: its input is {inputs[0].type}, its metadata says {metadata['input']}")
     return OnnxDenseModel(session, metadata, path)
 
 

@@ -345,6 +345,7 @@ def test_crafted_onnx_files_are_refused_in_one_line(seg_onnx, images, tmp_path, 
         "type.onnx": ({**good, "patch_size": "14"}, "patch_size has the wrong type"),
         "classes.onnx": ({**good, "num_classes": 10**9}, "num_classes between 1 and 4096"),
         "format.onnx": ({**good, "format": "dense export v999"}, "not a 'dense export v1' file"),
+        "input.onnx": ({**good, "input": "uint8"}, "its metadata says uint8"),
         "garbage.onnx": (..., "ONNX Runtime cannot load it"),
     }
     for name, (metadata, message) in cases.items():
