@@ -42,6 +42,9 @@ FORMAT = "dense export v1"
 METADATA_MAX_BYTES = 1 << 20  # 4096 class names of 200 characters fit with room to spare
 MAX_CLASSES = 4096
 MAX_NAME_CHARS = 200
+FP16_MIN_NUMEL = (
+    16  # smaller tensors (the normalisation's mean and std, scalars) stay float32: they save nothing
+)
 OPSET = 18  # Resize with antialias, and what TensorRT 10 parses
 # Batch 2 and an odd grid of non-multiples of the patch: the general side of every size branch.
 EXAMPLE_BATCH = 2
@@ -272,7 +275,7 @@ def model_metadata(
 
 
 def _store_weights_in_fp16(onnx_model) -> None:
-    """Float32 weights stored as float16, each cast back to float32 where the graph reads it: a file
+    """Float32 weights (of 16 values or more) stored as float16, each cast back to float32 where the graph reads it: a file
     half the size, computed in float32 (ONNX Runtime's CPU kernels are float32 kernels)."""
     import onnx
     from onnx import numpy_helper
@@ -280,7 +283,7 @@ def _store_weights_in_fp16(onnx_model) -> None:
     graph = onnx_model.graph
     casts = []
     for initializer in graph.initializer:
-        if initializer.data_type != onnx.TensorProto.FLOAT or math.prod(initializer.dims) < 2:
+        if initializer.data_type != onnx.TensorProto.FLOAT or math.prod(initializer.dims) < FP16_MIN_NUMEL:
             continue
         name = initializer.name
         half = numpy_helper.from_array(numpy_helper.to_array(initializer).astype(np.float16), f"{name}.fp16")
@@ -492,7 +495,9 @@ def load_onnx_model(path: str | os.PathLike, threads: int | None = None) -> Onnx
         raise ExportError(f"model={path}: expected one input and one output, as export.py writes")
     expected_type = {"uint8": "tensor(uint8)", "float32": "tensor(float)"}[metadata["input"]]
     if inputs[0].type != expected_type:
-        raise ExportError(f"model={path}: its input is {inputs[0].type}, its metadata says {metadata['input']}")
+        raise ExportError(
+            f"model={path}: its input is {inputs[0].type}, its metadata says {metadata['input']}"
+        )
     return OnnxDenseModel(session, metadata, path)
 
 

@@ -4,8 +4,8 @@
     python scripts/bench_onnx.py --backbone vitb14 --head seg_linear --batch 4 --height 518 --width 518
 
 Random weights (seeded: both runtimes get the same model); no download. The model is exported once,
-then each runtime is timed in its own process so that its peak resident memory (ru_maxrss, the model,
-its weights and its working memory) is its own. Both use every core (torch.get_num_threads() threads).
+then each runtime is timed in its own process so that its peak resident memory (VmHWM: the
+libraries, the model's weights and its working memory) is its own. Both use every core (torch.get_num_threads() threads).
 `tensorrt_command` gives the trtexec line that builds a TensorRT engine from the same file, for a
 machine with a GPU (not run here).
 """
@@ -50,6 +50,16 @@ def time_calls(call, warmup: int, iters: int) -> float:
     return (time.perf_counter() - start) / iters
 
 
+def peak_resident_mb() -> float:
+    """This process's peak resident memory (VmHWM: reset by exec, unlike ru_maxrss, which a child
+    started by subprocess inherits from its parent on Linux)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def run_one(args) -> dict:
     """In a child process: one runtime's seconds per batch and this process's peak memory."""
     import torch
@@ -67,7 +77,7 @@ def run_one(args) -> dict:
         session = onnxruntime.InferenceSession(args.onnx, options, providers=["CPUExecutionProvider"])
         feed = {session.get_inputs()[0].name: x.numpy()}
         seconds = time_calls(lambda: session.run(None, feed), args.warmup, args.iters)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_resident_mb()
     return {
         "runtime": args.run,
         "seconds_per_batch": seconds,

@@ -1,10 +1,11 @@
 """dense.export, export.py and predict.py model=FILE.onnx: one dynamic graph equal to PyTorch.
 
-Exporting is slow (about 10 s of CPU for torch.export and 15 s for the ONNX conversion of a tiny model),
-so each model is exported once and checked at many sizes. The default suite covers every head and every
-backbone family once: ONNX for DINOv2 plain + seg_linear and SwiGLU + depth_linear (uint8 input, fp16
-weights), .pt2 for registers + depth_linear (through export.py) and DINOv3 + depth_dpt. The full matrix,
-every head on every backbone through both ONNX Runtime and .pt2, is `pytest -m slow`.
+Exporting is slow (about 10 s of CPU for torch.export and 15 s more for the ONNX conversion of a tiny
+model), so each model is exported once and checked at many sizes. The default suite exports three:
+ONNX for DINOv2 plain + seg_linear (float16 weights), .pt2 for registers + depth_linear (through
+export.py) and DINOv3 + seg_linear (uint8 input). `pytest -m slow` adds a uint8-input ONNX depth model
+(SwiGLU + depth_linear) run by predict.py, and the full matrix: every head (DPT included) on every
+backbone, through both ONNX Runtime and .pt2.
 """
 
 import json
@@ -99,13 +100,23 @@ def onnx_runner(path: Path):
     return lambda images: torch.from_numpy(session.run(None, {name: images.numpy()})[0])
 
 
+def rounded_to_fp16(model: DenseModel) -> DenseModel:
+    """The model with the weights an fp16_weights file stores (tensors of 16 values or more in float16)."""
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.is_floating_point() and tensor.numel() >= export.FP16_MIN_NUMEL:
+                tensor.copy_(tensor.half().float())
+    return model
+
+
 @pytest.fixture(scope="module")
 def seg_onnx(tmp_path_factory):
-    """tiny14 (plain DINOv2: the +0.1 interpolation rule) + seg_linear, float input."""
+    """tiny14 (plain DINOv2: the +0.1 interpolation rule) + seg_linear, float input, float16 weights;
+    with the model it equals: the same weights rounded to float16."""
     model = tiny_model("tiny14", "seg_linear")
     path = tmp_path_factory.mktemp("seg") / "seg.onnx"
-    export.to_onnx(model, path, class_names=[f"thing {i}" for i in range(5)])
-    return model, path
+    export.to_onnx(model, path, fp16_weights=True, class_names=[f"thing {i}" for i in range(5)])
+    return rounded_to_fp16(model), path
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +125,7 @@ def depth_onnx_uint8_fp16(tmp_path_factory):
     model = tiny_model("tiny14_swiglu", "depth_linear")
     path = tmp_path_factory.mktemp("depth") / "depth.onnx"
     export.to_onnx(model, path, uint8_input=True, fp16_weights=True)
-    return model, path
+    return rounded_to_fp16(model), path
 
 
 # ---- the position encoding as matrices ------------------------------------------------------------
@@ -144,29 +155,29 @@ def test_onnx_equals_pytorch_at_other_sizes(seg_onnx):
         assert_close_relative(run(images), model(images))
 
 
-def test_uint8_input_and_fp16_weights(depth_onnx_uint8_fp16):
-    """The uint8 graph normalises as dense.data.transforms does; its float16 weights equal the model's
-    rounded to float16 (computed in float32), and every weight is stored in float16."""
-    model, path = depth_onnx_uint8_fp16
-    rounded = tiny_model("tiny14_swiglu", "depth_linear")
-    with torch.no_grad():
-        for parameter in rounded.parameters():
-            if parameter.numel() > 1:
-                parameter.copy_(parameter.half().float())
-    run_at_sizes(rounded, onnx_runner(path), uint8=True)
-    stored = onnx.load(path)
-    assert stored.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
-    kinds = {init.data_type for init in stored.graph.initializer if len(init.dims) and np.prod(init.dims) > 1}
+def test_fp16_weights_are_stored_in_float16(seg_onnx):
+    stored = onnx.load(seg_onnx[1])
+    kinds = {
+        init.data_type for init in stored.graph.initializer if np.prod(init.dims) >= export.FP16_MIN_NUMEL
+    }
     assert kinds == {onnx.TensorProto.FLOAT16}
+    assert stored.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
 
 
-def test_dinov3_dpt_program(tmp_path):
-    """DINOv3 (RoPE for the actual grid) under the DPT head (an odd grid resizes its skip maps), as a
-    .pt2 program: the graph the ONNX file is converted from (ONNX: the slow matrix)."""
-    model = tiny_model("tiny16", "depth_dpt")
-    export.to_torch_export(model, tmp_path / "v3.pt2")
+@pytest.mark.slow
+def test_uint8_input_onnx(depth_onnx_uint8_fp16):
+    """The uint8 graph normalises as dense.data.transforms does."""
+    model, path = depth_onnx_uint8_fp16
+    run_at_sizes(model, onnx_runner(path), uint8=True)
+    assert onnx.load(path).graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+
+
+def test_dinov3_program_with_uint8_input(tmp_path):
+    """DINOv3 (RoPE for the actual grid) as a .pt2 program taking uint8 images (ONNX: the slow matrix)."""
+    model = tiny_model("tiny16", "seg_linear")
+    export.to_torch_export(model, tmp_path / "v3.pt2", uint8_input=True)
     program = torch.export.load(tmp_path / "v3.pt2").module()
-    run_at_sizes(model, lambda images: program(images).detach())
+    run_at_sizes(model, lambda images: program(images).detach(), uint8=True)
 
 
 def test_export_py_writes_the_checkpoints_program(tmp_path, capsys):
@@ -196,7 +207,7 @@ def test_every_head_on_every_backbone(backbone, head, tmp_path):
 # ---- metadata ----------------------------------------------------------------------------------------
 
 
-def test_metadata_round_trip(seg_onnx, depth_onnx_uint8_fp16):
+def test_metadata_round_trip(seg_onnx):
     seg = export.load_onnx_model(seg_onnx[1])
     assert seg.metadata == {
         "format": "dense export v1",
@@ -211,8 +222,12 @@ def test_metadata_round_trip(seg_onnx, depth_onnx_uint8_fp16):
         "input": "float32",
         "mean": [0.485, 0.456, 0.406],
         "std": [0.229, 0.224, 0.225],
-        "weights": "float32",
+        "weights": "float16",
     }
+
+
+@pytest.mark.slow
+def test_depth_metadata(depth_onnx_uint8_fp16):
     depth = export.load_onnx_model(depth_onnx_uint8_fp16[1]).metadata
     assert (depth["task"], depth["min_depth"], depth["max_depth"]) == ("depth", 1e-3, 10.0)
     assert (depth["input"], depth["weights"], depth["backbone"]) == ("uint8", "float16", "tiny14_swiglu")
@@ -258,13 +273,10 @@ def test_predict_segmentation_from_onnx_equals_checkpoint(seg_onnx, images, tmp_
     assert "thing 3" in json.dumps(names)
 
 
+@pytest.mark.slow
 def test_predict_depth_from_uint8_onnx_equals_checkpoint(depth_onnx_uint8_fp16, images, tmp_path):
     """The fp16-weight file against a checkpoint of the same weights rounded to float16."""
-    rounded = tiny_model("tiny14_swiglu", "depth_linear")
-    with torch.no_grad():
-        for parameter in rounded.parameters():
-            if parameter.numel() > 1:
-                parameter.copy_(parameter.half().float())
+    rounded = depth_onnx_uint8_fp16[0]
     ckpt = write_checkpoint(rounded, tmp_path / "depth.ckpt")
     common = [f"input={images}", "flip=true"]
     assert predict.predict(predict_config(f"ckpt={ckpt}", f"output={tmp_path / 'ckpt'}", *common)) == 0
@@ -315,15 +327,12 @@ def test_export_refusals_are_one_line(seg_onnx, tmp_path, capsys):
     assert not any(tmp_path.glob("*.onnx"))
 
 
-def write_onnx(path: Path, metadata: dict | str | None) -> Path:
+def write_onnx(path: Path, metadata: dict | str | None, dtype: int = onnx.TensorProto.FLOAT) -> Path:
     """A valid one-node ONNX graph (Identity) carrying `metadata` (a dict, raw text, or none)."""
     node = onnx.helper.make_node("Identity", ["images"], ["out"])
     tensor = onnx.helper.make_tensor_value_info
     graph = onnx.helper.make_graph(
-        [node],
-        "crafted",
-        [tensor("images", onnx.TensorProto.FLOAT, None)],
-        [tensor("out", onnx.TensorProto.FLOAT, None)],
+        [node], "crafted", [tensor("images", dtype, None)], [tensor("out", dtype, None)]
     )
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
     model.ir_version = 8
@@ -358,13 +367,18 @@ def test_crafted_onnx_files_are_refused_in_one_line(seg_onnx, images, tmp_path, 
     assert not (tmp_path / "out").exists()
 
 
-def test_predict_onnx_option_mistakes(seg_onnx, depth_onnx_uint8_fp16, images, tmp_path, capsys):
+def test_predict_onnx_option_mistakes(seg_onnx, images, tmp_path, capsys):
     common = [f"input={images}", f"output={tmp_path / 'out'}"]
+    uint8 = write_onnx(
+        tmp_path / "uint8.onnx",
+        {**export.load_onnx_model(seg_onnx[1]).metadata, "input": "uint8"},
+        onnx.TensorProto.UINT8,
+    )
     cases = [
         ([f"model={seg_onnx[1]}", f"ckpt={tmp_path / 'x.ckpt'}"], "not both"),
         ([f"model={tmp_path / 'model.pt2'}"], "runs .onnx files"),
         ([f"model={seg_onnx[1]}", "precision=bf16"], "leave precision=fp32"),
-        ([f"model={depth_onnx_uint8_fp16[1]}", "scales=[1.0,2.0]"], "export with normalise=false"),
+        ([f"model={uint8}", "scales=[1.0,2.0]"], "export with normalise=false"),
         ([f"model={tmp_path / 'missing.onnx'}"], "no such file"),
     ]
     for overrides, message in cases:
