@@ -4,6 +4,7 @@
     python predict.py backbone=vitl14 head=depth_dpt backbone.weights=B.pth head.weights=H.pth input=room.jpg output=results/
     python predict.py ckpt=... input=... output=... depth_range=[0,5] cmap=turbo      # colours over 0-5 m
     python predict.py ckpt=... input=... output=... mode=slide crop_size=518 precision=bf16
+    python predict.py model=model.onnx input=photos/ output=results/                  # a file from export.py
 
 Depth: <stem>.png (16-bit, metres × depth_scale), <stem>.npy (float32 metres), <stem>_color.png in one
 colour range for every image (the model's depth range, or depth_range), and colorbar.png to read it.
@@ -42,6 +43,7 @@ from dense.checkpoint import model_from_checkpoint, read_model_config
 from dense.config import apply_speed_options, compile_mode, model_from_config
 from dense.data import ADE20K_CLASSES, VOC_CLASSES
 from dense.data.transforms import eval_view, normalize_image
+from dense.export import onnx_model_for_predict
 from dense.imports import import_modules
 from dense.io import INPUT_SUFFIXES, ImageReadError, atomic_path, list_images, read_image, save_npy, save_png
 from dense.model import DenseModel, check_inference_settings
@@ -583,8 +585,12 @@ def predict(cfg: DictConfig) -> int:
         if not paths:
             raise ConfigError(f"input folder {cfg.input} holds no image files ({' '.join(INPUT_SUFFIXES)})")
         device = resolve_device(cfg.device)
-        model, stored_names = build(cfg)
-        model = apply_speed_options(model.to(device), compile=cfg.compile, bf16_autocast=cfg.precision == "bf16")
+        if cfg.get("model") is not None:  # a file written by export.py, run by ONNX Runtime
+            model = onnx_model_for_predict(cfg)
+            stored_names = model.class_names
+        else:
+            model, stored_names = build(cfg)
+            model = apply_speed_options(model.to(device), compile=cfg.compile, bf16_autocast=cfg.precision == "bf16")
         existing = prepare_output(output)  # only once the model is there: a refused checkpoint leaves nothing
         layout = run_layout(cfg, model.task)
         stems, notes, run_names = assign_stems(paths, output, existing, ours, layout)

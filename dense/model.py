@@ -19,7 +19,6 @@ exactly whenever H and W are multiples of the patch size (no padding).
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from collections.abc import Iterable, Sequence
@@ -90,8 +89,8 @@ def check_inference_settings(
 
 def center_padding(height: int, width: int, multiple: int) -> tuple[int, int, int, int]:
     """(left, right, top, bottom) padding to the next multiple; odd remainders go right/bottom."""
-    pad_h = math.ceil(height / multiple) * multiple - height
-    pad_w = math.ceil(width / multiple) * multiple - width
+    # (-n) % multiple: ceil(n / multiple) · multiple − n in integers, which a .pt2 program can store.
+    pad_h, pad_w = -height % multiple, -width % multiple
     return pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2
 
 

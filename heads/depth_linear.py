@@ -113,8 +113,8 @@ class LinearDepthHead(nn.Module):
         h, w = features.grid
         size = (h * self.upsample, w * self.upsample)
 
-        grids = {tuple(p.shape[-2:]) for p in features.patches}
-        if len(grids) == 1:
+        # Sizes compared, not hashed: a traced (torch.export) size cannot be hashed.
+        if all(p.shape[-2:] == features.patches[0].shape[-2:] for p in features.patches):
             # The normal case (all layers of one ViT): one conv, one upsample.
             x = torch.cat(features.patches, dim=1)
             logits = pointwise_with_global(x, w_patch, self.conv_depth.bias, cls, w_cls)

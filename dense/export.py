@@ -1,0 +1,524 @@
+"""Export a DenseModel: one ONNX graph (ONNX Runtime, TensorRT) or one torch.export program (.pt2).
+
+    to_onnx(model, "model.onnx")            # dynamic batch, height and width; metadata for predict.py
+    to_torch_export(model, "model.pt2")     # the same graph as an ExportedProgram (torch.export.load)
+    load_onnx_model("model.onnx")           # an ONNX file as a DenseModel: predict.py's model=FILE.onnx
+
+The graph is `DenseModel.forward` itself, traced once by torch.export with every size dynamic: pad to
+the patch multiple, the position encoding for the actual grid, backbone, head, clamp, resize, crop.
+Python branches on sizes (a skipped pad, a resize to the same size) are taken as at the example input
+and are no-ops at the other sizes, so the example is chosen to take the general side of each: batch 2,
+an odd grid (DPT's skip resize), sides that are not patch multiples with a pad on both sides.
+
+One step is swapped while tracing: DINOv2's learned position embedding. F.interpolate takes its scale
+factor ((h + 0.1) / 37, the plain models' rule) as a Python float, which torch.export freezes to the
+example's value, so every other size would get a wrong grid. `position_encoding_by_matrices` computes
+the same bicubic resampling (both of upstream's rules) as two weight matrices built from the traced grid
+size; the tests check it against F.interpolate. DINOv3's RoPE needs no swap.
+
+An ONNX file is data: predict.py reads only our metadata entry, bounded and type-checked, and never
+turns a string from it into code (the backbone and head names are only shown).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from dense.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from dense.errors import DenseError
+from dense.io import atomic_path
+from dense.model import DenseModel
+
+METADATA_KEY = "dense"
+FORMAT = "dense export v1"
+METADATA_MAX_BYTES = 1 << 20  # 4096 class names of 200 characters fit with room to spare
+MAX_CLASSES = 4096
+MAX_NAME_CHARS = 200
+FP16_MIN_NUMEL = (
+    16  # smaller tensors (the normalisation's mean and std, scalars) stay float32: they save nothing
+)
+OPSET = 18  # Resize with antialias, and what TensorRT 10 parses
+# Batch 2 and an odd grid of non-multiples of the patch: the general side of every size branch.
+EXAMPLE_BATCH = 2
+EXAMPLE_GRID = (3, 5)
+
+
+class ExportError(DenseError, ValueError):
+    """A model that cannot be exported as asked, an output that cannot be written, a file not ours."""
+
+
+# ---- the graph --------------------------------------------------------------------------------------
+
+
+class ExportGraph(nn.Module):
+    """DenseModel.forward, optionally behind the ImageNet normalisation of uint8 images.
+
+    uint8_input: the graph takes uint8 B×3×H×W RGB and normalises it as dense.data.transforms does
+    ((x / 255 − mean) / std); otherwise it takes the normalised float32 images DenseModel takes.
+    """
+
+    def __init__(self, model: DenseModel, uint8_input: bool):
+        super().__init__()
+        self.model = model
+        self.uint8_input = uint8_input
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.uint8_input:
+            images = (images.float() / 255.0 - self.mean) / self.std
+        return self.model(images)
+
+
+def example_input(model: DenseModel, uint8_input: bool) -> torch.Tensor:
+    p = model.patch_size
+    height, width = EXAMPLE_GRID[0] * p - p // 2, EXAMPLE_GRID[1] * p - 3
+    if uint8_input:
+        return torch.randint(0, 256, (EXAMPLE_BATCH, 3, height, width), dtype=torch.uint8)
+    return torch.randn(EXAMPLE_BATCH, 3, height, width)
+
+
+def _keys_cubic(x: torch.Tensor, a: float) -> torch.Tensor:
+    """Keys' cubic convolution kernel at distances x (zero beyond 2)."""
+    x = x.abs()
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return torch.where(x <= 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
+
+
+def bicubic_matrix(
+    positions: torch.Tensor, in_len: int, in_per_out: torch.Tensor, antialias: bool
+) -> torch.Tensor:
+    """len(positions) × in_len matrix W such that W @ v is F.interpolate's 1-D bicubic resampling of v
+    (align_corners=False) at output indices `positions`, `in_per_out` input pixels per output pixel.
+
+    Plain (aten upsample_bicubic2d): source = (i + 0.5) · in_per_out − 0.5, four taps around it,
+    clamped to the edge, Keys a = −0.75. Antialias (aten _upsample_bicubic2d_aa, PIL's rule): taps
+    within 2 · max(in_per_out, 1) of the centre (i + 0.5) · in_per_out, Keys a = −0.5 on the distance
+    shrunk by max(in_per_out, 1), taps outside the input dropped and each row normalised to sum 1.
+    """
+    columns = torch.arange(in_len, dtype=torch.float32)
+    if antialias:
+        stretch = torch.clamp(in_per_out, min=1.0)
+        centre = (positions + 0.5) * in_per_out
+        weights = _keys_cubic((columns[None, :] + 0.5 - centre[:, None]) / stretch, a=-0.5)
+        return weights / weights.sum(dim=1, keepdim=True)
+    source = (positions + 0.5) * in_per_out - 0.5
+    base = torch.floor(source)
+    fraction = source - base
+    matrix = torch.zeros(positions.shape[0], in_len, dtype=torch.float32)
+    for tap in (-1, 0, 1, 2):
+        index = torch.clamp(base + tap, 0, in_len - 1)
+        matrix = matrix + _keys_cubic(fraction - tap, a=-0.75)[:, None] * (index[:, None] == columns[None, :])
+    return matrix
+
+
+def position_encoding_by_matrices(backbone: nn.Module, h: int, w: int) -> torch.Tensor:
+    """What DinoVisionTransformer.interpolate_pos_encoding returns for an h×w grid, with the bicubic
+    resampling written as matrices of the grid size, so a traced h and w stay symbolic."""
+    M = backbone.pos_grid
+    pos_embed = backbone.pos_embed.float()
+    cls_pos, grid = pos_embed[:, :1], pos_embed[0, 1:].reshape(M, M, -1)
+    rows = torch.arange(h, dtype=torch.float32)
+    cols = torch.arange(w, dtype=torch.float32)
+    # The grid sizes as tensors: comparisons on them stay in the graph instead of freezing a branch.
+    h_t, w_t = rows[-1] + 1, cols[-1] + 1
+    offset = float(backbone.interpolate_offset)
+    if offset:
+        # Upstream skips the interpolation at 37×37 (its own grid), and only there.
+        native = (h_t == M) & (w_t == M)
+        h_ratio = torch.where(native, 1.0, M / (h_t + offset))
+        w_ratio = torch.where(native, 1.0, M / (w_t + offset))
+    else:
+        h_ratio, w_ratio = M / h_t, M / w_t
+    antialias = bool(backbone.interpolate_antialias)
+    rows_matrix = bicubic_matrix(rows, M, h_ratio, antialias)
+    cols_matrix = bicubic_matrix(cols, M, w_ratio, antialias)
+    patch_pos = torch.einsum("ym,mnd,xn->yxd", rows_matrix, grid, cols_matrix).reshape(1, -1, grid.shape[-1])
+    return torch.cat((cls_pos, patch_pos), dim=1).to(backbone.pos_embed.dtype)
+
+
+@contextlib.contextmanager
+def _traceable_position_encoding(model: DenseModel) -> Iterator[None]:
+    """While tracing, a DINOv2 backbone computes its position encoding by matrices (module docstring)."""
+    backbone = model.backbone
+    learned = isinstance(getattr(backbone, "pos_embed", None), torch.Tensor)
+    if learned:
+        backbone.interpolate_pos_encoding = lambda h, w: position_encoding_by_matrices(backbone, h, w)
+    try:
+        yield
+    finally:
+        if learned:
+            del backbone.interpolate_pos_encoding
+
+
+def check_exportable(model: DenseModel) -> None:
+    if not isinstance(model, DenseModel):
+        raise ExportError(
+            f"only a DenseModel can be exported (build_model or a train.py checkpoint), got {type(model).__name__}"
+        )
+    if model.backbone_dtype != torch.float32:
+        raise ExportError(
+            f"the backbone's weights are stored in {model.backbone_dtype} (cast_backbone, precision=bf16): "
+            "export the float32 model (fp16=true stores the file's weights in half precision)"
+        )
+    if model._compiled_tokens is not None:
+        raise ExportError("the model was torch.compile'd (compile=true): export the model without compile")
+    devices = {p.device.type for p in model.parameters()}
+    if devices - {"cpu"}:
+        raise ExportError(
+            f"export runs on the CPU: move the model there first (model.cpu()), it is on {sorted(devices)}"
+        )
+
+
+def export_program(model: DenseModel, uint8_input: bool = False) -> torch.export.ExportedProgram:
+    """The torch.export program of ExportGraph(model) with dynamic batch, height and width."""
+    check_exportable(model)
+    graph = ExportGraph(model.eval(), uint8_input).eval()
+    auto = torch.export.Dim.AUTO
+    with _traceable_position_encoding(model), torch.no_grad():
+        try:
+            program = torch.export.export(
+                graph,
+                (example_input(model, uint8_input),),
+                dynamic_shapes={"images": {0: auto, 2: auto, 3: auto}},
+                strict=False,
+                prefer_deferred_runtime_asserts_over_guards=True,
+            )
+        except Exception as error:  # torch.export's errors are pages long; the first line says what
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            name = model.config.get("head", type(model.head).__name__)
+            raise ExportError(
+                f"torch.export cannot trace {model.config.get('backbone', 'this backbone')} + {name} with "
+                f"dynamic sizes: {type(error).__name__}: {first[:300]}"
+            ) from error
+    return _without_size_asserts(program)
+
+
+def _without_size_asserts(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """The program without its runtime size assertions, as torch.onnx leaves them out of ONNX graphs.
+
+    torch.export records each size branch it took at the example (a pad that was not zero, a DPT skip
+    map that needed resizing, a grid above 1) as an assertion; the other side of each is the same
+    computation (a zero pad, a resize to the same size), so the assertions would only refuse sizes the
+    graph computes correctly. The tests check the program at those sizes against the model.
+    """
+    graph = program.graph
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target is torch.ops.aten._assert_scalar.default:
+            graph.erase_node(node)
+    graph.eliminate_dead_code()
+    program.graph_module.recompile()
+    return program
+
+
+def check_output(path: str | os.PathLike, suffix: str) -> str:
+    path = os.fspath(path)
+    if not path.endswith(suffix):
+        raise ExportError(f"output={path} must end in {suffix}")
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    if os.path.isdir(path):
+        raise ExportError(f"output={path} is a folder; give a file name ending in {suffix}")
+    if not os.path.isdir(directory):
+        raise ExportError(f"output={path}: the folder {directory} does not exist; create it first")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ExportError(f"output={path}: the folder {directory} is not writable; choose another output")
+    return path
+
+
+def to_torch_export(model: DenseModel, path: str | os.PathLike, *, uint8_input: bool = False) -> str:
+    """Save the dynamic-shape ExportedProgram of `model` as a .pt2 file (torch.export.load reads it)."""
+    path = check_output(path, ".pt2")
+    program = export_program(model, uint8_input)
+    with atomic_path(path) as tmp:
+        torch.export.save(program, tmp)
+    return path
+
+
+# ---- ONNX ---------------------------------------------------------------------------------------------
+
+
+def model_metadata(
+    model: DenseModel, *, uint8_input: bool, fp16_weights: bool, class_names: Sequence[str] | None = None
+) -> dict:
+    """What predict.py needs to run the file, as plain values (the ONNX file's `dense` metadata entry)."""
+    num_classes = None
+    if model.task == "segmentation":
+        num_classes = int(model.num_classes or model.config["num_classes"])
+        if class_names is not None and len(class_names) != num_classes:
+            class_names = None
+    else:
+        class_names = None
+    return {
+        "format": FORMAT,
+        "backbone": str(model.config.get("backbone", "")),
+        "head": str(model.config.get("head", "")),
+        "task": model.task,
+        "patch_size": int(model.patch_size),
+        "min_depth": None if model.task != "depth" else float(model.min_depth),
+        "max_depth": None if model.task != "depth" else float(model.max_depth),
+        "num_classes": num_classes,
+        "class_names": list(class_names) if class_names is not None else None,
+        "input": "uint8" if uint8_input else "float32",
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "weights": "float16" if fp16_weights else "float32",
+    }
+
+
+def _store_weights_in_fp16(onnx_model) -> None:
+    """Float32 weights (of 16 values or more) stored as float16, each cast back to float32 where the graph reads it: a file
+    half the size, computed in float32 (ONNX Runtime's CPU kernels are float32 kernels)."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx_model.graph
+    casts = []
+    for initializer in graph.initializer:
+        if initializer.data_type != onnx.TensorProto.FLOAT or math.prod(initializer.dims) < FP16_MIN_NUMEL:
+            continue
+        name = initializer.name
+        half = numpy_helper.from_array(numpy_helper.to_array(initializer).astype(np.float16), f"{name}.fp16")
+        initializer.CopyFrom(half)
+        casts.append(onnx.helper.make_node("Cast", [half.name], [name], to=onnx.TensorProto.FLOAT))
+    for node in reversed(casts):
+        graph.node.insert(0, node)
+
+
+def to_onnx(
+    model: DenseModel,
+    path: str | os.PathLike,
+    *,
+    uint8_input: bool = False,
+    fp16_weights: bool = False,
+    class_names: Sequence[str] | None = None,
+) -> str:
+    """Write `model` as one ONNX graph with dynamic batch, height and width, and our metadata.
+
+    uint8_input: the graph normalises uint8 RGB itself; fp16_weights: weights stored in float16
+    (computed in float32); class_names: stored for predict.py's legend (segmentation).
+    The file is self-contained (weights inside): the 2 GB protobuf limit holds up to ViT-L in float32
+    and ViT-g in float16.
+    """
+    import onnx
+
+    path = check_output(path, ".onnx")
+    metadata = model_metadata(
+        model, uint8_input=uint8_input, fp16_weights=fp16_weights, class_names=class_names
+    )
+    check_metadata(metadata, path)
+    program = export_program(model, uint8_input)
+    try:
+        onnx_program = torch.onnx.export(
+            program, dynamo=True, opset_version=OPSET, optimize=False, verbose=False
+        )
+    except Exception as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ExportError(
+            f"torch.onnx cannot convert the traced model: {type(error).__name__}: {first[:300]}"
+        ) from error
+    onnx_model = onnx_program.model_proto
+    if fp16_weights:
+        _store_weights_in_fp16(onnx_model)
+    entry = onnx_model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+    if onnx_model.ByteSize() >= 2**31:
+        raise ExportError(
+            f"{path}: the weights do not fit one ONNX file (2 GB protobuf limit): export with fp16=true"
+        )
+    with atomic_path(path) as tmp:
+        onnx.save_model(onnx_model, tmp)
+    return path
+
+
+# ---- reading our metadata (a file is data) ---------------------------------------------------------------
+
+_FIELDS = {
+    "format": str,
+    "backbone": str,
+    "head": str,
+    "task": str,
+    "patch_size": int,
+    "min_depth": (float, type(None)),
+    "max_depth": (float, type(None)),
+    "num_classes": (int, type(None)),
+    "class_names": (list, type(None)),
+    "input": str,
+    "mean": list,
+    "std": list,
+    "weights": str,
+}
+
+
+def check_metadata(metadata: dict, where: str) -> dict:
+    """`metadata` as we write it, or a one-line ExportError naming `where` and what is wrong."""
+
+    def refuse(reason: str) -> ExportError:
+        return ExportError(f"{where}: {reason}; export the model again with export.py")
+
+    if not isinstance(metadata, dict) or set(metadata) != set(_FIELDS):
+        raise refuse("its dense metadata does not hold exactly the fields export.py writes")
+    for key, kind in _FIELDS.items():
+        value = metadata[key]
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise refuse(f"metadata field {key} has the wrong type")
+        if isinstance(value, str) and len(value) > MAX_NAME_CHARS:
+            raise refuse(f"metadata field {key} is longer than {MAX_NAME_CHARS} characters")
+    if metadata["format"] != FORMAT:
+        raise refuse(f"it is not a {FORMAT!r} file")
+    if metadata["task"] not in ("depth", "segmentation") or metadata["input"] not in ("uint8", "float32"):
+        raise refuse("its metadata names an unknown task or input")
+    for key in ("mean", "std"):
+        values = metadata[key]
+        if len(values) != 3 or not all(
+            isinstance(v, float) and math.isfinite(v) and 0 < v < 1 for v in values
+        ):
+            raise refuse(f"metadata field {key} is not three numbers between 0 and 1")
+    if metadata["task"] == "depth":
+        low, high = metadata["min_depth"], metadata["max_depth"]
+        if (
+            low is None
+            or high is None
+            or not (math.isfinite(low) and math.isfinite(high) and 0 <= low < high)
+        ):
+            raise refuse("a depth model needs 0 ≤ min_depth < max_depth in its metadata")
+    else:
+        count, names = metadata["num_classes"], metadata["class_names"]
+        if count is None or not 1 <= count <= MAX_CLASSES:
+            raise refuse(f"a segmentation model needs num_classes between 1 and {MAX_CLASSES}")
+        if names is not None and (
+            len(names) != count or not all(isinstance(n, str) and len(n) <= MAX_NAME_CHARS for n in names)
+        ):
+            raise refuse(f"class_names must be {count} names of at most {MAX_NAME_CHARS} characters")
+    return metadata
+
+
+def read_metadata(custom_metadata: dict, where: str) -> dict:
+    """Our metadata from an ONNX file's metadata map (as onnxruntime returns it), checked."""
+    text = custom_metadata.get(METADATA_KEY) if isinstance(custom_metadata, dict) else None
+    if not isinstance(text, str):
+        raise ExportError(f"{where}: no dense metadata in this ONNX file; export the model with export.py")
+    if len(text.encode()) > METADATA_MAX_BYTES:
+        raise ExportError(
+            f"{where}: its dense metadata is larger than {METADATA_MAX_BYTES} bytes; not a file of ours"
+        )
+    try:
+        metadata = json.loads(text)
+    except (ValueError, RecursionError):
+        raise ExportError(f"{where}: its dense metadata is not valid JSON; export the model again") from None
+    return check_metadata(metadata, where)
+
+
+# ---- running an ONNX file ----------------------------------------------------------------------------------
+
+
+class OnnxDenseModel(DenseModel):
+    """An exported ONNX file behind DenseModel's interface: `forward` runs the graph in ONNX Runtime,
+    so DenseModel's inference modes (whole, slide, scales, flip) run around it as around the model.
+
+    It holds no backbone or head: what predict.py reads of a model (task, depth range, classes) comes
+    from the file's metadata. Inputs are ImageNet-normalised float32, as for DenseModel; a graph that
+    normalises uint8 itself gets them turned back into the uint8 images they came from.
+    """
+
+    def __init__(self, session, metadata: dict, path: str):
+        nn.Module.__init__(self)
+        self.session = session
+        self.metadata = metadata
+        self.path = path
+        self.task = metadata["task"]
+        self.min_depth, self.max_depth = metadata["min_depth"], metadata["max_depth"]
+        self.config = {
+            "backbone": metadata["backbone"],
+            "head": metadata["head"],
+            "num_classes": metadata["num_classes"],
+        }
+        self.class_names = metadata["class_names"]
+        self.input_name = session.get_inputs()[0].name
+        self.register_buffer("mean", torch.tensor(metadata["mean"]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(metadata["std"]).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def patch_size(self) -> int:
+        return self.metadata["patch_size"]
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.metadata["num_classes"]
+
+    @property
+    def uint8_input(self) -> bool:
+        return self.metadata["input"] == "uint8"
+
+    def train(self, mode: bool = True):
+        return nn.Module.train(self, False)  # a fixed graph: always inference
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape B×3×H×W, got {tuple(images.shape)}")
+        x = images.detach().float().cpu()
+        if self.uint8_input:
+            x = ((x * self.std + self.mean) * 255).round().clamp(0, 255).to(torch.uint8)
+        (out,) = self.session.run(None, {self.input_name: np.ascontiguousarray(x.numpy())})
+        return torch.from_numpy(out).to(images.device)
+
+
+def load_onnx_model(path: str | os.PathLike, threads: int | None = None) -> OnnxDenseModel:
+    """An ONNX file written by to_onnx, ready to run on the CPU; one-line errors for anything else."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ExportError(f"model={path}: no such file")
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ExportError("model=*.onnx needs onnxruntime: pip install -e '.[export]'") from None
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    try:
+        session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own exception types for unreadable files
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ExportError(f"model={path}: ONNX Runtime cannot load it ({first[:200]})") from None
+    metadata = read_metadata(session.get_modelmeta().custom_metadata_map, path)
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or len(session.get_outputs()) != 1:
+        raise ExportError(f"model={path}: expected one input and one output, as export.py writes")
+    expected_type = {"uint8": "tensor(uint8)", "float32": "tensor(float)"}[metadata["input"]]
+    if inputs[0].type != expected_type:
+        raise ExportError(
+            f"model={path}: its input is {inputs[0].type}, its metadata says {metadata['input']}"
+        )
+    return OnnxDenseModel(session, metadata, path)
+
+
+def onnx_model_for_predict(cfg) -> OnnxDenseModel:
+    """predict.py model=FILE.onnx: the file's model, the options that cannot apply to it refused."""
+    path = str(cfg.model)
+    if cfg.ckpt is not None or cfg.head.get("weights"):
+        raise ExportError("give either model=FILE.onnx (export.py) or ckpt=/head.weights=, not both")
+    if not path.endswith(".onnx"):
+        raise ExportError(
+            f"model={path}: predict.py runs .onnx files written by export.py (ckpt=PATH for checkpoints)"
+        )
+    if cfg.precision != "fp32" or cfg.compile not in (False, None, "false"):
+        raise ExportError(
+            f"model={path} runs in ONNX Runtime as exported: leave precision=fp32 and compile=false "
+            "(fp16=true at export stores half-precision weights)"
+        )
+    model = load_onnx_model(path)
+    if model.uint8_input and any(float(s) != 1.0 for s in cfg.scales):
+        raise ExportError(
+            f"model={path} takes uint8 images (exported with normalise=true), which resized views are not: "
+            "export with normalise=false for scales other than [1.0]"
+        )
+    return model
