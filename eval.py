@@ -81,7 +81,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         path = Path(cfg.paths.output_dir) / "metrics.json"
         with atomic_path(path) as tmp:
-            Path(tmp).write_text(json.dumps({"ckpt_path": str(cfg.ckpt_path), "split": cfg.split, **metrics}, indent=2))
+            Path(tmp).write_text(
+                json.dumps({"ckpt_path": str(cfg.ckpt_path), "split": cfg.split, **metrics}, indent=2)
+            )
         print(f"wrote {path}", flush=True)
     return metrics
 
@@ -135,7 +137,9 @@ def predict_options(cfg: DictConfig, stored) -> dict:
 
     options = {}
     if stored is not None:
-        _cli.require(isinstance(stored, dict), f"{cfg.ckpt_path}: its stored prediction settings are not a mapping")
+        _cli.require(
+            isinstance(stored, dict), f"{cfg.ckpt_path}: its stored prediction settings are not a mapping"
+        )
         for key, value in stored.items():
             if key in PREDICT_KEYS:
                 problem = plain_value_problem(value, f"predict.{key}")

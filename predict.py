@@ -69,7 +69,9 @@ def check_options(cfg: DictConfig) -> None:
     if cfg.output is None:
         raise ConfigError("output is not set: python predict.py ckpt=PATH input=IMAGE_OR_FOLDER output=DIR")
     try:
-        check_inference_settings(cfg.mode, *(_cli.plain(cfg[k]) for k in ("crop_size", "stride", "scales", "flip")))
+        check_inference_settings(
+            cfg.mode, *(_cli.plain(cfg[k]) for k in ("crop_size", "stride", "scales", "flip"))
+        )
     except ValueError as error:
         raise ConfigError(str(error)) from None
     if cfg.precision not in ("fp32", "bf16"):
@@ -271,7 +273,9 @@ def write_record(output: Path, names: set[str]) -> None:
     """Record `names` as predict.py's files in `output`, each with its identity now (atomically); names
     that are not plain files there are left out; none left: no record."""
     path = output / RECORD
-    files = {name: identity for name in sorted(names) if (identity := file_identity(output / name)) is not None}
+    files = {
+        name: identity for name in sorted(names) if (identity := file_identity(output / name)) is not None
+    }
     if not files:
         with contextlib.suppress(FileNotFoundError):
             os.remove(path)
@@ -323,8 +327,12 @@ class Layout:
 def run_layout(cfg: DictConfig, task: str) -> Layout:
     if task == "depth":
         fixed = cfg.depth_range != "auto"
-        return Layout(task, bool(cfg.save_npy), bool(cfg.colorbar) and not fixed,
-                      ("colorbar.png",) if cfg.colorbar and fixed else ())
+        return Layout(
+            task,
+            bool(cfg.save_npy),
+            bool(cfg.colorbar) and not fixed,
+            ("colorbar.png",) if cfg.colorbar and fixed else (),
+        )
     return Layout(task, run_files=("legend.png", "classes.json"))
 
 
@@ -364,9 +372,7 @@ def assign_stems(
     for path in paths:
         base = path.name.replace(".", "_") if stem_count[key(path.stem)] > 1 else path.stem
         stem, reason, n = base, None, 0
-        while clash := next(
-            (taken[key(f)] for f in layout.names(stem) if key(f) in taken), None
-        ):
+        while clash := next((taken[key(f)] for f in layout.names(stem) if key(f) in taken), None):
             reason = reason or clash
             n += 1
             stem = f"{base}_{n}"
@@ -530,7 +536,9 @@ def write_run_files(output: Path, names: dict[str, str], cfg: DictConfig, colour
     if "legend.png" in names:
         save_png(viz.legend(classes, palette), output / names["legend.png"])
     if "classes.json" in names:
-        entries = [{"id": i, "name": name, "color": [int(c) for c in palette[i]]} for i, name in enumerate(classes)]
+        entries = [
+            {"id": i, "name": name, "color": [int(c) for c in palette[i]]} for i, name in enumerate(classes)
+        ]
         with atomic_path(output / names["classes.json"]) as tmp:
             Path(tmp).write_text(json.dumps({"classes": entries}, indent=1) + "\n")
 
@@ -590,7 +598,9 @@ def predict(cfg: DictConfig) -> int:
             stored_names = model.class_names
         else:
             model, stored_names = build(cfg)
-            model = apply_speed_options(model.to(device), compile=cfg.compile, bf16_autocast=cfg.precision == "bf16")
+            model = apply_speed_options(
+                model.to(device), compile=cfg.compile, bf16_autocast=cfg.precision == "bf16"
+            )
         existing = prepare_output(output)  # only once the model is there: a refused checkpoint leaves nothing
         layout = run_layout(cfg, model.task)
         stems, notes, run_names = assign_stems(paths, output, existing, ours, layout)
@@ -659,12 +669,12 @@ def predict(cfg: DictConfig) -> int:
     return EXIT_SKIPPED if skipped or stopped else 0
 
 
-def describe_colours(cfg: DictConfig, model: DenseModel, output: Path, run_names: dict[str, str], colours) -> str:
+def describe_colours(
+    cfg: DictConfig, model: DenseModel, output: Path, run_names: dict[str, str], colours
+) -> str:
     """One line that says how to read the colour pictures."""
     if model.task == "segmentation":
-        return (
-            f"class colours: {output / run_names['legend.png']}, names and colours: {output / run_names['classes.json']}"
-        )
+        return f"class colours: {output / run_names['legend.png']}, names and colours: {output / run_names['classes.json']}"
     if colours is None:
         bars = "; colour bars: <stem>_colorbar.png" if cfg.colorbar else ""
         return f"depth colours ({cfg.cmap}): each image from its own nearest to its farthest depth (depth_range=auto){bars}"

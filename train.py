@@ -63,7 +63,9 @@ def train(cfg: DictConfig):
         folders |= {c.dirpath for c in callbacks if isinstance(c, ModelCheckpoint) and c.dirpath}
         checkpoint_io = RunCheckpointIO(*sorted(folders))
         loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[checkpoint_io])
+        trainer = instantiate(
+            cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[checkpoint_io]
+        )
         check_trainer(cfg, trainer)
         check_data_and_weights(cfg, datamodule)
         model = build_run_model(cfg, datamodule, spec)
@@ -78,7 +80,9 @@ def train(cfg: DictConfig):
     with warnings.catch_warnings():
         quiet_fresh_checkpoint_folders(callbacks)
         # Before the first validation the main metric does not exist yet; a run that stops there is reported below.
-        warnings.filterwarnings("ignore", message=r"`ModelCheckpoint\(monitor=.*could not find the monitored key")
+        warnings.filterwarnings(
+            "ignore", message=r"`ModelCheckpoint\(monitor=.*could not find the monitored key"
+        )
         trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     # The checkpoint callback that follows the main metric (the other one writes last.ckpt).
@@ -151,7 +155,12 @@ def quiet_fresh_checkpoint_folders(callbacks: list) -> None:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     folders = [Path(c.dirpath) for c in callbacks if isinstance(c, ModelCheckpoint) and c.dirpath]
-    if all(path.name.startswith("backbone_init-") for folder in folders if folder.is_dir() for path in folder.iterdir()):
+    if all(
+        path.name.startswith("backbone_init-")
+        for folder in folders
+        if folder.is_dir()
+        for path in folder.iterdir()
+    ):
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
@@ -276,7 +285,10 @@ def holds_tensors(path: Path, digest: str) -> bool:
 
 # Keys whose change on resume is reported: (section, what happens to the new value).
 RESUME_SECTIONS = (
-    ("task.optimizer", "ignored: the optimiser state, learning rate included, is restored from the checkpoint"),
+    (
+        "task.optimizer",
+        "ignored: the optimiser state, learning rate included, is restored from the checkpoint",
+    ),
     ("head", "ignored: the model is rebuilt from the checkpoint"),
     ("data", "the run continues on the new data"),
     ("task.scheduler", "the new schedule applies from the resumed step on"),
@@ -302,7 +314,10 @@ def warn_about_resume_changes(checkpoint: dict, current: dict, model) -> None:
     if not isinstance(stored, dict):
         return
     # Stored values that are not plain (a crafted file) compare by their description, never by value.
-    old = {k: v if plain_value_problem(v, k) is None else f"<{shown(v)}>" for k, v in _cli.flatten(stored).items()}
+    old = {
+        k: v if plain_value_problem(v, k) is None else f"<{shown(v)}>"
+        for k, v in _cli.flatten(stored).items()
+    }
     new = _cli.flatten(current)
     target = "task.optimizer._target_"
     if target in old and old[target] != new.get(target):
@@ -317,7 +332,9 @@ def warn_about_resume_changes(checkpoint: dict, current: dict, model) -> None:
             if key.startswith(section + ".") and key not in RESUME_UNREPORTED and old.get(key) != new.get(key)
         ]
         if changed:
-            warnings.warn(f"resuming with other {section} settings ({'; '.join(changed)}): {consequence}", stacklevel=2)
+            warnings.warn(
+                f"resuming with other {section} settings ({'; '.join(changed)}): {consequence}", stacklevel=2
+            )
 
 
 def check_optimizer_state(checkpoint: dict, model) -> None:
@@ -333,7 +350,9 @@ def check_optimizer_state(checkpoint: dict, model) -> None:
         for index, entry in state["state"].items():
             for value in entry.values():
                 if isinstance(value, torch.Tensor) and value.dim() and value.shape != params[index].shape:
-                    raise ValueError(f"parameter {index}: {list(value.shape)} for {list(params[index].shape)}")
+                    raise ValueError(
+                        f"parameter {index}: {list(value.shape)} for {list(params[index].shape)}"
+                    )
         groups = [i for group in state["param_groups"] for i in group["params"]]
         if sorted(groups) != list(range(len(params))):
             raise ValueError(f"{len(groups)} parameters for the head's {len(params)}")

@@ -74,14 +74,20 @@ def check_run_folder(arguments: list[str]) -> None:
                 path = os.path.join(folder, name)
                 info = os.lstat(path)
                 if stat.S_ISLNK(info.st_mode):
-                    fail(f"hydra.run.dir={value} holds a link, {path}: a run writes into its folder and would write "
-                         "through it; remove the link or choose another folder")
+                    fail(
+                        f"hydra.run.dir={value} holds a link, {path}: a run writes into its folder and would write "
+                        "through it; remove the link or choose another folder"
+                    )
                 if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
-                    fail(f"hydra.run.dir={value} holds {path}, a file with other names (a hard link): a run writes "
-                         "into its folder and would change the other names' file too; copy the folder instead")
+                    fail(
+                        f"hydra.run.dir={value} holds {path}, a file with other names (a hard link): a run writes "
+                        "into its folder and would change the other names' file too; copy the folder instead"
+                    )
                 seen += 1
                 if seen > MAX_RUN_FOLDER_ENTRIES:
-                    fail(f"hydra.run.dir={value} holds more than {MAX_RUN_FOLDER_ENTRIES} files: not a run folder")
+                    fail(
+                        f"hydra.run.dir={value} holds more than {MAX_RUN_FOLDER_ENTRIES} files: not a run folder"
+                    )
 
 
 def check_group_choices(config_dir: Path, config_name: str, overrides: list[str]) -> None:
@@ -102,7 +108,9 @@ def check_group_choices(config_dir: Path, config_name: str, overrides: list[str]
         for choice in value.split(","):
             if choice != "null" and not (config_dir / group / f"{choice}.yaml").is_file():
                 options = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
-                fail(f"{group}={choice} is not an option of configs/{group}/: choose one of {', '.join(options)}")
+                fail(
+                    f"{group}={choice} is not an option of configs/{group}/: choose one of {', '.join(options)}"
+                )
 
 
 def check_keys(config_dir: Path, config_name: str, arguments: list[str]) -> None:
@@ -135,7 +143,9 @@ def check_keys(config_dir: Path, config_name: str, arguments: list[str]) -> None
     if existing is not None:
         key = existing.group(1)
         override = next(o for o in overrides if o.lstrip("+").split("=", 1)[0] == key)
-        fail(f"{key} is already a key of the {config_name} configuration: write {override.lstrip('+')} (without the +)")
+        fail(
+            f"{key} is already a key of the {config_name} configuration: write {override.lstrip('+')} (without the +)"
+        )
     match = re.match(r"Could not override '([^']+)'", message or "")
     if match is None:
         return
@@ -254,7 +264,9 @@ def run(function: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         raise
 
 
-ON_BEFORE_BATCH_TRANSFER_NOTE = r"You have overridden `on_before_batch_transfer` in `LightningModule` but have passed in"
+ON_BEFORE_BATCH_TRANSFER_NOTE = (
+    r"You have overridden `on_before_batch_transfer` in `LightningModule` but have passed in"
+)
 
 
 def quiet_library_noise() -> None:
@@ -265,7 +277,9 @@ def quiet_library_noise() -> None:
     import logging
     import warnings
 
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+    warnings.filterwarnings(
+        "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
+    )
     warnings.filterwarnings("ignore", message=ON_BEFORE_BATCH_TRANSFER_NOTE)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_litlogger_tip)
 
@@ -299,7 +313,9 @@ def discard_unused_run_folder(cfg: DictConfig | None) -> None:
     try:
         if not bookkeeping.is_dir() or not set(os.listdir(folder)) <= expected:
             return
-        if not set(os.listdir(bookkeeping)) <= HYDRA_BOOKKEEPING or any(p.is_symlink() for p in folder.iterdir()):
+        if not set(os.listdir(bookkeeping)) <= HYDRA_BOOKKEEPING or any(
+            p.is_symlink() for p in folder.iterdir()
+        ):
             return
         shutil.rmtree(folder)
         # The dated folders above it (outputs/train/DATE), when nothing else is left in them.

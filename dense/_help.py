@@ -14,12 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # `key: value   # comment`, `- group: option   # comment` (defaults lists); the comment needs a space before #.
-_KEY_LINE = re.compile(r"^(?P<indent> *)(?P<item>- )?(?P<key>[A-Za-z_]\w*): ?(?P<value>.*?)(?:\s+#\s?(?P<comment>.*))?$")
+_KEY_LINE = re.compile(
+    r"^(?P<indent> *)(?P<item>- )?(?P<key>[A-Za-z_]\w*): ?(?P<value>.*?)(?:\s+#\s?(?P<comment>.*))?$"
+)
 _GLOBAL_PACKAGE = "# @package _global_"
 VALUE_WIDTH = 28
 # Group keys that mean nothing to a script (eval.py trains nothing): per script, the keys of a group it
 # shows; groups not named here show all their documented keys.
-SHOWN_GROUP_KEYS = {"eval": {"trainer": ("accelerator", "devices", "precision", "deterministic"), "paths": ()}}
+SHOWN_GROUP_KEYS = {
+    "eval": {"trainer": ("accelerator", "devices", "precision", "deterministic"), "paths": ()}
+}
 
 
 @dataclass
@@ -126,7 +130,13 @@ def shown_values(config) -> dict[str, str]:
 
     shown = {}
     for key, raw in flatten(OmegaConf.to_container(config, resolve=False)).items():
-        text = "null" if raw is None else str(raw).lower() if isinstance(raw, bool) else str(raw).replace(" ", "")
+        text = (
+            "null"
+            if raw is None
+            else str(raw).lower()
+            if isinstance(raw, bool)
+            else str(raw).replace(" ", "")
+        )
         shown[key] = text if len(text) <= VALUE_WIDTH else text[: VALUE_WIDTH - 1] + "…"
     return shown
 
@@ -135,7 +145,11 @@ def help_text(config_dir: Path, config_name: str, script_doc: str, overrides: li
     """The whole `--help` of the script `config_name`.py (values shown with `overrides` applied)."""
     config, chosen = compose(config_dir, config_name, overrides)
     script = f"python {config_name}.py"
-    lines = [script_doc.strip(), "", f"Config groups (group=option, the files in configs/<group>/), with {script} --help:"]
+    lines = [
+        script_doc.strip(),
+        "",
+        f"Config groups (group=option, the files in configs/<group>/), with {script} --help:",
+    ]
     primary = read_comments(config_dir / f"{config_name}.yaml")
     for group, option in chosen.items():
         choices = options(config_dir, group)

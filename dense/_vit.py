@@ -171,7 +171,9 @@ class DinoVisionTransformer(nn.Module):
         grid = patch_pos.reshape(1, M, M, -1).permute(0, 3, 1, 2)
         if self.interpolate_offset:
             scale = ((h + self.interpolate_offset) / M, (w + self.interpolate_offset) / M)
-            grid = F.interpolate(grid, scale_factor=scale, mode="bicubic", antialias=self.interpolate_antialias)
+            grid = F.interpolate(
+                grid, scale_factor=scale, mode="bicubic", antialias=self.interpolate_antialias
+            )
         else:
             grid = F.interpolate(grid, size=(h, w), mode="bicubic", antialias=self.interpolate_antialias)
         patch_pos = grid.permute(0, 2, 3, 1).reshape(1, h * w, -1)
@@ -180,6 +182,7 @@ class DinoVisionTransformer(nn.Module):
     def check_input_size(self, height: int, width: int) -> None:
         p = self.patch_size
         if height % p or width % p or height < p or width < p:
+
             def nearest(n: int) -> str:
                 lower, upper = (n // p) * p, (n // p + 1) * p
                 return f"{upper}" if lower == 0 else f"{lower} or {upper}"
@@ -205,7 +208,9 @@ class DinoVisionTransformer(nn.Module):
         """Upstream semantics: an int n means the last n blocks, a sequence means those 0-based blocks."""
         if isinstance(n, int):
             if not 1 <= n <= self.n_blocks:
-                raise ValueError(f"n={n}: this backbone has {self.n_blocks} blocks, ask for 1 to {self.n_blocks}")
+                raise ValueError(
+                    f"n={n}: this backbone has {self.n_blocks} blocks, ask for 1 to {self.n_blocks}"
+                )
             return list(range(self.n_blocks - n, self.n_blocks))
         indices = [int(i) for i in n]
         bad = [i for i in indices if not 0 <= i < self.n_blocks]
@@ -231,7 +236,10 @@ class DinoVisionTransformer(nn.Module):
             if i in wanted:
                 outputs[i] = self.norm(x) if norm else x
         r = 1 + self.num_register_tokens
-        return [Tokens(cls=outputs[i][:, 0], registers=outputs[i][:, 1:r], patches=outputs[i][:, r:]) for i in wanted]
+        return [
+            Tokens(cls=outputs[i][:, 0], registers=outputs[i][:, 1:r], patches=outputs[i][:, r:])
+            for i in wanted
+        ]
 
     def get_intermediate_layers(
         self,
@@ -266,4 +274,3 @@ class DinoVisionTransformer(nn.Module):
         per_block = 2 * n * (4 * d * d + ffn) + 2 * 2 * n * n * d
         patch = 2 * (n - 1 - self.num_register_tokens) * 3 * self.patch_size**2 * d
         return float(self.n_blocks * per_block + patch)
-

@@ -152,7 +152,9 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, num_heads: int, ffn: str, ffn_ratio: float, qkv_bias: bool, layerscale: float):
+    def __init__(
+        self, dim: int, num_heads: int, ffn: str, ffn_ratio: float, qkv_bias: bool, layerscale: float
+    ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=LAYERNORM_EPS)
         self.attn = Attention(dim, num_heads, qkv_bias)
@@ -206,7 +208,9 @@ class Dinov3VisionTransformer(nn.Module):
     ):
         super().__init__()
         if embed_dim % (4 * num_heads):
-            raise ValueError(f"embed_dim {embed_dim} must be a multiple of 4 × num_heads ({4 * num_heads}) for RoPE")
+            raise ValueError(
+                f"embed_dim {embed_dim} must be a multiple of 4 × num_heads ({4 * num_heads}) for RoPE"
+            )
         if n_storage_tokens < 1:
             raise ValueError("every DINOv3 ViT has storage tokens: n_storage_tokens must be at least 1")
         self.embed_dim = embed_dim
@@ -263,7 +267,9 @@ class Dinov3VisionTransformer(nn.Module):
         B, _, H, W = x.shape
         self.check_input_size(H, W)
         patches = self.patch_embed(x)
-        return torch.cat((self.cls_token.expand(B, -1, -1), self.storage_tokens.expand(B, -1, -1), patches), dim=1)
+        return torch.cat(
+            (self.cls_token.expand(B, -1, -1), self.storage_tokens.expand(B, -1, -1), patches), dim=1
+        )
 
     def split_tokens(self, x: torch.Tensor, norm: bool) -> Tokens:
         """One block's output as Tokens, through the final norm(s) when `norm` (upstream's

@@ -207,8 +207,12 @@ for _size, _dim, _depth, _heads, _ffn, _four in [
 
 # Tiny variants for tests: the same code paths (both interpolation rules, registers, SwiGLU) in milliseconds.
 _register_dinov2(Dinov2Spec("tiny14", 48, 4, 3, four_layers=(0, 1, 2, 3), test_only=True))
-_register_dinov2(Dinov2Spec("tiny14_reg", 48, 4, 3, num_register_tokens=4, four_layers=(0, 1, 2, 3), test_only=True))
-_register_dinov2(Dinov2Spec("tiny14_swiglu", 48, 4, 3, ffn="swiglu", four_layers=(0, 1, 2, 3), test_only=True))
+_register_dinov2(
+    Dinov2Spec("tiny14_reg", 48, 4, 3, num_register_tokens=4, four_layers=(0, 1, 2, 3), test_only=True)
+)
+_register_dinov2(
+    Dinov2Spec("tiny14_swiglu", 48, 4, 3, ffn="swiglu", four_layers=(0, 1, 2, 3), test_only=True)
+)
 
 DINOV2_NAMES = [name for name in BACKBONES.names() if isinstance(BACKBONES.get(name), Dinov2Spec)]
 OFFICIAL_NAMES = [name for name in DINOV2_NAMES if not BACKBONES.get(name).test_only]
@@ -299,14 +303,18 @@ def check_compatible(state: dict[str, torch.Tensor], spec: Dinov2Spec) -> None:
             f"checkpoint has embed dim {dim} ({guess}) but the backbone is {spec.name} ({spec.embed_dim})"
         )
     if depth != spec.depth:
-        raise WeightsError(f"checkpoint has {depth} blocks ({guess}) but the backbone is {spec.name} ({spec.depth})")
+        raise WeightsError(
+            f"checkpoint has {depth} blocks ({guess}) but the backbone is {spec.name} ({spec.depth})"
+        )
     if registers != spec.num_register_tokens:
         raise WeightsError(
             f"checkpoint has {registers} register tokens ({guess}) but the backbone is {spec.name} "
             f"({spec.num_register_tokens}): choose the backbone {guess}"
         )
     if ffn != spec.ffn:
-        raise WeightsError(f"checkpoint uses a {ffn} feed-forward but the backbone {spec.name} uses {spec.ffn}")
+        raise WeightsError(
+            f"checkpoint uses a {ffn} feed-forward but the backbone {spec.name} uses {spec.ffn}"
+        )
 
 
 def load_backbone_weights(model: DinoVisionTransformer, spec: Dinov2Spec, path) -> None:

@@ -101,8 +101,11 @@ def content_fingerprint(dataset: Dataset) -> dict:
                 digest.update(tensor_bytes(value))
             else:
                 digest.update(repr(value).encode())
-    return {"class": f"{type(dataset).__module__}.{type(dataset).__qualname__}", "samples": len(dataset),
-            "content": digest.hexdigest()}
+    return {
+        "class": f"{type(dataset).__module__}.{type(dataset).__qualname__}",
+        "samples": len(dataset),
+        "content": digest.hexdigest(),
+    }
 
 
 def dataset_fingerprint(dataset: Dataset) -> dict:
@@ -127,8 +130,9 @@ def feature_description(model: DenseModel, precision: str) -> dict:
     }
 
 
-def cache_key(model: DenseModel, dataset: Dataset, image_size: tuple[int, int], *, target: str,
-              precision: str = "fp32") -> tuple[str, dict]:
+def cache_key(
+    model: DenseModel, dataset: Dataset, image_size: tuple[int, int], *, target: str, precision: str = "fp32"
+) -> tuple[str, dict]:
     """(folder name, description): the name is a hash of the description, which meta.json keeps."""
     description = {
         **feature_description(model, precision),
@@ -154,8 +158,10 @@ def npy_problem(f: BinaryIO, name: str, shape: tuple[int, ...], dtype: np.dtype)
     except (OSError, ValueError, EOFError) as e:
         return f"{name} has no readable .npy header ({str(e).strip().splitlines()[0][:80]})"
     if tuple(found_shape) != tuple(shape) or found_dtype != np.dtype(dtype) or fortran:
-        return (f"{name} holds {'a Fortran-order ' if fortran else ''}{found_dtype} {tuple(found_shape)} array, "
-                f"expected {np.dtype(dtype)} {tuple(shape)}")
+        return (
+            f"{name} holds {'a Fortran-order ' if fortran else ''}{found_dtype} {tuple(found_shape)} array, "
+            f"expected {np.dtype(dtype)} {tuple(shape)}"
+        )
     expected = header_bytes + math.prod(shape) * np.dtype(dtype).itemsize
     if size != expected:
         return f"{name} is {size} bytes, expected {expected} (cut short or padded)"
@@ -166,7 +172,8 @@ def npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
     """The .npy header of a C-order array, as np.save writes it."""
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(
-        header, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
+        header,
+        {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape},
     )
     return header.getvalue()
 
@@ -272,20 +279,35 @@ class CachedFeatures(Dataset):
     `filled` is how many images the construction ran through the backbone (0: the entry was complete).
     """
 
-    def __init__(self, dataset: Dataset, model: DenseModel, root: str, *, random_flip: bool,
-                 batch_size: int = 8, device: str | torch.device = "cpu", precision: str = "fp32"):
+    def __init__(
+        self,
+        dataset: Dataset,
+        model: DenseModel,
+        root: str,
+        *,
+        random_flip: bool,
+        batch_size: int = 8,
+        device: str | torch.device = "cpu",
+        precision: str = "fp32",
+    ):
         self.dataset = dataset
         self.random_flip = random_flip
         first = dataset[0]
         self.target_key = "depth" if "depth" in first and model.task == "depth" else "mask"
         self.image_size = tuple(first["image"].shape[-2:])
-        self.names = (list(dataset.sample_names()) if hasattr(dataset, "sample_names")
-                      else [str(n) for n in getattr(dataset, "names", range(len(dataset)))])
-        key, self.description = cache_key(model, dataset, self.image_size, target=self.target_key,
-                                          precision=precision)
+        self.names = (
+            list(dataset.sample_names())
+            if hasattr(dataset, "sample_names")
+            else [str(n) for n in getattr(dataset, "names", range(len(dataset)))]
+        )
+        key, self.description = cache_key(
+            model, dataset, self.image_size, target=self.target_key, precision=precision
+        )
         if self.description["dataset"].get("options", {}).get("augment"):
-            raise CacheError("the feature cache needs unaugmented samples (cached views are reused every "
-                             "epoch): build the dataset with augment=False")
+            raise CacheError(
+                "the feature cache needs unaugmented samples (cached views are reused every "
+                "epoch): build the dataset with augment=False"
+            )
         self.directory = os.path.join(root, key)
         self.shapes = self._shapes(model, first)
         self.filled = self._fill(model, batch_size, device)
@@ -347,11 +369,15 @@ class CachedFeatures(Dataset):
                 folder.remove(name)
             for name, (shape, dtype) in self.shapes.items():
                 header = npy_header(shape, dtype)
-                folder.create(f"{name}.npy", header, len(header) + math.prod(shape) * np.dtype(dtype).itemsize)
+                folder.create(
+                    f"{name}.npy", header, len(header) + math.prod(shape) * np.dtype(dtype).itemsize
+                )
             folder.create("meta.json", json.dumps(self.description, indent=1).encode())
         except OSError as e:
-            raise CacheError(f"cannot write the feature cache entry {self.directory} ({e}); make the folder "
-                             "writable or point cache.dir elsewhere") from None
+            raise CacheError(
+                f"cannot write the feature cache entry {self.directory} ({e}); make the folder "
+                "writable or point cache.dir elsewhere"
+            ) from None
 
     def _map(self, folder: EntryFolder, name: str, mode: str) -> np.memmap:
         """The array `name`, memory-mapped from the very file whose header was just checked."""
@@ -363,8 +389,10 @@ class CachedFeatures(Dataset):
                     return np.memmap(f, dtype=dtype, mode=mode, offset=f.tell(), shape=shape)
         except OSError as e:
             problem = f"{name}.npy is unreadable ({e})"
-        raise CacheError(f"feature cache entry {self.directory} changed while this run opened it ({problem}); "
-                         "another run is refilling it or the folder is damaged: run again")
+        raise CacheError(
+            f"feature cache entry {self.directory} changed while this run opened it ({problem}); "
+            "another run is refilling it or the folder is damaged: run again"
+        )
 
     def _open(self, folder: EntryFolder, mode: str) -> dict[str, np.memmap]:
         return {name: self._map(folder, name, mode) for name in self.shapes}
@@ -373,12 +401,19 @@ class CachedFeatures(Dataset):
     def complete(self) -> bool:
         return bool(self.arrays["done"].all())
 
-    def fill(self, model: DenseModel, batch_size: int = 8, device: str | torch.device = "cpu",
-             precision: str = "fp32") -> int:
+    def fill(
+        self,
+        model: DenseModel,
+        batch_size: int = 8,
+        device: str | torch.device = "cpu",
+        precision: str = "fp32",
+    ) -> int:
         """Compute the missing entries; returns how many images were run through the backbone."""
         features = feature_description(model, precision)
         if features != {k: self.description[k] for k in features}:
-            raise CacheError(f"fill() got another backbone or precision than the entry {self.directory} holds")
+            raise CacheError(
+                f"fill() got another backbone or precision than the entry {self.directory} holds"
+            )
         return self._fill(model, batch_size, device)
 
     def _fill(self, model: DenseModel, batch_size: int, device) -> int:
@@ -387,15 +422,20 @@ class CachedFeatures(Dataset):
         except FileExistsError:
             pass  # something else by that name (a link, a file): EntryFolder says what
         except OSError as e:
-            raise CacheError(f"cannot create the feature cache entry {self.directory} ({e}); set cache.dir") from None
+            raise CacheError(
+                f"cannot create the feature cache entry {self.directory} ({e}); set cache.dir"
+            ) from None
         folder = EntryFolder(self.directory)
         try:
             with folder.lock():
                 problem = self._problem(folder)
                 if problem is not None:
                     if problem:
-                        warnings.warn(f"feature cache entry {self.directory} is damaged ({problem}); refilling it",
-                                      CacheEntryWarning, stacklevel=3)
+                        warnings.warn(
+                            f"feature cache entry {self.directory} is damaged ({problem}); refilling it",
+                            CacheEntryWarning,
+                            stacklevel=3,
+                        )
                     self._reset(folder)
                 count = 0
                 if not self._map(folder, "done", "r").all():
@@ -408,7 +448,9 @@ class CachedFeatures(Dataset):
         return count
 
     @torch.no_grad()
-    def _compute_missing(self, arrays: dict[str, np.memmap], model: DenseModel, batch_size: int, device) -> int:
+    def _compute_missing(
+        self, arrays: dict[str, np.memmap], model: DenseModel, batch_size: int, device
+    ) -> int:
         todo = np.flatnonzero(~arrays["done"].all(axis=1))
         backbone_device = next(model.backbone.parameters()).device
         model.to(device)
@@ -426,7 +468,9 @@ class CachedFeatures(Dataset):
                     features, _ = model.image_features(view_images)
                 arrays["patches"][indices, view] = torch.stack(features.patches, dim=1).half().cpu().numpy()
                 if "cls" in arrays:
-                    arrays["cls"][indices, view] = torch.stack(features.cls_tokens, dim=1).half().cpu().numpy()
+                    arrays["cls"][indices, view] = (
+                        torch.stack(features.cls_tokens, dim=1).half().cpu().numpy()
+                    )
             arrays["target"][indices] = batch[self.target_key].numpy().astype(arrays["target"].dtype)
             for name in ("patches", "cls", "target"):
                 if name in arrays:
@@ -463,7 +507,9 @@ class CachedFeatures(Dataset):
 def batch_features(batch: dict, dtype: torch.dtype = torch.float32) -> FeatureMaps:
     """The FeatureMaps of a collated batch of cached items (B×L×D×h×w → L maps of B×D×h×w)."""
     # Channels-last, as DenseModel.extract_features gives them (dense.model.to_maps).
-    patches = tuple(p.to(dtype).contiguous(memory_format=torch.channels_last) for p in batch["patches"].unbind(1))
+    patches = tuple(
+        p.to(dtype).contiguous(memory_format=torch.channels_last) for p in batch["patches"].unbind(1)
+    )
     cls = tuple(c.to(dtype) for c in batch["cls"].unbind(1)) if "cls" in batch else None
     return FeatureMaps(patches, cls)
 

@@ -65,7 +65,9 @@ def read_model_config(path: str | os.PathLike) -> tuple[dict, dict]:
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
-        raise WeightsError(f"{where}: its state_dict is not a mapping of names to tensors (not written by train.py)")
+        raise WeightsError(
+            f"{where}: its state_dict is not a mapping of names to tensors (not written by train.py)"
+        )
     check_model_config(checkpoint[MODEL_KEY], where)
     return checkpoint, checkpoint[MODEL_KEY]
 
@@ -89,7 +91,9 @@ MODEL_CONFIG_TYPES = {
 
 def check_model_config(config, where: str) -> None:
     if not isinstance(config, dict) or not config:
-        raise WeightsError(f"{where}: its '{MODEL_KEY}' entry is {shown(config)}, not the model description train.py writes")
+        raise WeightsError(
+            f"{where}: its '{MODEL_KEY}' entry is {shown(config)}, not the model description train.py writes"
+        )
     for key in ("backbone", "head"):
         if not isinstance(config.get(key), str):
             raise WeightsError(f"{where}: its '{MODEL_KEY}' entry has no '{key}' name")
@@ -103,13 +107,17 @@ def check_model_config(config, where: str) -> None:
     options = set(heads.get_head_spec(config["head"]).options)
     for key, value in config.items():
         if key not in MODEL_CONFIG_TYPES and key not in options:
-            raise WeightsError(f"{where}: '{MODEL_KEY}' has the key {shown(key)}, which is no option of the model")
+            raise WeightsError(
+                f"{where}: '{MODEL_KEY}' has the key {shown(key)}, which is no option of the model"
+            )
         problem = plain_value_problem(value, f"{MODEL_KEY}.{key}")
         if problem:
             raise WeightsError(f"{where}: {problem}")
         expected = MODEL_CONFIG_TYPES.get(key)
         expected = expected if isinstance(expected, tuple) or expected is None else (expected,)
-        if expected is not None and (not isinstance(value, expected) or isinstance(value, bool) and bool not in expected):
+        if expected is not None and (
+            not isinstance(value, expected) or isinstance(value, bool) and bool not in expected
+        ):
             raise WeightsError(f"{where}: {MODEL_KEY}.{key}={shown(value)} has the wrong type")
 
 
@@ -233,7 +241,10 @@ def check_stored_tensors(where: str, skeleton: DenseModel, state: dict, backbone
         for key in sorted(set(expected) | set(found)):
             if key not in found or key not in expected or found[key].shape != expected[key].shape:
                 what = (
-                    "is missing" if key not in found else "is not a tensor of the backbone" if key not in expected
+                    "is missing"
+                    if key not in found
+                    else "is not a tensor of the backbone"
+                    if key not in expected
                     else f"has shape {list(found[key].shape)}, {skeleton.config['backbone']} expects {list(expected[key].shape)}"
                 )
                 raise WeightsError(f"{where}: the stored backbone tensor {BACKBONE_PREFIX}{key} {what}")

@@ -16,7 +16,17 @@ from dense.model import DenseModel, build_model
 from dense.plain import plain
 
 BACKBONE_KEYS = {"name", "pretrained", "weights"}
-HEAD_KEYS = {"name", "weights", "layers", "norm", "use_cls_token", "min_depth", "max_depth", "num_classes", "options"}
+HEAD_KEYS = {
+    "name",
+    "weights",
+    "layers",
+    "norm",
+    "use_cls_token",
+    "min_depth",
+    "max_depth",
+    "num_classes",
+    "options",
+}
 
 
 def model_from_config(backbone: Mapping, head: Mapping) -> DenseModel:
@@ -24,7 +34,9 @@ def model_from_config(backbone: Mapping, head: Mapping) -> DenseModel:
     for group, config, known in (("backbone", backbone, BACKBONE_KEYS), ("head", head, HEAD_KEYS)):
         unknown = sorted(set(config) - known)
         if unknown:
-            raise ValueError(f"unknown key(s) {', '.join(f'{group}.{k}' for k in unknown)}; valid: {sorted(known)}")
+            raise ValueError(
+                f"unknown key(s) {', '.join(f'{group}.{k}' for k in unknown)}; valid: {sorted(known)}"
+            )
     options = dict(head.get("options") or {})
     for key in ("layers", "norm", "use_cls_token", "min_depth", "max_depth", "num_classes"):
         if head.get(key) is not None:

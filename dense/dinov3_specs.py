@@ -153,7 +153,11 @@ for _name, _dim, _depth, _heads, _ffn, _ratio, _qkv_bias, _local_norm, _four, _h
 ]:
     _add(
         Dinov3Spec(
-            _name, _dim, _depth, _heads, _ffn,
+            _name,
+            _dim,
+            _depth,
+            _heads,
+            _ffn,
             ffn_ratio=_ratio,
             qkv_bias=_qkv_bias,
             untie_global_and_local_cls_norm=_local_norm,
@@ -171,8 +175,16 @@ for _name, _dim, _depth, _heads, _ffn, _ratio, _qkv_bias, _local_norm, _four, _h
 _TINY = dict(embed_dim=80, depth=4, num_heads=4, four_layers=(0, 1, 2, 3), test_only=True)
 _add(Dinov3Spec("tiny16", **_TINY))
 _add(Dinov3Spec("tiny16_swiglu", ffn="swiglu", ffn_ratio=6, **_TINY))
-_add(Dinov3Spec("tiny16_untied", ffn="swiglu64", ffn_ratio=3, qkv_bias=False, untie_global_and_local_cls_norm=True,
-                **_TINY))
+_add(
+    Dinov3Spec(
+        "tiny16_untied",
+        ffn="swiglu64",
+        ffn_ratio=3,
+        qkv_bias=False,
+        untie_global_and_local_cls_norm=True,
+        **_TINY,
+    )
+)
 _add(Dinov3Spec("tiny16_clsnorm", untie_cls_and_patch_norms=True, **_TINY))
 
 DINOV3_NAMES = [name for name in BACKBONES.names() if isinstance(BACKBONES.get(name), Dinov3Spec)]
@@ -206,8 +218,14 @@ OPTIONAL_BUFFERS = re.compile(r"^(rope_embed\.periods|blocks\.\d+\.attn\.qkv\.bi
 def spec_signature(spec: Dinov3Spec) -> tuple:
     """(embed dim, blocks, ffn kind, ffn width, qkv bias, storage tokens, local_cls_norm, cls_norm)."""
     return (
-        spec.embed_dim, spec.depth, "mlp" if spec.ffn == "mlp" else "swiglu", spec.ffn_hidden, spec.qkv_bias,
-        spec.n_storage_tokens, spec.untie_global_and_local_cls_norm, spec.untie_cls_and_patch_norms,
+        spec.embed_dim,
+        spec.depth,
+        "mlp" if spec.ffn == "mlp" else "swiglu",
+        spec.ffn_hidden,
+        spec.qkv_bias,
+        spec.n_storage_tokens,
+        spec.untie_global_and_local_cls_norm,
+        spec.untie_cls_and_patch_norms,
     )
 
 
@@ -222,8 +240,14 @@ def state_signature(state: dict[str, torch.Tensor]) -> tuple:
         ffn_kind, ffn_hidden = None, None
     storage = state["storage_tokens"].shape[1] if "storage_tokens" in state else 0
     return (
-        state["cls_token"].shape[-1], depth, ffn_kind, ffn_hidden, "blocks.0.attn.qkv.bias" in state, storage,
-        "local_cls_norm.weight" in state, "cls_norm.weight" in state,
+        state["cls_token"].shape[-1],
+        depth,
+        ffn_kind,
+        ffn_hidden,
+        "blocks.0.attn.qkv.bias" in state,
+        storage,
+        "local_cls_norm.weight" in state,
+        "cls_norm.weight" in state,
     )
 
 
@@ -268,4 +292,3 @@ def load_dinov3_weights(model: Dinov3VisionTransformer, spec: Dinov3Spec, path) 
     state = extract_backbone_state_dict(load_weights_file(path))
     check_dinov3_compatible(state, spec, path)
     load_state_dict_strictly(model, state, spec.name, path, optional=OPTIONAL_BUFFERS)
-

@@ -28,10 +28,14 @@ def import_modules(names) -> list[str]:
     if names is None:
         return []
     if isinstance(names, str) or not isinstance(names, Sequence):
-        raise ImportsError(f"imports={names!r} must be a list of module names, e.g. imports=[my_package.heads]")
+        raise ImportsError(
+            f"imports={names!r} must be a list of module names, e.g. imports=[my_package.heads]"
+        )
     for name in names:
         if not isinstance(name, str) or not MODULE_NAME.match(name):
-            raise ImportsError(f"imports: {name!r} is not a module name (dotted Python identifiers, e.g. my_package.heads)")
+            raise ImportsError(
+                f"imports: {name!r} is not a module name (dotted Python identifiers, e.g. my_package.heads)"
+            )
         try:
             importlib.import_module(name)
         except Exception as error:  # noqa: BLE001  any failure inside the user's module is reported in one line
@@ -42,4 +46,3 @@ def import_modules(names) -> list[str]:
                 f"imports: cannot import {name}{where}: {type(error).__name__}: {reason}{path}"
             ) from None
     return list(names)
-

@@ -43,7 +43,13 @@ MAX_VIEWS = 16
 
 
 def check_inference_settings(
-    mode: str = "whole", crop_size=None, stride=None, scales=(1.0,), flip: bool = False, *, option_prefix: str = ""
+    mode: str = "whole",
+    crop_size=None,
+    stride=None,
+    scales=(1.0,),
+    flip: bool = False,
+    *,
+    option_prefix: str = "",
 ) -> None:
     """Refuse whole/slide/multi-scale/flip settings that cannot work, before anything runs: the one check
     of DenseModel.predict, the tasks' task.test_* (option_prefix="task.test_"), eval.py and predict.py.
@@ -52,7 +58,9 @@ def check_inference_settings(
     if mode not in INFERENCE_MODES:
         raise ValueError(f"{p}mode={mode} is not one of {', '.join(INFERENCE_MODES)}")
     if mode == "slide" and crop_size is None:
-        raise ValueError(f"{p}mode=slide needs {p}crop_size (e.g. {p}crop_size=518; {p}stride defaults to 2/3 of it)")
+        raise ValueError(
+            f"{p}mode=slide needs {p}crop_size (e.g. {p}crop_size=518; {p}stride defaults to 2/3 of it)"
+        )
     sides = {}
     for key, value in (("crop_size", crop_size), ("stride", stride)):
         if value is None:
@@ -67,7 +75,11 @@ def check_inference_settings(
                 f"{p}{key}={value!r} must be a positive number of pixels or [height,width] of them (at most {MAX_WINDOW})"
             )
         sides[key] = (pair[0], pair[-1])
-    if "crop_size" in sides and "stride" in sides and any(s > c for s, c in zip(sides["stride"], sides["crop_size"])):
+    if (
+        "crop_size" in sides
+        and "stride" in sides
+        and any(s > c for s, c in zip(sides["stride"], sides["crop_size"]))
+    ):
         raise ValueError(
             f"{p}stride={stride} is larger than {p}crop_size={crop_size}: the windows would leave pixels "
             "uncovered; use a stride of at most the window"
@@ -324,7 +336,9 @@ class DenseModel(nn.Module):
             for flipped in (False, True) if flip else (False,):
                 view = scaled.flip(-1) if flipped else scaled
                 if mode == "slide":
-                    out = self.slide_inference(view, _pair(crop_size), _pair(stride or _two_thirds(crop_size)))
+                    out = self.slide_inference(
+                        view, _pair(crop_size), _pair(stride or _two_thirds(crop_size))
+                    )
                 else:
                     out = self(view)
                 if flipped:
@@ -338,7 +352,9 @@ class DenseModel(nn.Module):
             raise ValueError("predict_views needs at least one view")
         return total / count
 
-    def slide_inference(self, images: torch.Tensor, crop: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:
+    def slide_inference(
+        self, images: torch.Tensor, crop: tuple[int, int], stride: tuple[int, int]
+    ) -> torch.Tensor:
         """Raw outputs (depth or logits) of overlapping windows, averaged; windows are clipped to the image."""
         B, _, H, W = images.shape
         (crop_h, crop_w), (stride_h, stride_w) = crop, stride

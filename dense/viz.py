@@ -14,7 +14,8 @@ import matplotlib
 import numpy as np
 import torch
 
-from dense.constants import IGNORE_INDEX, denormalize_image
+from dense.constants import IGNORE_INDEX
+from dense.data.transforms import denormalize_image
 
 # magma reversed: near is bright, far is dark, and lightness changes monotonically with depth, so the
 # picture reads correctly in greyscale and for colour-blind viewers (DINOv2's own notebooks use it).
@@ -333,12 +334,25 @@ def legend(class_names: Sequence[str], palette: np.ndarray, rows_per_column: int
         y = height - (index % rows_per_column + 1) * row  # from the top, in pixels
         colour = np.asarray(palette[index], dtype=np.float64) / 255
         fig.patches.append(
-            Rectangle((x / width, y / height), 28 / width, (row - 5) / height, transform=fig.transFigure,
-                      facecolor=colour, edgecolor="black", linewidth=0.5)
+            Rectangle(
+                (x / width, y / height),
+                28 / width,
+                (row - 5) / height,
+                transform=fig.transFigure,
+                facecolor=colour,
+                edgecolor="black",
+                linewidth=0.5,
+            )
         )
         name = name if len(name) <= 22 else name[:21] + "…"  # a column holds 22 characters
-        fig.text((x + 36) / width, (y + (row - 5) / 2) / height, f"{index:>3}  {name}", fontsize=9,
-                 va="center", family="monospace")
+        fig.text(
+            (x + 36) / width,
+            (y + (row - 5) / 2) / height,
+            f"{index:>3}  {name}",
+            fontsize=9,
+            va="center",
+            family="monospace",
+        )
     fig.canvas.draw()
     return np.ascontiguousarray(np.asarray(fig.canvas.buffer_rgba())[..., :3])
 

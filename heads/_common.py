@@ -45,4 +45,3 @@ def pointwise_with_global(
     else:
         return out
     return out + per_image.to(out.dtype)[:, :, None, None]
-

@@ -138,7 +138,11 @@ class DepthOutput(nn.Module):
 
 
 @register_head(
-    "depth_dpt", task="depth", layer_set=LayerSet.FOUR_EVEN_INTERVALS, norm=False, use_cls_token=True,
+    "depth_dpt",
+    task="depth",
+    layer_set=LayerSet.FOUR_EVEN_INTERVALS,
+    norm=False,
+    use_cls_token=True,
     aliases=("depth",),
 )
 class DPTDepthHead(nn.Module):

@@ -14,6 +14,7 @@ n_bins logits → nonlinearity. Same numbers, a fraction of the memory and time.
 from __future__ import annotations
 
 import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -42,7 +43,9 @@ def depth_bins(min_depth: float, max_depth: float, n_bins: int, strategy: str) -
     raise ValueError(f"bins_strategy must be one of {BINS_STRATEGIES}, got {strategy!r}")
 
 
-@register_head("depth_linear4", task="depth", layer_set=LayerSet.FOUR_EVEN_INTERVALS, norm=False, use_cls_token=True)
+@register_head(
+    "depth_linear4", task="depth", layer_set=LayerSet.FOUR_EVEN_INTERVALS, norm=False, use_cls_token=True
+)
 @register_head("depth_linear", task="depth", layer_set=LayerSet.LAST, norm=False, use_cls_token=True)
 class LinearDepthHead(nn.Module):
     """FeatureMaps (1 or more layers, usually with class tokens) → depth B×1×(upsample·h)×(upsample·w).
@@ -149,7 +152,9 @@ class LinearDepthHead(nn.Module):
                 numerator = torch.einsum("bkhw,k->bhw", weights, bins) + 0.1 * bins.sum()
                 denominator = weights.sum(dim=1) + 0.1 * len(bins)
             else:
-                weights = torch.softmax(logits, dim=1) if self.bin_weighting == "softmax" else torch.sigmoid(logits)
+                weights = (
+                    torch.softmax(logits, dim=1) if self.bin_weighting == "softmax" else torch.sigmoid(logits)
+                )
                 numerator, denominator = torch.einsum("bkhw,k->bhw", weights, bins), weights.sum(dim=1)
             depth = numerator / denominator
         return depth.unsqueeze(1)

@@ -17,8 +17,14 @@ from heads._common import check_features
 from heads.registry import register_head
 
 
-@register_head("seg_ms", task="segmentation", layer_set=LayerSet.FOUR_LAST, norm=True, use_cls_token=False,
-               aliases=("seg",))
+@register_head(
+    "seg_ms",
+    task="segmentation",
+    layer_set=LayerSet.FOUR_LAST,
+    norm=True,
+    use_cls_token=False,
+    aliases=("seg",),
+)
 @register_head("seg_linear", task="segmentation", layer_set=LayerSet.LAST, norm=True, use_cls_token=False)
 class LinearSegHead(nn.Module):
     """FeatureMaps (num_layers patch maps, no class token) → class logits B×num_classes×h×w on the patch grid."""

@@ -35,12 +35,22 @@ class EpochTimer(L.Callback):
 
 def run(args, cache: bool, workdir: Path) -> list[float]:
     overrides = [
-        f"backbone={args.backbone}", "backbone.pretrained=false", f"head={args.head}",
-        f"data.num_train={args.images}", "data.image_size=[224,224]", "data.batch_size=8",
-        "data.num_workers=0", f"trainer.max_epochs={args.epochs}", "trainer.limit_val_batches=0",
-        "trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false", "callbacks.progress_bar=null",
-        "test=false", f"paths.output_dir={workdir / ('cached' if cache else 'plain')}",
-        f"cache.features={str(cache).lower()}", f"cache.dir={workdir / 'cache'}",
+        f"backbone={args.backbone}",
+        "backbone.pretrained=false",
+        f"head={args.head}",
+        f"data.num_train={args.images}",
+        "data.image_size=[224,224]",
+        "data.batch_size=8",
+        "data.num_workers=0",
+        f"trainer.max_epochs={args.epochs}",
+        "trainer.limit_val_batches=0",
+        "trainer.num_sanity_val_steps=0",
+        "trainer.enable_progress_bar=false",
+        "callbacks.progress_bar=null",
+        "test=false",
+        f"paths.output_dir={workdir / ('cached' if cache else 'plain')}",
+        f"cache.features={str(cache).lower()}",
+        f"cache.dir={workdir / 'cache'}",
     ]
     if args.head.startswith("seg"):
         overrides.append("data.task=segmentation")
@@ -55,8 +65,11 @@ def run(args, cache: bool, workdir: Path) -> list[float]:
         total = time.perf_counter() - start
     finally:
         train_script.make_callbacks = original
-    print(f"{'cached' if cache else 'images'}: total {total:.1f} s (incl. set-up and cache fill); epochs "
-          + ", ".join(f"{t:.2f} s" for t in timer.times), flush=True)
+    print(
+        f"{'cached' if cache else 'images'}: total {total:.1f} s (incl. set-up and cache fill); epochs "
+        + ", ".join(f"{t:.2f} s" for t in timer.times),
+        flush=True,
+    )
     return timer.times
 
 
@@ -73,7 +86,9 @@ def main(argv=None):
         cached = run(args, cache=True, workdir=Path(tmp))
     later_plain = sum(plain[1:]) / len(plain[1:])
     later_cached = sum(cached[1:]) / len(cached[1:])
-    print(f"epoch 2+: images {later_plain:.2f} s, cache {later_cached:.2f} s → {later_plain / later_cached:.1f}× faster")
+    print(
+        f"epoch 2+: images {later_plain:.2f} s, cache {later_cached:.2f} s → {later_plain / later_cached:.1f}× faster"
+    )
 
 
 if __name__ == "__main__":

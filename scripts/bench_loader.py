@@ -28,7 +28,9 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         write_nyu_filelist(Path(tmp), n_train=args.images, n_test=2)
         for workers in (int(w) for w in args.workers.split(",")):
-            datamodule = DenseDataModule(name="nyu", root=tmp, batch_size=8, num_workers=workers, persistent_workers=True)
+            datamodule = DenseDataModule(
+                name="nyu", root=tmp, batch_size=8, num_workers=workers, persistent_workers=True
+            )
             datamodule.setup("fit")
             loader = datamodule.train_dataloader()
             for _ in loader:  # warm-up: worker start, first reads

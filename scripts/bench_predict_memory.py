@@ -97,7 +97,14 @@ def measure(n: int, task: str = "depth", batch_size: int = 4, scale: int = 1, le
             seconds = time.perf_counter() - start
             tracemalloc.stop()
         written = len([p for p in (Path(tmp) / "out").iterdir() if p.name != predict.RECORD])  # result files
-    return {"status": status, "rss": samples, "traced": traced, "seconds": seconds, "files": written, "images": n}
+    return {
+        "status": status,
+        "rss": samples,
+        "traced": traced,
+        "seconds": seconds,
+        "files": written,
+        "images": n,
+    }
 
 
 def growth_per_image(rss: list[int], warmup: int) -> float:
@@ -112,8 +119,12 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--task", choices=["depth", "segmentation"], default="depth")
     parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--scale", type=int, default=1, help="multiply the image sides (28×28 … 30×41) by this")
-    parser.add_argument("--leak", action="store_true", help="keep every result (shows what a leak looks like)")
+    parser.add_argument(
+        "--scale", type=int, default=1, help="multiply the image sides (28×28 … 30×41) by this"
+    )
+    parser.add_argument(
+        "--leak", action="store_true", help="keep every result (shows what a leak looks like)"
+    )
     parser.add_argument("--json", type=Path, help="write the raw samples here")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -121,14 +132,16 @@ def main() -> None:
     rss = result["rss"]
     mib = 1 / 2**20
     step = max(1, len(rss) // 10)
-    print(f"{args.images} images ({args.task}, tiny14, CPU, sides ×{args.scale}{', LEAKING' if args.leak else ''}): {result['seconds']:.1f} s, exit status {result['status']}")
+    print(
+        f"{args.images} images ({args.task}, tiny14, CPU, sides ×{args.scale}{', LEAKING' if args.leak else ''}): {result['seconds']:.1f} s, exit status {result['status']}"
+    )
     print("image  RSS (MiB)")
     for i in [*range(0, len(rss), step), len(rss) - 1]:
         print(f"{i + 1:5d}  {rss[i] * mib:8.1f}")
     slope = growth_per_image(rss, args.warmup)
     print(
         f"after {args.warmup} images: first {rss[args.warmup] * mib:.1f} MiB, last {rss[-1] * mib:.1f} MiB, "
-        f"max {max(rss[args.warmup:]) * mib:.1f} MiB, growth {slope / 1024:.2f} KiB/image (least squares)"
+        f"max {max(rss[args.warmup :]) * mib:.1f} MiB, growth {slope / 1024:.2f} KiB/image (least squares)"
     )
     traced_slope = growth_per_image(result["traced"], args.warmup)
     print(
@@ -137,7 +150,9 @@ def main() -> None:
     )
     if args.json:
         args.json.write_text(
-            json.dumps({**result, "slope_bytes_per_image": slope, "traced_slope_bytes_per_image": traced_slope})
+            json.dumps(
+                {**result, "slope_bytes_per_image": slope, "traced_slope_bytes_per_image": traced_slope}
+            )
         )
 
 

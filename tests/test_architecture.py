@@ -214,10 +214,14 @@ def module_level_warning_filters(path: Path) -> list[int]:
 
 
 def test_importing_the_library_installs_no_warning_filter(tmp_path):
-    found = {name: lines for name, path in module_files().items() if (lines := module_level_warning_filters(path))}
+    found = {
+        name: lines for name, path in module_files().items() if (lines := module_level_warning_filters(path))
+    }
     assert not found, found
     control = tmp_path / "control.py"
-    control.write_text("import warnings\n\nwarnings.filterwarnings('ignore')\n\n\ndef f():\n    warnings.simplefilter('ignore')\n")
+    control.write_text(
+        "import warnings\n\nwarnings.filterwarnings('ignore')\n\n\ndef f():\n    warnings.simplefilter('ignore')\n"
+    )
     assert module_level_warning_filters(control) == [3]
 
 
@@ -226,8 +230,10 @@ def test_the_entry_scripts_filter_lightnings_note_about_our_own_hook():
     from dense import _cli
 
     def filtered() -> bool:
-        return any(f[0] == "ignore" and f[1] is not None and f[1].pattern == _cli.ON_BEFORE_BATCH_TRANSFER_NOTE
-                   for f in warnings.filters)
+        return any(
+            f[0] == "ignore" and f[1] is not None and f[1].pattern == _cli.ON_BEFORE_BATCH_TRANSFER_NOTE
+            for f in warnings.filters
+        )
 
     with warnings.catch_warnings():
         warnings.resetwarnings()
@@ -286,7 +292,9 @@ def test_a_registered_dataset_is_found_by_name(registry_copy):
 
 
 def test_an_unknown_dataset_name_lists_the_registered_ones():
-    with pytest.raises(UnknownNameError, match=r"unknown dataset 'nyu2' for data.name; choose one of ade20k, folder"):
+    with pytest.raises(
+        UnknownNameError, match=r"unknown dataset 'nyu2' for data.name; choose one of ade20k, folder"
+    ):
         DenseDataModule(name="nyu2")
 
 

@@ -20,7 +20,7 @@ import torch
 from timm.models.vision_transformer import checkpoint_filter_fn
 
 import dense
-from dense.backbone import BACKBONES, OFFICIAL_NAMES, build_backbone, get_spec, hub_cache_path
+from dense.backbone import OFFICIAL_NAMES, build_backbone, get_spec, hub_cache_path
 from dense.errors import WeightsError
 from tests._random_weights import random_official_state_dict
 
@@ -208,7 +208,9 @@ def test_get_intermediate_layers_semantics():
         last_two = model.get_intermediate_layers(image, n=2)
         chosen = model.get_intermediate_layers(image, n=[2, 3])
         tokens = model.get_intermediate_tokens(image, n=[2, 3], norm=True)
-        reshaped = model.get_intermediate_layers(image, n=[3, 0], reshape=True, return_class_token=True, norm=False)
+        reshaped = model.get_intermediate_layers(
+            image, n=[3, 0], reshape=True, return_class_token=True, norm=False
+        )
         raw = model.get_intermediate_tokens(image, n=[3, 0], norm=False)
     # int n = the last n blocks; a list = those blocks, in the order asked.
     assert all(torch.equal(a, b) for a, b in zip(last_two, chosen))
@@ -235,8 +237,10 @@ def test_attributes_of_every_variant():
         assert model.n_blocks == {384: 12, 768: 12, 1024: 24, 1536: 40}[model.embed_dim]
 
 
-@pytest.mark.parametrize("alias,name", [("dinov2_vitl14_reg", "vitl14_reg"), ("vitb14_reg4", "vitb14_reg"),
-                                        ("DINOv2_ViTS14", "vits14")])
+@pytest.mark.parametrize(
+    "alias,name",
+    [("dinov2_vitl14_reg", "vitl14_reg"), ("vitb14_reg4", "vitb14_reg"), ("DINOv2_ViTS14", "vits14")],
+)
 def test_upstream_names_are_accepted(alias, name):
     assert dense.backbone.resolve_name(alias) == name
 
@@ -294,7 +298,9 @@ def test_chunked_and_wrapped_checkpoints_load(tmp_path):
             chunked[key] = value
     layouts = {
         "chunked": chunked,
-        "teacher": {"teacher": {f"backbone.{k}": v for k, v in state.items()} | {"dino_head.w": torch.zeros(1)}},
+        "teacher": {
+            "teacher": {f"backbone.{k}": v for k, v in state.items()} | {"dino_head.w": torch.zeros(1)}
+        },
         "model": {"model": state},
         "state_dict": {"state_dict": {f"backbone.{k}": v for k, v in chunked.items()}},
     }
@@ -313,7 +319,9 @@ def test_checkpoint_for_another_variant_is_one_clear_line(tmp_path):
     assert str(error.value) == "checkpoint has embed dim 768 (vitb14) but the backbone is vits14 (384)"
 
     torch.save(tiny_state("tiny14_reg"), tmp_path / "reg.pth")
-    with pytest.raises(WeightsError, match=r"4 register tokens \(tiny14_reg\).*choose the backbone tiny14_reg"):
+    with pytest.raises(
+        WeightsError, match=r"4 register tokens \(tiny14_reg\).*choose the backbone tiny14_reg"
+    ):
         build_backbone("tiny14", weights=tmp_path / "reg.pth")
 
 

@@ -56,7 +56,10 @@ def test_cached_features_give_the_same_head_gradients(head, tmp_path):
     grads_cached = head_gradients(model, loss_fn(out_cached, cached["depth"]))
     # float16 storage keeps ~3 significant digits of the features. Measured (seed 0): the whole
     # gradient within 0.3% (linear4) / 0.2% (DPT) relative; single tensors within 1.6% (DPT's ReLUs).
-    flat_cached, flat_plain = torch.cat([g.flatten() for g in grads_cached]), torch.cat([g.flatten() for g in grads_plain])
+    flat_cached, flat_plain = (
+        torch.cat([g.flatten() for g in grads_cached]),
+        torch.cat([g.flatten() for g in grads_plain]),
+    )
     assert ((flat_cached - flat_plain).norm() / flat_plain.norm()).item() < 1e-2
     for a, b in zip(grads_cached, grads_plain):
         assert ((a - b).norm() / b.norm()).item() < 5e-2

@@ -1,6 +1,5 @@
 """DenseDataModule: the Hydra configs, the exposed dataset facts, reproducible loading, batching."""
 
-
 import numpy as np
 import pytest
 import torch
@@ -197,8 +196,16 @@ def test_loader_workers_stay_alive_between_epochs():
     for name in DATASETS:
         cfg = OmegaConf.load(DATA_CONFIGS / f"{name}.yaml")
         assert cfg.persistent_workers is True and cfg.num_workers > 0 and cfg.pin_memory is None, name
-    datamodule = DenseDataModule(name="synthetic", num_train=4, num_val=2, num_test=2, image_size=[28, 28],
-                                 batch_size=2, num_workers=1, persistent_workers=True)
+    datamodule = DenseDataModule(
+        name="synthetic",
+        num_train=4,
+        num_val=2,
+        num_test=2,
+        image_size=[28, 28],
+        batch_size=2,
+        num_workers=1,
+        persistent_workers=True,
+    )
     datamodule.setup("fit")
     train, val = datamodule.train_dataloader(), datamodule.val_dataloader()
     assert train.persistent_workers and val.persistent_workers and train.num_workers == 1

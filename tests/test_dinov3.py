@@ -99,7 +99,9 @@ def test_matches_upstream_reference_outputs(name, reference, tmp_path):
             assert block.registers.shape == expected_storage.shape == (2, 4, 80)
             assert max_rel_error(block.registers, expected_storage) < 1e-5
     sizes = {(64, 64), (48, 80), (112, 32), (16, 16)}
-    assert seen == {(s, norm, "list") for s in sizes for norm in (True, False)} | {(s, True, "int") for s in sizes}
+    assert seen == {(s, norm, "list") for s in sizes for norm in (True, False)} | {
+        (s, True, "int") for s in sizes
+    }
 
 
 @pytest.mark.parametrize("name", TINY_NAMES)
@@ -161,7 +163,9 @@ def test_rope_periods_follow_the_hub_base():
     # 100^(2j / 32) for the 64-dim heads of S, B, L and H+: 1 … 74.99 (upstream's rope_position_encoding.py).
     periods = RopePositionEmbedding(64).periods
     assert periods.dtype == torch.float32 and periods.shape == (16,)
-    assert torch.allclose(periods.double(), torch.tensor([100 ** (j / 16) for j in range(16)], dtype=torch.float64))
+    assert torch.allclose(
+        periods.double(), torch.tensor([100 ** (j / 16) for j in range(16)], dtype=torch.float64)
+    )
 
 
 def test_rope_is_the_same_in_train_mode():
@@ -181,24 +185,96 @@ def test_rope_is_the_same_in_train_mode():
 # 40 blocks [9, 19, 29, 39]; 32 blocks by its rule i · 8 − 1).
 HUB = {
     # name: (dim, depth, heads, ffn hidden, qkv bias, local_cls_norm, four layers, file)
-    "vits16": (384, 12, 6, 1536, True, False, (2, 5, 8, 11),
-               "dinov3_vits16/dinov3_vits16_pretrain_lvd1689m-08c60483.pth"),
-    "vits16plus": (384, 12, 6, 1536, True, False, (2, 5, 8, 11),
-                   "dinov3_vits16plus/dinov3_vits16plus_pretrain_lvd1689m-4057cbaa.pth"),
-    "vitb16": (768, 12, 12, 3072, True, False, (2, 5, 8, 11),
-               "dinov3_vitb16/dinov3_vitb16_pretrain_lvd1689m-73cec8be.pth"),
-    "vitl16": (1024, 24, 16, 4096, True, False, (4, 11, 17, 23),
-               "dinov3_vitl16/dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth"),
-    "vitl16plus": (1024, 24, 16, 4096, True, False, (4, 11, 17, 23),
-                   "dinov3_vitl16plus/dinov3_vitl16plus_pretrain_lvd1689m-46503df0.pth"),
-    "vith16plus": (1280, 32, 20, 5120, True, False, (7, 15, 23, 31),
-                   "dinov3_vith16plus/dinov3_vith16plus_pretrain_lvd1689m-7c1da9a5.pth"),
-    "vit7b16": (4096, 40, 32, 8192, False, True, (9, 19, 29, 39),
-                "dinov3_vit7b16/dinov3_vit7b16_pretrain_lvd1689m-a955f4ea.pth"),
-    "vitl16_sat": (1024, 24, 16, 4096, True, True, (4, 11, 17, 23),
-                   "dinov3_vitl16/dinov3_vitl16_pretrain_sat493m-eadcf0ff.pth"),
-    "vit7b16_sat": (4096, 40, 32, 8192, False, True, (9, 19, 29, 39),
-                    "dinov3_vit7b16/dinov3_vit7b16_pretrain_sat493m-a6675841.pth"),
+    "vits16": (
+        384,
+        12,
+        6,
+        1536,
+        True,
+        False,
+        (2, 5, 8, 11),
+        "dinov3_vits16/dinov3_vits16_pretrain_lvd1689m-08c60483.pth",
+    ),
+    "vits16plus": (
+        384,
+        12,
+        6,
+        1536,
+        True,
+        False,
+        (2, 5, 8, 11),
+        "dinov3_vits16plus/dinov3_vits16plus_pretrain_lvd1689m-4057cbaa.pth",
+    ),
+    "vitb16": (
+        768,
+        12,
+        12,
+        3072,
+        True,
+        False,
+        (2, 5, 8, 11),
+        "dinov3_vitb16/dinov3_vitb16_pretrain_lvd1689m-73cec8be.pth",
+    ),
+    "vitl16": (
+        1024,
+        24,
+        16,
+        4096,
+        True,
+        False,
+        (4, 11, 17, 23),
+        "dinov3_vitl16/dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth",
+    ),
+    "vitl16plus": (
+        1024,
+        24,
+        16,
+        4096,
+        True,
+        False,
+        (4, 11, 17, 23),
+        "dinov3_vitl16plus/dinov3_vitl16plus_pretrain_lvd1689m-46503df0.pth",
+    ),
+    "vith16plus": (
+        1280,
+        32,
+        20,
+        5120,
+        True,
+        False,
+        (7, 15, 23, 31),
+        "dinov3_vith16plus/dinov3_vith16plus_pretrain_lvd1689m-7c1da9a5.pth",
+    ),
+    "vit7b16": (
+        4096,
+        40,
+        32,
+        8192,
+        False,
+        True,
+        (9, 19, 29, 39),
+        "dinov3_vit7b16/dinov3_vit7b16_pretrain_lvd1689m-a955f4ea.pth",
+    ),
+    "vitl16_sat": (
+        1024,
+        24,
+        16,
+        4096,
+        True,
+        True,
+        (4, 11, 17, 23),
+        "dinov3_vitl16/dinov3_vitl16_pretrain_sat493m-eadcf0ff.pth",
+    ),
+    "vit7b16_sat": (
+        4096,
+        40,
+        32,
+        8192,
+        False,
+        True,
+        (9, 19, 29, 39),
+        "dinov3_vit7b16/dinov3_vit7b16_pretrain_sat493m-a6675841.pth",
+    ),
 }
 
 
@@ -206,9 +282,13 @@ def test_variant_table_matches_the_hub():
     assert sorted(HUB) == sorted(OFFICIAL_DINOV3_NAMES)
     for name, (dim, depth, heads, hidden, qkv_bias, local_norm, four, file) in HUB.items():
         spec = get_spec(name)
-        assert (spec.embed_dim, spec.depth, spec.num_heads, spec.ffn_hidden) == (dim, depth, heads, hidden), name
+        assert (spec.embed_dim, spec.depth, spec.num_heads, spec.ffn_hidden) == (dim, depth, heads, hidden), (
+            name
+        )
         assert (spec.qkv_bias, spec.untie_global_and_local_cls_norm, spec.untie_cls_and_patch_norms) == (
-            qkv_bias, local_norm, False
+            qkv_bias,
+            local_norm,
+            False,
         ), name
         assert spec.four_layers == four and spec.last_layer == (depth - 1,), name
         assert spec.last_four_layers == tuple(range(depth - 4, depth)), name
@@ -224,7 +304,10 @@ def test_model_attributes_of_every_variant():
         with torch.device("meta"):
             model = spec.create()
         assert (model.embed_dim, model.n_blocks, model.patch_size, model.num_register_tokens) == (
-            spec.embed_dim, spec.depth, 16, 4
+            spec.embed_dim,
+            spec.depth,
+            16,
+            4,
         ), name
         norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
         assert all(m.eps == 1e-5 for m in norms), name  # the hub's "layernormbf16"
@@ -243,8 +326,14 @@ def test_random_init_is_upstreams():
 
 @pytest.mark.parametrize(
     "alias,name",
-    [("dinov3_vitl16", "vitl16"), ("DINOv3_ViTH16Plus", "vith16plus"), ("vitl16_sat493m", "vitl16_sat"),
-     ("dinov3_vit7b16_sat493m", "vit7b16_sat"), ("dinov3_vit7b16_lvd1689m", "vit7b16"), ("vits16plus", "vits16plus")],
+    [
+        ("dinov3_vitl16", "vitl16"),
+        ("DINOv3_ViTH16Plus", "vith16plus"),
+        ("vitl16_sat493m", "vitl16_sat"),
+        ("dinov3_vit7b16_sat493m", "vit7b16_sat"),
+        ("dinov3_vit7b16_lvd1689m", "vit7b16"),
+        ("vits16plus", "vits16plus"),
+    ],
 )
 def test_upstream_names_are_accepted(alias, name):
     assert resolve_name(alias) == name
@@ -264,7 +353,9 @@ def test_get_intermediate_semantics():
     with torch.no_grad():
         last_two = model.get_intermediate_layers(image, n=2)
         chosen = model.get_intermediate_layers(image, n=[2, 3])
-        reshaped = model.get_intermediate_layers(image, n=[3, 0], reshape=True, return_class_token=True, norm=False)
+        reshaped = model.get_intermediate_layers(
+            image, n=[3, 0], reshape=True, return_class_token=True, norm=False
+        )
         raw = model.get_intermediate_tokens(image, n=[3, 0], norm=False)
         final_cls = model(image)
     assert all(torch.equal(a, b) for a, b in zip(last_two, chosen))
@@ -397,7 +488,10 @@ def test_another_variants_file_is_one_line_naming_it(official_keys):
     for file_variant, shapes in official_keys["variants"].items():
         state = meta_state(shapes)
         for backbone in OFFICIAL_DINOV3_NAMES:
-            same_architecture = {file_variant, backbone} <= {"vit7b16", "vit7b16_sat"} or file_variant == backbone
+            same_architecture = {file_variant, backbone} <= {
+                "vit7b16",
+                "vit7b16_sat",
+            } or file_variant == backbone
             if same_architecture:
                 check_dinov3_compatible(state, get_spec(backbone), "w.pth")
                 continue
@@ -405,7 +499,9 @@ def test_another_variants_file_is_one_line_naming_it(official_keys):
                 check_dinov3_compatible(state, get_spec(backbone), "w.pth")
             message = str(error.value)
             named = "vit7b16 or vit7b16_sat" if file_variant.startswith("vit7b16") else file_variant
-            assert f"the checkpoint is {named} (" in message and f"but the backbone is {backbone} (" in message
+            assert (
+                f"the checkpoint is {named} (" in message and f"but the backbone is {backbone} (" in message
+            )
             assert "\n" not in message
 
 
@@ -432,9 +528,13 @@ def test_missing_key_and_wrong_shape(reference, tmp_path):
     with pytest.raises(WeightsError, match=r"missing \['blocks.1.ls1.gamma'\]"):
         build_backbone("tiny16", weights=tmp_path / "missing.pth")
     torch.save(params | {"blocks.2.norm1.weight": torch.zeros(81)}, tmp_path / "shape.pth")
-    with pytest.raises(WeightsError, match=r"'blocks.2.norm1.weight' has shape \(81,\) but tiny16 expects \(80,\)"):
+    with pytest.raises(
+        WeightsError, match=r"'blocks.2.norm1.weight' has shape \(81,\) but tiny16 expects \(80,\)"
+    ):
         build_backbone("tiny16", weights=tmp_path / "shape.pth")
-    torch.save(params | {"cls_norm.weight": torch.ones(80), "cls_norm.bias": torch.zeros(80)}, tmp_path / "extra.pth")
+    torch.save(
+        params | {"cls_norm.weight": torch.ones(80), "cls_norm.bias": torch.zeros(80)}, tmp_path / "extra.pth"
+    )
     with pytest.raises(WeightsError, match="the checkpoint is tiny16_clsnorm"):
         build_backbone("tiny16", weights=tmp_path / "extra.pth")
 
@@ -489,7 +589,9 @@ def test_pretrained_uses_the_file_in_the_hub_cache(tmp_path, monkeypatch, refere
 # ---- full size against upstream (needs a copy of it) ------------------------------------------------
 
 UPSTREAM = os.environ.get("DINOV3_REPO")
-needs_upstream = pytest.mark.skipif(not UPSTREAM, reason="set DINOV3_REPO to a copy of facebookresearch/dinov3")
+needs_upstream = pytest.mark.skipif(
+    not UPSTREAM, reason="set DINOV3_REPO to a copy of facebookresearch/dinov3"
+)
 
 
 def upstream_hub():
@@ -512,7 +614,9 @@ def randomised_pair(upstream, spec):
 def compare(upstream, ours, size, n, norm):
     image = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        expected = upstream.get_intermediate_layers(image, n=n, reshape=True, return_class_token=True, norm=norm)
+        expected = upstream.get_intermediate_layers(
+            image, n=n, reshape=True, return_class_token=True, norm=norm
+        )
         actual = ours.get_intermediate_layers(image, n=n, reshape=True, return_class_token=True, norm=norm)
     assert len(actual) == len(expected)
     for (p, c), (ep, ec) in zip(actual, expected):

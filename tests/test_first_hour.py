@@ -53,8 +53,12 @@ def offline(monkeypatch, tmp_path):
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
     monkeypatch.setattr(backbone.urllib.request, "urlopen", no_network)
-    monkeypatch.setattr(backbone.torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("a download started"))
-    monkeypatch.setattr(backbone.Dinov2Spec, "create", lambda self: pytest.fail(f"the {self.name} backbone was built"))
+    monkeypatch.setattr(
+        backbone.torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("a download started")
+    )
+    monkeypatch.setattr(
+        backbone.Dinov2Spec, "create", lambda self: pytest.fail(f"the {self.name} backbone was built")
+    )
 
 
 # --------------------------------------------------------------------------- 1. cheap checks first
@@ -78,7 +82,9 @@ def test_offline_vitg14_says_the_weights_are_missing_without_building_it(offline
 def test_the_data_layout_is_checked_before_the_weights(offline, tmp_path, capsys):
     empty = tmp_path / "nyu"
     empty.mkdir()
-    cfg = compose_config("train", f"paths.output_dir={tmp_path / 'run'}", "backbone=vitg14", "data=nyu", f"data.root={empty}")
+    cfg = compose_config(
+        "train", f"paths.output_dir={tmp_path / 'run'}", "backbone=vitg14", "data=nyu", f"data.root={empty}"
+    )
     status, _ = exit_status(train_script.train, cfg)
     err = capsys.readouterr().err
     assert status == 2
@@ -88,7 +94,9 @@ def test_the_data_layout_is_checked_before_the_weights(offline, tmp_path, capsys
 def test_weights_in_the_hub_cache_need_no_network(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     spec = backbone.get_spec("vitg14")
-    monkeypatch.setattr(backbone.urllib.request, "urlopen", lambda *a, **k: pytest.fail("the network was asked"))
+    monkeypatch.setattr(
+        backbone.urllib.request, "urlopen", lambda *a, **k: pytest.fail("the network was asked")
+    )
     cached = tmp_path / "hub" / "checkpoints" / "dinov2_vitg14_pretrain.pth"
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"PK")
@@ -105,7 +113,13 @@ def test_a_refused_run_leaves_no_run_folder(tmp_path):
         "train.py",
         "backbone=vitg14",
         f"paths.log_dir={outputs}",
-        env={"TORCH_HOME": str(tmp_path / "torch_home"), "https_proxy": dead, "HTTPS_PROXY": dead, "no_proxy": "", "NO_PROXY": ""},
+        env={
+            "TORCH_HOME": str(tmp_path / "torch_home"),
+            "https_proxy": dead,
+            "HTTPS_PROXY": dead,
+            "no_proxy": "",
+            "NO_PROXY": "",
+        },
     )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "could not download the vitg14 weights" in result.stderr
@@ -176,7 +190,12 @@ def test_help_lists_only_the_groups_a_script_uses():
     assert "trainer" not in text and "logger" not in text and "data." not in text
     train_text = _help.help_text(CONFIGS, "train", train_script.__doc__, [])
     assert re.findall(r"^  (\w+)=\S*\s+.*\n\s+options: ", train_text, re.MULTILINE) == [
-        "backbone", "head", "data", "trainer", "logger", "experiment"
+        "backbone",
+        "head",
+        "data",
+        "trainer",
+        "logger",
+        "experiment",
     ]
     options = sorted(p.stem for p in (CONFIGS / "backbone").glob("*.yaml"))
     assert f"options: {', '.join(options)}" in train_text
@@ -215,7 +234,9 @@ def test_bench_help_gives_each_option_a_meaning_and_its_default(capsys):
 def test_the_dev_extra_installs_what_the_notebook_command_needs():
     readme = (ROOT / "README.md").read_text()
     assert "jupyter nbconvert --to notebook --execute" in readme
-    dev = re.search(r"^dev = \[(.*?)^\]", (ROOT / "pyproject.toml").read_text(), re.MULTILINE | re.DOTALL).group(1)
+    dev = re.search(
+        r"^dev = \[(.*?)^\]", (ROOT / "pyproject.toml").read_text(), re.MULTILINE | re.DOTALL
+    ).group(1)
     names = set(re.findall(r'^\s*"([\w-]+)', dev, re.MULTILINE))
     assert {"nbconvert", "ipykernel"} <= names
 
@@ -234,7 +255,12 @@ def test_depth_colours_use_the_models_range_and_a_separate_colour_bar(tmp_path, 
     images.mkdir()
     Image.fromarray(rgb(28, 42, seed=1)).save(images / "a.png")
     Image.fromarray(rgb(30, 28, seed=2)).save(images / "b.png")
-    assert predict.predict(predict_config(f"ckpt={tiny_checkpoints['depth']}", f"input={images}", f"output={out}")) == 0
+    assert (
+        predict.predict(
+            predict_config(f"ckpt={tiny_checkpoints['depth']}", f"input={images}", f"output={out}")
+        )
+        == 0
+    )
     stdout = capsys.readouterr().out
     # tiny14 depth_linear of tiny_checkpoints: the range 0.001-10 m (max_depth=10).
     assert "0.001 to 10 m in every image (the model's depth range)" in stdout and "colorbar.png" in stdout
@@ -266,7 +292,9 @@ def test_depth_range_auto_gives_each_image_its_own_range_and_bar(tmp_path, tiny_
 def seg_run(tmp_path_factory):
     """A train.py segmentation checkpoint of the 7 synthetic classes (2 steps)."""
     out = tmp_path_factory.mktemp("seg_run")
-    cfg = compose_config("train", f"paths.output_dir={out}", *TWO_STEPS, "head=seg_linear", "data.task=segmentation")
+    cfg = compose_config(
+        "train", f"paths.output_dir={out}", *TWO_STEPS, "head=seg_linear", "data.task=segmentation"
+    )
     train_script.train(cfg)
     return out / "checkpoints" / "last.ckpt"
 
@@ -312,7 +340,10 @@ def two_step_run(tmp_path_factory):
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            _cli.run(train_script.train, compose_config("train", f"paths.output_dir={out}", *TWO_STEPS, "head=depth_linear"))
+            _cli.run(
+                train_script.train,
+                compose_config("train", f"paths.output_dir={out}", *TWO_STEPS, "head=depth_linear"),
+            )
     finally:
         logging.getLogger().removeHandler(handler)
     said = [str(w.message) for w in caught] + [record.getMessage() for record in records]
@@ -334,8 +365,11 @@ def test_a_fresh_tiny_run_prints_none_of_the_noise(two_step_run):
 def test_eval_says_where_the_metrics_went_and_counts_images_in_integers(two_step_run, tmp_path, capsys):
     out, _ = two_step_run
     cfg = compose_config(
-        "eval", f"ckpt_path={out / 'tiny_checkpoints' / 'last.ckpt'}", f"paths.output_dir={tmp_path}",
-        "trainer=cpu", "trainer.enable_progress_bar=false",
+        "eval",
+        f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}",
+        f"paths.output_dir={tmp_path}",
+        "trainer=cpu",
+        "trainer.enable_progress_bar=false",
     )
     eval_script.evaluate(cfg)
     stdout = capsys.readouterr().out

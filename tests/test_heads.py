@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 
 import dense
-import heads
 from dense.errors import WeightsError
 from dense.features import FeatureMaps, LayerSet
 from heads import DPTDepthHead, LinearDepthHead, LinearSegHead, build_head, get_head_spec, load_released_head
@@ -304,8 +303,10 @@ def test_forward_backward(name, grid, autocast):
 def test_registry_specs():
     builtin = ["depth_dpt", "depth_linear", "depth_linear4", "seg_linear", "seg_ms"]
     assert set(builtin) <= set(dense.list_heads())
-    table = {name: (s.task, s.layer_set, s.norm, s.use_cls_token, s.num_layers) for name, s in
-             ((n, get_head_spec(n)) for n in builtin)}
+    table = {
+        name: (s.task, s.layer_set, s.norm, s.use_cls_token, s.num_layers)
+        for name, s in ((n, get_head_spec(n)) for n in builtin)
+    }
     assert table == {
         "depth_linear": ("depth", LayerSet.LAST, False, True, 1),
         "depth_linear4": ("depth", LayerSet.FOUR_EVEN_INTERVALS, False, True, 4),
@@ -320,9 +321,9 @@ def test_registry_specs():
 
 def test_a_head_registered_twice_is_refused():
     with pytest.raises(ValueError, match="head 'depth_dpt' is registered twice"):
-        dense.register_head("depth_dpt", task="depth", layer_set=LayerSet.LAST, norm=False, use_cls_token=False)(
-            LinearDepthHead
-        )
+        dense.register_head(
+            "depth_dpt", task="depth", layer_set=LayerSet.LAST, norm=False, use_cls_token=False
+        )(LinearDepthHead)
     with pytest.raises(ValueError, match="layer_set must be a dense.LayerSet"):
         dense.register_head("x", task="depth", layer_set="last", norm=False, use_cls_token=False)
 

@@ -52,5 +52,7 @@ def test_the_entry_scripts_set_it_before_running(monkeypatch):
     calls = []
     monkeypatch.setattr(cli, "keep_large_allocations", lambda: calls.append("allocator"))
     monkeypatch.setattr(sys, "argv", ["train.py"])
-    cli.main(lambda: calls.append("hydra main"), str(cli.Path(cli.__file__).resolve().parents[1] / "train.py"))
+    cli.main(
+        lambda: calls.append("hydra main"), str(cli.Path(cli.__file__).resolve().parents[1] / "train.py")
+    )
     assert calls == ["allocator", "hydra main"]

@@ -131,7 +131,12 @@ IMAGE_CASES = {
     "corrupt_jpeg": ("x.jpg", _corrupt_jpeg, "error", "x.jpg"),
     "corrupt_png": ("x.png", _corrupt_png, "error", "truncated or corrupt"),
     "zero_bytes": ("x.png", lambda p: p.write_bytes(b""), "error", "not an image file"),
-    "text_named_png": ("x.png", lambda p: p.write_text("hello, I am a text file\n"), "error", "not an image file"),
+    "text_named_png": (
+        "x.png",
+        lambda p: p.write_text("hello, I am a text file\n"),
+        "error",
+        "not an image file",
+    ),
     "one_pixel": ("x.png", _write(lambda: rgb(1, 1)), "ok", None),
     "smaller_than_a_patch": ("x.png", _write(lambda: rgb(9, 5)), "ok", None),
     "aspect_14x2000": ("x.png", _write(lambda: rgb(14, 2000)), "ok", None),
@@ -208,7 +213,9 @@ def test_image_through_predict(tmp_path, case, depth_ckpt, capsys):
     depth = np.asarray(Image.open(out / "x.png"))
     assert depth.shape == (h, w) and depth.dtype == np.uint16 and depth.max() > 0
     assert np.isfinite(np.load(out / "x.npy")).all()
-    assert sorted(p.name for p in out.iterdir()) == sorted([predict.RECORD, "x.npy", "x.png", "x_color.png", "colorbar.png"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [predict.RECORD, "x.npy", "x.png", "x_color.png", "colorbar.png"]
+    )
 
 
 # ---- depth maps ----------------------------------------------------------------------------------------
@@ -318,8 +325,14 @@ LABEL_ERRORS = {
     "id_200": (Image.fromarray(_ids(200)), "label values [200]"),
     "sixteen_bit_ids_over_255": (Image.fromarray(_ids(300, np.uint16)), "values outside 0–255"),
     "rgb_colour_mask": (Image.fromarray(rgb(H, W)), "is a RGB image; expected a single-channel PNG"),
-    "grey_alpha_mask": (Image.fromarray(_ids(1)).convert("LA"), "is a LA image; expected a single-channel PNG"),
-    "size_mismatch": (Image.fromarray(_ids(1, shape=(H, W + 1))), f"label map is {H}×{W + 1} but the image is"),
+    "grey_alpha_mask": (
+        Image.fromarray(_ids(1)).convert("LA"),
+        "is a LA image; expected a single-channel PNG",
+    ),
+    "size_mismatch": (
+        Image.fromarray(_ids(1, shape=(H, W + 1))),
+        f"label map is {H}×{W + 1} but the image is",
+    ),
 }
 
 
@@ -365,14 +378,18 @@ DATASET_ERRORS = {
         _layout(lambda r: [p.unlink() for p in (r / "images").iterdir()]),
         "holds no images",
     ),
-    "empty_split_file": (_layout(lambda r: (r / "train.txt").write_text("\n") or (r / "val.txt").write_text("a\n")),
-                         "the train split is empty"),
+    "empty_split_file": (
+        _layout(lambda r: (r / "train.txt").write_text("\n") or (r / "val.txt").write_text("a\n")),
+        "the train split is empty",
+    ),
     "split_names_missing_file": (
         _layout(lambda r: (r / "train.txt").write_text("a\nghost\n") or (r / "val.txt").write_text("a\n")),
         "names 1 stems with no image",
     ),
-    "duplicate_stems": (_layout(lambda r: Image.fromarray(rgb(H, W)).save(r / "images" / "a.jpg")),
-                        "two images with stem 'a'"),
+    "duplicate_stems": (
+        _layout(lambda r: Image.fromarray(rgb(H, W)).save(r / "images" / "a.jpg")),
+        "two images with stem 'a'",
+    ),
     "missing_target": (_layout(lambda r: (r / "depth" / "b.npy").unlink()), "have no depth file"),
     "png_and_npy_for_one_stem": (
         _layout(lambda r: Image.fromarray(np.ones((H, W), np.uint16)).save(r / "depth" / "a.png")),
@@ -388,8 +405,9 @@ def test_bad_dataset_layout_is_refused_at_construction(tmp_path, case):
     with pytest.raises(DatasetError) as error:
         FolderDataset(root, "train")
     message = one_line(error.value)
-    assert words in message and ("expected" in message or "add" in message or "keep" in message
-                                 or str(root) in message)
+    assert words in message and (
+        "expected" in message or "add" in message or "keep" in message or str(root) in message
+    )
 
 
 def test_file_list_naming_missing_files(tmp_path):
@@ -439,7 +457,9 @@ def code_pickles(folder: Path, marker: Path) -> dict[str, Path]:
         "bare_pickle": folder / "evil_bare.pth",
     }
     torch.save({"model": _Payload(marker)}, files["zip"])
-    torch.save({"state_dict": {"model.head.w": torch.ones(1)}, MODEL_KEY: _Payload(marker)}, files["in_state_dict"])
+    torch.save(
+        {"state_dict": {"model.head.w": torch.ones(1)}, MODEL_KEY: _Payload(marker)}, files["in_state_dict"]
+    )
     torch.save({"x": _Payload(marker)}, files["bare_pickle"], _use_new_zipfile_serialization=False)
     return files
 
@@ -482,7 +502,9 @@ def test_predict_refuses_a_code_pickle_checkpoint(tmp_path, capsys):
     (tmp_path / "in").mkdir()
     Image.fromarray(rgb(14, 14)).save(tmp_path / "in" / "a.png")
     with pytest.raises(SystemExit) as stop:
-        predict.predict(predict_config(f"ckpt={path}", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}"))
+        predict.predict(
+            predict_config(f"ckpt={path}", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}")
+        )
     assert stop.value.code == 2 and not marker.exists()
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and str(path) in one_line(err) and "weights_only" in err
@@ -553,7 +575,10 @@ CONFIG_ERRORS = {
     "unknown_group_option": (["head=nope"], "head=nope is not an option of configs/head/: choose one of"),
     "wrong_type": (["data.batch_size=abc"], "data.batch_size='abc' must be a positive integer"),
     "negative_batch_size": (["data.batch_size=-3"], "data.batch_size=-3 must be a positive integer"),
-    "head_task_mismatch": (["head=seg_linear", "data=nyu"], "head=seg_linear is a segmentation head but data=nyu"),
+    "head_task_mismatch": (
+        ["head=seg_linear", "data=nyu"],
+        "head=seg_linear is a segmentation head but data=nyu",
+    ),
 }
 
 

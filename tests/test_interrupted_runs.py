@@ -153,7 +153,9 @@ def uninterrupted(tmp_path_factory) -> Path:
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, uninterrupted):
     run_dir, marker = tmp_path / "run", tmp_path / "killed"
     # Step 6 of 12: half-way through the second epoch; last.ckpt is the one of step 4 (end of epoch 1).
-    run_and_kill(run_dir, marker, f"{{_target_:tests.test_interrupted_runs.HangAtStep,step:6,marker:{marker}}}")
+    run_and_kill(
+        run_dir, marker, f"{{_target_:tests.test_interrupted_runs.HangAtStep,step:6,marker:{marker}}}"
+    )
     last = run_dir / "checkpoints" / "last.ckpt"
     assert load_weights_file(last)["global_step"] == STEPS_PER_EPOCH
 
@@ -178,4 +180,3 @@ def test_sigkill_while_writing_last_ckpt_keeps_the_previous_one(tmp_path, uninte
 
     run_train(run_dir, f"ckpt_path={last}")
     assert_same_as_uninterrupted(run_dir, uninterrupted)
-

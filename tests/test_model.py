@@ -24,7 +24,8 @@ def upstream_outputs():
     return torch.load(os.path.join(REFERENCE, "model_depth.pt"), weights_only=True)
 
 
-@pytest.mark.parametrize("arch", ["vits14", "vitb14", "vitl14"])
+# ViT-L is a full-size check (minutes on 2 cores): `pytest -m slow`; S and B run every time.
+@pytest.mark.parametrize("arch", ["vits14", "vitb14", pytest.param("vitl14", marks=pytest.mark.slow)])
 def test_depth_models_match_upstream(arch, upstream_outputs, tmp_path):
     """Same seeded weights as tests/reference/make_model_reference.py fed to upstream's
     dinov2_{arch}_ld (layers 1 and 4) and dinov2_{arch}_dd; outputs within 1e-4 relative."""
@@ -36,11 +37,18 @@ def test_depth_models_match_upstream(arch, upstream_outputs, tmp_path):
     torch.save(seeded_state_dict(backbone_shapes, seed=11), backbone_file)
     for head in ["depth_linear", "depth_linear4", "depth_dpt"]:
         expected = upstream_outputs[f"{arch}/{head}"]
-        model = build_model(arch, head, backbone_weights=backbone_file,
-                            min_depth=expected["min_depth"], max_depth=expected["max_depth"]).eval()
+        model = build_model(
+            arch,
+            head,
+            backbone_weights=backbone_file,
+            min_depth=expected["min_depth"],
+            max_depth=expected["max_depth"],
+        ).eval()
         # Head weights in the released files' format: mmcv checkpoint with decode_head.* keys.
         head_state = seeded_state_dict(shapes(model.head), seed=12)
-        torch.save({"state_dict": {f"decode_head.{k}": v for k, v in head_state.items()}}, tmp_path / "head.pth")
+        torch.save(
+            {"state_dict": {f"decode_head.{k}": v for k, v in head_state.items()}}, tmp_path / "head.pth"
+        )
         dense.model.load_head_weights(model, tmp_path / "head.pth")
         with torch.no_grad():
             out = model(image)
@@ -63,7 +71,9 @@ def test_segmentation_equals_batchnorm_conv_on_normed_features():
         x = (x - bn.running_mean[:, None, None]) / torch.sqrt(bn.running_var[:, None, None] + bn.eps)
         x = x * bn.weight[:, None, None] + bn.bias[:, None, None]
         logits = torch.nn.functional.conv2d(x, model.head.conv_seg.weight, model.head.conv_seg.bias)
-        expected = torch.nn.functional.interpolate(logits, size=(70, 98), mode="bilinear", align_corners=False)
+        expected = torch.nn.functional.interpolate(
+            logits, size=(70, 98), mode="bilinear", align_corners=False
+        )
         actual = model(image)
     assert torch.allclose(actual, expected, atol=1e-5, rtol=1e-5)
     assert model.layers == [0, 1, 2, 3] and model.norm and not model.use_cls_token
@@ -81,9 +91,15 @@ def test_default_layers_follow_upstream():
 def test_dinov3_default_layers_are_its_eval_codes():
     # dinov3/eval/depth/models/encoder.py, BackboneLayersSet: FOUR_EVEN_INTERVALS = i·depth/4 − 1, except
     # ViT-L's [4, 11, 17, 23] (kept by upstream for compatibility); LAST and FOUR_LAST as their names say.
-    expected = {"vits16": [2, 5, 8, 11], "vitb16": [2, 5, 8, 11], "vitl16": [4, 11, 17, 23],
-                "vitl16plus": [4, 11, 17, 23], "vith16plus": [7, 15, 23, 31], "vit7b16": [9, 19, 29, 39],
-                "vitl16_sat": [4, 11, 17, 23]}
+    expected = {
+        "vits16": [2, 5, 8, 11],
+        "vitb16": [2, 5, 8, 11],
+        "vitl16": [4, 11, 17, 23],
+        "vitl16plus": [4, 11, 17, 23],
+        "vith16plus": [7, 15, 23, 31],
+        "vit7b16": [9, 19, 29, 39],
+        "vitl16_sat": [4, 11, 17, 23],
+    }
     with torch.device("meta"):
         for backbone, four in expected.items():
             assert build_model(backbone, "depth_dpt").layers == four, backbone
@@ -115,11 +131,22 @@ def test_satellite_backbones_see_their_own_normalisation():
     # (pixel − sat_mean) / sat_std. Checked on a tiny backbone given the satellite statistics.
     torch.manual_seed(0)
     plain = build_model("tiny16", "depth_linear").eval()
-    renormed = dense.DenseModel(plain.backbone, plain.head, task="depth", layers=plain.layers, norm=False,
-                                use_cls_token=True, min_depth=1e-3, max_depth=10.0,
-                                image_mean=sat_mean, image_std=sat_std).eval()
+    renormed = dense.DenseModel(
+        plain.backbone,
+        plain.head,
+        task="depth",
+        layers=plain.layers,
+        norm=False,
+        use_cls_token=True,
+        min_depth=1e-3,
+        max_depth=10.0,
+        image_mean=sat_mean,
+        image_std=sat_std,
+    ).eval()
     pixels = torch.rand(1, 3, 32, 48)
-    imagenet = (pixels - torch.tensor([0.485, 0.456, 0.406])[:, None, None]) / torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    imagenet = (pixels - torch.tensor([0.485, 0.456, 0.406])[:, None, None]) / torch.tensor(
+        [0.229, 0.224, 0.225]
+    )[:, None, None]
     satellite = (pixels - torch.tensor(sat_mean)[:, None, None]) / torch.tensor(sat_std)[:, None, None]
     with torch.no_grad():
         torch.testing.assert_close(renormed(imagenet), plain(satellite), rtol=1e-5, atol=1e-5)
@@ -234,8 +261,10 @@ def test_overrides_and_option_errors():
 
 def test_released_head_for_another_backbone_is_one_line(tmp_path):
     small = build_model("tiny14", "depth_linear4")
-    torch.save({"state_dict": {f"decode_head.{k}": v for k, v in small.head.state_dict().items()}},
-               tmp_path / "head.pth")
+    torch.save(
+        {"state_dict": {f"decode_head.{k}": v for k, v in small.head.state_dict().items()}},
+        tmp_path / "head.pth",
+    )
     other = build_model("tiny14", "depth_linear")
     with pytest.raises(WeightsError) as error:
         dense.model.load_head_weights(other, tmp_path / "head.pth")
@@ -244,7 +273,9 @@ def test_released_head_for_another_backbone_is_one_line(tmp_path):
 
 def test_released_head_on_register_backbone_warns(tmp_path):
     plain = build_model("tiny14", "depth_linear")
-    torch.save({"state_dict": {f"decode_head.{k}": v for k, v in plain.head.state_dict().items()}},
-               tmp_path / "head.pth")
+    torch.save(
+        {"state_dict": {f"decode_head.{k}": v for k, v in plain.head.state_dict().items()}},
+        tmp_path / "head.pth",
+    )
     with pytest.warns(UserWarning, match="without registers"):
         build_model("tiny14_reg", "depth_linear", head_weights=tmp_path / "head.pth")

@@ -123,7 +123,13 @@ def test_depth_loss_training_path_is_sync_free_during_and_after_warm_up():
 
 @pytest.mark.parametrize(
     "options",
-    [{"warm_up": False}, {"warm_iter": 0}, {"grad_weight": 0}, {"valid_mask": False}, {"gradient": "toolbox"}],
+    [
+        {"warm_up": False},
+        {"warm_iter": 0},
+        {"grad_weight": 0},
+        {"valid_mask": False},
+        {"gradient": "toolbox"},
+    ],
 )
 def test_depth_loss_variants_are_sync_free(options):
     pred, gt = _depth_inputs(1)

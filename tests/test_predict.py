@@ -73,7 +73,9 @@ def test_depth_round_trip(tmp_path, tiny_checkpoints):
     out = tmp_path / "out"
     assert (
         predict.predict(
-            predict_config(f"ckpt={tiny_checkpoints['depth']}", f"input={tmp_path / 'room.png'}", f"output={out}")
+            predict_config(
+                f"ckpt={tiny_checkpoints['depth']}", f"input={tmp_path / 'room.png'}", f"output={out}"
+            )
         )
         == 0
     )
@@ -85,7 +87,9 @@ def test_depth_round_trip(tmp_path, tiny_checkpoints):
     # the 16-bit PNG holds millimetres: equal to the .npy to its quantisation (half a millimetre)
     assert np.abs(png / 1000.0 - metres).max() <= 0.5e-3 + 1e-6
     with torch.no_grad():
-        expected = dense.load_model(tiny_checkpoints["depth"]).predict(model_input(tmp_path / "room.png"))[0, 0]
+        expected = dense.load_model(tiny_checkpoints["depth"]).predict(model_input(tmp_path / "room.png"))[
+            0, 0
+        ]
     assert np.allclose(metres, expected.numpy(), atol=1e-5)
     color = np.asarray(Image.open(out / "room_color.png"))
     assert color.shape == (45, 61, 3)
@@ -119,7 +123,12 @@ def test_depth_scale_and_colorbar(tmp_path, tiny_checkpoints):
 def test_segmentation_ids_equal_argmax_of_logits(tmp_path, tiny_checkpoints):
     Image.fromarray(rgb(40, 50, seed=3)).save(tmp_path / "scene.jpg")
     out = tmp_path / "out"
-    assert predict.predict(predict_config(f"ckpt={tiny_checkpoints['seg']}", f"input={tmp_path}", f"output={out}")) == 0
+    assert (
+        predict.predict(
+            predict_config(f"ckpt={tiny_checkpoints['seg']}", f"input={tmp_path}", f"output={out}")
+        )
+        == 0
+    )
     ids = np.asarray(Image.open(out / "scene.png"))
     assert ids.dtype == np.uint8 and ids.shape == (40, 50)
     with torch.no_grad():
@@ -160,7 +169,9 @@ def test_more_than_255_classes_give_16_bit_ids(tmp_path):
     ckpt = write_checkpoint(model, tmp_path / "seg300.ckpt")
     Image.fromarray(rgb(28, 42)).save(tmp_path / "x.png")
     assert (
-        predict.predict(predict_config(f"ckpt={ckpt}", f"input={tmp_path / 'x.png'}", f"output={tmp_path / 'out'}"))
+        predict.predict(
+            predict_config(f"ckpt={ckpt}", f"input={tmp_path / 'x.png'}", f"output={tmp_path / 'out'}")
+        )
         == 0
     )
     ids = np.asarray(Image.open(tmp_path / "out" / "x.png"))
@@ -182,7 +193,11 @@ def test_batching_and_inference_modes_agree(tmp_path, tiny_checkpoints):
         a, b = np.load(tmp_path / "b4" / f"img{i}.npy"), np.load(tmp_path / "b1" / f"img{i}.npy")
         assert np.allclose(a, b, atol=1e-5)
     options = ["mode=slide", "crop_size=28", "stride=14", "flip=true", "scales=[1.0,1.5]", "precision=bf16"]
-    one = [f"ckpt={tiny_checkpoints['depth']}", f"input={tmp_path / 'img3.png'}", f"output={tmp_path / 'tta'}"]
+    one = [
+        f"ckpt={tiny_checkpoints['depth']}",
+        f"input={tmp_path / 'img3.png'}",
+        f"output={tmp_path / 'tta'}",
+    ]
     assert predict.predict(predict_config(*one, *options)) == 0
     assert np.load(tmp_path / "tta" / "img3.npy").shape == (20, 25)
 
@@ -221,7 +236,11 @@ def test_folder_with_bad_and_odd_images_from_the_command_line(tmp_path, tiny_che
     (images / "readme.txt").write_text("ignored: not an image suffix")
     out = tmp_path / "out"
     result = run_script(
-        str(ROOT / "predict.py"), f"ckpt={tiny_checkpoints['seg']}", f"input={images}", f"output={out}", cwd=tmp_path
+        str(ROOT / "predict.py"),
+        f"ckpt={tiny_checkpoints['seg']}",
+        f"input={images}",
+        f"output={out}",
+        cwd=tmp_path,
     )
     assert result.returncode == 3, result.stderr
     assert "broken.jpg" in result.stderr and "truncated or corrupt" in result.stderr
@@ -234,5 +253,7 @@ def test_folder_with_bad_and_odd_images_from_the_command_line(tmp_path, tiny_che
     results = sorted(f"{stem}{suffix}" for stem in sizes for suffix in (".png", "_color.png", "_overlay.png"))
     run_files = ["legend.png", "classes.json"]  # once per run: the class colours and names
     assert sorted(p.name for p in out.iterdir()) == sorted([*results, *run_files, predict.RECORD])
-    assert sorted(json.loads((out / predict.RECORD).read_text())["files"]) == sorted([*results, *run_files])  # what a rerun may replace
+    assert sorted(json.loads((out / predict.RECORD).read_text())["files"]) == sorted(
+        [*results, *run_files]
+    )  # what a rerun may replace
     assert not (tmp_path / "outputs").exists()  # Hydra writes no run folder for predict.py

@@ -28,7 +28,15 @@ WARMUP = 20
 def test_predict_memory_does_not_grow_per_image(tmp_path):
     out = tmp_path / "rss.json"
     result = run_script(
-        "scripts/bench_predict_memory.py", "--images", "60", "--scale", "4", "--warmup", str(WARMUP), "--json", str(out)
+        "scripts/bench_predict_memory.py",
+        "--images",
+        "60",
+        "--scale",
+        "4",
+        "--warmup",
+        str(WARMUP),
+        "--json",
+        str(out),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(out.read_text())

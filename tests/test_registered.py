@@ -116,7 +116,9 @@ def compose_config(config_name: str, overrides: list[str]):
 def error_line(capsys) -> str:
     """The one line an entry script printed for a set-up mistake (log lines before it aside)."""
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert lines and lines[-1].startswith("error: ") and sum(line.startswith("error") for line in lines) == 1, lines
+    assert (
+        lines and lines[-1].startswith("error: ") and sum(line.startswith("error") for line in lines) == 1
+    ), lines
     return lines[-1]
 
 
@@ -134,26 +136,41 @@ def test_user_head_through_train_and_eval(user_module, tmp_path, capsys, monkeyp
     from tests._tiny_run import QUIET_TINY_RUN, SCENES_28
 
     out = tmp_path / "run"
-    overrides = [f"paths.output_dir={out}", *QUIET_TINY_RUN, *SCENES_28, "trainer.max_steps=2",
-                 f"imports=[{user_module}]", "head.name=user_depth"]
+    overrides = [
+        f"paths.output_dir={out}",
+        *QUIET_TINY_RUN,
+        *SCENES_28,
+        "trainer.max_steps=2",
+        f"imports=[{user_module}]",
+        "head.name=user_depth",
+    ]
     task, _ = train_script.train(compose_config("train", overrides))
     assert type(task.model.head).__name__ == "UserDepthHead"
     checkpoint = out / "checkpoints" / "last.ckpt"
     assert checkpoint.is_file()
 
     forget(user_module)
-    evaluate = [f"ckpt_path={checkpoint}", "trainer=cpu", f"paths.output_dir={tmp_path / 'eval'}", "split=val"]
+    evaluate = [
+        f"ckpt_path={checkpoint}",
+        "trainer=cpu",
+        f"paths.output_dir={tmp_path / 'eval'}",
+        "split=val",
+    ]
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_:
         eval_script.evaluate(compose_config("eval", evaluate))
     line = error_line(capsys)
     assert exit_.value.code == 2
-    assert "trained with the head 'user_depth', which is not registered" in line and "imports=[module]" in line
+    assert (
+        "trained with the head 'user_depth', which is not registered" in line and "imports=[module]" in line
+    )
     assert user_module not in sys.modules  # the checkpoint's name was not imported
 
     reads = []
     real_load = dense.checkpoint.load_weights_file
-    monkeypatch.setattr(dense.checkpoint, "load_weights_file", lambda path: reads.append(str(path)) or real_load(path))
+    monkeypatch.setattr(
+        dense.checkpoint, "load_weights_file", lambda path: reads.append(str(path)) or real_load(path)
+    )
     metrics = eval_script.evaluate(compose_config("eval", [*evaluate, f"imports=[{user_module}]"]))
     assert "abs_rel" in metrics and torch.isfinite(torch.tensor(metrics["abs_rel"]))
     assert reads.count(str(checkpoint)) == 1  # the checkpoint is read once
@@ -163,8 +180,11 @@ def test_user_head_through_train_and_eval(user_module, tmp_path, capsys, monkeyp
     "imports,fragment",
     [
         ("[no_such_module_xyz]", "cannot import no_such_module_xyz: ModuleNotFoundError"),
-        ("[broken_user_module]", "cannot import broken_user_module (it raised while being imported): "
-                                 "ZeroDivisionError: division by zero"),
+        (
+            "[broken_user_module]",
+            "cannot import broken_user_module (it raised while being imported): "
+            "ZeroDivisionError: division by zero",
+        ),
         ("[os.path/../x]", "is not a module name"),
     ],
 )

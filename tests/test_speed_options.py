@@ -29,7 +29,13 @@ from tests._tiny_run import QUIET_TINY_RUN, SCENES_28, compose_config, predict_c
 
 # 28×28 scenes, 4 steps = one epoch: enough to see the options applied (nothing here needs learning).
 RUN = [*QUIET_TINY_RUN, *SCENES_28, "trainer.max_steps=4"]
-HEADS = {"depth_linear": {}, "depth_linear4": {}, "depth_dpt": {}, "seg_linear": {"num_classes": 5}, "seg_ms": {"num_classes": 5}}
+HEADS = {
+    "depth_linear": {},
+    "depth_linear4": {},
+    "depth_dpt": {},
+    "seg_linear": {"num_classes": 5},
+    "seg_ms": {"num_classes": 5},
+}
 
 
 def seeded_model(head: str, seed: int = 0) -> dense.DenseModel:
@@ -75,7 +81,9 @@ def test_resize_is_interpolate_channels_last_for_logits_on_the_cpu():
     x = torch.randn(2, 32, 5, 7)
     out = resize(x, (20, 28))
     assert out.is_contiguous(memory_format=torch.channels_last)
-    assert torch.allclose(out, F.interpolate(x, size=(20, 28), mode="bilinear", align_corners=False), atol=1e-6)
+    assert torch.allclose(
+        out, F.interpolate(x, size=(20, 28), mode="bilinear", align_corners=False), atol=1e-6
+    )
     assert resize(x, (5, 7)) is x
     image = torch.randn(2, 3, 5, 7)  # images stay NCHW (slower channels-last for 3 channels)
     assert resize(image, (20, 28)).is_contiguous()
@@ -161,7 +169,9 @@ def test_the_compiled_head_serves_inference_only():
 def test_compile_key_values():
     assert compile_mode(False) is None and compile_mode(None) is None
     assert compile_mode(True) == "default" and compile_mode("max-autotune") == "max-autotune"
-    with pytest.raises(ValueError, match="compile='fast' is not one of true, false, default, reduce-overhead"):
+    with pytest.raises(
+        ValueError, match="compile='fast' is not one of true, false, default, reduce-overhead"
+    ):
         compile_mode("fast")
 
 
@@ -206,8 +216,13 @@ def test_train_and_eval_apply_bf16_and_compile(tmp_path, compile_calls):
 def test_a_bf16_run_fills_the_feature_cache_under_autocast(tmp_path):
     # The cache is filled when the datamodule is set up, after the backbone's weights went bf16.
     task, metrics = train_in_process(
-        tmp_path, *RUN, "head=seg_linear", "data.task=segmentation", "trainer.precision=bf16-mixed",
-        "cache.features=true", f"cache.dir={tmp_path / 'cache'}",
+        tmp_path,
+        *RUN,
+        "head=seg_linear",
+        "data.task=segmentation",
+        "trainer.precision=bf16-mixed",
+        "cache.features=true",
+        f"cache.dir={tmp_path / 'cache'}",
     )
     assert task.model.backbone_dtype == torch.bfloat16
     assert any((tmp_path / "cache").rglob("patches.npy")) and np.isfinite(metrics["val/mIoU"])
@@ -217,7 +232,9 @@ def test_predict_applies_bf16_and_compile(tmp_path, compile_calls, monkeypatch):
     model = seeded_model("depth_linear")
     weights = tmp_path / "head.pth"
     torch.save({"state_dict": {f"decode_head.{k}": v for k, v in model.head.state_dict().items()}}, weights)
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (42, 56, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (42, 56, 3), dtype=np.uint8)).save(
+        tmp_path / "a.png"
+    )
     built = []
     apply = predict_script.apply_speed_options
     monkeypatch.setattr(
@@ -245,7 +262,9 @@ def test_a_wrong_compile_value_stops_with_one_line(tmp_path, capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: compile='fast' is not one of") and "\n" not in err
-    assert compose_config("train", f"paths.output_dir={tmp_path}", *RUN).compile is False  # off unless asked for
+    assert (
+        compose_config("train", f"paths.output_dir={tmp_path}", *RUN).compile is False
+    )  # off unless asked for
 
 
 def test_apply_speed_options_leaves_a_default_run_alone():

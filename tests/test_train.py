@@ -254,4 +254,7 @@ def test_command_line_mistakes_exit_without_traceback(tmp_path):
     for script, key in (("eval.py", "splt=val"), ("predict.py", "batchsize=2")):
         typo = run_script(script, key)
         assert typo.returncode == 2 and "\n" not in typo.stderr.strip(), typo.stderr
-        assert f"{key.split('=')[0]} is not a key of the {script[:-3]} configuration (did you mean" in typo.stderr
+        assert (
+            f"{key.split('=')[0]} is not a key of the {script[:-3]} configuration (did you mean"
+            in typo.stderr
+        )

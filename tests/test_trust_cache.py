@@ -176,7 +176,9 @@ def test_a_fill_killed_at_any_moment_resumes_bit_identical(tmp_path, point):
     resumed = CachedFeatures(dataset, model, str(tmp_path / "killed"), random_flip=False, batch_size=2)
     assert resumed.filled == (2 if point == "filling_batch_2" else N)
     for array in ("patches", "target", "done"):
-        assert np.array_equal(np.asarray(resumed.arrays[array]), np.asarray(uninterrupted.arrays[array])), array
+        assert np.array_equal(np.asarray(resumed.arrays[array]), np.asarray(uninterrupted.arrays[array])), (
+            array
+        )
     assert not [f for f in os.listdir(resumed.directory) if f.startswith(".tmp-")]
 
 

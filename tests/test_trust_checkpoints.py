@@ -272,7 +272,9 @@ def test_the_checkpoint_io_refuses_what_lightning_would_trip_over(tmp_path):
     with pytest.raises(WeightsError) as error:
         io.load_checkpoint(path)
     assert "not a version" in one_line(error.value)
-    torch.save({"callbacks": {"ModelCheckpoint{}": {"best_model_score": "x", "best_model_path": "\x1b[2Kok"}}}, path)
+    torch.save(
+        {"callbacks": {"ModelCheckpoint{}": {"best_model_score": "x", "best_model_path": "\x1b[2Kok"}}}, path
+    )
     with pytest.warns(UserWarning) as caught:
         state = io.load_checkpoint(path)["callbacks"]["ModelCheckpoint{}"]
     assert state["best_model_score"] is None and state["best_model_path"] == ""
@@ -352,7 +354,9 @@ def test_a_changed_backbone_file_is_refused(finished_run, tmp_path, capsys):
     state["norm.weight"] = state["norm.weight"] + 1
     stat = weights.stat()
     torch.save(state, weights)
-    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size, same mtime: only the content differs
+    os.utime(
+        weights, ns=(stat.st_atime_ns, stat.st_mtime_ns)
+    )  # same size, same mtime: only the content differs
     with pytest.raises(WeightsError) as error:
         load_model(ckpt)
     message = one_line(error.value)
@@ -528,7 +532,9 @@ def test_resume_with_another_optimiser_is_refused(finished_run, tmp_path, capsys
     ckpt = run / "checkpoints" / "last.ckpt"
     line = exit_line(
         capsys,
-        lambda: train(run, f"ckpt_path={ckpt}", "trainer.max_steps=8", "task.optimizer._target_=torch.optim.SGD"),
+        lambda: train(
+            run, f"ckpt_path={ckpt}", "trainer.max_steps=8", "task.optimizer._target_=torch.optim.SGD"
+        ),
     )
     assert "task.optimizer._target_" in line and "torch.optim.SGD" in line
 
@@ -556,7 +562,9 @@ def test_a_run_folder_with_links_is_refused_before_anything_is_written(finished_
                         f"hydra.run.dir={run}")  # fmt: skip
     assert result.returncode == 2
     assert "holds a link" in one_line(result.stderr)
-    assert (victim / "bashrc").read_text() == "precious" and sorted(p.name for p in victim.iterdir()) == ["bashrc"]
+    assert (victim / "bashrc").read_text() == "precious" and sorted(p.name for p in victim.iterdir()) == [
+        "bashrc"
+    ]
 
 
 def test_a_run_folder_with_a_hard_linked_file_is_refused(finished_run, tmp_path):
@@ -582,7 +590,9 @@ def test_eval_follows_a_stored_data_root_only_inside_the_run_or_the_data_folder(
     line = exit_line(capsys, lambda: evaluate(ckpt, tmp_path / "eval"))
     assert "outside its run folder and paths.data_dir" in line and "data.root=" in line
     assert evaluate(ckpt, tmp_path / "eval", f"data.root={data}")["n_images"] > 0  # given by you: followed
-    assert evaluate(ckpt, tmp_path / "eval", f"paths.data_dir={data.parent}")["n_images"] > 0  # your data folder
+    assert (
+        evaluate(ckpt, tmp_path / "eval", f"paths.data_dir={data.parent}")["n_images"] > 0
+    )  # your data folder
 
 
 def test_crafted_config_values_in_a_resumed_checkpoint_give_one_line(finished_run, tmp_path):
@@ -601,7 +611,9 @@ def test_crafted_config_values_in_a_resumed_checkpoint_give_one_line(finished_ru
         c["hyper_parameters"]["config"]["data"]["num_val"] = torch.zeros(3)
 
     ckpt = edit_checkpoint(run_copy(finished_run, tmp_path / "b") / "checkpoints" / "last.ckpt", wrong_state)
-    result = run_script("train.py", *TINY_RUN, "trainer.max_steps=8", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'c'}")
+    result = run_script(
+        "train.py", *TINY_RUN, "trainer.max_steps=8", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'c'}"
+    )
     assert result.returncode == 2 and "optimiser state does not fit the head" in one_line(result.stderr)
 
 
@@ -614,7 +626,10 @@ def test_one_line_errors_show_control_characters_escaped():
 
 @pytest.mark.parametrize(
     "override, words",
-    [("data.num_workers=100000", "data.num_workers=100000 must be"), ("task.test_scales=[" + ",".join(["1.0"] * 17) + "]", "1 to 16")],
+    [
+        ("data.num_workers=100000", "data.num_workers=100000 must be"),
+        ("task.test_scales=[" + ",".join(["1.0"] * 17) + "]", "1 to 16"),
+    ],
 )
 def test_sizes_a_config_asks_for_are_bounded(finished_run, tmp_path, capsys, override, words):
     line = exit_line(capsys, lambda: evaluate(finished_run / "checkpoints" / "last.ckpt", tmp_path, override))

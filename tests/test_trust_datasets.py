@@ -94,9 +94,16 @@ def test_synthetic_scenes_key(model, tmp_path):
     base = {"split": "train", "image_size": SIZE, "num_train": 3, "num_val": 3}
     entries.first(lambda: SyntheticScenes(**base))
     entries.reused(pickle.loads(pickle.dumps(SyntheticScenes(**base))))  # as a loader worker has it
-    entries.reused(SyntheticScenes(**base, base_seed=0, seed=5))  # a default spelled out; seed drives augmentation only
-    for change in ({"base_seed": 1}, {"shadows": False}, {"image_size": 2 * SIZE}, {"num_train": 4},
-                   {"split": "val"}):
+    entries.reused(
+        SyntheticScenes(**base, base_seed=0, seed=5)
+    )  # a default spelled out; seed drives augmentation only
+    for change in (
+        {"base_seed": 1},
+        {"shadows": False},
+        {"image_size": 2 * SIZE},
+        {"num_train": 4},
+        {"split": "val"},
+    ):
         entries.new(SyntheticScenes(**{**base, **change}))
 
 
@@ -159,8 +166,10 @@ def write_small_nyu_mat(root: Path, n: int = 3, train=(1, 2), test=(3,)) -> None
     with h5py.File(root / "nyu_depth_v2_labeled.mat", "w") as f:  # MATLAB's column-major N×3×W×H
         f["images"] = np.stack([pattern_image(SIZE, SIZE, seed=i).transpose(2, 1, 0) for i in range(n)])
         f["depths"] = np.stack([ramp_depth(SIZE, SIZE, seed=i).T for i in range(n)]).astype(np.float64)
-    scipy.io.savemat(root / "splits.mat", {"trainNdxs": np.array(train, float)[:, None],
-                                            "testNdxs": np.array(test, float)[:, None]})
+    scipy.io.savemat(
+        root / "splits.mat",
+        {"trainNdxs": np.array(train, float)[:, None], "testNdxs": np.array(test, float)[:, None]},
+    )
 
 
 def test_nyu_filelist_key(model, tmp_path):
@@ -258,13 +267,17 @@ def test_sample_names_are_the_names_of_the_items(tmp_path):
 def test_a_folder_named_like_an_image_is_refused_at_construction(tmp_path):
     write_folder(tmp_path / "folder", h=SIZE, w=SIZE)
     (tmp_path / "folder" / "images" / "e.png").mkdir()
-    (tmp_path / "folder" / "depth" / "e.npy").write_bytes((tmp_path / "folder" / "depth" / "b.npy").read_bytes())
+    (tmp_path / "folder" / "depth" / "e.npy").write_bytes(
+        (tmp_path / "folder" / "depth" / "b.npy").read_bytes()
+    )
     with pytest.raises(DatasetError, match=r"images/e\.png is named like an image but is not a file"):
         FolderDataset(tmp_path / "folder")
     write_ade20k(tmp_path / "ade")
     (tmp_path / "ade" / "ADEChallengeData2016" / "images" / "training" / "x.jpg").mkdir()
-    save_labels(tmp_path / "ade" / "ADEChallengeData2016" / "annotations" / "training" / "x.png",
-                np.zeros((SIZE, SIZE), np.uint8))
+    save_labels(
+        tmp_path / "ade" / "ADEChallengeData2016" / "annotations" / "training" / "x.png",
+        np.zeros((SIZE, SIZE), np.uint8),
+    )
     with pytest.raises(DatasetError, match=r"training/x\.jpg is named like an image but is not a file"):
         ADE20K(tmp_path / "ade")
 
@@ -333,8 +346,12 @@ def _assert_warns_once(dataset, category, words: str, file: str) -> None:
 
 def test_depth_outside_the_range_warns_once(tmp_path):
     # 50 m everywhere: metres (no unit warning), but all beyond max_depth 10 m, so the loss is 0.
-    dataset = _depth_folder(tmp_path, lambda d, s: np.save(d / f"{s}.npy", np.full((SIZE, SIZE), 50.0, np.float32)))
-    _assert_warns_once(dataset, DepthRangeWarning, r"every valid depth value \(50–50 m\) lies outside", "a.npy")
+    dataset = _depth_folder(
+        tmp_path, lambda d, s: np.save(d / f"{s}.npy", np.full((SIZE, SIZE), 50.0, np.float32))
+    )
+    _assert_warns_once(
+        dataset, DepthRangeWarning, r"every valid depth value \(50–50 m\) lies outside", "a.npy"
+    )
     within = FolderDataset(tmp_path, max_depth=80.0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -346,7 +363,9 @@ def test_an_8_bit_depth_png_warns_once(tmp_path):
     depth = np.tile(np.linspace(50, 200, SIZE).astype(np.uint8), (SIZE, 1))
     dataset = _depth_folder(tmp_path, lambda d, s: Image.fromarray(depth, mode="L").save(d / f"{s}.png"))
     _assert_warns_once(dataset, DepthScaleWarning, "is an 8-bit PNG", "a.png")
-    sixteen = _depth_folder(tmp_path / "16", lambda d, s: Image.fromarray(depth.astype(np.uint16) * 40).save(d / f"{s}.png"))
+    sixteen = _depth_folder(
+        tmp_path / "16", lambda d, s: Image.fromarray(depth.astype(np.uint16) * 40).save(d / f"{s}.png")
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         sixteen[0]  # the same depth in 16 bits (2–8 m): fine

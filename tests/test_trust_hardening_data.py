@@ -132,7 +132,12 @@ def test_a_symlinked_entry_folder_is_refused_and_its_target_untouched(tmp_path):
     key, _ = cache_key(model, dataset, (SIZE, SIZE), target="depth")
     victim = tmp_path / "victim"
     victim.mkdir()
-    files = {"meta.json": b"precious", ".tmp-notes.txt": b"draft", "patches.npy": b"data", "done.npy": b"more"}
+    files = {
+        "meta.json": b"precious",
+        ".tmp-notes.txt": b"draft",
+        "patches.npy": b"data",
+        "done.npy": b"more",
+    }
     for name, content in files.items():
         (victim / name).write_bytes(content)
     (tmp_path / "cache").mkdir()
@@ -252,8 +257,9 @@ def _nyu_filelist(root: Path):
     for i in range(2):
         save_rgb(root / f"bathroom/rgb_{i:05d}.jpg", pattern_image(SIZE, SIZE, seed=i))
         save_png16(root / f"bathroom/sync_depth_{i:05d}.png", ramp_depth(SIZE, SIZE, seed=i), 1000.0)
-    (root / "nyu_test.txt").write_text("".join(f"/bathroom/rgb_{i:05d}.jpg /bathroom/sync_depth_{i:05d}.png 518.8\n"
-                                               for i in range(2)))
+    (root / "nyu_test.txt").write_text(
+        "".join(f"/bathroom/rgb_{i:05d}.jpg /bathroom/sync_depth_{i:05d}.png 518.8\n" for i in range(2))
+    )
     return root / "nyu_test.txt", lambda: NYUDepthV2(root, "test")
 
 
@@ -380,7 +386,8 @@ def _npy_header_only(path: Path, shape, dtype=np.float32, total: int | None = No
     """A .npy whose header declares `shape`, with `total` bytes in all (sparse), or just the header."""
     with open(path, "wb") as f:
         np.lib.format.write_array_header_1_0(
-            f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
+            f,
+            {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape},
         )
         f.write(b"\0" * 64)
         if total is not None:
@@ -392,7 +399,10 @@ NPY_LIES = {
     "claims_3_6_tib": (lambda p: _npy_header_only(p, (10**6, 10**6)), "header declares"),
     "claims_more_than_it_holds": (lambda p: _npy_header_only(p, (1000, 1000)), "header declares"),
     # 9000×9000 uint8, every byte there (sparse): over the 64 MP budget, refused before reading it
-    "over_the_pixel_budget": (lambda p: _npy_header_only(p, (9000, 9000), np.uint8, 128 + 9000 * 9000), "pixels"),
+    "over_the_pixel_budget": (
+        lambda p: _npy_header_only(p, (9000, 9000), np.uint8, 128 + 9000 * 9000),
+        "pixels",
+    ),
 }
 
 
@@ -421,7 +431,13 @@ def _grey_png(path: Path, width: int, height: int, valid: bool = True) -> None:
 
 PNG_CASES = {
     # 144 MP: the old reader decoded it (+144 MB here, +300 MB as int64 later) before the shape check
-    "label_144_mp": ("segmentation", "masks/a.png", 12000, True, "12000×12000 = 144,000,000 pixels, more than"),
+    "label_144_mp": (
+        "segmentation",
+        "masks/a.png",
+        12000,
+        True,
+        "12000×12000 = 144,000,000 pixels, more than",
+    ),
     "depth_144_mp": ("depth", "depth/a.png", 12000, True, "12000×12000 = 144,000,000 pixels, more than"),
     # 225 MP: PIL's own guard raised DecompressionBombError, uncaught
     "label_225_mp_bomb": ("segmentation", "masks/a.png", 15000, False, "more than the pixels allowed"),

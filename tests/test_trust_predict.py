@@ -128,7 +128,9 @@ def test_files_predict_did_not_write_are_never_replaced(tmp_path, tiny_checkpoin
     assert np.allclose(
         np.load(folder / "a_1.npy"), expected_depth(tiny_checkpoints["depth"], folder / "a.jpg"), atol=1e-5
     )
-    ours = sorted([*(f"{stem}{suffix}" for stem in ("a_1", "b_1") for suffix in DEPTH_FILES), *DEPTH_RUN_FILES])
+    ours = sorted(
+        [*(f"{stem}{suffix}" for stem in ("a_1", "b_1") for suffix in DEPTH_FILES), *DEPTH_RUN_FILES]
+    )
     assert recorded(folder) == ours
 
     np.save(folder / "a_1.npy", np.zeros((1, 1), np.float32))  # an earlier result, as predict.py left it...
@@ -191,7 +193,9 @@ def test_a_crafted_record_only_names_plain_files_in_its_folder(tmp_path, tiny_ch
     assert "ignored 5 entries" in err
     assert "the results of a.png are named a_1.*" in err
     assert outside.read_bytes() == b"keep me" and (out / "a.png").is_symlink() and (out / "a.npy").is_dir()
-    assert recorded(out) == sorted([*(f"a_1{suffix}" for suffix in (".npy", ".png", "_color.png")), *DEPTH_RUN_FILES])
+    assert recorded(out) == sorted(
+        [*(f"a_1{suffix}" for suffix in (".npy", ".png", "_color.png")), *DEPTH_RUN_FILES]
+    )
 
     for text in ("not json", json.dumps({"files": ["a_1.png"]}), json.dumps(["a_1.png"]), "[" * 100_000):
         (out / predict.RECORD).write_text(text)
@@ -231,7 +235,9 @@ def test_a_nan_prediction_is_an_error_for_that_image(tmp_path, task, capsys):
 # --------------------------------------------------------------------------- the output folder
 
 
-def test_a_full_disk_stops_the_run_and_says_how_many_were_written(tmp_path, tiny_checkpoints, capsys, monkeypatch):
+def test_a_full_disk_stops_the_run_and_says_how_many_were_written(
+    tmp_path, tiny_checkpoints, capsys, monkeypatch
+):
     images, out = tmp_path / "in", tmp_path / "out"
     images.mkdir()
     for i in range(3):
@@ -272,7 +278,9 @@ def test_result_names_too_long_for_the_disk_skip_that_image(tmp_path, tiny_check
     assert status == predict.EXIT_SKIPPED, err
     assert f"{long_name}: its result file names are too long for the disk; rename it" in err
     assert "wrote depth results for 1 of 2 images" in stdout
-    assert sorted(p.name for p in out.iterdir()) == sorted([predict.RECORD, "b.npy", "b.png", "b_color.png", *DEPTH_RUN_FILES])
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [predict.RECORD, "b.npy", "b.png", "b_color.png", *DEPTH_RUN_FILES]
+    )
 
 
 def test_an_output_that_is_a_file_or_lies_under_one_is_one_line(tmp_path, tiny_checkpoints, capsys):
@@ -287,7 +295,9 @@ def test_an_output_that_is_a_file_or_lies_under_one_is_one_line(tmp_path, tiny_c
     assert a_file.read_text() == "mine"
 
 
-def test_a_read_only_output_folder_is_refused_before_any_work(tmp_path, tiny_checkpoints, capsys, monkeypatch):
+def test_a_read_only_output_folder_is_refused_before_any_work(
+    tmp_path, tiny_checkpoints, capsys, monkeypatch
+):
     Image.fromarray(rgb(28, 28)).save(tmp_path / "a.png")
     out = tmp_path / "read_only"
     out.mkdir()
@@ -328,7 +338,11 @@ def test_a_read_only_output_folder_is_refused_before_any_work(tmp_path, tiny_che
 )
 def test_window_and_pixel_options_are_checked(tmp_path, tiny_checkpoints, capsys, options, words):
     Image.fromarray(rgb(56, 56)).save(tmp_path / "a.png")
-    common = [f"ckpt={tiny_checkpoints['depth']}", f"input={tmp_path / 'a.png'}", f"output={tmp_path / 'out'}"]
+    common = [
+        f"ckpt={tiny_checkpoints['depth']}",
+        f"input={tmp_path / 'a.png'}",
+        f"output={tmp_path / 'out'}",
+    ]
     status, _, err = run(capsys, *common, *options)
     assert words in one_line_error(status, err)
 
@@ -378,17 +392,18 @@ def test_predict_passes_its_own_pixel_budget_to_the_reader(tmp_path, tiny_checkp
 def test_a_resized_view_above_the_pixel_budget_is_refused_before_it_is_allocated(
     tmp_path, tiny_checkpoints, capsys
 ):
-    """scales=[500] makes a 28×28 image a 14000×14000 view (196 MP), above the default 64 MP."""
-    Image.fromarray(rgb(28, 28)).save(tmp_path / "small.png")
+    """scales=[14] (within the 16 every scale list may reach) makes a 600×600 image an 8400×8400 view
+    (70.6 MP), above the default 64 MP."""
+    Image.fromarray(rgb(600, 600)).save(tmp_path / "small.png")
     start = time.perf_counter()
     status, stdout, err = run(
         capsys, f"ckpt={tiny_checkpoints['depth']}", f"input={tmp_path / 'small.png'}", f"output={tmp_path / 'out'}",
-        "scales=[500]",
+        "scales=[14]",
     )  # fmt: skip
     assert time.perf_counter() - start < 30
     assert status == predict.EXIT_SKIPPED, err
     assert (
-        "small.png: at scale 500 it becomes 14000×14000 = 196,000,000 pixels, more than the 64,000,000 allowed"
+        "small.png: at scale 14 it becomes 8400×8400 = 70,560,000 pixels, more than the 64,000,000 allowed"
         in err
     )
 

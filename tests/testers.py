@@ -109,7 +109,9 @@ class BackboneTester:
     def check_spec(self, meta: bool) -> None:
         model = self.create(meta)
         assert (model.embed_dim, model.n_blocks, model.patch_size) == (
-            self.spec.embed_dim, self.spec.depth, self.spec.patch_size
+            self.spec.embed_dim,
+            self.spec.depth,
+            self.spec.patch_size,
         )
         assert model.num_register_tokens == self.spec.num_register_tokens
         for layer_set in dense.LayerSet:
@@ -119,7 +121,10 @@ class BackboneTester:
         state = model.state_dict()
         assert "cls_token" in state and state["cls_token"].shape == (1, 1, self.spec.embed_dim)
         # Keys are unique per block and every block has the same ones (the loaders rely on it).
-        blocks = [{k.split(".", 2)[2] for k in state if k.startswith(f"blocks.{i}.")} for i in range(self.spec.depth)]
+        blocks = [
+            {k.split(".", 2)[2] for k in state if k.startswith(f"blocks.{i}.")}
+            for i in range(self.spec.depth)
+        ]
         assert all(b == blocks[0] and b for b in blocks)
 
     def check_forward(self, size: tuple[int, int]) -> None:
@@ -129,7 +134,9 @@ class BackboneTester:
         images = torch.randn(2, 3, size[0] * p, size[1] * p)
         with torch.no_grad():
             last_two = model.get_intermediate_layers(images, n=2, reshape=True, return_class_token=True)
-            chosen = model.get_intermediate_layers(images, n=[self.spec.depth - 2, self.spec.depth - 1], reshape=True)
+            chosen = model.get_intermediate_layers(
+                images, n=[self.spec.depth - 2, self.spec.depth - 1], reshape=True
+            )
         assert len(last_two) == 2
         for (patches, cls), same in zip(last_two, chosen, strict=True):
             assert patches.shape == (2, self.spec.embed_dim, *size) and cls.shape == (2, self.spec.embed_dim)

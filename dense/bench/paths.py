@@ -297,12 +297,17 @@ def head_paths(
     with torch.no_grad(), autocast(calls.device, case.precision):
         features = ours.extract_features(inputs.padded)  # computed once: this work is the head alone
     size, padding = tuple(case.size), inputs.padding
-    paths = [Path("head", "ours", calls.inference(lambda: ours.forward_head(features, padding, size)), [ours.head])]
+    paths = [
+        Path("head", "ours", calls.inference(lambda: ours.forward_head(features, padding, size)), [ours.head])
+    ]
     if (naive_head := references.naive_head) is not None:
         naive = _like(ours, ours.backbone, naive_head)
         paths.append(
             Path(
-                "head", "naive", calls.inference(lambda: naive.forward_head(features, padding, size)), [naive_head]
+                "head",
+                "naive",
+                calls.inference(lambda: naive.forward_head(features, padding, size)),
+                [naive_head],
             )
         )
     return paths

@@ -127,7 +127,9 @@ class DenseDataset(Dataset):
     def recipe_from(cls, options: dict, strict: bool = False):
         """`recipe_options` built from those of `options` that are its fields (None without one);
         `strict`: any other key is a mistake (the constructor's unknown keyword)."""
-        fields = set() if cls.recipe_options is None else {f.name for f in dataclasses.fields(cls.recipe_options)}
+        fields = (
+            set() if cls.recipe_options is None else {f.name for f in dataclasses.fields(cls.recipe_options)}
+        )
         unknown = sorted(set(options) - fields)
         if strict and unknown:
             raise TypeError(f"{cls.__name__}() got an unexpected keyword argument {unknown[0]!r}")
@@ -267,9 +269,15 @@ class DenseDataset(Dataset):
         a scale, a range), not a file, so the first file found is named and the rest stay quiet."""
         if raw.depth is None or self._warned_depth:
             return
-        category, hint = DepthScaleWarning, depth_scale_hint(raw.depth, raw.source, raw.depth_unit, raw.depth_bits)
+        category, hint = (
+            DepthScaleWarning,
+            depth_scale_hint(raw.depth, raw.source, raw.depth_unit, raw.depth_bits),
+        )
         if not hint:  # a wrong unit also empties the range: it is the message that names the cause
-            category, hint = DepthRangeWarning, depth_range_hint(raw.depth, raw.source, self.min_depth, self.max_depth)
+            category, hint = (
+                DepthRangeWarning,
+                depth_range_hint(raw.depth, raw.source, self.min_depth, self.max_depth),
+            )
         if hint:
             self._warned_depth = True
             warnings.warn(hint, category, stacklevel=3)

@@ -128,8 +128,15 @@ class DenseDataModule(L.LightningDataModule):
         self._datasets: dict[str, DenseDataset] = {}
         self.feature_cache: dict | None = None
 
-    def use_feature_cache(self, model, directory: str, *, batch_size: int = 16, device: str | None = None,
-                          precision: str = "fp32") -> None:
+    def use_feature_cache(
+        self,
+        model,
+        directory: str,
+        *,
+        batch_size: int = 16,
+        device: str | None = None,
+        precision: str = "fp32",
+    ) -> None:
         """Train on the frozen backbone's cached features (dense/cache.py) instead of images.
 
         The train split is then read without its augmentation recipe (cached views must be
@@ -139,9 +146,13 @@ class DenseDataModule(L.LightningDataModule):
         if "train" in self._datasets:
             raise RuntimeError("use_feature_cache must be called before the train split is built")
         self.augment = False
-        self.feature_cache = {"model": model, "directory": directory, "batch_size": batch_size,
-                              "device": device or ("cuda" if torch.cuda.is_available() else "cpu"),
-                              "precision": precision}
+        self.feature_cache = {
+            "model": model,
+            "directory": directory,
+            "batch_size": batch_size,
+            "device": device or ("cuda" if torch.cuda.is_available() else "cpu"),
+            "precision": precision,
+        }
 
     # ---- what the model, task and metrics read
     @property
@@ -192,8 +203,9 @@ class DenseDataModule(L.LightningDataModule):
             )
             if split == "train" and self.feature_cache is not None:
                 options = dict(self.feature_cache)
-                dataset = CachedFeatures(dataset, options.pop("model"), options.pop("directory"),
-                                         random_flip=True, **options)
+                dataset = CachedFeatures(
+                    dataset, options.pop("model"), options.pop("directory"), random_flip=True, **options
+                )
             self._datasets[split] = dataset
         return self._datasets[split]
 
@@ -313,10 +325,14 @@ def datamodule_from_config(config, source: str | None = None) -> DenseDataModule
         if key in LOADER_MINIMUMS:
             minimum = LOADER_MINIMUMS[key]
             if not (value is None and key == "val_batch_size") and not (
-                isinstance(value, int) and not isinstance(value, bool) and minimum <= value <= LOADER_MAXIMUMS[key]
+                isinstance(value, int)
+                and not isinstance(value, bool)
+                and minimum <= value <= LOADER_MAXIMUMS[key]
             ):
                 kind = "a positive integer" if minimum else "an integer >= 0"
-                raise DatasetError(f"{prefix}data.{key}={value!r} must be {kind} (at most {LOADER_MAXIMUMS[key]})")
+                raise DatasetError(
+                    f"{prefix}data.{key}={value!r} must be {kind} (at most {LOADER_MAXIMUMS[key]})"
+                )
             continue
         types = MODULE_KEYS.get(key) or (_option_types(parameters[key]) if key in parameters else None)
         if types is None:

@@ -146,7 +146,9 @@ def read_depth_npy(path: str | os.PathLike) -> np.ndarray:
         except (OSError, ValueError, EOFError) as e:
             raise unreadable(path, "depth", e, expected) from None
         if dtype.hasobject:
-            raise DatasetError(f"depth {path} holds Python objects (a pickle, never loaded); expected {expected}")
+            raise DatasetError(
+                f"depth {path} holds Python objects (a pickle, never loaded); expected {expected}"
+            )
         # Only a channel axis is dropped: np.squeeze would also collapse a 1-pixel-high or 1×1 map.
         plane = shape
         if len(shape) == 3 and shape[0] == 1:
@@ -154,7 +156,9 @@ def read_depth_npy(path: str | os.PathLike) -> np.ndarray:
         elif len(shape) == 3 and shape[2] == 1:
             plane = shape[:2]
         if len(plane) != 2 or not np.issubdtype(dtype, np.number):
-            raise DatasetError(f"depth {path} has shape {shape} ({dtype}); expected an H×W float array in metres")
+            raise DatasetError(
+                f"depth {path} has shape {shape} ({dtype}); expected an H×W float array in metres"
+            )
         count = math.prod(shape)
         data_bytes, file_bytes = count * dtype.itemsize, os.fstat(f.fileno()).st_size - f.tell()
         if data_bytes != file_bytes:

@@ -41,4 +41,6 @@ class SegmentationFiles(DenseDataset):
 
     def read(self, index: int) -> RawSample:
         name, image, label = self.items[index]
-        return RawSample(name, read_rgb(image), mask=self.to_class_ids(read_label_png(label)), source=str(label))
+        return RawSample(
+            name, read_rgb(image), mask=self.to_class_ids(read_label_png(label)), source=str(label)
+        )

@@ -417,7 +417,11 @@ class SegRecipe:
     def transforms(self, augment: bool, split: str) -> list[A.BasicTransform]:
         if augment:
             return seg_train(
-                size_pair(self.crop_size), self.short_side, self.max_long_side, self.ratio_range, self.cat_max_ratio
+                size_pair(self.crop_size),
+                self.short_side,
+                self.max_long_side,
+                self.ratio_range,
+                self.cat_max_ratio,
             )
         if split != "train":
             return []

@@ -86,9 +86,7 @@ class PascalVOC(SegmentationFiles):
         if not label_dir.is_dir():
             raise DatasetError(f"{label_dir} does not exist; expected {LAYOUT}")
         self.list_file = list_file
-        items = [
-            (i, self.root / "JPEGImages" / f"{i}.jpg", label_dir / f"{i}.png") for i in ids
-        ]
+        items = [(i, self.root / "JPEGImages" / f"{i}.jpg", label_dir / f"{i}.png") for i in ids]
         missing = [p for _, image, label in items for p in (image, label) if not p.is_file()]
         if missing:
             raise DatasetError(f"{list_file} names {len(missing)} files that do not exist, e.g. {missing[0]}")

@@ -108,7 +108,9 @@ def check_test_settings(
 ) -> None:
     """Refuse prediction settings (task.test_*) that cannot work, before anything runs."""
     try:
-        check_inference_settings(test_mode, test_crop_size, test_stride, test_scales, test_flip, option_prefix="task.test_")
+        check_inference_settings(
+            test_mode, test_crop_size, test_stride, test_scales, test_flip, option_prefix="task.test_"
+        )
     except ValueError as error:
         raise ConfigError(str(error)) from None
 
@@ -154,12 +156,16 @@ class RunCheckpointIO(TorchCheckpointIO):
             raise TypeError("RunCheckpointIO does not take storage_options")
         atomic_save(checkpoint, path)
 
-    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
         """Always on the CPU and with weights_only=True (`map_location`, `weights_only` are Lightning's
         arguments; they cannot loosen this)."""
         path = os.fspath(path)
         if "://" in path:
-            raise WeightsError(f"{shown(path, 200)} is not a local file: checkpoints are read from local files only")
+            raise WeightsError(
+                f"{shown(path, 200)} is not a local file: checkpoints are read from local files only"
+            )
         checkpoint = load_weights_file(path)
         if not isinstance(checkpoint, dict):
             raise WeightsError(f"{path} holds {shown(checkpoint)}, not a Lightning checkpoint")
@@ -168,7 +174,9 @@ class RunCheckpointIO(TorchCheckpointIO):
             try:
                 Version(version)
             except (InvalidVersion, TypeError):
-                raise WeightsError(f"{path}: its pytorch-lightning_version {shown(version)} is not a version") from None
+                raise WeightsError(
+                    f"{path}: its pytorch-lightning_version {shown(version)} is not a version"
+                ) from None
         callbacks = checkpoint.get("callbacks")
         if isinstance(callbacks, dict):
             for state in callbacks.values():
@@ -265,7 +273,11 @@ class DenseTask(L.LightningModule):
         super().__init__()
         if model.task != self.task:
             raise ConfigError(f"{type(self).__name__} trains {self.task} heads, got a {model.task} model")
-        test_crop_size, test_stride, test_scales = plain(test_crop_size), plain(test_stride), plain(test_scales)
+        test_crop_size, test_stride, test_scales = (
+            plain(test_crop_size),
+            plain(test_stride),
+            plain(test_scales),
+        )
         check_test_settings(test_mode, test_crop_size, test_stride, test_scales, test_flip)
         scheduler = dict(plain(scheduler) or {})
         scheduler["decay"] = scheduler.get("decay") or self.default_decay

@@ -27,8 +27,12 @@ from dinov2.models.vision_transformer import DinoVisionTransformer  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 SIZES = [(518, 518), (224, 224), (280, 350), (126, 644)]
 TINY = {
-    "tiny14": dict(num_register_tokens=0, interpolate_offset=0.1, interpolate_antialias=False, ffn_layer="mlp"),
-    "tiny14_reg": dict(num_register_tokens=4, interpolate_offset=0.0, interpolate_antialias=True, ffn_layer="mlp"),
+    "tiny14": dict(
+        num_register_tokens=0, interpolate_offset=0.1, interpolate_antialias=False, ffn_layer="mlp"
+    ),
+    "tiny14_reg": dict(
+        num_register_tokens=4, interpolate_offset=0.0, interpolate_antialias=True, ffn_layer="mlp"
+    ),
     "tiny14_swiglu": dict(
         num_register_tokens=0, interpolate_offset=0.1, interpolate_antialias=False, ffn_layer="swiglufused"
     ),
@@ -55,8 +59,16 @@ def main():
     reference = {}
     for name, options in TINY.items():
         model = DinoVisionTransformer(
-            img_size=518, patch_size=14, embed_dim=48, depth=4, num_heads=3, mlp_ratio=4, init_values=1.0,
-            block_fn=partial(NestedTensorBlock, attn_class=MemEffAttention), block_chunks=0, **options,
+            img_size=518,
+            patch_size=14,
+            embed_dim=48,
+            depth=4,
+            num_heads=3,
+            mlp_ratio=4,
+            init_values=1.0,
+            block_fn=partial(NestedTensorBlock, attn_class=MemEffAttention),
+            block_chunks=0,
+            **options,
         ).eval()
         weights = randomise(model.state_dict(), generator)
         model.load_state_dict(weights)
@@ -66,9 +78,19 @@ def main():
             image = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(case_seed))
             for norm in (True, False):
                 with torch.no_grad():
-                    out = model.get_intermediate_layers(image, n=[1, 3], reshape=True, return_class_token=True, norm=norm)
-                cases.append({"image_seed": case_seed, "size": (height, width), "norm": norm, "layers": [1, 3],
-                              "patches": [p.clone() for p, _ in out], "cls": [c.clone() for _, c in out]})
+                    out = model.get_intermediate_layers(
+                        image, n=[1, 3], reshape=True, return_class_token=True, norm=norm
+                    )
+                cases.append(
+                    {
+                        "image_seed": case_seed,
+                        "size": (height, width),
+                        "norm": norm,
+                        "layers": [1, 3],
+                        "patches": [p.clone() for p, _ in out],
+                        "cls": [c.clone() for _, c in out],
+                    }
+                )
         reference[name] = {"weights": weights, "cases": cases}
     torch.save(reference, os.path.join(HERE, "backbone_tiny.pt"))
 

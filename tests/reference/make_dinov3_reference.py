@@ -45,15 +45,28 @@ from tests._random_weights import seeded_state_dict  # noqa: E402
 
 SIZES = [(64, 64), (48, 80), (112, 32), (16, 16)]
 HUB_OPTIONS = dict(
-    img_size=224, patch_size=16, in_chans=3, pos_embed_rope_base=100, pos_embed_rope_normalize_coords="separate",
-    pos_embed_rope_rescale_coords=2, pos_embed_rope_dtype="fp32", drop_path_rate=0.0, layerscale_init=1.0e-05,
-    norm_layer="layernormbf16", ffn_bias=True, proj_bias=True, n_storage_tokens=4, mask_k_bias=True,
+    img_size=224,
+    patch_size=16,
+    in_chans=3,
+    pos_embed_rope_base=100,
+    pos_embed_rope_normalize_coords="separate",
+    pos_embed_rope_rescale_coords=2,
+    pos_embed_rope_dtype="fp32",
+    drop_path_rate=0.0,
+    layerscale_init=1.0e-05,
+    norm_layer="layernormbf16",
+    ffn_bias=True,
+    proj_bias=True,
+    n_storage_tokens=4,
+    mask_k_bias=True,
 )
 TINY_SIZE = dict(embed_dim=80, depth=4, num_heads=4)
 TINY = {
     "tiny16": dict(ffn_layer="mlp", ffn_ratio=4, qkv_bias=True),
     "tiny16_swiglu": dict(ffn_layer="swiglu", ffn_ratio=6, qkv_bias=True),
-    "tiny16_untied": dict(ffn_layer="swiglu64", ffn_ratio=3, qkv_bias=False, untie_global_and_local_cls_norm=True),
+    "tiny16_untied": dict(
+        ffn_layer="swiglu64", ffn_ratio=3, qkv_bias=False, untie_global_and_local_cls_norm=True
+    ),
     "tiny16_clsnorm": dict(ffn_layer="mlp", ffn_ratio=4, qkv_bias=True, untie_cls_and_patch_norms=True),
 }
 OFFICIAL = {
@@ -83,9 +96,12 @@ def outputs(model, image, n, reshape, norm):
 
 def main():
     # An exported tree (git archive) is no checkout: then DINOV3_COMMIT names the commit it came from.
-    commit = os.environ.get("DINOV3_COMMIT") or subprocess.run(
-        ["git", "-C", REPO, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-    ).stdout.strip()
+    commit = (
+        os.environ.get("DINOV3_COMMIT")
+        or subprocess.run(
+            ["git", "-C", REPO, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    )
     reference = {"commit": commit, "torch": str(torch.__version__), "sizes": SIZES, "variants": {}}
     for seed, (name, options) in enumerate(TINY.items()):
         model = DinoVisionTransformer(**HUB_OPTIONS, **TINY_SIZE, **options)
@@ -98,10 +114,26 @@ def main():
         for image_seed, (height, width) in enumerate(SIZES):
             image = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(image_seed))
             for norm in (True, False):
-                cases.append({"image_seed": image_seed, "size": (height, width), "n": [1, 3], "reshape": True,
-                              "norm": norm, **outputs(model, image, [1, 3], True, norm)})
-            cases.append({"image_seed": image_seed, "size": (height, width), "n": 2, "reshape": False,
-                          "norm": True, **outputs(model, image, 2, False, True)})
+                cases.append(
+                    {
+                        "image_seed": image_seed,
+                        "size": (height, width),
+                        "n": [1, 3],
+                        "reshape": True,
+                        "norm": norm,
+                        **outputs(model, image, [1, 3], True, norm),
+                    }
+                )
+            cases.append(
+                {
+                    "image_seed": image_seed,
+                    "size": (height, width),
+                    "n": 2,
+                    "reshape": False,
+                    "norm": True,
+                    **outputs(model, image, 2, False, True),
+                }
+            )
         reference["variants"][name] = {
             "seed": seed,
             "param_shapes": shapes,
