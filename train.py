@@ -1,4 +1,4 @@
-"""Train a depth or segmentation head on a frozen DINOv2 backbone (PyTorch Lightning under Hydra).
+"""Train a depth or segmentation head on a frozen DINOv2 or DINOv3 backbone (PyTorch Lightning under Hydra).
 
     python train.py experiment=smoke hydra.run.dir=outputs/smoke   # 1-2 minutes on a CPU, no download
     python train.py head=depth backbone=vitg14                      # DPT depth head on a frozen ViT-g/14 (a GPU job)
