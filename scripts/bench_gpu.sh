@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements of issue 6 (BENCHMARKS.md, "GPU targets"), ours and upstream in the same run, and
-# issue 15's DINOv3 steps (8-10).
+# issue 15's DINOv3 steps (8-10) and issue 16's TensorRT engine (11).
 #
 # Run from the repository root. Made for one call of the device tool (one H100; 15 minutes of device
 # time in all, 10 per command):
@@ -35,7 +35,7 @@ else echo "no DINOv3 package at $UPSTREAM_DINOV3: DINOv3 steps ours alone"; fi
 bench() {
   "$PYTHON" -m dense.bench --device cuda --precision bf16 --iters 10 --warmup 3 "$@" || echo "FAILED (exit $?): dense.bench $*"
 }
-STEPS=${STEPS:-1 2 3 4 5 6 7 8 9 10}
+STEPS=${STEPS:-1 2 3 4 5 6 7 8 9 10 11}
 step() { [[ " $STEPS " == *" $1 "* ]]; }  # is step $1 asked for?
 
 {
@@ -77,5 +77,9 @@ step() { [[ " $STEPS " == *" $1 "* ]]; }  # is step $1 asked for?
   # 10. A frozen ViT-7B/16 under a DPT head: one training step, batch 8, 416x544 (ours alone).
   step 10 && bench --backbone vit7b16 --head depth_dpt --work train --size 416x544 --batch 8 --reference none \
     --json "$OUT/10_dinov3_vit7b16_dpt_train.json"
+  # 11. Issue 16: a TensorRT engine built from our ONNX file (ViT-L/14 + DPT, shape profile 1x3x224x224 to
+  #     16x3x640x640, fp16), timed at batch 16, 480x640: compare with step 7 (PyTorch bf16 + compile, same shape).
+  step 11 && { "$PYTHON" -m dense.bench.onnx --backbone vitl14 --head depth_dpt --batch 16 --height 480 --width 640 \
+    --tensorrt "$OUT/11_vitl14_dpt.onnx" || echo "FAILED (exit $?): dense.bench.onnx --tensorrt"; }
   :  # a step left out is not a failure (each step's own errors are in the log)
 } 2>&1 | tee "$OUT/log.txt"

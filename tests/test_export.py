@@ -161,9 +161,18 @@ def test_export_py_writes_the_checkpoints_program(tmp_path, capsys):
     run_at_sizes(model, lambda images: program(images).detach())
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("backbone", BACKBONES)
-@pytest.mark.parametrize("head", HEADS)
+# Every head on every backbone family, through ONNX Runtime and .pt2. Each case costs 20-90 s of CPU, so
+# the default suite runs two of them, which with the three exports above give every head (DPT included)
+# and every family (DINOv3 and SwiGLU through ONNX too) at least once; `pytest -m slow` runs all twelve.
+IN_EVERY_RUN = {("depth_dpt", "tiny16"), ("depth_linear", "tiny14_swiglu")}
+MATRIX = [
+    pytest.param(head, backbone, marks=() if (head, backbone) in IN_EVERY_RUN else pytest.mark.slow)
+    for head in HEADS
+    for backbone in BACKBONES
+]
+
+
+@pytest.mark.parametrize("head, backbone", MATRIX)
 def test_every_head_on_every_backbone(backbone, head, tmp_path):
     model = tiny_model(backbone, head)
     export.to_onnx(model, tmp_path / "m.onnx")
@@ -353,3 +362,14 @@ def test_predict_onnx_option_mistakes(seg_onnx, images, tmp_path, capsys):
     for overrides, message in cases:
         err = one_line_exit(lambda o=overrides: predict.predict(predict_config(*o, *common)), capsys)
         assert message in err, err
+
+
+def test_tensorrt_command_builds_a_shape_profile_from_our_input():
+    """The GPU script's TensorRT step: trtexec gets the graph's input name with min/opt/max shapes."""
+    from dense.bench.onnx import tensorrt_command
+
+    command = tensorrt_command("/x/m.onnx", (1, 3, 224, 224), (16, 3, 480, 640), (16, 3, 640, 640))
+    assert command[0] == "trtexec" and "--onnx=/x/m.onnx" in command and "--fp16" in command
+    assert "--minShapes=images:1x3x224x224" in command and "--maxShapes=images:16x3x640x640" in command
+    assert "--optShapes=images:16x3x480x640" in command and "--shapes=images:16x3x480x640" in command
+    assert "--saveEngine=/x/m.plan" in command

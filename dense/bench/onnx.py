@@ -1,7 +1,7 @@
 """ONNX Runtime (CPU) against PyTorch (CPU) for the same model and input: images per second and peak memory.
 
-    python scripts/bench_onnx.py                                    # vits14 + depth_dpt, 1×3×224×308
-    python scripts/bench_onnx.py --backbone vitb14 --head seg_linear --batch 4 --height 518 --width 518
+    python -m dense.bench.onnx                                      # vits14 + depth_dpt, 1×3×224×308
+    python -m dense.bench.onnx --backbone vitb14 --head seg_linear --batch 4 --height 518 --width 518
 
 Random weights (seeded: both runtimes get the same model); no download. The model is exported once,
 then each runtime is timed in its own process so that its peak resident memory (VmHWM: the
@@ -16,13 +16,11 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 
 def build(args):
@@ -98,9 +96,31 @@ def tensorrt_command(onnx_path: str, min_shape, opt_shape, max_shape, fp16: bool
         f"--minShapes={shape(min_shape)}",
         f"--optShapes={shape(opt_shape)}",
         f"--maxShapes={shape(max_shape)}",
+        f"--shapes={shape(opt_shape)}",  # the shape it is timed at
         f"--saveEngine={os.path.splitext(onnx_path)[0]}.plan",
     ]
     return command + (["--fp16"] if fp16 else [])
+
+
+def run_tensorrt(args, onnx_path: str) -> int:
+    """Build a TensorRT engine from the ONNX file (profile: 1×3×224×224 up to the benchmark's batch at
+    the larger of its sizes and 640×640; timed at the benchmark's shape) and print trtexec's summary."""
+    if shutil.which("trtexec") is None:
+        print(
+            "FAILED: trtexec is not on PATH (TensorRT's command-line tool); install TensorRT to run this step"
+        )
+        return 1
+    opt = (args.batch, 3, args.height, args.width)
+    top = (args.batch, 3, max(args.height, 640), max(args.width, 640))
+    command = tensorrt_command(onnx_path, (1, 3, 224, 224), opt, top)
+    print(" ".join(command), flush=True)
+    done = subprocess.run(command, capture_output=True, text=True)
+    for line in done.stdout.splitlines():  # trtexec's performance summary: throughput and GPU latency
+        if "Throughput" in line or "GPU Compute Time" in line or "Latency" in line:
+            print(line.strip())
+    if done.returncode:
+        print(f"FAILED (trtexec exit {done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
+    return done.returncode
 
 
 def main() -> None:
@@ -112,6 +132,11 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=308)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument(
+        "--tensorrt",
+        metavar="FILE.onnx",
+        help="export to FILE.onnx, then build and time a TensorRT engine from it (a GPU machine with trtexec)",
+    )
     parser.add_argument("--run", choices=["torch", "onnx"], help=argparse.SUPPRESS)
     parser.add_argument("--onnx", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -121,6 +146,13 @@ def main() -> None:
 
     from dense.export import to_onnx
 
+    if args.tensorrt:
+        if shutil.which("trtexec") is None:  # before the export, which takes minutes for a big model
+            raise SystemExit(
+                "FAILED: trtexec (TensorRT's command-line tool) is not on PATH; install TensorRT"
+            )
+        to_onnx(build(args), args.tensorrt)
+        raise SystemExit(run_tensorrt(args, args.tensorrt))
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "model.onnx")
         start = time.perf_counter()
@@ -128,7 +160,7 @@ def main() -> None:
         export_s = time.perf_counter() - start
         results = []
         for runtime in ("torch", "onnx"):
-            command = [sys.executable, __file__, "--run", runtime, "--onnx", path]
+            command = [sys.executable, "-m", "dense.bench.onnx", "--run", runtime, "--onnx", path]
             for key in ("backbone", "head", "batch", "height", "width", "warmup", "iters"):
                 command += [f"--{key}", str(getattr(args, key))]
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
