@@ -18,8 +18,8 @@ import dense
 from dense.data import DATASETS, DenseDataModule, DenseDataset, RawSample
 from dense.errors import DatasetError
 from dense.registry import UnknownNameError
+from tests._tiny_run import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("dense", "heads")
 
 # Every module of dense/ and heads/ belongs to one layer ("dense.data" also covers dense.data.*).

@@ -10,14 +10,14 @@ from omegaconf import OmegaConf
 
 import heads
 from dense.backbone import BACKBONES
+from tests import _tiny_run
+from tests._tiny_run import CONFIGS
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 OUT = "paths.output_dir=/tmp/dense-test-unused"
 
 
 def compose_config(name: str, *overrides: str):
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose(name, overrides=[OUT, *overrides])
+    return _tiny_run.compose_config(name, OUT, *overrides)
 
 
 def options(group: str) -> list[str]:
