@@ -8,6 +8,9 @@
 
 Depth: <stem>.png (16-bit, metres × depth_scale), <stem>.npy (float32 metres), <stem>_color.png in one
 colour range for every image (the model's depth range, or depth_range), and colorbar.png to read it.
+Relative depth (a model trained with task.depth_mode=relative: disparity up to scale and shift): the
+same names, but <stem>.png and <stem>_color.png are normalised per image for viewing (0 = farthest,
+65535 = nearest), <stem>.npy holds the raw output, and there is no colour bar (no unit).
 Segmentation: <stem>.png (class ids), <stem>_color.png, <stem>_overlay.png, and legend.png + classes.json
 (the class colours and names). A rerun over the same folder replaces only files predict.py wrote there.
 
@@ -315,6 +318,7 @@ class Layout:
     save_npy: bool = True
     image_colorbar: bool = False  # depth_range=auto: each image has its own range, so its own bar
     run_files: tuple[str, ...] = ()
+    relative: bool = False  # a relative-depth model: maps normalised per image, no colour bar
 
     def names(self, stem: str) -> list[str]:
         if self.task == "depth":
@@ -324,7 +328,9 @@ class Layout:
         return [f"{stem}.png", f"{stem}_color.png", f"{stem}_overlay.png"]
 
 
-def run_layout(cfg: DictConfig, task: str) -> Layout:
+def run_layout(cfg: DictConfig, task: str, relative: bool = False) -> Layout:
+    if relative:
+        return Layout(task, bool(cfg.save_npy), relative=True)
     if task == "depth":
         fixed = cfg.depth_range != "auto"
         return Layout(
@@ -513,9 +519,14 @@ def infer_or_skip(model, batch, cfg, device, skipped, progress) -> list[np.ndarr
 COLORBAR_HEIGHT = 384  # pixels of colorbar.png
 
 
-def write_depth(output: Path, stem: str, depth: np.ndarray, cfg: DictConfig, colours) -> None:
+def write_depth(
+    output: Path, stem: str, depth: np.ndarray, cfg: DictConfig, colours, relative: bool = False
+) -> None:
     """colours: the fixed (min, max) of the colour map, or None for this image's own range (then its own
-    <stem>_colorbar.png, with colorbar=true)."""
+    <stem>_colorbar.png, with colorbar=true). relative: `depth` is a disparity up to scale and shift."""
+    if relative:
+        write_relative_depth(output, stem, depth, cfg)
+        return
     scaled = np.clip(np.rint(depth.astype(np.float64) * float(cfg.depth_scale)), 0, UINT16_MAX)
     save_png(scaled.astype(np.uint16), output / f"{stem}.png")
     if cfg.save_npy:
@@ -525,6 +536,18 @@ def write_depth(output: Path, stem: str, depth: np.ndarray, cfg: DictConfig, col
     if cfg.colorbar and colours is None:
         bar = viz.colorbar(COLORBAR_HEIGHT, vmin, vmax, cfg.cmap, label="depth (m)")
         save_png(bar, output / f"{stem}_colorbar.png")
+
+
+def write_relative_depth(output: Path, stem: str, disparity: np.ndarray, cfg: DictConfig) -> None:
+    """A relative model's map, for viewing: normalised to this image's own range (0 farthest, 1 nearest),
+    as 16 bits and in colours (nearest in the colour nearest depths get in metric pictures); the raw
+    output in the .npy."""
+    low, high = float(disparity.min()), float(disparity.max())
+    unit = (disparity.astype(np.float64) - low) / (high - low) if high > low else np.zeros(disparity.shape)
+    save_png(np.rint(unit * UINT16_MAX).astype(np.uint16), output / f"{stem}.png")
+    if cfg.save_npy:
+        save_npy(disparity.astype(np.float32), output / f"{stem}.npy")
+    save_png(viz.colorize(1 - unit, 0.0, 1.0, cfg.cmap), output / f"{stem}_color.png")
 
 
 def write_run_files(output: Path, names: dict[str, str], cfg: DictConfig, colours, palette, classes) -> None:
@@ -564,7 +587,7 @@ def write_results(
     names = layout.names(stem)
     try:
         if layout.task == "depth":
-            write_depth(output, stem, result, cfg, colours)
+            write_depth(output, stem, result, cfg, colours, layout.relative)
         else:
             write_segmentation(output, stem, image, result, palette, cfg)
     except OSError:
@@ -601,8 +624,11 @@ def predict(cfg: DictConfig) -> int:
             model = apply_speed_options(
                 model.to(device), compile=cfg.compile, bf16_autocast=cfg.precision == "bf16"
             )
+        relative = getattr(model, "depth_mode", "metric") == "relative"
+        if relative and cfg.depth_range not in ("model", "auto"):
+            raise ConfigError("depth_range is in metres, but this model predicts relative depth (no unit)")
         existing = prepare_output(output)  # only once the model is there: a refused checkpoint leaves nothing
-        layout = run_layout(cfg, model.task)
+        layout = run_layout(cfg, model.task, relative)
         stems, notes, run_names = assign_stems(paths, output, existing, ours, layout)
         palette = viz.get_palette(num_classes(model), cfg.palette) if model.task == "segmentation" else None
         classes = class_names(model, stored_names) if model.task == "segmentation" else None
@@ -618,7 +644,7 @@ def predict(cfg: DictConfig) -> int:
 
     for note in notes:
         print(note, file=sys.stderr)
-    if model.task == "depth" and model.max_depth * cfg.depth_scale > UINT16_MAX:
+    if model.task == "depth" and not relative and model.max_depth * cfg.depth_scale > UINT16_MAX:
         print(
             f"note: depths above {UINT16_MAX / cfg.depth_scale:g} m are clipped in the 16-bit PNGs (the model "
             f"reaches {model.max_depth:g} m; the .npy files keep them); depth_scale=256 fits up to 256 m",
@@ -662,17 +688,24 @@ def predict(cfg: DictConfig) -> int:
 
     if stopped:
         print(stopped, file=sys.stderr)
-    print(f"wrote {model.task} results for {written} of {len(paths)} images to {output}")
-    print(describe_colours(cfg, model, output, run_names, colours))
+    kind = "relative depth" if relative else model.task
+    print(f"wrote {kind} results for {written} of {len(paths)} images to {output}")
+    print(describe_colours(cfg, model, output, run_names, colours, relative))
     if skipped:
         print(f"skipped {len(skipped)} image(s), see above: {', '.join(skipped)}", file=sys.stderr)
     return EXIT_SKIPPED if skipped or stopped else 0
 
 
 def describe_colours(
-    cfg: DictConfig, model: DenseModel, output: Path, run_names: dict[str, str], colours
+    cfg: DictConfig, model: DenseModel, output: Path, run_names: dict[str, str], colours, relative=False
 ) -> str:
     """One line that says how to read the colour pictures."""
+    if relative:
+        return (
+            "relative depth (disparity up to an unknown scale and shift, no unit): <stem>.png and "
+            f"<stem>_color.png ({cfg.cmap}) are normalised per image for viewing (0 = farthest, 65535 = "
+            "nearest), not comparable across images; <stem>.npy holds the raw output"
+        )
     if model.task == "segmentation":
         return f"class colours: {output / run_names['legend.png']}, names and colours: {output / run_names['classes.json']}"
     if colours is None:

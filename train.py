@@ -44,7 +44,7 @@ def train(cfg: DictConfig):
 
     from dense.config import apply_speed_options
     from dense.data import datamodule_from_config
-    from dense.tasks import TASKS, RunCheckpointIO, build_task
+    from dense.tasks import RunCheckpointIO, build_task, check_depth_mode, task_class
 
     # The frozen backbone is in eval mode on purpose (DenseModel.train keeps it so).
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
@@ -56,8 +56,10 @@ def train(cfg: DictConfig):
         datamodule = datamodule_from_config(cfg.data)
         spec = heads.get_head_spec(cfg.head.name)
         check_head_fits_data(spec, cfg, datamodule)
-        task_class = TASKS[spec.task]
-        callbacks = make_callbacks(cfg.get("callbacks"), task_class)
+        depth_mode = cfg.task.get("depth_mode", "metric")
+        check_depth_mode(depth_mode, spec.task, datamodule.depth_target)
+        task_cls = task_class(spec.task, depth_mode)
+        callbacks = make_callbacks(cfg.get("callbacks"), task_cls)
         # The run deletes and loads checkpoints only in its own checkpoint folders (RunCheckpointIO).
         folders = {str(Path(cfg.paths.output_dir) / "checkpoints")}
         folders |= {c.dirpath for c in callbacks if isinstance(c, ModelCheckpoint) and c.dirpath}
@@ -68,7 +70,7 @@ def train(cfg: DictConfig):
         )
         check_trainer(cfg, trainer)
         check_data_and_weights(cfg, datamodule)
-        model = build_run_model(cfg, datamodule, spec)
+        model = build_run_model(cfg, datamodule, spec, depth_mode)
         if cfg.cache.features:
             datamodule.use_feature_cache(
                 model, cfg.cache.dir, batch_size=cfg.cache.batch_size, precision=cfg.cache.precision
@@ -86,7 +88,7 @@ def train(cfg: DictConfig):
         trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     # The checkpoint callback that follows the main metric (the other one writes last.ckpt).
-    best = next((c for c in trainer.checkpoint_callbacks if c.monitor == task_class.main_metric), None)
+    best = next((c for c in trainer.checkpoint_callbacks if c.monitor == task_cls.main_metric), None)
     if best is not None and best.best_model_score is not None:
         metrics["best"] = float(best.best_model_score)
     if best is not None and not best.best_model_path and trainer.global_step > 0:
@@ -211,9 +213,10 @@ def make_callbacks(config: DictConfig | None, task_class) -> list:
     return callbacks
 
 
-def build_run_model(cfg: DictConfig, datamodule, spec):
+def build_run_model(cfg: DictConfig, datamodule, spec, depth_mode: str = "metric"):
     """The DenseModel of this run (`spec`: its head's HeadSpec): the checkpoint's own model when
-    resuming, else built from the config with the dataset's depth range or class count."""
+    resuming, else built from the config with the dataset's depth range or class count (and
+    task.depth_mode: metric or relative)."""
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     from dense.backbone import get_spec
@@ -247,7 +250,7 @@ def build_run_model(cfg: DictConfig, datamodule, spec):
         head["max_depth"] = datamodule.max_depth if head.get("max_depth") is None else head["max_depth"]
     elif head.get("num_classes") is None:
         head["num_classes"] = datamodule.num_classes
-    model = model_from_config(backbone, head)
+    model = model_from_config(backbone, head, depth_mode=depth_mode)
 
     if backbone_is_stored(model.config):
         # A random-initialised backbone (backbone.pretrained=false): write it once to a weights file
@@ -293,6 +296,7 @@ RESUME_SECTIONS = (
     ("data", "the run continues on the new data"),
     ("task.scheduler", "the new schedule applies from the resumed step on"),
     ("task.depth_loss", "the new loss applies from the resumed step on"),
+    ("task.relative_loss", "the new loss applies from the resumed step on"),
     ("task.seg_loss", "the new loss applies from the resumed step on"),
 )
 # Loader settings change no number of the run.

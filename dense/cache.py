@@ -9,7 +9,7 @@ Layout: `<root>/<key>/` with
     meta.json        what the key was made of (written last when an entry is created)
     patches.npy      N × V × L × D × h × w  float16   (V = 2 views, L = layers)
     cls.npy          N × V × L × D          float16   (when the head uses class tokens)
-    target.npy       N × ...                the depth (float32) or mask (int16) of view 0
+    target.npy       N × ...                the depth or disparity (float32) or mask (int16) of view 0
     done.npy         N × V bool             written after the features, so a killed fill resumes
     .lock            held (flock) while a run checks and fills the entry
 
@@ -274,7 +274,7 @@ class EntryFolder:
 class CachedFeatures(Dataset):
     """Features of `dataset` (fixed-size, unaugmented samples), filled on construction, read back per item.
 
-    Items: {"patches": L×D×h×w float16, "cls": L×D float16 (if used), "depth"/"mask", "name",
+    Items: {"patches": L×D×h×w float16, "cls": L×D float16 (if used), "depth"/"disparity"/"mask", "name",
     "view": 0|1}. With `random_flip`, each read picks a view at random (training); otherwise view 0.
     `filled` is how many images the construction ran through the backbone (0: the entry was complete).
     """
@@ -293,7 +293,8 @@ class CachedFeatures(Dataset):
         self.dataset = dataset
         self.random_flip = random_flip
         first = dataset[0]
-        self.target_key = "depth" if "depth" in first and model.task == "depth" else "mask"
+        depth_keys = [k for k in ("depth", "disparity") if k in first] if model.task == "depth" else []
+        self.target_key = depth_keys[0] if depth_keys else "mask"
         self.image_size = tuple(first["image"].shape[-2:])
         self.names = (
             list(dataset.sample_names())
@@ -318,7 +319,7 @@ class CachedFeatures(Dataset):
         padded, _ = model.pad(first["image"][None])
         h, w = padded.shape[-2] // model.patch_size, padded.shape[-1] // model.patch_size
         n, v, layers, dim = len(self.dataset), len(VIEWS), len(model.layers), model.backbone.embed_dim
-        target_dtype = np.float32 if self.target_key == "depth" else np.int16
+        target_dtype = np.int16 if self.target_key == "mask" else np.float32
         shapes = {
             "patches": ((n, v, layers, dim, h, w), np.float16),
             "target": ((n, *first[self.target_key].shape), target_dtype),

@@ -86,6 +86,7 @@ MODEL_CONFIG_TYPES = {
     "use_cls_token": bool,
     "min_depth": (int, float),
     "max_depth": (int, float),
+    "depth_mode": str,  # "relative" (absent: metric); its value is checked by build_model
 }
 
 

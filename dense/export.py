@@ -310,6 +310,12 @@ def to_onnx(
     """
     import onnx
 
+    if getattr(model, "depth_mode", "metric") != "metric":
+        # predict.py would read the file's output as metres; its metadata has no field for a relative map.
+        raise ExportError(
+            "a relative-depth model (task.depth_mode=relative) cannot be exported yet: its ONNX metadata "
+            "would describe metres; use predict.py with the checkpoint (ckpt=...)"
+        )
     path = check_output(path, ".onnx")
     metadata = model_metadata(
         model, uint8_input=uint8_input, fp16_weights=fp16_weights, class_names=class_names

@@ -156,6 +156,8 @@ DINOV3_RECIPES = {
                           {"upsample": 1}),
     "dinov3_nyu_dpt": ("depth_dpt", "nyu", (None, True, False), 3e-4, [0.9, 0.99], 1e-4, 12800, 38400, 35, 1600,
                        {"channels": 512, "post_process_channels": [1024] * 4}),
+    "dinov3_nyu_dpt_relative": ("depth_dpt", "nyu", (None, True, False), 3e-4, [0.9, 0.99], 1e-4, 12800, 38400, 35,
+                                1600, {"channels": 512, "post_process_channels": [1024] * 4}),
     "dinov3_ade20k_linear": ("seg_linear", "ade20k", (None, None, None), 1e-3, [0.9, 0.999], 1e-3, 1500, 40000, None,
                              5000, {"dropout": 0.1}),
 }

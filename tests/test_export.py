@@ -24,7 +24,7 @@ import predict
 from dense import export
 from dense.model import DenseModel, build_model
 from tests._fixtures_data import rgb
-from tests._tiny_run import ROOT, write_checkpoint
+from tests._tiny_run import ROOT, one_line_exit, write_checkpoint
 
 HEADS = ["depth_linear", "depth_dpt", "seg_linear"]
 BACKBONES = ["tiny14", "tiny14_reg", "tiny14_swiglu", "tiny16"]
@@ -272,15 +272,6 @@ def test_predict_depth_from_uint8_onnx_equals_checkpoint(depth_onnx_uint8_fp16, 
 
 
 # ---- one-line errors ------------------------------------------------------------------------------------
-
-
-def one_line_exit(call, capsys) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        call()
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err, err
-    return err
 
 
 def test_export_refusals_are_one_line(seg_onnx, tmp_path, capsys):

@@ -30,7 +30,8 @@ from dense.plain import plain, plain_value_problem
 from dense.registry import UnknownNameError
 
 SPLIT_SEED_OFFSETS = {"train": 0, "val": 1, "test": 2}
-PAD_VALUES = {"image": 0.0, "depth": 0.0, "mask": IGNORE_INDEX}  # image 0 = the mean colour after normalising
+# image 0 = the mean colour after normalising; disparity -1 = no value (transforms.NO_DISPARITY)
+PAD_VALUES = {"image": 0.0, "depth": 0.0, "mask": IGNORE_INDEX, "disparity": -1.0}
 
 
 def pad_collate(batch: list[dict]) -> dict:
@@ -178,6 +179,11 @@ class DenseDataModule(L.LightningDataModule):
     @property
     def max_depth(self) -> float:
         return self.info.max_depth
+
+    @property
+    def depth_target(self) -> str:
+        """The depth ground truth: "depth" (metres) or "disparity" (relative maps, folder datasets)."""
+        return self.info.depth_target
 
     @property
     def eval_crop(self) -> str | None:
