@@ -30,14 +30,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import hydra
+from dense import _cli
+
+if __name__ == "__main__":  # --help and argument mistakes before the imports below (seconds of start-up)
+    _cli.check_arguments(__file__)
+
+import hydra  # noqa: E402
 import matplotlib
 import numpy as np
 import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from dense import _cli, viz
+from dense import viz
 from dense.backbone import check_official_weights, get_spec
 from dense.checkpoint import model_from_checkpoint, read_model_config
 from dense.config import apply_speed_options, compile_mode, model_from_config
