@@ -156,16 +156,23 @@ def colorize_depth(
     return colorize(d, vmin, vmax, cmap, valid=_depth_valid(d), invalid_color=invalid_color)
 
 
+# A bar needs this many rows for its ticks and label to be legible; a lower picture is padded below.
+MIN_COLORBAR_HEIGHT = 64
+
+
 def add_colorbar(
     image: np.ndarray, vmin: float, vmax: float, cmap: str = DEPTH_CMAP, label: str = "m"
 ) -> np.ndarray:
-    """The uint8 H×W×3 picture with a labelled colour bar drawn to its right (same height)."""
-    return np.concatenate([image, colorbar(image.shape[0], vmin, vmax, cmap, label)], axis=1)
+    """The uint8 H×W×3 picture with a labelled colour bar drawn to its right, of the picture's height
+    (at least MIN_COLORBAR_HEIGHT: a lower picture is padded with white below, never resized)."""
+    height = max(image.shape[0], MIN_COLORBAR_HEIGHT)
+    picture = np.pad(image, ((0, height - image.shape[0]), (0, 0), (0, 0)), constant_values=255)
+    return np.concatenate([picture, colorbar(height, vmin, vmax, cmap, label)], axis=1)
 
 
 def colorbar(height: int, vmin: float, vmax: float, cmap: str = DEPTH_CMAP, label: str = "m") -> np.ndarray:
     """A uint8 height×W×3 labelled colour bar from vmin (bottom) to vmax (top) on white: beside a
-    picture (add_colorbar) or on its own (predict.py's colorbar.png)."""
+    picture (add_colorbar: predict.py's _color.png) or on its own."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colorbar import ColorbarBase
     from matplotlib.colors import Normalize
@@ -395,6 +402,7 @@ def compare_figure(
     ignore_index: int | None = IGNORE_INDEX,
     titles: Sequence[str] | None = None,
     panel_size: float = 3.2,
+    class_names: Sequence[str] | None = None,
 ):
     """A matplotlib Figure, one row per image: image | prediction | ground truth | error.
 
@@ -403,7 +411,9 @@ def compare_figure(
     Depth: prediction and ground truth share one range and a colour bar (vmin/vmax, default the
     ground truth's valid range, else the prediction's); the error is |prediction − truth| in metres
     where the truth is valid. Segmentation: palette colours (default: get_palette for the largest id
-    of all rows, so a class has one colour throughout) and the wrong pixels in red.
+    of all rows, so a class has one colour throughout) and the wrong pixels in red; a legend under the
+    panels names the colour of every class (`class_names`, default "class 0", "class 1", ... for the
+    ids that occur).
     """
     import matplotlib.pyplot as plt
 
@@ -431,7 +441,28 @@ def compare_figure(
             _segmentation_row(ax, img, _plane(pred, "prediction"), gt, palette, ignore_index)
         for a in ax:
             a.set_axis_off()
+    if task == "segmentation":
+        _class_legend(fig, palette, class_names, predictions + (targets or []), ignore_index)
     return fig
+
+
+def _class_legend(fig, palette: np.ndarray, class_names, label_maps: list, ignore_index) -> None:
+    """Coloured patches with the class names under the figure: every named class, or without names
+    the ids that occur in the maps."""
+    from matplotlib.patches import Patch
+
+    if class_names is None:
+        ids = sorted(
+            {int(i) for x in label_maps for i in np.unique(_plane(x, "labels")) if i != ignore_index}
+        )
+        entries = [(i, f"class {i}") for i in ids]
+    else:
+        entries = list(enumerate(class_names))
+    handles = [Patch(facecolor=palette[i] / 255, edgecolor="black", label=name) for i, name in entries]
+    columns = min(len(handles), 8)
+    rows = -(-len(handles) // columns) if handles else 0
+    fig.legend(handles=handles, loc="lower center", ncol=max(columns, 1), frameon=False)
+    fig.subplots_adjust(bottom=min(0.4, 0.06 + 0.35 * rows / fig.get_size_inches()[1]))
 
 
 def _depth_row(fig, ax, pred: np.ndarray, gt, vmin, vmax, cmap: str) -> None:
