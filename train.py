@@ -75,12 +75,12 @@ def train(cfg: DictConfig):
         if isinstance(trainer.accelerator, CPUAccelerator):
             logging.getLogger(__name__).info(use_cpu_threads(cfg.get("threads")))
         check_data_and_weights(cfg, datamodule)
-        logging.getLogger(__name__).info(datamodule.describe_sizes())
         model = build_run_model(cfg, datamodule, spec)
         if cfg.cache.features:
             datamodule.use_feature_cache(
                 model, cfg.cache.dir, batch_size=cfg.cache.batch_size, precision=cfg.cache.precision
             )
+        logging.getLogger(__name__).info(datamodule.describe_sizes())
         # After the cache fill (which runs the backbone in cache.precision, outside the trainer).
         apply_speed_options(model, compile=cfg.compile, bf16_autocast=trainer.precision == "bf16-mixed")
         task = build_task(model, datamodule, **_cli.plain(cfg.task), config=_cli.plain(cfg))

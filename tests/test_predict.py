@@ -92,7 +92,7 @@ def test_depth_round_trip(tmp_path, tiny_checkpoints):
         ]
     assert np.allclose(metres, expected.numpy(), atol=1e-5)
     color = np.asarray(Image.open(out / "room_color.png"))
-    assert color.shape[0] == 64 and color.shape[1] > 61 and color.shape[2] == 3  # bar beside, padded to 64 rows
+    assert color.shape[0] == 64 and color.shape[1] > 61  # the bar beside it, padded to 64 rows
     assert not list(out.glob(".tmp-*"))  # atomic writes leave no temporary files
 
 

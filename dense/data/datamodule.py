@@ -219,9 +219,9 @@ class DenseDataModule(L.LightningDataModule):
         """One line on the sizes the model sees: the first training sample as read and after the train
         recipe, the segmentation recipe's rescale and crop, and the evaluation size. The user's images
         may be far smaller (or larger) than a recipe made for another dataset expects: a run says so."""
+        if self.feature_cache is not None:  # the train split is the cache's (built when it is filled)
+            return f"training on the cached backbone features of the {self.name} train split's whole images"
         train = self.dataset("train")
-        if not isinstance(train, DenseDataset):  # cached features: the sizes were the cache's
-            return f"training on cached features of the {self.name} train split"
         raw = train.read(0)
         height, width = raw.image.shape[:2]
         # Through a copy of the recipe: the run's own augmentation draws stay as they were.
