@@ -2,15 +2,16 @@
 
     python predict.py ckpt=RUN/checkpoints/best.ckpt input=photos/ output=results/     # a train.py checkpoint
     python predict.py backbone=vitl14 head=depth_dpt backbone.weights=B.pth head.weights=H.pth input=room.jpg output=results/
-    python predict.py ckpt=... input=... output=... depth_range=[0,5] cmap=turbo      # colours over 0-5 m
+    python predict.py ckpt=... input=... output=... depth_range=[0,5] cmap=turbo      # colours over 0-5 m in every image
     python predict.py ckpt=... input=... output=... mode=slide crop_size=518 precision=bf16
     python predict.py model=model.onnx input=photos/ output=results/                  # a file from export.py
 
-Depth: <stem>.png (16-bit, metres × depth_scale), <stem>.npy (float32 metres), <stem>_color.png in one
-colour range for every image (the model's depth range, or depth_range), and colorbar.png to read it.
-Relative depth (a model trained with task.depth_mode=relative: disparity up to scale and shift): the
-same names, but <stem>.png and <stem>_color.png are normalised per image for viewing (0 = farthest,
-65535 = nearest), <stem>.npy holds the raw output, and there is no colour bar (no unit).
+Depth: <stem>_color.png, the depth in colours with its colour bar beside it (each image's own nearest to
+farthest depth, or depth_range), <stem>_depth_mm.png (16-bit millimetres, for programs; depth_scale=256:
+<stem>_depth_x256.png) and <stem>.npy (float32 metres).
+Relative depth (a model trained with task.depth_mode=relative: disparity up to scale and shift):
+<stem>_relative.png (16-bit, normalised per image for viewing: 0 = farthest, 65535 = nearest),
+<stem>_color.png in the same per-image range, no colour bar (no unit), <stem>.npy the raw output.
 Segmentation: <stem>.png (class ids), <stem>_color.png, <stem>_overlay.png, and legend.png + classes.json
 (the class colours and names). A rerun over the same folder replaces only files predict.py wrote there.
 
@@ -33,14 +34,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import hydra
+from dense import _cli
+
+if __name__ == "__main__":  # --help and argument mistakes before the imports below (seconds of start-up)
+    _cli.check_arguments(__file__)
+
+import hydra  # noqa: E402
 import matplotlib
 import numpy as np
 import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from dense import _cli, viz
+from dense import viz
 from dense.backbone import check_official_weights, get_spec
 from dense.checkpoint import model_from_checkpoint, read_model_config
 from dense.config import apply_speed_options, compile_mode, model_from_config
@@ -309,22 +315,34 @@ def without_own_results(paths: list[Path], source: str, output: Path, ours: set[
     return inputs
 
 
+def depth_png_suffix(depth_scale: float) -> str:
+    """What the 16-bit depth file is called after its stem: its unit (millimetres by default), since
+    a 16-bit PNG of depths looks black in any image viewer and must not pass for a picture."""
+    return "_depth_mm.png" if float(depth_scale) == 1000 else f"_depth_x{float(depth_scale):g}.png"
+
+
+# A relative model's 16-bit map: normalised per image, no unit (write_relative_depth).
+RELATIVE_SUFFIX = "_relative.png"
+
+
 @dataclass(frozen=True)
 class Layout:
-    """The files of a run: per image (names(stem)) and once per run (run_files: the depth colour bar, the
-    segmentation legend and class names)."""
+    """The files of a run: per image (names(stem)) and once per run (run_files: the segmentation legend
+    and class names)."""
 
     task: str
     save_npy: bool = True
-    image_colorbar: bool = False  # depth_range=auto: each image has its own range, so its own bar
+    depth_suffix: str = "_depth_mm.png"  # depth_png_suffix(depth_scale)
     run_files: tuple[str, ...] = ()
     relative: bool = False  # a relative-depth model: maps normalised per image, no colour bar
 
     def names(self, stem: str) -> list[str]:
+        if self.task == "depth" and self.relative:
+            npy = [f"{stem}.npy"] if self.save_npy else []
+            return [f"{stem}_color.png", f"{stem}{RELATIVE_SUFFIX}", *npy]
         if self.task == "depth":
             npy = [f"{stem}.npy"] if self.save_npy else []
-            bar = [f"{stem}_colorbar.png"] if self.image_colorbar else []
-            return [f"{stem}.png", *npy, f"{stem}_color.png", *bar]
+            return [f"{stem}_color.png", f"{stem}{self.depth_suffix}", *npy]
         return [f"{stem}.png", f"{stem}_color.png", f"{stem}_overlay.png"]
 
 
@@ -332,13 +350,7 @@ def run_layout(cfg: DictConfig, task: str, relative: bool = False) -> Layout:
     if relative:
         return Layout(task, bool(cfg.save_npy), relative=True)
     if task == "depth":
-        fixed = cfg.depth_range != "auto"
-        return Layout(
-            task,
-            bool(cfg.save_npy),
-            bool(cfg.colorbar) and not fixed,
-            ("colorbar.png",) if cfg.colorbar and fixed else (),
-        )
+        return Layout(task, bool(cfg.save_npy), depth_png_suffix(cfg.depth_scale))
     return Layout(task, run_files=("legend.png", "classes.json"))
 
 
@@ -516,26 +528,23 @@ def infer_or_skip(model, batch, cfg, device, skipped, progress) -> list[np.ndarr
 # --------------------------------------------------------------------------- writing
 
 
-COLORBAR_HEIGHT = 384  # pixels of colorbar.png
-
-
 def write_depth(
     output: Path, stem: str, depth: np.ndarray, cfg: DictConfig, colours, relative: bool = False
 ) -> None:
-    """colours: the fixed (min, max) of the colour map, or None for this image's own range (then its own
-    <stem>_colorbar.png, with colorbar=true). relative: `depth` is a disparity up to scale and shift."""
+    """colours: the fixed (min, max) of the colour map, or None for this image's own range. relative:
+    `depth` is a disparity up to scale and shift (write_relative_depth)."""
     if relative:
         write_relative_depth(output, stem, depth, cfg)
         return
+    vmin, vmax = colours if colours is not None else viz.depth_range(depth)
+    picture = viz.colorize_depth(depth, vmin, vmax, cfg.cmap)
+    if cfg.colorbar:  # the scale beside the picture, so that the file can be read on its own
+        picture = viz.add_colorbar(picture, vmin, vmax, cfg.cmap, label="depth (m)")
+    save_png(picture, output / f"{stem}_color.png")
     scaled = np.clip(np.rint(depth.astype(np.float64) * float(cfg.depth_scale)), 0, UINT16_MAX)
-    save_png(scaled.astype(np.uint16), output / f"{stem}.png")
+    save_png(scaled.astype(np.uint16), output / f"{stem}{depth_png_suffix(cfg.depth_scale)}")
     if cfg.save_npy:
         save_npy(depth.astype(np.float32), output / f"{stem}.npy")
-    vmin, vmax = colours if colours is not None else viz.depth_range(depth)
-    save_png(viz.colorize_depth(depth, vmin, vmax, cfg.cmap), output / f"{stem}_color.png")
-    if cfg.colorbar and colours is None:
-        bar = viz.colorbar(COLORBAR_HEIGHT, vmin, vmax, cfg.cmap, label="depth (m)")
-        save_png(bar, output / f"{stem}_colorbar.png")
 
 
 def write_relative_depth(output: Path, stem: str, disparity: np.ndarray, cfg: DictConfig) -> None:
@@ -544,18 +553,15 @@ def write_relative_depth(output: Path, stem: str, disparity: np.ndarray, cfg: Di
     output in the .npy."""
     low, high = float(disparity.min()), float(disparity.max())
     unit = (disparity.astype(np.float64) - low) / (high - low) if high > low else np.zeros(disparity.shape)
-    save_png(np.rint(unit * UINT16_MAX).astype(np.uint16), output / f"{stem}.png")
+    save_png(np.rint(unit * UINT16_MAX).astype(np.uint16), output / f"{stem}{RELATIVE_SUFFIX}")
     if cfg.save_npy:
         save_npy(disparity.astype(np.float32), output / f"{stem}.npy")
     save_png(viz.colorize(1 - unit, 0.0, 1.0, cfg.cmap), output / f"{stem}_color.png")
 
 
 def write_run_files(output: Path, names: dict[str, str], cfg: DictConfig, colours, palette, classes) -> None:
-    """The files written once per run: the depth colour bar of the fixed range (colorbar.png), or the
-    segmentation legend (legend.png) and the class names and colours (classes.json)."""
-    if "colorbar.png" in names:
-        bar = viz.colorbar(COLORBAR_HEIGHT, colours[0], colours[1], cfg.cmap, label="depth (m)")
-        save_png(bar, output / names["colorbar.png"])
+    """The files written once per run: the segmentation legend (legend.png) and the class names and
+    colours (classes.json)."""
     if "legend.png" in names:
         save_png(viz.legend(classes, palette), output / names["legend.png"])
     if "classes.json" in names:
@@ -702,18 +708,24 @@ def describe_colours(
     """One line that says how to read the colour pictures."""
     if relative:
         return (
-            "relative depth (disparity up to an unknown scale and shift, no unit): <stem>.png and "
+            f"relative depth (disparity up to an unknown scale and shift, no unit): <stem>{RELATIVE_SUFFIX} and "
             f"<stem>_color.png ({cfg.cmap}) are normalised per image for viewing (0 = farthest, 65535 = "
             "nearest), not comparable across images; <stem>.npy holds the raw output"
         )
     if model.task == "segmentation":
         return f"class colours: {output / run_names['legend.png']}, names and colours: {output / run_names['classes.json']}"
+    bar = ", colour bar beside each" if cfg.colorbar else ""
+    files = (
+        f"<stem>_color.png the pictures{bar}; <stem>{depth_png_suffix(cfg.depth_scale)} 16-bit integers = "
+        f"metres × {float(cfg.depth_scale):g} (0 = none), for programs"
+        + ("; <stem>.npy float32 metres" if cfg.save_npy else "")
+    )
     if colours is None:
-        bars = "; colour bars: <stem>_colorbar.png" if cfg.colorbar else ""
-        return f"depth colours ({cfg.cmap}): each image from its own nearest to its farthest depth (depth_range=auto){bars}"
+        return f"depth colours ({cfg.cmap}): each image from its own nearest to its farthest depth (depth_range=auto); {files}"
     source = "the model's depth range" if cfg.depth_range == "model" else "depth_range"
-    bar = f"; colour bar: {output / run_names['colorbar.png']}" if "colorbar.png" in run_names else ""
-    return f"depth colours ({cfg.cmap}): {colours[0]:g} to {colours[1]:g} m in every image ({source}){bar}"
+    return (
+        f"depth colours ({cfg.cmap}): {colours[0]:g} to {colours[1]:g} m in every image ({source}); {files}"
+    )
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="predict")

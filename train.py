@@ -1,13 +1,16 @@
 """Train a depth or segmentation head on a frozen DINOv2 or DINOv3 backbone (PyTorch Lightning under Hydra).
 
     python train.py experiment=smoke hydra.run.dir=outputs/smoke   # 1-2 minutes on a CPU, no download
+    python train.py experiment=folder_depth data.root=mydata hydra.run.dir=outputs/mine   # your own folder (images/ + depth/), offline
+    python train.py experiment=folder_seg data.root=mydata hydra.run.dir=outputs/mine     # ... (images/ + masks/ + classes.txt)
     python train.py head=depth backbone=vitg14                      # DPT depth head on a frozen ViT-g/14 (a GPU job)
     python train.py experiment=nyu_dpt backbone=vitl14 data.root=/data/nyu
     python train.py ckpt_path=DIR/checkpoints/last.ckpt hydra.run.dir=DIR      # resume
     python train.py -m backbone=vits14,vitb14                       # a sweep, one job per backbone
 
 Everything of a run lands in its run folder (hydra.run.dir, default outputs/train/DATE/TIME):
-checkpoints/{best,last}.ckpt, csv/version_N/metrics.csv, .hydra/config.yaml, train.log.
+checkpoints/{best,last}.ckpt, csv/version_N/metrics.csv, .hydra/config.yaml, train.log (the loss, the test
+table). Then the maps of your images: python predict.py ckpt=outputs/mine/checkpoints/best.ckpt input=mydata/images output=outputs/mine/maps
 A configuration mistake: one line on stderr, exit status 2, and no run folder left behind.
 """
 
@@ -20,7 +23,6 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-import heads
 from dense import _cli
 from dense.imports import import_modules
 
@@ -40,11 +42,14 @@ def train(cfg: DictConfig):
 
     import lightning as L
     from hydra.utils import instantiate
+    from lightning.pytorch.accelerators import CPUAccelerator
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    import heads
     from dense.config import apply_speed_options
     from dense.data import datamodule_from_config
     from dense.tasks import RunCheckpointIO, build_task, check_depth_mode, task_class
+    from dense.threads import use_cpu_threads
 
     # The frozen backbone is in eval mode on purpose (DenseModel.train keeps it so).
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
@@ -69,12 +74,15 @@ def train(cfg: DictConfig):
             cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[checkpoint_io]
         )
         check_trainer(cfg, trainer)
+        if isinstance(trainer.accelerator, CPUAccelerator):
+            logging.getLogger(__name__).info(use_cpu_threads(cfg.get("threads")))
         check_data_and_weights(cfg, datamodule)
         model = build_run_model(cfg, datamodule, spec, depth_mode)
         if cfg.cache.features:
             datamodule.use_feature_cache(
                 model, cfg.cache.dir, batch_size=cfg.cache.batch_size, precision=cfg.cache.precision
             )
+        logging.getLogger(__name__).info(datamodule.describe_sizes())
         # After the cache fill (which runs the backbone in cache.precision, outside the trainer).
         apply_speed_options(model, compile=cfg.compile, bf16_autocast=trainer.precision == "bf16-mixed")
         task = build_task(model, datamodule, **_cli.plain(cfg.task), config=_cli.plain(cfg))
@@ -118,12 +126,14 @@ def check_config(cfg: DictConfig) -> None:
     keys are checked where the datamodule is built: dense.data.datamodule_from_config.)"""
     from dense.config import compile_mode
     from dense.tasks.base import check_schedule, check_test_settings
+    from dense.threads import check_threads
 
     require = _cli.require
     if cfg.ckpt_path is not None:
         require(Path(cfg.ckpt_path).is_file(), f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
     check_schedule(**_cli.plain(cfg.task.scheduler))
     compile_mode(cfg.compile)
+    check_threads(cfg.get("threads"))
     test_keys = ("test_mode", "test_crop_size", "test_stride", "test_scales", "test_flip")
     check_test_settings(**{k: _cli.plain(cfg.task.get(k)) for k in test_keys if k in cfg.task})
     for key in ("backbone.weights", "head.weights"):

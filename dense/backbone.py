@@ -242,7 +242,7 @@ def _cannot_download(spec: Dinov2Spec, path: str, error: BaseException) -> Weigh
     return WeightsError(
         f"could not download the {spec.name} weights ({type(error).__name__}: {error}). Without a network, "
         f"download {spec.url} elsewhere and place it at {path}, or pass its path with "
-        "weights=PATH (config: backbone.weights=PATH)"
+        "backbone.weights=PATH (train.py, predict.py; in Python: weights=PATH)"
     )
 
 

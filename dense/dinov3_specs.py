@@ -204,7 +204,7 @@ def gated_weights_message(spec: Dinov3Spec) -> str:
         f"the {spec.name} weights are not in the torch hub cache and cannot be downloaded without Meta's "
         f"approval (DINOv3 licence): request access at {DINOV3_ACCESS_URL}, download {spec.filename} "
         f"from the link Meta e-mails (with wget), then place it at {dinov3_hub_cache_path(spec)} or pass "
-        "its path with weights=PATH (config: backbone.weights=PATH)"
+        "its path with backbone.weights=PATH (train.py, predict.py; in Python: weights=PATH)"
     )
 
 

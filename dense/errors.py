@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 import zipfile
-
-import torch
 
 
 class DenseError(Exception):
@@ -26,13 +25,20 @@ def shown(value, width: int = 60) -> str:
     terminal escape codes show as escapes; everything is cut to `width` characters."""
     if isinstance(value, dict | list | tuple | set):
         text = f"a {type(value).__name__} of {len(value)}"
-    elif isinstance(value, torch.Tensor):
+    elif _is_tensor(value):
         text = f"a tensor of shape {list(value.shape)}"
     elif isinstance(value, str | bytes | bool | int | float | type(None)):
         text = repr(value)
     else:
         text = f"a {type(value).__name__}"
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _is_tensor(value) -> bool:
+    # Without torch imported nothing can be a tensor: this module stays importable without torch, so
+    # that `--help` and configuration errors come before torch's start-up second.
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
 
 
 class WeightsError(DenseError, ValueError):
@@ -54,6 +60,10 @@ class RecipeError(DenseError, ValueError):
 
 class ImageReadError(DenseError):
     """An input image that cannot be used; the message names the file and the reason."""
+
+
+class InstallError(DenseError, ImportError):
+    """The installed packages do not work together (e.g. torchvision built for another torch)."""
 
 
 class CacheError(DenseError):
@@ -92,6 +102,8 @@ def check_inflated_size(path: str) -> None:
 
 def load_weights_file(path: str | os.PathLike) -> dict:
     """torch.load with weights_only=True: tensors and plain containers only, never arbitrary code."""
+    import torch
+
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise WeightsError(f"weights file not found: {path}")

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import dense.dinov3_specs  # noqa: F401  (the DINOv3 variants register themselves)
 import heads
 from dense.backbone import IMAGENET_MEAN, IMAGENET_STD, build_backbone, get_spec
 from dense.errors import DenseError, load_weights_file, shown

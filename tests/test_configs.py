@@ -213,7 +213,19 @@ def test_every_experiments_head_options_build_its_head(name):
 
 
 def test_every_experiment_is_tested():
-    assert set(options("experiment")) == set(RECIPES) | set(DINOV3_RECIPES) | {"smoke"}
+    own_folder = {"folder_depth", "folder_seg"}  # tests/test_own_folder.py runs them
+    assert set(options("experiment")) == set(RECIPES) | set(DINOV3_RECIPES) | {"smoke"} | own_folder
+
+
+@pytest.mark.parametrize(
+    ("preset", "task", "head"),
+    [("folder_depth", "depth", "depth_linear4"), ("folder_seg", "segmentation", "seg_linear")],
+)
+def test_own_folder_presets_are_a_random_vits_on_the_folder_dataset(preset, task, head):
+    cfg = compose_config("train", f"experiment={preset}", "data.root=mydata")
+    assert (cfg.backbone.name, cfg.backbone.pretrained) == ("vits14", False)  # nothing to download
+    assert (cfg.data.name, cfg.data.task, cfg.head.name) == ("folder", task, head)
+    assert cfg.trainer.accelerator == "cpu" and cfg.trainer.max_steps == 24 and cfg.test
 
 
 def test_smoke_is_a_random_vits_on_small_synthetic_data():

@@ -210,11 +210,11 @@ def test_image_through_predict(tmp_path, case, depth_ckpt, capsys):
         return
     assert status == 0, err
     h, w = read_image(images / name).shape[:2]
-    depth = np.asarray(Image.open(out / "x.png"))
+    depth = np.asarray(Image.open(out / "x_depth_mm.png"))
     assert depth.shape == (h, w) and depth.dtype == np.uint16 and depth.max() > 0
     assert np.isfinite(np.load(out / "x.npy")).all()
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [predict.RECORD, "x.npy", "x.png", "x_color.png", "colorbar.png"]
+        [predict.RECORD, "x.npy", "x_depth_mm.png", "x_color.png"]
     )
 
 

@@ -450,7 +450,7 @@ def test_a_relative_checkpoint_evaluates_and_predicts_as_relative(relative_run, 
     assert status == 0
     assert "wrote relative depth results for 1 of 1 images" in said
     assert "normalised per image for viewing" in said
-    png = np.asarray(Image.open(tmp_path / "maps" / "room.png"))
+    png = np.asarray(Image.open(tmp_path / "maps" / "room_relative.png"))
     raw = np.load(tmp_path / "maps" / "room.npy").astype(np.float64)
     assert png.dtype == np.uint16 and png.min() == 0 and png.max() == 65535
     expected = np.rint((raw - raw.min()) / (raw.max() - raw.min()) * 65535)

@@ -93,6 +93,7 @@ class DenseDataset(Dataset):
     max_depth: ClassVar[float] = 10.0
     eval_crop: ClassVar[str | None] = None
     needs_root: ClassVar[bool] = True
+    layout: ClassVar[str] = ""  # what data.root must hold, for the message when it is missing
     recipe_options: ClassVar[type | None] = None
 
     def __new__(cls, *args, **kwargs):

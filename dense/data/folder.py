@@ -20,7 +20,9 @@ as ADE20K's (views at eval_short_side, scored on the original mask).
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import statistics
 import zlib
 from pathlib import Path
 
@@ -35,6 +37,7 @@ from dense.data.readers import (
     read_label_png,
     read_lines,
     read_rgb,
+    read_short_side,
     read_validity_png,
     resolve_root,
 )
@@ -99,8 +102,15 @@ def hash_split(stems: list[str], val_fraction: float) -> dict[str, list[str]]:
 class FolderDataset(DenseDataset):
     """Depth or segmentation, as `task` says. The segmentation recipe's options are SegRecipe's
     fields; `crop_size` is the depth recipe's random crop (None: whole images) and the segmentation
-    crop (None: 512). depth_target: "depth" (metres, root/depth) or "disparity" (relative maps,
-    root/disparity and root/valid: samples carry "disparity" instead of "depth")."""
+    crop. Segmentation keeps the images' own scale unless told otherwise: `short_side` None is their
+    median short side (so the random rescale is 0.5–2× of their size), `crop_size` None that side,
+    at most 512, and `eval_short_side` None evaluates each image at its own size. ADE20K's recipe
+    (short side 512, 512² crops, evaluation at 512) would blow small images up: 96×128 photos became
+    512² crops, 21 times the pixels; set short_side=512 crop_size=512 eval_short_side=512 for it.
+    depth_target: "depth" (metres, root/depth) or "disparity" (relative maps, root/disparity and
+    root/valid: samples carry "disparity" instead of "depth")."""
+
+    layout = LAYOUT
 
     recipe_options = SegRecipe
 
@@ -117,9 +127,18 @@ class FolderDataset(DenseDataset):
         val_fraction: float = 0.1,
         crop_size=None,
         depth_target: str = "depth",
+        short_side: int | None = None,
+        eval_short_side: int | None = None,
         **common,
     ):
-        super().__init__(root, split, crop_size=crop_size or SegRecipe.crop_size, **common)
+        super().__init__(
+            root,
+            split,
+            crop_size=crop_size or SegRecipe.crop_size,
+            short_side=short_side or SegRecipe.short_side,
+            eval_short_side=eval_short_side,
+            **common,
+        )
         check_depth_target(depth_target, self.task)
         self.depth_target = depth_target
         self.root = resolve_root(root, (), "images", LAYOUT)
@@ -156,6 +175,13 @@ class FolderDataset(DenseDataset):
 
         if self.task == "segmentation":
             names = resolve_class_names(self.root, class_names, num_classes)
+            if short_side is None or crop_size is None:
+                own = self.median_short_side(list(images.values()))
+                self.recipe = dataclasses.replace(
+                    self.recipe,
+                    short_side=short_side or own,
+                    crop_size=crop_size or min(own, SegRecipe.crop_size),
+                )
             self.use_recipe(self.recipe.transforms(self.augment, self.split), num_classes=len(names))
         else:
             self.use_recipe(depth_train(size_pair(crop_size)) if self.augment else [], num_classes=0)
@@ -181,8 +207,18 @@ class FolderDataset(DenseDataset):
             class_names=resolve_class_names(root, class_names, num_classes),
             min_depth=min_depth,
             max_depth=max_depth,
-            eval_scale=cls.recipe_from(options).eval_scale,
+            # eval_short_side None (the default here, unlike SegRecipe's): each image at its own size
+            eval_scale=cls.recipe_from(
+                {**options, "eval_short_side": options.get("eval_short_side")}
+            ).eval_scale,
         )
+
+    @staticmethod
+    def median_short_side(images: list[Path], most: int = 64) -> int:
+        """The median short side of the images, from the headers of at most `most` of them, spread
+        evenly over the sorted list (a large folder costs no more than a small one)."""
+        step = max(1, len(images) // most)
+        return int(statistics.median(read_short_side(path) for path in images[::step][:most]))
 
     @staticmethod
     def _images_by_stem(image_dir: Path) -> dict[str, Path]:

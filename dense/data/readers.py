@@ -116,6 +116,17 @@ SINGLE_CHANNEL_KINDS = {
 }
 
 
+def read_short_side(path: str | os.PathLike) -> int:
+    """The shorter side of an image in pixels, from its header (nothing is decoded; the EXIF
+    orientation swaps the sides, not which one is shorter)."""
+    with open_regular(path, "image", "an image file") as f:
+        try:
+            with Image.open(f) as image:
+                return min(image.size)
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise unreadable(path, "image", e, "an image file") from None
+
+
 def _read_single_channel(path: str | os.PathLike, what: str) -> np.ndarray:
     expected = "a single-channel PNG (is the file truncated or not a PNG?)"
     try:
