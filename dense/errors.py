@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 import zipfile
+from collections.abc import Mapping
 
 import torch
 
@@ -46,6 +47,11 @@ class ConfigError(DenseError, ValueError):
 class DatasetError(DenseError, ValueError):
     """A data problem the user can fix. The message is one line: the path, what is wrong, and what
     the layout should be."""
+
+
+class WriteError(DenseError, OSError):
+    """A file that could not be written (a full disk, a file size limit, a read-only folder); nothing
+    partial is left under its name. The message says which file and why."""
 
 
 class RecipeError(DenseError, ValueError):
@@ -90,6 +96,101 @@ def check_inflated_size(path: str) -> None:
         )
 
 
+# The dtypes of the tensors a weights file or checkpoint of a model holds: floating-point weights,
+# integer and bool buffers (counters, indices, masks). Anything else (complex, float8, quantized
+# integer types, unsigned 16-64 bits) is no tensor any of our models reads.
+PLAIN_DTYPES = frozenset(
+    {torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.bool, torch.uint8, torch.int8}
+    | {torch.int16, torch.int32, torch.int64}
+)
+
+
+def tensor_problem(
+    value, expected: torch.Tensor | None = None, *, shape: bool = True, owner: str = "the model"
+) -> str | None:
+    """Why `value`, read from a file, cannot be used as a tensor, or None. The one check every tensor
+    read from a file passes before it is used: a plain tensor (dense strided layout, not nested or
+    quantized, with data on the CPU, where files are loaded, rather than on the `meta` device, of a
+    dtype in PLAIN_DTYPES); with `expected` (the model's own tensor, possibly on the meta device), also
+    of its rank, its kind of dtype (floating point, or exactly its integer or bool dtype) and, with
+    `shape`, its shape (`owner` names what expects it). The reason reads after the tensor's name:
+    "'cls_token' is a 0-d tensor but tiny14 expects 3-d (1, 1, 48)"."""
+    if not isinstance(value, torch.Tensor):
+        return f"is {shown(value)}, not a tensor"
+    if value.layout is not torch.strided or value.is_nested:
+        layout = "nested" if value.is_nested else str(value.layout).removeprefix("torch.")
+        return f"is a {layout} tensor, not a dense one (re-save it with .to_dense())"
+    if value.is_quantized:
+        return f"is a quantized tensor ({str(value.dtype).removeprefix('torch.')}), not a plain one"
+    if value.device.type != "cpu":
+        return f"is a tensor of the {value.device.type} device, which holds no values"
+    if value.dtype not in PLAIN_DTYPES:
+        return f"holds {str(value.dtype).removeprefix('torch.')}, no dtype of a model's weights"
+    if expected is None:
+        return None
+    if value.dim() != expected.dim():
+        return f"is a {value.dim()}-d tensor but {owner} expects {expected.dim()}-d {tuple(expected.shape)}"
+    if expected.is_floating_point() != value.is_floating_point() or (
+        not expected.is_floating_point() and value.dtype != expected.dtype
+    ):
+        wanted = (
+            "floating point" if expected.is_floating_point() else str(expected.dtype).removeprefix("torch.")
+        )
+        return f"holds {str(value.dtype).removeprefix('torch.')} but {owner} expects {wanted}"
+    if shape and value.shape != expected.shape:
+        return f"has shape {tuple(value.shape)} but {owner} expects {tuple(expected.shape)}"
+    return None
+
+
+def check_state_dict(
+    state,
+    where: str,
+    expected: Mapping[str, torch.Tensor] | None = None,
+    *,
+    shape: bool = True,
+    owner: str = "the model",
+) -> None:
+    """A WeightsError naming `where` and the key unless `state` maps names (strings) to tensors that
+    pass tensor_problem, against `expected`'s tensor of the same name where it has one."""
+    if not isinstance(state, Mapping):
+        raise WeightsError(f"{where} holds {shown(state)}, not a state dict of named tensors")
+    expected = expected or {}
+    for key, value in state.items():
+        if not isinstance(key, str):
+            raise WeightsError(f"{where}: its state dict has the key {shown(key)}, not a tensor name")
+        problem = tensor_problem(value, expected.get(key), shape=shape, owner=owner)
+        if problem is not None:
+            raise WeightsError(f"{where}: {shown(key, 120)} {problem}")
+
+
+MAX_TENSOR_PATH = 160
+
+
+def _check_file_tensors(loaded, path: str) -> None:
+    """Every tensor anywhere in what torch.load returned is a plain one (tensor_problem), or a one-line
+    WeightsError names the file and where in it the tensor lies (`['state_dict']['cls_token']`)."""
+    holders = (torch.Tensor, Mapping, list, tuple)
+    pending = [(loaded, "")] if isinstance(loaded, holders) else []
+    while pending:  # a loop, not recursion: a crafted file may nest thousands deep
+        value, where = pending.pop()
+        if isinstance(value, torch.Tensor):
+            problem = tensor_problem(value)
+            if problem is not None:
+                raise WeightsError(f"{path}: the value at {where or 'its top'} {problem}")
+            continue
+        mapping = isinstance(value, Mapping)
+        for key, item in value.items() if mapping else enumerate(value):
+            if not isinstance(item, holders):
+                continue
+            name = shown(key, 80) if mapping else str(key)
+            if mapping and isinstance(item, torch.Tensor) and not isinstance(key, str):
+                # Every model's tensors are named; a number as a name breaks whatever matches names.
+                raise WeightsError(
+                    f"{path}: the tensor at {where + f'[{name}]'} is keyed by {name}, not by a name"
+                )
+            pending.append((item, (where + f"[{name}]")[:MAX_TENSOR_PATH]))
+
+
 def load_weights_file(path: str | os.PathLike) -> dict:
     """torch.load with weights_only=True: tensors and plain containers only, never arbitrary code."""
     path = os.fspath(path)
@@ -108,7 +209,7 @@ def load_weights_file(path: str | os.PathLike) -> dict:
     if magic.startswith(b"PK\x03\x04"):
         check_inflated_size(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         # weights_only refuses anything that would execute code when unpickled.
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
@@ -121,3 +222,5 @@ def load_weights_file(path: str | os.PathLike) -> dict:
             f"{path} is not a readable PyTorch checkpoint (truncated or corrupt? {type(error).__name__}: "
             f"{str(error).strip().splitlines()[0][:120] if str(error).strip() else ''})"
         ) from None
+    _check_file_tensors(loaded, path)
+    return loaded

@@ -471,7 +471,7 @@ def load_head_weights(model: DenseModel, path: str | os.PathLike) -> None:
     """Meta's released head files (`decode_head.*`) or a train.py checkpoint (`model.head.*`), strictly."""
     checkpoint = load_weights_file(path)
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else checkpoint
-    ours = isinstance(state, dict) and any(k.startswith("model.head.") for k in state)
+    ours = isinstance(state, dict) and any(isinstance(k, str) and k.startswith("model.head.") for k in state)
     heads.load_released_head(
         model.head, checkpoint, prefix="model.head." if ours else "decode_head.", name=os.fspath(path)
     )

@@ -22,7 +22,14 @@ from pathlib import Path
 from dense.constants import IGNORE_INDEX, IMAGE_SUFFIXES
 from dense.data.base import SPLITS, DenseDataset
 from dense.data.filelist import read_depth_pair
-from dense.data.readers import read_depth_npy, read_label_png, read_lines, read_rgb, resolve_root
+from dense.data.readers import (
+    check_inside_root,
+    read_depth_npy,
+    read_label_png,
+    read_lines,
+    read_rgb,
+    resolve_root,
+)
 from dense.data.registry import register_dataset
 from dense.data.sample import DatasetInfo, RawSample
 from dense.data.transforms import SegRecipe, depth_train, size_pair
@@ -110,6 +117,8 @@ class FolderDataset(DenseDataset):
                 f"{len(missing)} images have no {target_dir.name} file in {target_dir}, e.g. {missing[0]!r}; "
                 f"expected {LAYOUT}"
             )
+        # Every sample file, and the split and class lists, inside the real root: never through a link out.
+        check_inside_root([*images.values(), *targets.values(), *self.dataset_files()], self.root, LAYOUT)
         self.items = [
             (s, images[s], targets[s]) for s in self._split_stems(self.split, sorted(images), val_fraction)
         ]
