@@ -136,10 +136,10 @@ def test_a_fresh_run_into_a_runs_folder_is_refused_before_hydra_writes(tmp_path,
 # ---- feature-cache files swapped between entries -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["patches.npy", "target.npy"])
-def test_cache_files_swapped_between_two_entries_are_found(tmp_path, name):
-    """Two entries of the same shapes (two random backbones, one dataset): a file moved from one into
-    the other is found on open, and the entry refilled with its own backbone's features."""
+def test_cache_files_swapped_between_two_entries_are_found(tmp_path):
+    """Two entries of the same shapes (two random backbones, one dataset): their patches.npy files
+    swapped are found on open, and each entry refilled with its own backbone's features."""
+    name = "patches.npy"
     dataset = tiny_scenes()
     first = seeded_model()
     torch.manual_seed(1)

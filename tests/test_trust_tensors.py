@@ -153,9 +153,7 @@ def test_predict_and_export_refuse_a_crafted_checkpoint(tiny_checkpoints, tmp_pa
     assert not (tmp_path / "m.onnx").exists()
 
 
-def test_train_refuses_crafted_head_weights_and_a_crafted_resume(
-    tiny_run, tiny_checkpoints, tmp_path, capsys
-):
+def test_train_refuses_crafted_head_weights_and_a_crafted_resume(tiny_checkpoints, tmp_path, capsys):
     """head.weights= with a sparse tensor; ckpt_path= whose optimiser state holds a quantized moment."""
     checkpoint = torch.load(tiny_checkpoints["depth"], weights_only=True)
     head = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.head.")}
@@ -166,11 +164,14 @@ def test_train_refuses_crafted_head_weights_and_a_crafted_resume(
     err = exit_line(capsys, lambda: train_in_process(tmp_path / "a", *TINY_RUN, f"head.weights={weights}"))
     assert str(weights) in err and "conv_depth.weight" in err and "sparse" in err
 
-    last = torch.load(tiny_run / "checkpoints" / "last.ckpt", weights_only=True)
-    moments = last["optimizer_states"][0]["state"][0]
-    moments["exp_avg"] = _quantized(moments["exp_avg"])
+    moments = {name: torch.zeros_like(tensor) for name, tensor in head.items()}
+    state = {
+        i: {"step": torch.tensor(4.0), "exp_avg": m, "exp_avg_sq": m} for i, m in enumerate(moments.values())
+    }
+    state[0]["exp_avg"] = _quantized(state[0]["exp_avg"])
+    checkpoint["optimizer_states"] = [{"state": state, "param_groups": [{"params": list(state)}]}]
     crafted = tmp_path / "last.ckpt"
-    torch.save(last, crafted)
+    torch.save(checkpoint, crafted)
     run = tmp_path / "b"
     err = exit_line(capsys, lambda: train_in_process(run, *TINY_RUN, f"ckpt_path={crafted}"))
     assert str(crafted) in err and "['exp_avg']" in err and "quantized" in err

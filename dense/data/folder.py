@@ -22,14 +22,7 @@ from pathlib import Path
 from dense.constants import IGNORE_INDEX, IMAGE_SUFFIXES
 from dense.data.base import SPLITS, DenseDataset
 from dense.data.filelist import read_depth_pair
-from dense.data.readers import (
-    check_inside_root,
-    read_depth_npy,
-    read_label_png,
-    read_lines,
-    read_rgb,
-    resolve_root,
-)
+from dense.data.readers import read_depth_npy, read_label_png, read_lines, read_rgb, resolve_root
 from dense.data.registry import register_dataset
 from dense.data.sample import DatasetInfo, RawSample
 from dense.data.transforms import SegRecipe, depth_train, size_pair
@@ -44,6 +37,30 @@ def present(path: Path) -> bool:
     """Whether a split or class file is there at all: anything by that name counts, so that a FIFO, a
     device or a folder named train.txt is refused by read_lines rather than skipped in silence."""
     return os.path.lexists(path)
+
+
+def check_inside_root(paths, root: Path, expected: str) -> None:
+    """Every one of `paths` resolves (links followed) inside the real `root`, or a one-line DatasetError
+    names the first that does not: a link in a dataset folder (a file, or a whole `depth/` folder)
+    leading out of it would make the dataset read files it does not hold. Links that stay inside the
+    root are fine, and so is a root that is itself a link. Each folder is resolved once."""
+    real_root = os.path.realpath(root)
+    real_folders: dict[str, str] = {}
+    for path in paths:
+        path = os.fspath(path)
+        if os.path.islink(path):
+            real = os.path.realpath(path)
+        else:
+            folder = os.path.dirname(path)
+            if folder not in real_folders:
+                real_folders[folder] = os.path.realpath(folder)
+            real = os.path.join(real_folders[folder], os.path.basename(path))
+        if os.path.commonpath([real, real_root]) != real_root:
+            raise DatasetError(
+                f"{path} leads out of data.root {root} (it is {real}, through a link): a dataset reads only "
+                f"files inside its root; copy the file in, or point data.root at the folder that holds it; "
+                f"expected {expected}"
+            )
 
 
 def resolve_class_names(root, class_names=None, num_classes=None) -> tuple[str, ...]:
@@ -107,6 +124,9 @@ class FolderDataset(DenseDataset):
             raise DatasetError(f"{target_dir} does not exist; expected {LAYOUT}")
         self.depth_scale = depth_scale
         self.min_depth, self.max_depth = min_depth, max_depth  # the range the depth warnings check
+        # Nothing is read through a link that leads out of the real root: the split and class lists
+        # here, before they are read; the files of every sample below.
+        check_inside_root(self.dataset_files(), self.root, LAYOUT)
 
         images = self._images_by_stem(self.root / "images")
         # every image is checked, not only this split's: a missing target is a layout problem either way
@@ -117,12 +137,11 @@ class FolderDataset(DenseDataset):
                 f"{len(missing)} images have no {target_dir.name} file in {target_dir}, e.g. {missing[0]!r}; "
                 f"expected {LAYOUT}"
             )
-        # Every sample file, and the split and class lists, inside the real root: never through a link out.
-        check_inside_root([*images.values(), *targets.values(), *self.dataset_files()], self.root, LAYOUT)
         self.items = [
             (s, images[s], targets[s]) for s in self._split_stems(self.split, sorted(images), val_fraction)
         ]
 
+        check_inside_root([path for _, *files in self.items for path in files], self.root, LAYOUT)
         if self.task == "segmentation":
             names = resolve_class_names(self.root, class_names, num_classes)
             self.use_recipe(self.recipe.transforms(self.augment, self.split), num_classes=len(names))

@@ -204,27 +204,3 @@ def resolve_root(root, candidates: tuple[str, ...], marker: str, layout: str) ->
         if (root / c / marker).exists():
             return root / c
     raise DatasetError(f"{root} has no {marker}; expected {layout}")
-
-
-def check_inside_root(paths, root: Path, expected: str) -> None:
-    """Every one of `paths` resolves (links followed) inside the real `root`, or a one-line DatasetError
-    names the first that does not: a link in a dataset folder (a file, or a whole `depth/` folder)
-    leading out of it would make the dataset read files it does not hold. Links that stay inside the
-    root are fine, and so is a root that is itself a link. Each folder is resolved once."""
-    real_root = os.path.realpath(root)
-    real_folders: dict[str, str] = {}
-    for path in paths:
-        path = os.fspath(path)
-        if os.path.islink(path):
-            real = os.path.realpath(path)
-        else:
-            folder = os.path.dirname(path)
-            if folder not in real_folders:
-                real_folders[folder] = os.path.realpath(folder)
-            real = os.path.join(real_folders[folder], os.path.basename(path))
-        if os.path.commonpath([real, real_root]) != real_root:
-            raise DatasetError(
-                f"{path} leads out of data.root {root} (it is {real}, through a link): a dataset reads only "
-                f"files inside its root; copy the file in, or point data.root at the folder that holds it; "
-                f"expected {expected}"
-            )
