@@ -17,7 +17,10 @@ the same bicubic resampling (both of upstream's rules) as two weight matrices bu
 size; the tests check it against F.interpolate. DINOv3's RoPE needs no swap.
 
 An ONNX file is data: predict.py reads only our metadata entry, bounded and type-checked, and never
-turns a string from it into code (the backbone and head names are only shown).
+turns a string from it into code (the backbone and head names are only shown). Its graph is checked
+before ONNX Runtime sees it (check_graph: only the operators export.py writes, ONNX_OPS; no control
+flow, functions or external data; the metadata's input and output), and every run is bounded in time
+and its output checked against the metadata (OnnxDenseModel).
 """
 
 from __future__ import annotations
