@@ -3,9 +3,10 @@
 A thing registers itself where it is defined, with a decorator (`@register_head("my_head", ...)`), and is
 found by name everywhere else. Names have one form on both sides, stripped and in lower case
 (Registry.key): `MyViT` registers as `myvit` and is found as `MyViT` or `myvit`; a name that differs
-from a registered one only in case (`Tiny14`) is refused at registration, never shadowed. A user's own module registers the same way; the entry scripts import it
-when its module is named in the `imports=[...]` config key, and never import a module named by a file
-(a checkpoint names things, it cannot make us import them).
+from a registered one only in case (`Tiny14`) is refused at registration, never shadowed. A user's
+own module registers the same way; the entry scripts import it when its module is named in the
+`imports=[...]` config key, and never import a module named by a file (a checkpoint names things, it
+cannot make us import them).
 """
 
 from __future__ import annotations
