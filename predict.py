@@ -52,9 +52,18 @@ from dense.checkpoint import model_from_checkpoint, read_model_config
 from dense.config import apply_speed_options, compile_mode, model_from_config
 from dense.data import ADE20K_CLASSES, VOC_CLASSES
 from dense.data.transforms import eval_view, normalize_image
-from dense.export import onnx_model_for_predict
+from dense.export import OnnxDenseModel, OnnxRunError, onnx_model_for_predict
 from dense.imports import import_modules
-from dense.io import INPUT_SUFFIXES, ImageReadError, atomic_path, list_images, read_image, save_npy, save_png
+from dense.io import (
+    INPUT_SUFFIXES,
+    ImageReadError,
+    announcing_writes,
+    atomic_path,
+    list_images,
+    read_image,
+    save_npy,
+    save_png,
+)
 from dense.model import DenseModel, check_inference_settings
 
 EXIT_SKIPPED = 3
@@ -67,6 +76,11 @@ RECORD = ".dense-predict.json"
 RECORD_FORMAT = "dense predict.py results v2"
 RECORD_MAX_BYTES = 64 * 2**20  # a million names; anything larger is not a record of ours
 RESULT_SUFFIXES = (".png", ".npy", ".json")
+# Kept current while a run writes: one JSON line per result file (its name and identity), appended just
+# before the file appears under its name (dense.io.announcing_writes). Folded into the record when a
+# run starts and ends; a run killed in between (SIGKILL, power loss) leaves it, so the rerun still
+# knows every file it wrote.
+JOURNAL = ".dense-predict.journal"
 
 
 # --------------------------------------------------------------------------- set-up
@@ -242,45 +256,75 @@ def file_identity(path: Path) -> list[int] | None:
 
 
 def read_record(output: Path) -> set[str]:
-    """The files of the output folder that predict.py wrote on earlier runs (its record there) and that
-    are still exactly as it left them (same size, mtime and inode: a file someone rewrote or put there
-    under that name is theirs). The record is data anyone could have prepared: only plain result file
-    names in this folder are taken from it; nothing it names elsewhere is looked at."""
-    path = output / RECORD
-
-    def refuse(reason: str) -> ConfigError:
-        return ConfigError(
-            f"{path} {reason}, so it is not predict.py's record of the results it wrote there; move it "
-            "away or choose another output folder"
-        )
-
-    if not os.path.lexists(path):
-        return set()
-    if not is_plain_file(path):
-        raise refuse("is not a plain file")
-    if os.path.getsize(path) > RECORD_MAX_BYTES:
-        raise refuse(f"is larger than {RECORD_MAX_BYTES} bytes")
-    try:
-        data = json.loads(path.read_bytes())
-    except (OSError, ValueError, RecursionError) as error:
-        raise refuse(f"cannot be read as JSON ({' '.join(str(error).split())[:120]})") from None
-    if not (
-        isinstance(data, dict) and data.get("format") == RECORD_FORMAT and isinstance(data.get("files"), dict)
-    ):
-        raise refuse(f'does not hold {{"format": "{RECORD_FORMAT}", "files": {{name: identity}}}}')
-    entries = {name: identity for name, identity in data["files"].items() if is_result_name(name)}
-    if len(entries) < len(data["files"]):
+    """The files of the output folder that predict.py wrote on earlier runs (its record there, and the
+    journal of a run that was killed) and that are still exactly as it left them (same size, mtime and
+    inode: a file someone rewrote or put there under that name is theirs). Record and journal are data
+    anyone could have prepared: only plain result file names in this folder are taken from them; nothing
+    they name elsewhere is looked at."""
+    entries, ignored = {}, 0
+    record = read_own_file(output / RECORD)
+    if record is not None:
+        data = parse_json(record, output / RECORD)
+        if not (
+            isinstance(data, dict)
+            and data.get("format") == RECORD_FORMAT
+            and isinstance(data.get("files"), dict)
+        ):
+            raise not_our_record(
+                output / RECORD, f'does not hold {{"format": "{RECORD_FORMAT}", "files": {{name: identity}}}}'
+            )
+        entries.update(data["files"])
+    journal = read_own_file(output / JOURNAL)
+    for line in (journal or b"").splitlines():
+        try:
+            entry = json.loads(line)
+            entries[entry["name"]] = entry["identity"]
+        except (ValueError, RecursionError, TypeError, KeyError):
+            ignored += 1  # e.g. the last line, cut short by the kill
+    ours = {name: identity for name, identity in entries.items() if is_result_name(name)}
+    ignored += len(entries) - len(ours)
+    if ignored:
         print(
-            f"note: {path}: ignored {len(data['files']) - len(entries)} entries that are not plain result file "
-            f"names ({' '.join(RESULT_SUFFIXES)} files in that folder)",
+            f"note: {output / RECORD}: ignored {ignored} entries that are not plain result file names "
+            f"({' '.join(RESULT_SUFFIXES)} files in that folder)",
             file=sys.stderr,
         )
-    return {name for name, identity in entries.items() if identity == file_identity(output / name)}
+    return {name for name, identity in ours.items() if identity == file_identity(output / name)}
+
+
+def not_our_record(path: Path, reason: str) -> ConfigError:
+    return ConfigError(
+        f"{path} {reason}, so it is not predict.py's record of the results it wrote there; move it "
+        "away or choose another output folder"
+    )
+
+
+def read_own_file(path: Path) -> bytes | None:
+    """The bytes of predict.py's record or journal (None: there is none), only from a plain file of at
+    most RECORD_MAX_BYTES."""
+    if not os.path.lexists(path):
+        return None
+    if not is_plain_file(path):
+        raise not_our_record(path, "is not a plain file")
+    if os.path.getsize(path) > RECORD_MAX_BYTES:
+        raise not_our_record(path, f"is larger than {RECORD_MAX_BYTES} bytes")
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise not_our_record(path, f"cannot be read ({error.strerror or error})") from None
+
+
+def parse_json(data: bytes, path: Path):
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as error:
+        raise not_our_record(path, f"cannot be read as JSON ({' '.join(str(error).split())[:120]})") from None
 
 
 def write_record(output: Path, names: set[str]) -> None:
     """Record `names` as predict.py's files in `output`, each with its identity now (atomically); names
-    that are not plain files there are left out; none left: no record."""
+    that are not plain files there are left out; none left: no record. The journal, now folded in, is
+    removed."""
     path = output / RECORD
     files = {
         name: identity for name in sorted(names) if (identity := file_identity(output / name)) is not None
@@ -288,15 +332,40 @@ def write_record(output: Path, names: set[str]) -> None:
     if not files:
         with contextlib.suppress(FileNotFoundError):
             os.remove(path)
-        return
-    record = {
-        "format": RECORD_FORMAT,
-        "about": "the result files predict.py wrote in this folder, with [size, mtime_ns, inode] as it left "
-        "them: a rerun may replace these, and only while they are unchanged",
-        "files": files,
-    }
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(record, indent=1) + "\n")
+    else:
+        record = {
+            "format": RECORD_FORMAT,
+            "about": "the result files predict.py wrote in this folder, with [size, mtime_ns, inode] as it left "
+            "them: a rerun may replace these, and only while they are unchanged",
+            "files": files,
+        }
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text(json.dumps(record, indent=1) + "\n")
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(output / JOURNAL)
+
+
+class Journal:
+    """The run's journal in `output` (JOURNAL), told by dense.io.announcing_writes of every file about to
+    appear: a file of the output folder gets a line with its name and identity, in one append."""
+
+    def __init__(self, output: Path):
+        self.folder = os.path.realpath(output)
+        self.fd: int | None = None
+
+    def __call__(self, path: str, tmp: str) -> None:
+        if os.path.realpath(os.path.dirname(os.path.abspath(path))) != self.folder:
+            return
+        if self.fd is None:
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+            self.fd = os.open(os.path.join(self.folder, JOURNAL), flags, 0o666)
+        line = json.dumps({"name": os.path.basename(path), "identity": file_identity(Path(tmp))})
+        os.write(self.fd, (line + "\n").encode())
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def without_own_results(paths: list[Path], source: str, output: Path, ours: set[str]) -> list[Path]:
@@ -473,7 +542,9 @@ def infer(
         "flip": bool(cfg.flip),
     }
     scales = [float(s) for s in cfg.scales]
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+    # An ONNX file's runs are stopped past onnx_time_limit seconds per image (all views together).
+    budget = model.time_budget(len(images)) if isinstance(model, OnnxDenseModel) else contextlib.nullcontext()
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16), budget:
         if model.task == "segmentation":
             views = (torch.cat([eval_view(image, s, None) for image in images]).to(device) for s in scales)
             out = model.predict_views(views, images[0].shape[:2], cfg.mode, **window_options)
@@ -504,7 +575,9 @@ def infer_or_skip(model, batch, cfg, device, skipped, progress) -> list[np.ndarr
     try:
         maps, finite = infer(model, [image for _, _, image in batch], cfg, device)
     except (RuntimeError, MemoryError) as error:
-        if not out_of_memory(error):
+        # An ONNX file's run that failed, ran too long or gave an output unlike its metadata: that image.
+        onnx_failure = isinstance(error, OnnxRunError)
+        if not out_of_memory(error) and not onnx_failure:
             raise
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -513,7 +586,7 @@ def infer_or_skip(model, batch, cfg, device, skipped, progress) -> list[np.ndarr
         path, _, image = batch[0]
         hint = "smaller scales" if device.type == "cpu" else "precision=bf16 or device=cpu"
         reason = f"{path}: out of memory on {device} at {image.shape[1]}×{image.shape[0]}; try mode=slide crop_size=518 or {hint}"
-        skip(path, reason, skipped, progress)
+        skip(path, f"{path}: {error}" if onnx_failure else reason, skipped, progress)
         return [None]
     for (path, _, _), ok in zip(batch, finite):
         if not ok:
@@ -660,8 +733,12 @@ def predict(cfg: DictConfig) -> int:
     written = 0
     kept: set[str] = set()  # the files written in this run
     stopped = None
+    journal = Journal(output)  # each result is in it before it appears: a killed run loses none
     try:
-        with tqdm(total=len(paths), unit="image", disable=not cfg.progress, file=sys.stderr) as progress:
+        with (
+            announcing_writes(journal),
+            tqdm(total=len(paths), unit="image", disable=not cfg.progress, file=sys.stderr) as progress,
+        ):
             for batch in batches(paths, stems, cfg, skipped, progress):
                 results = infer_or_skip(model, batch, cfg, device, skipped, progress)
                 for (path, stem, image), result in zip(batch, results):
@@ -688,6 +765,7 @@ def predict(cfg: DictConfig) -> int:
                 if stopped:
                     break
     finally:
+        journal.close()
         # What is really there now (an image whose writing failed left nothing).
         with contextlib.suppress(OSError):
             write_record(output, ours | kept)

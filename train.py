@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 import hydra
@@ -57,6 +58,7 @@ def train(cfg: DictConfig):
         import_modules(cfg.get("imports"))  # the user's own registered heads, backbones, datasets
         _cli.absolute_paths(cfg, USER_PATHS)
         check_config(cfg)
+        refuse_a_second_run(cfg.paths.output_dir, cfg.ckpt_path)
         L.seed_everything(cfg.seed, workers=True)
         datamodule = datamodule_from_config(cfg.data)
         spec = heads.get_head_spec(cfg.head.name)
@@ -140,6 +142,34 @@ def check_config(cfg: DictConfig) -> None:
         group, name = key.split(".")
         path = cfg[group].get(name)
         require(path is None or Path(path).is_file(), f"{key}={path}: no such file")
+
+
+def refuse_a_second_run(folder, ckpt_path) -> None:
+    """A fresh run (no ckpt_path) into a folder that holds a run's checkpoints would replace its
+    last.ckpt (and Hydra its .hydra/): refused in one line, saying how to resume it instead."""
+    checkpoints = Path(folder) / "checkpoints"
+    found = sorted(checkpoints.glob("*.ckpt")) if ckpt_path is None and checkpoints.is_dir() else []
+    if found:
+        last = checkpoints / "last.ckpt" if (checkpoints / "last.ckpt") in found else found[0]
+        raise _cli.ConfigError(
+            f"{folder} already holds a run (its checkpoints {', '.join(p.name for p in found[:3])}): a new run "
+            f"there would replace them; resume it with ckpt_path={last} hydra.run.dir={folder}, or choose "
+            "another folder"
+        )
+
+
+def refuse_a_second_run_before_hydra(arguments: list[str]) -> None:
+    """refuse_a_second_run for `hydra.run.dir=DIR` on the command line, before Hydra writes anything into
+    DIR (.hydra/, train.log)."""
+    if any(a in ("-m", "--multirun", "-h", "--help") for a in arguments):
+        return
+    values = dict(a.lstrip("+").split("=", 1) for a in arguments if "=" in a)
+    ckpt_path = values.get("ckpt_path")
+    if values.get("hydra.run.dir") and ckpt_path in (None, "", "null"):
+        try:
+            refuse_a_second_run(values["hydra.run.dir"], None)
+        except _cli.ConfigError as error:
+            _cli.fail(str(error))
 
 
 def check_data_and_weights(cfg: DictConfig, datamodule) -> None:
@@ -285,8 +315,9 @@ def build_run_model(cfg: DictConfig, datamodule, spec, depth_mode: str = "metric
 def holds_tensors(path: Path, digest: str) -> bool:
     """Whether `path` exists and holds the state dict whose tensors_sha256 is `digest` (a file of that
     name written by an earlier run with the same seed; anything else under the name is replaced)."""
-    from dense.errors import WeightsError, load_weights_file
+    from dense.errors import WeightsError
     from dense.hashing import tensors_sha256
+    from dense.weights_file import load_weights_file
 
     if not path.is_file():
         return False
@@ -355,6 +386,8 @@ def check_optimizer_state(checkpoint: dict, model) -> None:
     """The stored optimiser state has one entry per head parameter, each moment of its shape."""
     import torch
 
+    from dense.weights_file import tensor_problem
+
     states = checkpoint.get("optimizer_states")
     if states is None:
         return
@@ -363,10 +396,11 @@ def check_optimizer_state(checkpoint: dict, model) -> None:
         (state,) = states
         for index, entry in state["state"].items():
             for value in entry.values():
-                if isinstance(value, torch.Tensor) and value.dim() and value.shape != params[index].shape:
-                    raise ValueError(
-                        f"parameter {index}: {list(value.shape)} for {list(params[index].shape)}"
-                    )
+                # A moment (not the 0-d step count) has its parameter's rank, shape and kind of dtype.
+                moment = isinstance(value, torch.Tensor) and value.dim() > 0
+                problem = moment and tensor_problem(value, params[index], owner="the head")
+                if problem:
+                    raise ValueError(f"parameter {index} {problem}")
         groups = [i for group in state["param_groups"] for i in group["params"]]
         if sorted(groups) != list(range(len(params))):
             raise ValueError(f"{len(groups)} parameters for the head's {len(params)}")
@@ -377,4 +411,5 @@ def check_optimizer_state(checkpoint: dict, model) -> None:
 
 
 if __name__ == "__main__":
+    refuse_a_second_run_before_hydra(sys.argv[1:])
     _cli.main(main, __file__)

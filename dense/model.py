@@ -31,9 +31,10 @@ from torch import nn
 import dense.dinov3_specs  # noqa: F401  (the DINOv3 variants register themselves)
 import heads
 from dense.backbone import IMAGENET_MEAN, IMAGENET_STD, build_backbone, get_spec
-from dense.errors import DenseError, load_weights_file, shown
+from dense.errors import DenseError, shown
 from dense.features import FeatureMaps
 from dense.ops import resize
+from dense.weights_file import load_weights_file
 
 DEFAULT_DEPTH_RANGE = (1e-3, 10.0)
 # What a depth model predicts: "metric" depth in metres, or "relative" disparity (larger = nearer) up to
@@ -493,7 +494,7 @@ def load_head_weights(model: DenseModel, path: str | os.PathLike) -> None:
     """Meta's released head files (`decode_head.*`) or a train.py checkpoint (`model.head.*`), strictly."""
     checkpoint = load_weights_file(path)
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else checkpoint
-    ours = isinstance(state, dict) and any(k.startswith("model.head.") for k in state)
+    ours = isinstance(state, dict) and any(isinstance(k, str) and k.startswith("model.head.") for k in state)
     heads.load_released_head(
         model.head, checkpoint, prefix="model.head." if ours else "decode_head.", name=os.fspath(path)
     )

@@ -33,6 +33,7 @@ LAYER_OF = {
     "dense.host_memory": "core",
     "dense.install_check": "core",
     "dense.threads": "core",
+    "dense.weights_file": "core",
     "dense.io": "io",
     "dense.hashing": "io",
     "dense._vit": "backbones",

@@ -28,8 +28,9 @@ import predict
 from dense.checkpoint import MODEL_KEY, load_model
 from dense.constants import MEAN_FILL
 from dense.data import DatasetError, DepthScaleWarning, FolderDataset
-from dense.errors import WeightsError, load_weights_file
+from dense.errors import WeightsError
 from dense.io import read_image
+from dense.weights_file import load_weights_file
 from tests._fixtures_data import rgb
 from tests._tiny_run import predict_config, run_script
 

@@ -66,6 +66,30 @@ def present(path: Path) -> bool:
     return os.path.lexists(path)
 
 
+def check_inside_root(paths, root: Path, expected: str) -> None:
+    """Every one of `paths` resolves (links followed) inside the real `root`, or a one-line DatasetError
+    names the first that does not: a link in a dataset folder (a file, or a whole `depth/` folder)
+    leading out of it would make the dataset read files it does not hold. Links that stay inside the
+    root are fine, and so is a root that is itself a link. Each folder is resolved once."""
+    real_root = os.path.realpath(root)
+    real_folders: dict[str, str] = {}
+    for path in paths:
+        path = os.fspath(path)
+        if os.path.islink(path):
+            real = os.path.realpath(path)
+        else:
+            folder = os.path.dirname(path)
+            if folder not in real_folders:
+                real_folders[folder] = os.path.realpath(folder)
+            real = os.path.join(real_folders[folder], os.path.basename(path))
+        if os.path.commonpath([real, real_root]) != real_root:
+            raise DatasetError(
+                f"{path} leads out of data.root {root} (it is {real}, through a link): a dataset reads only "
+                f"files inside its root; copy the file in, or point data.root at the folder that holds it; "
+                f"expected {expected}"
+            )
+
+
 def resolve_class_names(root, class_names=None, num_classes=None) -> tuple[str, ...]:
     """Class names from the config (names or a count) or root/classes.txt."""
     if class_names is not None:
@@ -147,6 +171,9 @@ class FolderDataset(DenseDataset):
             raise DatasetError(f"{target_dir} does not exist; expected {LAYOUT}")
         self.depth_scale = depth_scale
         self.min_depth, self.max_depth = min_depth, max_depth  # the range the depth warnings check
+        # Nothing is read through a link that leads out of the real root: the split and class lists
+        # here, before they are read; the files of every sample below.
+        check_inside_root(self.dataset_files(), self.root, LAYOUT)
 
         images = self._images_by_stem(self.root / "images")
         # every image is checked, not only this split's: a missing target is a layout problem either way
@@ -173,6 +200,7 @@ class FolderDataset(DenseDataset):
             (s, images[s], *targets[s]) for s in self._split_stems(self.split, sorted(images), val_fraction)
         ]
 
+        check_inside_root([path for _, *files in self.items for path in files], self.root, LAYOUT)
         if self.task == "segmentation":
             names = resolve_class_names(self.root, class_names, num_classes)
             if short_side is None or crop_size is None:
