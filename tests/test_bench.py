@@ -162,4 +162,6 @@ def test_the_loader_bench_reports_samples_per_second_per_worker_count(tmp_path, 
         ("nyu", 1),
     ]
     assert all(len(r["samples_per_s"]) == 1 and r["median"] > 0 for r in rows)
+    # the loading processes' CPU time per sample (clock_getcpuclockid on Linux), which shared cores hardly change
+    assert all(len(r["cpu_ms_per_sample"]) == 1 and r["cpu_ms_per_sample"][0] > 0 for r in rows)
     assert "== nyu" in capsys.readouterr().out

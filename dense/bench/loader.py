@@ -12,13 +12,17 @@ main process loads: the cost of one core.
 Timing: per (dataset, workers) a fresh loader; its first workers + 1 batches are not timed (workers
 start, prefetch), then --batches batches are. The worker counts take turns (call 1 of every count, then
 call 2, --repeat rounds), so that a load that changes on shared cores hits them alike. Reported:
-samples/s of every round, their median, and each median ÷ that of 1 worker.
+samples/s of every round, their median, each median ÷ that of 1 worker, and the CPU time per sample of
+the processes that load (the workers, all their threads; with 0 workers this process), which other jobs
+on shared cores hardly change: flat from 1 to N workers means N idle cores would load N times as fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -40,7 +44,23 @@ def data_options(name: str, folder: Path, size: tuple[int, int], samples: int) -
     return generated_data(name, folder / name, samples=samples)
 
 
-def samples_per_second(options: dict, workers: int, batch_size: int, batches: int) -> float:
+def process_cpu_clocks(pids: list[int]) -> list[int]:
+    """The CPU-time clocks of the processes `pids` (all their threads, nanosecond resolution), for
+    time.clock_gettime. glibc's clock_getcpuclockid(3); /proc's counters tick only every 10 ms, too
+    coarse for a few short batches."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    clocks = []
+    for pid in pids:
+        clock = ctypes.c_int()
+        error = libc.clock_getcpuclockid(pid, ctypes.byref(clock))
+        if error:
+            raise OSError(error, f"clock_getcpuclockid({pid}): {os.strerror(error)}")
+        clocks.append(clock.value)
+    return clocks
+
+
+def measure(options: dict, workers: int, batch_size: int, batches: int) -> tuple[float, float | None]:
+    """(samples/s, CPU milliseconds per sample of the processes that load) of one loader."""
     datamodule = DenseDataModule(
         **options, batch_size=batch_size, num_workers=workers, persistent_workers=True
     )
@@ -48,12 +68,25 @@ def samples_per_second(options: dict, workers: int, batch_size: int, batches: in
     loader = iter(datamodule.train_dataloader())
     for _ in range(workers + 1):  # workers starting, first batches in flight
         next(loader)
-    start, count = time.perf_counter(), 0
+    # Who loads: the workers (the DataLoader iterator's own list of them), or this process. Their CPU time
+    # per sample hardly depends on other jobs' load, unlike samples/s: if it stays flat from 1 to N
+    # workers, they do not get in each other's way, and N idle cores load N times as fast.
+    if workers == 0:
+        clock = time.process_time
+    elif sys.platform.startswith("linux"):
+        clocks = process_cpu_clocks([w.pid for w in loader._workers])
+
+        def clock() -> float:
+            return sum(time.clock_gettime(c) for c in clocks)
+    else:
+        clock = None  # no portable way to read another process's CPU time
+    start, cpu_start, count = time.perf_counter(), clock() if clock else 0.0, 0
     for _ in range(batches):
         count += len(next(loader)["name"])
     seconds = time.perf_counter() - start
+    cpu_ms = None if clock is None else (clock() - cpu_start) * 1000 / count
     del loader  # stops its workers
-    return count / seconds
+    return count / seconds, cpu_ms
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -82,17 +115,34 @@ def main(argv=None) -> int:
             needed = (max(args.workers) + 1 + args.batches) * args.batch_size
             options = data_options(name, Path(tmp), args.size, samples=needed)
             rates: dict[int, list[float]] = {w: [] for w in args.workers}
+            cpu: dict[int, list[float]] = {w: [] for w in args.workers}
             for _ in range(args.repeat):
                 for workers in args.workers:
-                    rates[workers].append(samples_per_second(options, workers, args.batch_size, args.batches))
+                    rate, cpu_ms = measure(options, workers, args.batch_size, args.batches)
+                    rates[workers].append(rate)
+                    if cpu_ms is not None:
+                        cpu[workers].append(cpu_ms)
             medians = {w: statistics.median(r) for w, r in rates.items()}
-            print(f"== {name} (batch {args.batch_size}; samples/s, rounds in order; median; ÷ 1 worker)")
+            print(
+                f"== {name} (batch {args.batch_size}; samples/s, rounds in order; median; ÷ 1 worker; "
+                "CPU ms per sample of the loading processes, median)"
+            )
             for workers, values in rates.items():
                 ratio = f"{medians[workers] / medians[1]:.2f}x" if 1 in medians else "-"
                 rounds = " ".join(f"{v:.1f}" for v in values)
-                print(f"  workers {workers}: {rounds}   median {medians[workers]:.1f}   {ratio}", flush=True)
+                cpu_text = f"{statistics.median(cpu[workers]):.1f}" if cpu[workers] else "-"
+                print(
+                    f"  workers {workers}: {rounds}   median {medians[workers]:.1f}   {ratio}   CPU {cpu_text}",
+                    flush=True,
+                )
                 rows.append(
-                    {"data": name, "workers": workers, "samples_per_s": values, "median": medians[workers]}
+                    {
+                        "data": name,
+                        "workers": workers,
+                        "samples_per_s": values,
+                        "median": medians[workers],
+                        "cpu_ms_per_sample": cpu[workers],
+                    }
                 )
     if args.json:
         report = {"machine": info, "argv": sys.argv[1:] if argv is None else list(argv), "rows": rows}

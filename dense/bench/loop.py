@@ -24,7 +24,9 @@ halves measure the same thing.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -167,7 +169,9 @@ def run_loop(case: Case, args, model: DenseModel) -> dict:
             profiler=timer,
             default_root_dir=tmp,
         )
-        trainer.fit(task, datamodule=datamodule)
+        # Lightning's progress bar writes to stdout: send it to stderr, so that stdout holds the tables.
+        with contextlib.redirect_stdout(sys.stderr):
+            trainer.fit(task, datamodule=datamodule)
     return {
         "work": "loop",
         "path": "ours",
