@@ -110,7 +110,7 @@ def test_any_change_of_backbone_layers_weights_or_data_uses_a_new_entry(tmp_path
     assert len(directories) == 1 + len(others)
 
 
-def test_entries_are_keyed_by_what_issue_22_changed_and_only_by_that(tmp_path):
+def test_entries_are_keyed_by_what_issue_22_changed_and_only_by_that(tmp_path, monkeypatch):
     """uint8 images normalised on the device give ImageNet backbones the same numbers as before (their
     keys, and entries, stay); a backbone with other statistics is keyed by them (its numbers moved in
     the last bits); synthetic scenes by the renderer that drew them."""
@@ -126,7 +126,11 @@ def test_entries_are_keyed_by_what_issue_22_changed_and_only_by_that(tmp_path):
     assert other_description["normalisation"] == {"mean": [0.430, 0.411, 0.296], "std": [0.213, 0.156, 0.143]}
     assert other_key != key
     scenes = SyntheticScenes(split="train", image_size=28, num_train=2)
-    assert scenes.fingerprint()["renderer"] == RENDERER_VERSION == 2
+    assert scenes.fingerprint()["renderer"] == RENDERER_VERSION
+    scenes_key, _ = cache_key(plain, scenes, (28, 28), target="depth")
+    # scenes drawn by an earlier renderer (version 1 had other noise) are another entry
+    monkeypatch.setattr("dense.data.synthetic.RENDERER_VERSION", RENDERER_VERSION - 1)
+    assert cache_key(plain, scenes, (28, 28), target="depth")[0] != scenes_key
 
 
 def test_random_initialised_backbones_are_told_apart(tmp_path):
