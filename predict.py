@@ -51,7 +51,7 @@ from dense.backbone import check_official_weights, get_spec
 from dense.checkpoint import model_from_checkpoint, read_model_config
 from dense.config import apply_speed_options, compile_mode, model_from_config
 from dense.data import ADE20K_CLASSES, VOC_CLASSES
-from dense.data.transforms import eval_view, normalize_image
+from dense.data.transforms import eval_view, image_tensor
 from dense.export import OnnxDenseModel, OnnxRunError, onnx_model_for_predict
 from dense.imports import import_modules
 from dense.io import (
@@ -549,7 +549,9 @@ def infer(
             views = (torch.cat([eval_view(image, s, None) for image in images]).to(device) for s in scales)
             out = model.predict_views(views, images[0].shape[:2], cfg.mode, **window_options)
         else:
-            x = torch.stack([normalize_image(image) for image in images]).to(device)
+            x = torch.stack([image_tensor(image) for image in images]).to(
+                device
+            )  # uint8: the model normalises
             out = model.predict(x, cfg.mode, scales=scales, **window_options)
     out = out.float()
     finite = torch.isfinite(out).flatten(1).all(dim=1).tolist()

@@ -3,8 +3,8 @@
 The public names below are imported on first use (PEP 562), not by `import dense`: the entry scripts'
 `--help` and configuration errors then come before torch's start-up, and
 `dense.build_backbone(...)` loads the backbone code alone, never Lightning, Hydra or albumentations
-(the training stack comes with `dense.data` and `dense.tasks`). Backbone names first import
-dense.dinov3_specs, where the DINOv3 variants register themselves.
+(the training stack comes with `dense.data` and `dense.tasks`). The backbone registry imports
+dense.dinov3_specs, where the DINOv3 variants register themselves, at its first lookup.
 """
 
 from __future__ import annotations
@@ -66,8 +66,6 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     if name in _PUBLIC:
-        if _PUBLIC[name] == "dense.backbone":
-            importlib.import_module("dense.dinov3_specs")  # registers the DINOv3 variants
         value = getattr(importlib.import_module(_PUBLIC[name]), name)
         globals()[name] = value  # later look-ups skip this function
         return value

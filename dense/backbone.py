@@ -70,7 +70,10 @@ class BackboneSpec:
         return self
 
 
-BACKBONES: Registry[BackboneSpec] = Registry("backbone", "backbone.name", "dense.register_backbone")
+# The DINOv3 variants register themselves in dense/dinov3_specs.py, loaded at the first lookup.
+BACKBONES: Registry[BackboneSpec] = Registry(
+    "backbone", "backbone.name", "dense.register_backbone", builtins=("dense.dinov3_specs",)
+)
 
 
 def register_backbone(spec: BackboneSpec, aliases: tuple[str, ...] = ()) -> BackboneSpec:
@@ -174,7 +177,14 @@ class Dinov2Spec(BackboneSpec):
             raise _cannot_download(self, path, error) from None
 
 
+DINOV2_NAMES: list[str] = []  # the DINOv2 variants, as registered below
+OFFICIAL_NAMES: list[str] = []  # those with official weights (not test_only)
+
+
 def _register_dinov2(spec: Dinov2Spec) -> None:
+    DINOV2_NAMES.append(spec.name)
+    if not spec.test_only:
+        OFFICIAL_NAMES.append(spec.name)
     aliases = []
     if spec.hub_name is not None:
         aliases.append(spec.hub_name)
@@ -214,8 +224,8 @@ _register_dinov2(
     Dinov2Spec("tiny14_swiglu", 48, 4, 3, ffn="swiglu", four_layers=(0, 1, 2, 3), test_only=True)
 )
 
-DINOV2_NAMES = [name for name in BACKBONES.names() if isinstance(BACKBONES.get(name), Dinov2Spec)]
-OFFICIAL_NAMES = [name for name in DINOV2_NAMES if not BACKBONES.get(name).test_only]
+DINOV2_NAMES.sort()
+OFFICIAL_NAMES.sort()
 
 
 # ---- official weights ---------------------------------------------------------------------------------

@@ -65,6 +65,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from dense.constants import IMAGENET_MEAN, IMAGENET_STD
 from dense.errors import CacheError
 from dense.features import FeatureMaps
 from dense.hashing import file_sha256, tensor_bytes, tensors_sha256
@@ -129,7 +130,7 @@ def feature_description(model: DenseModel, precision: str) -> dict:
     # A backbone whose weights are stored in bf16 (a bf16-mixed run, DenseModel.cast_backbone) runs
     # only under bf16 autocast, whatever was asked.
     bf16 = precision == "bf16" or model.backbone_dtype == torch.bfloat16
-    return {
+    description = {
         "backbone": model.config.get("backbone"),
         "weights": backbone_fingerprint(model),
         "layers": list(model.layers),
@@ -138,6 +139,12 @@ def feature_description(model: DenseModel, precision: str) -> dict:
         "precision": "bf16" if bf16 else "fp32",
         "views": list(VIEWS),
     }
+    if (model.image_mean, model.image_std) != (IMAGENET_MEAN, IMAGENET_STD):
+        # Images reach the model as uint8 and are normalised straight to these statistics; entries
+        # made when they went through ImageNet's first differ in the last bits: keyed apart. (With
+        # ImageNet's statistics both ways give the same numbers, so those entries stay valid.)
+        description["normalisation"] = {"mean": list(model.image_mean), "std": list(model.image_std)}
+    return description
 
 
 def cache_key(

@@ -41,6 +41,7 @@ from dense.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from dense.errors import DenseError, shown
 from dense.io import atomic_path
 from dense.model import DenseModel, build_model
+from dense.ops import imagenet_normalised
 
 METADATA_KEY = "dense"
 FORMAT = "dense export v1"
@@ -592,8 +593,9 @@ class OnnxDenseModel(DenseModel):
     so DenseModel's inference modes (whole, slide, scales, flip) run around it as around the model.
 
     It holds no backbone or head: what predict.py reads of a model (task, depth range, classes) comes
-    from the file's metadata. Inputs are ImageNet-normalised float32, as for DenseModel; a graph that
-    normalises uint8 itself gets them turned back into the uint8 images they came from.
+    from the file's metadata. Inputs are uint8 or ImageNet-normalised float32, as for DenseModel: each
+    is handed to the graph in the form it takes (uint8 as it is to a graph that normalises it itself,
+    floats turned back into the uint8 images they came from; uint8 normalised for a float32 graph).
 
     The graph is data too: every output is checked against the metadata (float32 B×C×H×W of the input's
     batch and size, C = 1 or num_classes) and depth is clamped to the metadata's range, as DenseModel
@@ -655,9 +657,15 @@ class OnnxDenseModel(DenseModel):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape B×3×H×W, got {tuple(images.shape)}")
-        x = images.detach().float().cpu()
-        if self.uint8_input:
-            x = ((x * self.std + self.mean) * 255).round().clamp(0, 255).to(torch.uint8)
+        x = images.detach().cpu()
+        if (
+            x.dtype == torch.uint8
+        ):  # what predict.py hands over: straight in, or normalised as the graph wants
+            x = x if self.uint8_input else imagenet_normalised(x)
+        elif self.uint8_input:  # ImageNet-normalised floats, turned back into the uint8 images they came from
+            x = ((x.float() * self.std + self.mean) * 255).round().clamp(0, 255).to(torch.uint8)
+        else:
+            x = x.float()
         out = self._run(np.ascontiguousarray(x.numpy()))
         batch, _, height, width = images.shape
         if (

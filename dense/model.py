@@ -1,7 +1,8 @@
 """DenseModel: a frozen DINOv2 or DINOv3 backbone under one head, for any input size.
 
-    images (ImageNet-normalised B×3×H×W, any H, W)
-      → re-normalised to the backbone's own mean/std when they differ (the DINOv3 satellite variants)
+    images (uint8 RGB B×3×H×W, or ImageNet-normalised float B×3×H×W; any H, W)
+      → normalised once with the backbone's own mean/std, on the device (uint8: a table lookup; float:
+        re-normalised from ImageNet's statistics when the backbone's differ, the DINOv3 satellite variants)
       → centre-pad to a multiple of the patch size, 14 or 16 (an odd pad's extra pixel goes bottom/right)
       → backbone.get_intermediate_tokens(layers, norm) → FeatureMaps
       → head → raw output on the head's own grid
@@ -33,7 +34,7 @@ import heads
 from dense.backbone import IMAGENET_MEAN, IMAGENET_STD, build_backbone, get_spec
 from dense.errors import DenseError, shown
 from dense.features import FeatureMaps
-from dense.ops import resize
+from dense.ops import imagenet_normalised, normalisation_table, normalise_levels, resize
 from dense.weights_file import load_weights_file
 
 DEFAULT_DEPTH_RANGE = (1e-3, 10.0)
@@ -166,10 +167,17 @@ class DenseModel(nn.Module):
         self.config = dict(config or {})
         self.backbone.requires_grad_(False)
         self.backbone.eval()
-        # The data pipeline normalises with ImageNet's mean/std; a backbone trained with other statistics
-        # (the DINOv3 satellite variants) gets its own through one affine map per channel:
-        # (x·std_in + mean_in − mean) / std = x·scale + shift. None when they agree (every other backbone).
+        # uint8 images are normalised with the backbone's own mean/std by a table of the 256 levels per
+        # channel, computed in float64 as dense.data.transforms.normalize_image computes ImageNet's: so a
+        # uint8 image gives exactly what its ImageNet-normalised float copy gives (tested). A buffer, so
+        # it moves with the model (no copy per call), but not persistent: checkpoints do not change.
         self.image_mean, self.image_std = tuple(image_mean), tuple(image_std)
+        self.register_buffer(
+            "image_table", normalisation_table(self.image_mean, self.image_std), persistent=False
+        )
+        # Float images are ImageNet-normalised (the contract before uint8 batches, kept); a backbone
+        # trained with other statistics (the DINOv3 satellite variants) gets its own through one affine
+        # map per channel: (x·std_in + mean_in − mean) / std = x·scale + shift. None when they agree.
         if self.image_mean == IMAGENET_MEAN and self.image_std == IMAGENET_STD:
             self.renormalisation = None
         else:
@@ -231,9 +239,15 @@ class DenseModel(nn.Module):
 
     # ---- the pipeline, one step per method ------------------------------------------------------
 
-    def renormalise(self, images: torch.Tensor) -> torch.Tensor:
-        """ImageNet-normalised images → normalised with the backbone's own mean/std (before padding, so
-        that the padding is the backbone's mean colour, as upstream pads normalised images with zeros)."""
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """Images as the backbone takes them, normalised with its own mean/std (before padding, so that
+        the padding is the backbone's mean colour, as upstream pads normalised images with zeros):
+        uint8 RGB (what the datasets give, a quarter of float32's bytes to move to the device) through
+        the table; float images, ImageNet-normalised, re-normalised where the backbone's statistics differ."""
+        if images.dtype == torch.uint8:
+            return normalise_levels(images, self.image_table)
+        if not images.is_floating_point():
+            raise ValueError(f"images must be uint8 RGB or ImageNet-normalised floats, got {images.dtype}")
         if self.renormalisation is None:
             return images
         scale, shift = (t.to(images.device, images.dtype) for t in self.renormalisation)
@@ -249,6 +263,11 @@ class DenseModel(nn.Module):
     def extract_features(self, padded_images: torch.Tensor) -> FeatureMaps:
         """The frozen backbone's FeatureMaps for images whose sides are multiples of the patch size."""
         device_type = padded_images.device.type
+        if not padded_images.is_floating_point():
+            raise ValueError(
+                f"extract_features takes normalised float images, got {padded_images.dtype}: "
+                "normalise uint8 images first (model.normalise) or call the model"
+            )
         if self.backbone_dtype != torch.float32 and not torch.is_autocast_enabled(device_type):
             raise DenseError(
                 f"the backbone's weights are stored in {self.backbone_dtype} (cast_backbone): run the model "
@@ -263,9 +282,9 @@ class DenseModel(nn.Module):
         return FeatureMaps(patches, cls_tokens)
 
     def image_features(self, images: torch.Tensor) -> tuple[FeatureMaps, tuple[int, int, int, int]]:
-        """ImageNet-normalised images (any size) → (their FeatureMaps, the padding added): re-normalise,
-        pad, run the frozen backbone. What forward and the feature cache feed the head."""
-        padded, padding = self.pad(self.renormalise(images))
+        """Images (uint8 or ImageNet-normalised, any size) → (their FeatureMaps, the padding added):
+        normalise, pad, run the frozen backbone. What forward and the feature cache feed the head."""
+        padded, padding = self.pad(self.normalise(images))
         return self.extract_features(padded), padding
 
     def forward_head(self, features: FeatureMaps, padding: tuple[int, int, int, int], size: tuple[int, int]):
@@ -287,7 +306,8 @@ class DenseModel(nn.Module):
         return out[..., top : top + height, left : left + width]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Depth B×1×H×W in metres, or class logits B×K×H×W, for ImageNet-normalised B×3×H×W."""
+        """Depth B×1×H×W in metres, or class logits B×K×H×W, for B×3×H×W images: uint8 RGB, or
+        ImageNet-normalised floats."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape B×3×H×W, got {tuple(images.shape)}")
         features, padding = self.image_features(images)
@@ -316,6 +336,8 @@ class DenseModel(nn.Module):
         size rule instead (dense.data.transforms.eval_view) and hands them to `predict_views`.
         """
         size = tuple(images.shape[-2:])
+        if images.dtype == torch.uint8 and any(float(s) != 1.0 for s in scales):
+            images = imagenet_normalised(images)  # resized views need floats: the float contract
         views = (resize(images, (max(1, round(size[0] * s)), max(1, round(size[1] * s)))) for s in scales)
         return self.predict_views(views, size, mode, crop_size=crop_size, stride=stride, flip=flip)
 

@@ -11,6 +11,7 @@ cannot make us import them).
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -25,14 +26,25 @@ class UnknownNameError(DenseError, ValueError):
 
 class Registry(Generic[T]):
     """Names (and their aliases) to entries of one kind. Entries are whatever the family needs: a spec
-    dataclass for backbones and heads, a class for datasets."""
+    dataclass for backbones and heads, a class for datasets.
 
-    def __init__(self, kind: str, option: str, decorator: str):
+    `builtins`: modules of the project that register entries of this kind where they are defined
+    (dense.dinov3_specs for the DINOv3 backbones); imported at the first lookup, so that a name is found
+    whichever module the caller imported first, and `import dense` stays cheap. Fixed names written in
+    the code, never read from a file."""
+
+    def __init__(self, kind: str, option: str, decorator: str, builtins: tuple[str, ...] = ()):
         self.kind = kind  # "backbone"
         self.option = option  # the config option that chooses one: "backbone.name"
         self.decorator = decorator  # "dense.register_backbone"
         self._entries: dict[str, T] = {}
         self._aliases: dict[str, str] = {}
+        self._builtins = tuple(builtins)  # emptied once imported
+
+    def _load_builtins(self) -> None:
+        builtins, self._builtins = self._builtins, ()  # first, as those modules register here
+        for module in builtins:
+            importlib.import_module(module)
 
     @staticmethod
     def key(name: str) -> str:
@@ -62,6 +74,7 @@ class Registry(Generic[T]):
         """The registered name that `name` (a name or an alias, in any case) stands for."""
         if not isinstance(name, str):
             raise UnknownNameError(f"{self.option} must be a name, got {type(name).__name__}")
+        self._load_builtins()
         key = self.key(name)
         key = self._aliases.get(key, key)
         if key not in self._entries:
@@ -76,18 +89,22 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         """The registered names, sorted (aliases not included)."""
+        self._load_builtins()
         return sorted(self._entries)
 
     def aliases(self) -> dict[str, str]:
+        self._load_builtins()
         return dict(self._aliases)
 
     def __contains__(self, name: object) -> bool:
+        self._load_builtins()
         return isinstance(name, str) and (self.key(name) in self._entries or self.key(name) in self._aliases)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __len__(self) -> int:
+        self._load_builtins()
         return len(self._entries)
 
     def decorator_for(self, name: str, make_entry: Callable[[object], T], aliases: tuple[str, ...] = ()):

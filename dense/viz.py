@@ -73,18 +73,24 @@ def _plane(x, what: str) -> np.ndarray:
 
 
 def to_rgb_image(image) -> np.ndarray:
-    """uint8 H×W×3 for display: passes uint8 H×W×3 through, denormalises an ImageNet-normalised
-    3×H×W tensor (what datasets and the model see)."""
+    """uint8 H×W×3 for display: passes uint8 H×W×3 through, transposes a uint8 3×H×W tensor (what the
+    datasets give), denormalises an ImageNet-normalised float 3×H×W tensor."""
     if isinstance(image, torch.Tensor):
         if image.ndim == 4 and image.shape[0] == 1:
             image = image[0]
-        if image.ndim != 3 or image.shape[0] != 3 or not image.is_floating_point():
-            raise ValueError(f"expected a normalised 3×H×W image tensor, got shape {tuple(image.shape)}")
+        if (
+            image.ndim != 3
+            or image.shape[0] != 3
+            or not (image.is_floating_point() or image.dtype == torch.uint8)
+        ):
+            raise ValueError(
+                f"expected a 3×H×W image tensor (uint8, or normalised floats), got {image.dtype} {tuple(image.shape)}"
+            )
         return denormalize_image(image)
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(
-            f"expected a uint8 H×W×3 array or a normalised 3×H×W tensor, got {image.dtype} {image.shape}"
+            f"expected a uint8 H×W×3 array or a 3×H×W image tensor, got {image.dtype} {image.shape}"
         )
     return image
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU measurements of issue 6 (BENCHMARKS.md, "GPU targets"), ours and upstream in the same run, and
-# issue 15's DINOv3 steps (8-10) and issue 16's TensorRT engine (11).
+# The GPU measurements of issue 6 (BENCHMARKS.md, "GPU targets"), ours and upstream in the same run, issue
+# 15's DINOv3 steps (8-10), issue 16's TensorRT engine (11) and issue 22's loop beside the step (12-15).
 #
 # Run from the repository root. Made for one call of the device tool (one H100; 15 minutes of device
 # time in all, 10 per command):
@@ -8,11 +8,16 @@
 #                 mkdir -p .upstream && cp -r /path/to/dinov2/. .upstream/      # a facebookresearch/dinov2 checkout
 #                 echo /.upstream_dinov3/ >> .git/info/exclude                  # and for steps 8-10, DINOv3's package:
 #                 mkdir -p .upstream_dinov3 && git -C /path/to/dinov3 archive HEAD dinov3 | tar -x -C .upstream_dinov3
-#   device call:  command "bash scripts/bench_gpu.sh", carry [".upstream", ".upstream_dinov3"], timeout_s 600
+#                 bash scripts/device_wheels.sh                                 # the packages the image lacks, in .whl/
+#   device call:  command "bash scripts/bench_gpu.sh", carry [".upstream", ".upstream_dinov3", ".whl"], timeout_s 600
 # Elsewhere: `OUT=somewhere UPSTREAM=/path/to/dinov2 UPSTREAM_DINOV3=/path/to/dinov3 bash scripts/bench_gpu.sh`.
 # A subset (e.g. to split the work over two calls if one runs out of time): STEPS="3 4" bash scripts/bench_gpu.sh
 # On the H100 (2026-11-26) steps 1-4 took 87 s and steps 5-7 200 s (compiling); both fit one call.
-# Steps 8-10 (DINOv3 ViT-L/16 and 7B/16) have not run yet: give them a call of their own, STEPS="8 9 10".
+# Not run yet: steps 8-10 (DINOv3 ViT-L/16 and 7B/16) and 12-15 (issue 22). One device call for all of them:
+#   command "STEPS='8 9 10 12 13 14 15' bash scripts/bench_gpu.sh", carry [".upstream", ".upstream_dinov3", ".whl"],
+#   timeout_s 600. Each command is bounded by STEP_TIMEOUT seconds (default 90), so that a stuck one cannot
+#   take the others' time. Estimated (not measured: no device was lent): 8-10 about 2.5 minutes, 12-15 about
+#   5; if the call runs out, the steps not reached go to a second call (e.g. STEPS="14 15").
 # Every step runs whatever the others did: a failed step prints FAILED with its command and the script goes on.
 #
 # Upstream's code is imported from that checkout (torch.hub.load(dir, source="local"), pretrained=False):
@@ -26,16 +31,23 @@ OUT=${OUT:-bench_out}
 UPSTREAM=${UPSTREAM:-.upstream}
 UPSTREAM_DINOV3=${UPSTREAM_DINOV3:-.upstream_dinov3}
 PYTHON=${PYTHON:-python3}
+STEP_TIMEOUT=${STEP_TIMEOUT:-90}
 mkdir -p "$OUT"
+# The packages the image lacks (hydra, albumentations and theirs: scripts/device_wheels.sh), when carried.
+if compgen -G ".whl/*.whl" > /dev/null; then
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=$PYTHONPATH:/tmp/site || echo "FAILED: installing .whl/"
+fi
 up=()
 if [ -f "$UPSTREAM/hubconf.py" ]; then up=(--upstream "$UPSTREAM"); else echo "no upstream checkout at $UPSTREAM: ours vs timm only"; fi
 up3=()
 if [ -f "$UPSTREAM_DINOV3/dinov3/hub/backbones.py" ]; then up3=(--upstream "$UPSTREAM_DINOV3")
 else echo "no DINOv3 package at $UPSTREAM_DINOV3: DINOv3 steps ours alone"; fi
 bench() {
-  "$PYTHON" -m dense.bench --device cuda --precision bf16 --iters 10 --warmup 3 "$@" || echo "FAILED (exit $?): dense.bench $*"
+  timeout "$STEP_TIMEOUT" "$PYTHON" -m dense.bench --device cuda --precision bf16 --iters 10 --warmup 3 "$@" \
+    || echo "FAILED (exit $?): dense.bench $*"
 }
-STEPS=${STEPS:-1 2 3 4 5 6 7 8 9 10 11}
+STEPS=${STEPS:-1 2 3 4 5 6 7 8 9 10 11 12 13 14 15}
 step() { [[ " $STEPS " == *" $1 "* ]]; }  # is step $1 asked for?
 
 {
@@ -81,5 +93,26 @@ step() { [[ " $STEPS " == *" $1 "* ]]; }  # is step $1 asked for?
   #     16x3x640x640, fp16), timed at batch 16, 480x640: compare with step 7 (PyTorch bf16 + compile, same shape).
   step 11 && { "$PYTHON" -m dense.bench.onnx --backbone vitl14 --head depth_dpt --batch 16 --height 480 --width 640 \
     --tensorrt "$OUT/11_vitl14_dpt.onnx" || echo "FAILED (exit $?): dense.bench.onnx --tensorrt"; }
+  # 12. Issue 22: train.py's loop (DenseDataModule with the default worker count, DepthTask, a Lightning Trainer,
+  #     bf16-mixed) beside our training step, ViT-L/14 + DPT, 416x544, batch 8, synthetic scenes, eager; then the
+  #     step alone with compile=true. Targets: loop >= 90% of the step; the step >= 180 img/s. Before: step 129
+  #     eager / 159 compiled, train.py 12-17 img/s.
+  step 12 && bench --backbone vitl14 --head depth_dpt --size 416x544 --batch 8 --work train,loop --reference none \
+    --json "$OUT/12_vitl_dpt_loop.json"
+  step 12 && bench --backbone vitl14 --head depth_dpt --size 416x544 --batch 8 --work train --reference none \
+    --compile on --json "$OUT/12_vitl_dpt_train_compiled.json"
+  # 13. ViT-g/14 + DPT: the loop beside the step at 224x224 (train.py's default size; before: 93 img/s through
+  #     train.py), and the step at 416x544, eager and compiled (target >= 100 img/s; before 72 / 92).
+  step 13 && bench --backbone vitg14 --head depth_dpt --size 224x224 --batch 8 --work train,loop --reference none \
+    --json "$OUT/13_vitg_dpt_loop_224.json"
+  step 13 && bench --backbone vitg14 --head depth_dpt --size 416x544 --batch 8 --work train --reference none \
+    --compile off,on --json "$OUT/13_vitg_dpt_train_416.json"
+  # 14. The loader on this machine's cores: samples/s per worker count, synthetic 416x544, NYU and ADE20K recipes.
+  step 14 && { timeout "$STEP_TIMEOUT" "$PYTHON" -m dense.bench.loader --workers 0,1,4,15 --repeat 2 --batches 12 \
+    --json "$OUT/14_loader.json" || echo "FAILED (exit $?): dense.bench.loader"; }
+  # 15. Where the DPT step's time goes (ViT-L/14, 416x544, batch 8): backbone against head, and the head's x2
+  #     upsample NCHW, channels-last and as two matrix products (a candidate the head does not use yet).
+  step 15 && { timeout "$STEP_TIMEOUT" "$PYTHON" -m dense.bench.profile_dpt --backbone vitl14 --parts split,upsample,matrices \
+    || echo "FAILED (exit $?): dense.bench.profile_dpt"; }
   :  # a step left out is not a failure (each step's own errors are in the log)
 } 2>&1 | tee "$OUT/log.txt"

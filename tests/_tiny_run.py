@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 import dense
 import train as train_script
 from dense.checkpoint import BACKBONE_PREFIX, HEAD_PREFIX, MODEL_KEY
-from dense.data.transforms import normalize_image
+from dense.data.transforms import image_tensor
 from dense.io import read_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,5 +136,5 @@ def write_checkpoint(model: dense.DenseModel, path: Path) -> Path:
 
 
 def model_input(path: Path) -> torch.Tensor:
-    """The batch of one that predict.py makes of the image file at `path`."""
-    return normalize_image(read_image(path))[None]
+    """The batch of one that predict.py makes of the image file at `path` (uint8: the model normalises)."""
+    return image_tensor(read_image(path))[None]

@@ -395,3 +395,18 @@ def test_pretrained_uses_the_file_in_the_hub_cache(tmp_path, monkeypatch):
     torch.save(state, path)
     model = build_backbone("vits14", pretrained=True)
     assert torch.equal(model.pos_embed, state["pos_embed"])
+
+
+def test_every_family_is_known_whichever_module_is_imported_first():
+    """The DINOv3 variants register themselves in their own module; a caller that imports only
+    dense.backbone (not `import dense`) still finds them, in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = (
+        "from dense.backbone import get_spec, list_backbones; "
+        "print(get_spec('tiny16').name, 'vitl16' in list_backbones())"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["tiny16", "True"]

@@ -6,12 +6,16 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from dense.backbone import get_spec
-from dense.bench import cli, paths
+from dense.bench import cli, loader, paths
 from dense.bench.case import WORKS
+from dense.bench.loop import OTHER, PHASES
 from dense.bench.references import Unavailable, build_upstream_dinov3
+from dense.losses import DepthLoss
 from dense.model import DenseModel
+from dense.tasks import DepthTask
 
 RESULT_FIELDS = {
     "work",
@@ -84,9 +88,10 @@ def test_compile_on_compiles_ours_as_the_entry_scripts_do(tmp_path, monkeypatch)
     assert {(r["work"], r["path"]) for r in case["results"]} == {
         (w, p) for w in ("predict", "train") for p in ("ours", "naive")
     }
-    # ours: one DenseModel.compile per work, and no whole-call compile; naive: whole-call compiled
+    # ours: one DenseModel.compile per work, and no whole-call compile (its training step is the task's
+    # own, outside Calls); naive: whole-call compiled
     assert len(model_compiles) == 2 and all(isinstance(m, DenseModel) for m in model_compiles)
-    assert sorted(whole_calls) == [False, False, True, True]
+    assert sorted(whole_calls) == [False, True, True]
 
 
 def test_dinov3_backbones_take_upstream_from_a_dinov3_checkout(tmp_path):
@@ -97,3 +102,66 @@ def test_dinov3_backbones_take_upstream_from_a_dinov3_checkout(tmp_path):
         build_upstream_dinov3(str(tmp_path), get_spec("vits16"), ours=None)
     with pytest.raises(Unavailable, match="tiny16 is a test variant"):
         build_upstream_dinov3(str(tmp_path), get_spec("tiny16"), ours=None)
+
+
+def test_the_train_work_runs_the_tasks_own_training_step(tmp_path, monkeypatch):
+    """Ours: DepthTask.training_step on uint8 images (SigLoss + GradientLoss, the NaN flag) with the
+    task's optimiser; the references: the same loss on the same batch."""
+    images, losses = [], []
+    training_step, loss_forward = DepthTask.training_step, DepthLoss.forward
+
+    def recorded_step(self, batch, batch_idx):
+        images.append(batch["image"].dtype)
+        return training_step(self, batch, batch_idx)
+
+    def recorded_loss(self, prediction, target):
+        out = loss_forward(self, prediction, target)
+        losses.append(set(out))
+        return out
+
+    monkeypatch.setattr(DepthTask, "training_step", recorded_step)
+    monkeypatch.setattr(DepthLoss, "forward", recorded_loss)
+    argv = ["--backbone", "tiny14", "--head", "depth_linear", "--size", "28x28", "--batch", "1", "--work", "train",
+            "--reference", "naive", "--device", "cpu", "--iters", "2", "--warmup", "1", "--json", str(tmp_path / "b.json")]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert images == [torch.uint8] * 4  # warm-up, 2 timed calls, the memory call
+    assert losses == [{"loss", "loss_sig", "loss_grad"}] * 8  # ours and naive, 4 calls each
+
+
+def test_the_loop_work_trains_through_lightning_and_splits_each_step(tmp_path, capsys):
+    """The loop: a Lightning Trainer over the real datamodule (here ADE20K files written in their format,
+    through the segmentation recipe) and the real task; img/s, its ratio to the training step, and where
+    a step goes."""
+    out = tmp_path / "bench.json"
+    argv = ["--backbone", "tiny14", "--head", "seg_linear", "--num-classes", "150", "--size", "28x28", "--batch",
+            "2", "--work", "train,loop", "--reference", "none", "--device", "cpu", "--iters", "1", "--warmup", "0",
+            "--data", "ade20k", "--workers", "0", "--loop-steps", "2", "--loop-warmup", "1", "--json", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    loop = json.loads(out.read_text())["cases"][0]["loop"]
+    assert (loop["data"], loop["workers"], loop["steps"]) == ("ade20k", 0, 2) and len(
+        loop["step_times_s"]
+    ) == 2
+    assert list(loop["split_s"]) == [*PHASES, OTHER] and loop["split_s"]["step"] > 0
+    assert loop["split_s"]["loader wait"] > 0 and loop["split_s"]["host→device"] > 0
+    assert sum(loop["split_s"].values()) == pytest.approx(sum(loop["step_times_s"]) / 2)
+    assert loop["images_per_s"] > 0 and loop["loop_over_train"] > 0
+    printed = capsys.readouterr().out
+    assert "loop      ours" in printed and "loop ÷ train ours" in printed and "loader wait" in printed
+
+
+def test_the_loader_bench_reports_samples_per_second_per_worker_count(tmp_path, capsys):
+    out = tmp_path / "loader.json"
+    argv = ["--data", "synthetic,nyu", "--workers", "0,1", "--batches", "1", "--repeat", "1", "--batch-size", "2",
+            "--size", "28x28", "--json", str(out)]  # fmt: skip
+    assert loader.main(argv) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["data"], r["workers"]) for r in rows] == [
+        ("synthetic", 0),
+        ("synthetic", 1),
+        ("nyu", 0),
+        ("nyu", 1),
+    ]
+    assert all(len(r["samples_per_s"]) == 1 and r["median"] > 0 for r in rows)
+    # the loading processes' CPU time per sample (clock_getcpuclockid on Linux), which shared cores hardly change
+    assert all(len(r["cpu_ms_per_sample"]) == 1 and r["cpu_ms_per_sample"][0] > 0 for r in rows)
+    assert "== nyu" in capsys.readouterr().out

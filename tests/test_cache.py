@@ -5,9 +5,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from dense.cache import CachedFeatures, forward_cached
+from dense.cache import CachedFeatures, cache_key, forward_cached
+from dense.data import SyntheticScenes
+from dense.data.scenes import RENDERER_VERSION
 from dense.losses import SigLoss
-from dense.model import build_model
+from dense.model import DenseModel, build_model
 from tests._tiny_run import LEARNING_DEPTH, LEARNING_RUN, metric_rows, series, train_in_process
 
 
@@ -106,6 +108,29 @@ def test_any_change_of_backbone_layers_weights_or_data_uses_a_new_entry(tmp_path
     others.append(cache_for())
     directories = {first.directory} | {c.directory for c in others}
     assert len(directories) == 1 + len(others)
+
+
+def test_entries_are_keyed_by_what_issue_22_changed_and_only_by_that(tmp_path, monkeypatch):
+    """uint8 images normalised on the device give ImageNet backbones the same numbers as before (their
+    keys, and entries, stay); a backbone with other statistics is keyed by them (its numbers moved in
+    the last bits); synthetic scenes by the renderer that drew them."""
+    torch.manual_seed(0)
+    plain = build_model("tiny14", "depth_linear")
+    key, description = cache_key(plain, Scenes(n=2), (42, 56), target="depth")
+    assert "normalisation" not in description
+    other = DenseModel(
+        plain.backbone, plain.head, task="depth", layers=plain.layers, norm=False, use_cls_token=True,
+        image_mean=(0.430, 0.411, 0.296), image_std=(0.213, 0.156, 0.143), config=plain.config,
+    )  # fmt: skip
+    other_key, other_description = cache_key(other, Scenes(n=2), (42, 56), target="depth")
+    assert other_description["normalisation"] == {"mean": [0.430, 0.411, 0.296], "std": [0.213, 0.156, 0.143]}
+    assert other_key != key
+    scenes = SyntheticScenes(split="train", image_size=28, num_train=2)
+    assert scenes.fingerprint()["renderer"] == RENDERER_VERSION
+    scenes_key, _ = cache_key(plain, scenes, (28, 28), target="depth")
+    # scenes drawn by an earlier renderer (version 1 had other noise) are another entry
+    monkeypatch.setattr("dense.data.synthetic.RENDERER_VERSION", RENDERER_VERSION - 1)
+    assert cache_key(plain, scenes, (28, 28), target="depth")[0] != scenes_key
 
 
 def test_random_initialised_backbones_are_told_apart(tmp_path):

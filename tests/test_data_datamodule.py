@@ -1,15 +1,22 @@
 """DenseDataModule: the Hydra configs, the exposed dataset facts, reproducible loading, batching."""
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from threadpoolctl import threadpool_info, threadpool_limits
+from torch.utils.data import DataLoader
 
+import dense.data.datamodule as datamodule_module
+from dense.constants import MEAN_FILL
 from dense.data import DATASETS, DatasetError, DenseDataModule, SyntheticScenes, pad_collate
 from dense.data.base import DenseDataset
+from dense.data.datamodule import default_num_workers, seed_worker
 from dense.data.sample import RawSample
 from dense.data.transforms import GammaBrightnessColor
+from dense.ops import imagenet_normalised
 from dense.registry import UnknownNameError
 from tests._fixtures_data import (
     pattern_image,
@@ -77,7 +84,10 @@ def test_configs_instantiate_and_load_a_batch(name, roots):
     assert isinstance(dm, DenseDataModule) and dm.ignore_index == 255
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    assert batch["image"].dtype == torch.float32 and batch["image"].shape[:2] == (2, 3)
+    assert batch["image"].dtype == torch.uint8 and batch["image"].shape[:2] == (
+        2,
+        3,
+    )  # normalised on the device
     key = "mask" if dm.task == "segmentation" else "depth"
     assert batch[key].shape[-2:] == batch["image"].shape[-2:] and len(batch["name"]) == 2
     next(iter(dm.val_dataloader()))
@@ -163,23 +173,31 @@ def test_workers_get_distinct_reproducible_augmentation(monkeypatch):
     assert not torch.equal(first[0], first[1])
 
 
-def test_pad_collate_pads_depth_with_zero_and_mask_with_ignore():
+@pytest.mark.parametrize("image_dtype", [torch.uint8, torch.float32])
+def test_pad_collate_pads_depth_with_zero_and_mask_with_ignore(image_dtype):
     a = {
-        "image": torch.ones(3, 4, 5),
+        "image": torch.ones(3, 4, 5, dtype=image_dtype),
         "depth": torch.ones(1, 4, 5),
-        "mask": torch.zeros(4, 5, dtype=torch.long),
+        "mask": torch.zeros(4, 5, dtype=torch.uint8),
         "name": "a",
     }
     b = {
-        "image": torch.ones(3, 6, 3),
+        "image": torch.ones(3, 6, 3, dtype=image_dtype),
         "depth": torch.ones(1, 6, 3),
-        "mask": torch.zeros(6, 3, dtype=torch.long),
+        "mask": torch.zeros(6, 3, dtype=torch.uint8),
         "name": "b",
     }
     batch = pad_collate([a, b])
     assert batch["image"].shape == (2, 3, 6, 5) and batch["name"] == ["a", "b"]
     assert (batch["depth"][0, 0, 4:] == 0).all() and (batch["mask"][0, 4:] == 255).all()
-    assert (batch["mask"][1, :, 3:] == 255).all() and (batch["image"][1, :, :, 3:] == 0).all()
+    assert (batch["mask"][1, :, 3:] == 255).all() and batch["image"].dtype == image_dtype
+    assert (batch["image"][1, :, :3, :3] == 1).all() and (batch["image"][0, :, :4, :5] == 1).all()
+    padding = batch["image"][1, :, :, 3:]
+    if image_dtype == torch.uint8:  # the mean colour, which the model normalises to about 0
+        assert padding.tolist() == [[[v] * 2 for _ in range(6)] for v in MEAN_FILL]
+        assert imagenet_normalised(padding[None]).abs().max() < 0.01
+    else:  # already normalised: 0 is the mean colour
+        assert (padding == 0).all()
 
 
 def test_synthetic_dataset_is_picklable_for_workers():
@@ -191,11 +209,12 @@ def test_synthetic_dataset_is_picklable_for_workers():
 
 
 def test_loader_workers_stay_alive_between_epochs():
-    """Every dataset config keeps its loader workers (no re-spawn before each epoch and validation);
-    the loaders get it, and pinned memory follows CUDA's presence."""
+    """Every dataset config keeps its loader workers (no re-spawn before each epoch and validation) and
+    leaves their number to the machine; the loaders get it, validation starts no more workers than it
+    has batches, and pinned memory follows CUDA's presence."""
     for name in DATASETS:
         cfg = OmegaConf.load(DATA_CONFIGS / f"{name}.yaml")
-        assert cfg.persistent_workers is True and cfg.num_workers > 0 and cfg.pin_memory is None, name
+        assert cfg.persistent_workers is True and cfg.num_workers is None and cfg.pin_memory is None, name
     datamodule = DenseDataModule(
         name="synthetic",
         num_train=4,
@@ -203,12 +222,54 @@ def test_loader_workers_stay_alive_between_epochs():
         num_test=2,
         image_size=[28, 28],
         batch_size=2,
-        num_workers=1,
+        num_workers=2,
         persistent_workers=True,
     )
     datamodule.setup("fit")
     train, val = datamodule.train_dataloader(), datamodule.val_dataloader()
-    assert train.persistent_workers and val.persistent_workers and train.num_workers == 1
+    assert train.persistent_workers and val.persistent_workers and train.num_workers == 2
+    assert val.num_workers == 1  # 2 validation scenes in batches of 2: one batch
     assert train.pin_memory == torch.cuda.is_available()
     # Without workers there is nothing to keep: DataLoader refuses persistent_workers with 0 workers.
     assert not DenseDataModule(name="synthetic", num_workers=0, persistent_workers=True).persistent_workers
+
+
+@pytest.mark.parametrize(
+    ("cores", "devices", "expected"), [(2, 0, 1), (1, 0, 0), (16, 1, 15), (16, 2, 7), (64, 1, 16)]
+)
+def test_default_worker_count_follows_cores_and_devices(monkeypatch, cores, devices, expected):
+    """num_workers=null: the cores this process may use, shared by one training process per device, less
+    one core each for that process, at most 16."""
+    monkeypatch.setattr(datamodule_module.os, "sched_getaffinity", lambda pid: set(range(cores)))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: devices > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: devices)
+    assert default_num_workers() == expected
+    assert DenseDataModule(name="synthetic", num_workers=None).num_workers == expected
+
+
+def test_a_loader_worker_runs_every_library_on_one_thread():
+    """The worker init limits numpy's BLAS (threadpoolctl), OpenCV and PyTorch to one thread each,
+    whatever the process that forks the workers uses: the workers are the parallelism (issue 22: 2
+    workers on 2 cores loaded at half the speed of one while numpy's BLAS ran a thread per core in each)."""
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    try:
+        with threadpool_limits(2):  # the parent's settings, which a forked worker would inherit
+            loader = DataLoader(ThreadReport(), batch_size=2, num_workers=1, worker_init_fn=seed_worker)
+            report = next(iter(loader))
+    finally:
+        cv2.setNumThreads(threads)
+    assert report["blas"].tolist() == [1, 1] and report["cv2"].tolist() == [1, 1]
+    assert report["torch"].tolist() == [1, 1]
+
+
+class ThreadReport(torch.utils.data.Dataset):
+    """Each item: how many threads numpy's BLAS, OpenCV and PyTorch would use where it is read."""
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        blas = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+        # cv2.setNumThreads(0) runs OpenCV's functions sequentially; getNumThreads then says 1
+        return {"blas": max(blas), "cv2": cv2.getNumThreads(), "torch": torch.get_num_threads()}

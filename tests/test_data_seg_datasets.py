@@ -5,8 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
+from dense.constants import MEAN_FILL
 from dense.data import ADE20K, ADE20K_CLASSES, VOC_CLASSES, DatasetError, DenseDataModule, PascalVOC
 from dense.data.ade20k import reduce_zero_label
+from dense.ops import imagenet_normalised
 from tests._fixtures_data import write_ade20k, write_voc
 
 SMALL = {"crop_size": 48, "short_side": 40}  # the mmseg recipe at toy scale, to keep tests fast
@@ -35,7 +37,7 @@ def test_ade20k_labels_and_names(ade):
     ds = ADE20K(root, "val", eval_short_side=None)  # original size: compare label by label
     assert len(ds) == 2
     s = ds[0]
-    assert s["mask"].dtype == torch.int64
+    assert s["mask"].dtype == torch.uint8  # the smallest exact dtype: 150 classes and 255
     assert np.array_equal(s["mask"].numpy(), reduce_zero_label(truth[s["name"]]))
     assert (s["mask"] == 255).any() and s["mask"][s["mask"] != 255].max() < 150
 
@@ -60,7 +62,9 @@ def test_ade20k_train_recipe_pads_with_ignore(ade):
         assert s["image"].shape == (3, 96, 96) and s["mask"].shape == (96, 96)
         # images are ≤ 40×72 after the rescale: everything below/right of them is padding
         assert (s["mask"][56:] == 255).all() and (s["mask"][:, 80:] == 255).all()
-        assert s["image"][:, 60:, 90:].abs().max() < 0.03  # padded with the mean colour: ≈ 0 once normalised
+        padding = s["image"][:, 60:, 90:]
+        assert (padding == torch.tensor(MEAN_FILL, dtype=torch.uint8)[:, None, None]).all()  # the mean colour
+        assert imagenet_normalised(padding[None]).abs().max() < 0.03  # ≈ 0 once normalised
 
 
 def test_ade20k_missing_annotation_and_bad_labels(tmp_path):

@@ -23,12 +23,13 @@ def unproject(scene) -> np.ndarray:
 
 def test_sample_contract(val_set):
     s = val_set[0]
-    assert s["image"].shape == (3, *SIZE) and s["image"].dtype == torch.float32
+    # each in its smallest exact dtype: uint8 RGB (the model normalises it), float32 metres, uint8 ids
+    assert s["image"].shape == (3, *SIZE) and s["image"].dtype == torch.uint8
     assert s["depth"].shape == (1, *SIZE) and s["depth"].dtype == torch.float32
-    assert s["mask"].shape == SIZE and s["mask"].dtype == torch.int64
+    assert s["mask"].shape == SIZE and s["mask"].dtype == torch.uint8
     assert s["name"] == "val_000000"
     assert 0 <= s["mask"].min() and s["mask"].max() < len(SYNTHETIC_CLASSES)
-    assert -2.2 < s["image"].min() and s["image"].max() < 2.7  # ImageNet-normalised range
+    assert np.array_equal(s["image"].permute(1, 2, 0).numpy(), val_set.scene(0).image)  # the rendered RGB
     assert len(val_set) == 12
 
 

@@ -55,7 +55,7 @@ def test_padding_gives_depth_zero_and_mask_ignore_in_one_pipeline():
     assert d.shape == m.shape == (16, 20)
     assert (d[:10, :12] == 5.0).all() and (d[10:] == 0).all() and (d[:, 12:] == 0).all()
     assert (m[:10, :12] == 3).all() and (m[10:] == IGNORE_INDEX).all() and (m[:, 12:] == IGNORE_INDEX).all()
-    assert s["mask"].dtype == torch.int64 and s["depth"].dtype == torch.float32
+    assert s["mask"].dtype == torch.uint8 and s["depth"].dtype == torch.float32  # smallest exact dtypes
 
 
 def test_rotation_corners_are_invalid_not_zero_class():

@@ -30,6 +30,7 @@ import predict as predict_script
 from dense.data import DenseDataModule, datamodule_from_config, pad_collate
 from dense.data.transforms import denormalize_image, eval_view, eval_view_size, normalize_image
 from dense.model import MS_SCALES
+from dense.ops import imagenet_normalised
 from dense.tasks import build_task
 from tests._fixtures_data import VOC_PALETTE, save_labels, save_rgb
 from tests._tiny_run import QUIET_TINY_RUN, compose_config, predict_config, train_in_process
@@ -374,15 +375,15 @@ def test_views_are_cv2_rescales_of_the_original(height, width):
     for ratio in (1.0, 3.0):
         h, w = mmseg_view_size(height, width, ratio, (2048, 512))
         expected = mmseg_normalize(cv2.resize(original, (w, h), interpolation=cv2.INTER_LINEAR))
-        ours = eval_view(original, ratio, (2048, 512))
-        assert ours.shape == expected.shape == (1, 3, h, w)
-        assert torch.allclose(ours, expected, atol=1e-6, rtol=0)
+        ours = eval_view(original, ratio, (2048, 512))  # uint8: the model normalises it
+        assert ours.shape == expected.shape == (1, 3, h, w) and ours.dtype == torch.uint8
+        assert torch.allclose(imagenet_normalised(ours), expected, atol=1e-6, rtol=0)
     # A large original at ×3: the old view was the 512 copy upsampled (torch bilinear to round(3 × its
     # size)), which has lost the original's detail.
     h, w = mmseg_view_size(height, width, 1.0, (2048, 512))
     copy = mmseg_normalize(cv2.resize(original, (w, h), interpolation=cv2.INTER_LINEAR))
     upsampled = F.interpolate(copy, size=(3 * h, 3 * w), mode="bilinear", align_corners=False)
-    view = eval_view(original, 3.0, (2048, 512))
+    view = imagenet_normalised(eval_view(original, 3.0, (2048, 512)))
     common_h, common_w = min(view.shape[2], upsampled.shape[2]), min(view.shape[3], upsampled.shape[3])
     difference = view[..., :common_h, :common_w] - upsampled[..., :common_h, :common_w]
     assert difference.abs().mean() > 0.1

@@ -226,7 +226,7 @@ def test_bench_help_gives_each_option_a_meaning_and_its_default(capsys):
         bench.parse_args(["--help"])
     text = capsys.readouterr().out
     options = re.findall(r"^  (--[\w-]+)", text, re.MULTILINE)
-    assert len(options) == 16, options
+    assert len(options) == 20, options
     entries = re.split(r"\n  (?=--)", text.split("options:", 1)[1])[1:]
     for entry in entries:
         assert "(default:" in " ".join(entry.split()), entry

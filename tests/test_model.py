@@ -150,6 +150,34 @@ def test_satellite_backbones_see_their_own_normalisation():
     satellite = (pixels - torch.tensor(sat_mean)[:, None, None]) / torch.tensor(sat_std)[:, None, None]
     with torch.no_grad():
         torch.testing.assert_close(renormed(imagenet), plain(satellite), rtol=1e-5, atol=1e-5)
+    # uint8 images (what the datasets give) are normalised straight to the satellite statistics.
+    levels = torch.randint(0, 256, (1, 3, 32, 48), dtype=torch.uint8)
+    pixels64 = levels.double() / 255
+    satellite = (pixels64 - torch.tensor(sat_mean, dtype=torch.float64)[:, None, None]) / torch.tensor(
+        sat_std, dtype=torch.float64
+    )[:, None, None]
+    assert torch.equal(renormed.normalise(levels), satellite.float())  # rounded once, from float64
+    with torch.no_grad():
+        torch.testing.assert_close(renormed(levels), plain(satellite.float()), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("head", ["depth_linear4", "seg_ms"])
+def test_uint8_images_give_what_their_imagenet_normalised_copy_gives(head):
+    """The datasets hand the model uint8 RGB, normalised on the device; the float contract (ImageNet-
+    normalised images, dense.data.normalize_image) stays, and both give the same numbers, bit for bit."""
+    torch.manual_seed(0)
+    model = build_model("tiny14", head, **({"num_classes": 4} if head.startswith("seg") else {})).eval()
+    images = torch.randint(0, 256, (2, 3, 30, 44), dtype=torch.uint8)
+    floats = torch.stack([dense.data.normalize_image(image.permute(1, 2, 0).numpy()) for image in images])
+    assert torch.equal(model.normalise(images), floats)
+    with torch.no_grad():
+        assert torch.equal(model(images), model(floats))
+        assert torch.equal(model.predict(images, scales=(1.0, 1.5)), model.predict(floats, scales=(1.0, 1.5)))
+    assert not any("table" in key for key in model.state_dict())  # checkpoints unchanged
+    with pytest.raises(ValueError, match="normalise uint8 images first"):
+        model.extract_features(model.pad(images)[0])
+    with pytest.raises(ValueError, match="uint8 RGB or ImageNet-normalised floats"):
+        model(images.long())
 
 
 @pytest.mark.parametrize("backbone", TINY)

@@ -163,15 +163,21 @@ def test_seg_loss_training_path_is_sync_free(weights):
         torch.testing.assert_close(out[key], expected[key])
 
 
-@pytest.mark.parametrize("head", ["depth_linear4", "depth_dpt", "seg_ms"])
-def test_the_whole_training_forward_is_sync_free(head):
-    """What DenseTask.training_step computes: padding, frozen backbone, head, clamp, resize, crop, loss."""
+@pytest.mark.parametrize(
+    ("head", "image_dtype"),
+    [("depth_linear4", torch.float32), ("depth_dpt", torch.uint8), ("seg_ms", torch.float32)],
+)
+def test_the_whole_training_forward_is_sync_free(head, image_dtype):
+    """What DenseTask.training_step computes: normalisation (uint8 batches: the table lookup on the
+    device), padding, frozen backbone, head, clamp, resize, crop, loss."""
     import dense
 
     torch.manual_seed(0)
     segmentation = head.startswith("seg")
     model = dense.build_model("tiny14", head, **({"num_classes": 5} if segmentation else {})).train()
     images = torch.randn(2, 3, 42, 56)  # not multiples of 14: the padding path is traced too
+    if image_dtype == torch.uint8:  # what the datasets give
+        images = torch.randint(0, 256, (2, 3, 42, 56), dtype=torch.uint8)
     if segmentation:
         loss, target = SegLoss(5, check_values=False), torch.randint(0, 5, (2, 42, 56))
     else:

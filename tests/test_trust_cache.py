@@ -36,7 +36,7 @@ def seeded_model(head="depth_linear", **options):
 def backbone_patches(model, image: torch.Tensor, bf16: bool = False) -> torch.Tensor:
     """L×D×h×w: the backbone's own features of one image, computed here without the cache."""
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        features = model.extract_features(model.pad(image[None])[0])
+        features = model.extract_features(model.pad(model.normalise(image[None]))[0])
     return torch.stack(features.patches, dim=1)[0].float()
 
 

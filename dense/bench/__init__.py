@@ -4,12 +4,18 @@
         --precision fp32,bf16 --compile off,on --device cpu --iters 10 --warmup 2 --json out.json
 
 Every option takes a comma-separated list and the bench runs every combination (a "case"). Per case it
-measures four kinds of work:
+measures four kinds of work, and on request (--work ...,loop) a fifth:
 
     backbone  the frozen backbone's forward on the head's layers (get_intermediate_layers)
     head      the head and DenseModel.decode, on features computed once (inference)
-    predict   DenseModel.predict(images), mode "whole": pad, backbone, head, clamp, resize
-    train     one training step: frozen backbone under no_grad, head forward/backward, AdamW on the head
+    predict   DenseModel.predict(images), mode "whole": normalise, pad, backbone, head, clamp, resize
+    train     one training step on a batch already on the device: ours is the task's own training_step
+              (DepthTask / SegmentationTask: the model on uint8 images, SigLoss + GradientLoss or the
+              segmentation loss, the NaN flag) with its optimiser and schedule; the references compute
+              the same loss on their output
+    loop      train.py's loop (dense/bench/loop.py): the real DenseDataModule (--data), the task and a
+              Lightning Trainer for a few dozen steps; img/s beside the train work's, and where each
+              step's time goes (loader wait, host checks, host→device copy, the step, the rest)
 
 each by `ours` and by reference paths run in the same process on the same input and the same weights:
 
@@ -42,11 +48,13 @@ of a case lives on the device at once, so the device-wide number would count the
 The room: `cli` (options, the loop over cases; `python -m dense.bench` runs it), `case` (what one case
 and one timed path are), `references` (the reference implementations and how each is built), `paths`
 (the timed calls of one case, one function per work), `measure` (timing, memory, one case's results),
-`report` (the machine and the tables). Beside them, benches of single questions, each
-`python -m dense.bench.NAME --help`: `layout` (NCHW against channels-last), `profile_dpt` (where a DPT
-training step spends its time). scripts/bench_cache.py, bench_loader.py and bench_predict_memory.py stay
-scripts: they drive train.py, predict.py or the test fixtures, which a module of the package must not
-import (imports go one way: the entry scripts use the library, never the reverse).
+`report` (the machine and the tables), `loop` (the loop work), `generated` (NYU and ADE20K files
+written in their formats for the loop and the loader). Beside them, benches of single questions, each
+`python -m dense.bench.NAME --help`: `loader` (samples/s per number of loader workers), `layout` (NCHW
+against channels-last), `profile_dpt` (where a DPT training step spends its time), `onnx`.
+scripts/bench_cache.py and bench_predict_memory.py stay scripts: they drive train.py or predict.py,
+which a module of the package must not import (imports go one way: the entry scripts use the library,
+never the reverse).
 """
 
 from dense.bench.cli import main, parse_args

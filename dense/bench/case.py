@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-WORKS = ("backbone", "head", "predict", "train")
+WORKS = ("backbone", "head", "predict", "train")  # timed call by call, ours against references
+LOOP = "loop"  # train.py's loop in a Lightning Trainer, ours alone (dense/bench/loop.py)
 REFERENCES = ("timm", "naive", "upstream")
 PRECISIONS = ("fp32", "bf16")
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from dense.backbone import get_spec
-from dense.bench.case import PRECISIONS, REFERENCES, WORKS, Case
+from dense.bench.case import LOOP, PRECISIONS, REFERENCES, WORKS, Case
+from dense.bench.generated import FORMATS
 from dense.bench.measure import release, run_case
 from dense.bench.report import format_case, format_machine, machine_info
 from heads import get_head_spec
@@ -85,9 +87,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     option("--device", type=_list(str), default=None, help="cpu, cuda (default: cuda if available, else cpu)")
     option(
         "--work",
-        type=_list(str, WORKS),
+        type=_list(str, (*WORKS, LOOP)),
         default=list(WORKS),
-        help=f"what to time: {', '.join(WORKS)} (default: all)",
+        help=f"what to time: {', '.join(WORKS)}, and {LOOP}: train.py's loop in a Lightning Trainer, with "
+        f"where each step's time goes (default: {','.join(WORKS)})",
     )
     option(
         "--reference",
@@ -109,6 +112,21 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--threads", type=int, default=None, help="torch.set_num_threads on the CPU (default: torch's own)"
     )
     option("--seed", type=int, default=0, help="seed of the random weights and images (default: 0)")
+    option(
+        "--data",
+        choices=("synthetic", *FORMATS),
+        default="synthetic",
+        help="the loop work's dataset at the case's size: synthetic scenes, or NYU / ADE20K files generated "
+        "in their formats and cropped by their recipes (default: synthetic)",
+    )
+    option(
+        "--workers",
+        type=int,
+        default=None,
+        help="the loop work's loader workers (default: the datamodule's, one per core less one per device)",
+    )
+    option("--loop-steps", type=int, default=20, help="the loop work's timed steps, twice (default: 20)")
+    option("--loop-warmup", type=int, default=5, help="the loop work's untimed first steps (default: 5)")
     option("--json", default=None, help="write every raw number to this file (default: none)")
     args = parser.parse_args(argv)
     args.reference = [r for r in args.reference if r != "none"]
@@ -116,8 +134,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.device = ["cuda" if torch.cuda.is_available() else "cpu"]
     if any(d.startswith("cuda") for d in args.device) and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device here")
-    if args.iters < 1 or args.warmup < 0:
-        parser.error("--iters must be >= 1 and --warmup >= 0")
+    if args.iters < 1 or args.warmup < 0 or args.loop_steps < 1 or args.loop_warmup < 0:
+        parser.error("--iters and --loop-steps must be >= 1, --warmup and --loop-warmup >= 0")
     return args
 
 
@@ -125,6 +143,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    # Our training step is the task's training_step outside a Trainer, where its self.log does nothing.
+    warnings.filterwarnings("ignore", message=r"You are trying to `self.log\(\)` but the `self.trainer`")
     for name in args.backbone:
         get_spec(name)  # unknown names fail here, in one line, before anything runs
     for name in args.head:

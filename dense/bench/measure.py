@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from dense.bench.case import WORKS, Case, Path
-from dense.bench.paths import build_paths
+from dense.bench.case import LOOP, WORKS, Case, Path
+from dense.bench.loop import run_loop
+from dense.bench.paths import build_ours, build_paths
 from dense.model import center_padding
 
 
@@ -211,6 +212,13 @@ def run_case(case: Case, args) -> dict:
         if group:
             for into, new in zip((results, ratios, checks), measure_work(group, case, args, warmup, flops)):
                 into.extend(new)
+    loop = None
+    if LOOP in args.work:
+        del paths  # the loop trains a model of its own
+        print(f"  {LOOP}: ours ({args.data} data)", file=sys.stderr, flush=True)
+        loop = run_loop(case, args, build_ours(case, args))
+        train = next((r for r in results if (r["work"], r["path"]) == ("train", "ours")), None)
+        loop["loop_over_train"] = None if train is None else loop["images_per_s"] / train["images_per_s"]
     return {
         "backbone": case.backbone,
         "head": case.head,
@@ -228,6 +236,7 @@ def run_case(case: Case, args) -> dict:
         "ratios": ratios,
         "checks": checks,
         "skipped": skipped,
+        "loop": loop,
     }
 
 

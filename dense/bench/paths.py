@@ -28,6 +28,8 @@ from dense.bench.references import (
 )
 from dense.dinov3_specs import Dinov3Spec
 from dense.model import DenseModel, build_model
+from dense.ops import imagenet_normalised
+from dense.tasks import TASKS, DenseTask
 from heads import LinearDepthHead, get_head_spec
 
 
@@ -38,14 +40,6 @@ def autocast(device: torch.device, precision: str):
 
 def maybe_compile(fn: Callable, on: bool) -> Callable:
     return torch.compile(fn) if on else fn
-
-
-def task_loss(out: torch.Tensor, target: torch.Tensor, task: str) -> torch.Tensor:
-    # Not dense.losses: their input checks read values on the host, a sync per step that would hide
-    # the device's speed; the loss itself is a negligible part of a step.
-    if task == "depth":
-        return (out.float() - target).abs().mean()
-    return F.cross_entropy(out.float(), target)
 
 
 def _like(ours: DenseModel, backbone: nn.Module, head: nn.Module, model_class=DenseModel) -> DenseModel:
@@ -71,10 +65,16 @@ def _like(ours: DenseModel, backbone: nn.Module, head: nn.Module, model_class=De
 
 @dataclass
 class Inputs:
-    images: torch.Tensor
-    padded: torch.Tensor
+    images: torch.Tensor  # uint8 RGB, what the datasets give and our model takes
+    normalised: torch.Tensor  # the same, ImageNet-normalised: what the references take
+    padded: torch.Tensor  # the same as the backbone sees it (its own normalisation, padded)
     padding: tuple[int, int, int, int]
-    target: torch.Tensor  # depth in metres or class ids, at the images' size
+    target: torch.Tensor  # depth in metres (float32) or class ids (uint8), at the images' size
+
+    def batch(self, task: str) -> dict:
+        """A training batch as the datamodule makes it, already on the device."""
+        key = "depth" if task == "depth" else "mask"
+        return {"image": self.images, key: self.target, "name": [str(i) for i in range(len(self.images))]}
 
 
 def build_ours(case: Case, args) -> DenseModel:
@@ -88,8 +88,9 @@ def build_ours(case: Case, args) -> DenseModel:
 
 def make_inputs(case: Case, ours: DenseModel, seed: int) -> Inputs:
     generator = torch.Generator().manual_seed(seed)
-    images = torch.randn(case.batch, 3, *case.size, generator=generator).to(case.device)
-    padded, padding = ours.pad(images)
+    images = torch.randint(0, 256, (case.batch, 3, *case.size), dtype=torch.uint8, generator=generator)
+    images = images.to(case.device)
+    padded, padding = ours.pad(ours.normalise(images))
     if ours.task == "depth":
         target = torch.rand(case.batch, 1, *case.size, generator=generator) * (
             ours.max_depth - ours.min_depth
@@ -97,7 +98,8 @@ def make_inputs(case: Case, ours: DenseModel, seed: int) -> Inputs:
         target = target + ours.min_depth
     else:
         target = torch.randint(0, ours.num_classes, (case.batch, *case.size), generator=generator)
-    return Inputs(images, padded, padding, target.to(case.device))
+        target = target.to(torch.uint8)
+    return Inputs(images, imagenet_normalised(images), padded, padding, target.to(case.device))
 
 
 @dataclass
@@ -205,13 +207,15 @@ def build_references(case: Case, args, ours: DenseModel, skipped: list) -> Refer
 class Calls:
     """Turns a forward into a timed call of the case: inference under no_grad, or a training step.
 
+    Every training step computes the task's own loss (SigLoss + GradientLoss, or the segmentation loss:
+    `task.compute_loss`, each path with its own copy of the loss module) on the same batch.
     With --compile on, a reference path compiles its whole call; our model paths (predict, train) use
     DenseModel.compile instead, which is what train.py/eval.py/predict.py do with compile=true.
     """
 
-    def __init__(self, case: Case, target: torch.Tensor, task: str):
+    def __init__(self, case: Case, batch: dict, task: DenseTask):
         self.device, self.precision, self.compile = torch.device(case.device), case.precision, case.compile
-        self.target, self.task = target, task
+        self.batch, self.task = batch, task
 
     def inference(self, call: Callable[[], Any], compile_call: bool | None = None) -> Callable[[], Any]:
         def run():
@@ -224,11 +228,12 @@ class Calls:
         self, forward: Callable[[], torch.Tensor], params, compile_call: bool | None = None
     ) -> tuple[Callable[[], Any], torch.optim.Optimizer]:
         optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
+        loss, target = copy.deepcopy(self.task.loss), self.task.target(self.batch)
 
         def loss_fn():
             with autocast(self.device, self.precision):
                 out = forward()
-            return task_loss(out, self.target, self.task)
+            return loss(out.float(), target)["loss"]
 
         loss_fn = maybe_compile(loss_fn, self.compile if compile_call is None else compile_call)
 
@@ -252,7 +257,7 @@ def model_makers(case: Case, ours: DenseModel, references: References) -> dict[s
         model = _like(ours, ours.backbone, copy.deepcopy(ours.head))
         if case.compile:
             model.compile()  # what compile=true does in train/eval/predict: no whole-call compile below
-        return model
+        return model.to(case.device)  # (its normalisation table)
 
     makers: dict[str, Callable[[], DenseModel]] = {"ours": ours_model}
     if naive_head is not None:
@@ -316,15 +321,17 @@ def head_paths(
 def predict_paths(
     case: Case, ours: DenseModel, references: References, inputs: Inputs, calls: Calls
 ) -> list[Path]:
-    images, paths = inputs.images, []
+    paths = []
     for name, make in model_makers(case, ours, references).items():
         model = make().eval()
+        images = inputs.images if name == "ours" else inputs.normalised  # uint8 as predict.py hands it
         call = calls.inference(
-            lambda m=model: m.predict(images), compile_call=case.compile and name != "ours"
+            lambda m=model, x=images: m.predict(x), compile_call=case.compile and name != "ours"
         )
         paths.append(Path("predict", name, call, [model.backbone, model.head]))
     if (upstream := references.upstream) is not None:
-        call = calls.inference(lambda: upstream.whole_inference(images, img_meta=None, rescale=True))
+        normalised = inputs.normalised
+        call = calls.inference(lambda: upstream.whole_inference(normalised, img_meta=None, rescale=True))
         paths.append(Path("predict", "upstream", call, [upstream]))
     return paths
 
@@ -332,16 +339,40 @@ def predict_paths(
 def train_paths(
     case: Case, ours: DenseModel, references: References, inputs: Inputs, calls: Calls
 ) -> list[Path]:
-    images, paths = inputs.images, []
+    paths = []
     for name, make in model_makers(case, ours, references).items():
         model = make().train()
+        if name == "ours":
+            paths.append(task_train_path(model, calls))
+            continue
         step, optimizer = calls.training(
-            lambda m=model: m(images), list(model.head.parameters()), case.compile and name != "ours"
+            lambda m=model, x=inputs.normalised: m(x), list(model.head.parameters()), case.compile
         )
         paths.append(Path("train", name, step, [model.backbone, model.head], optimizer))
     if references.upstream is not None:
-        paths.append(upstream_train_path(references.upstream, images, calls))
+        paths.append(upstream_train_path(references.upstream, inputs.normalised, calls))
     return paths
+
+
+def task_train_path(model: DenseModel, calls: Calls) -> Path:
+    """Our training step as train.py runs it, without the Trainer around it: the task's training_step
+    (the model on uint8 images, the task's loss, its NaN flag; its self.log calls do nothing outside a
+    Trainer) under autocast as Lightning's bf16-mixed precision runs it, the backward, and the task's
+    optimiser and per-step schedule. The loop work measures the same inside a Trainer."""
+    task = TASKS[model.task](model)
+    optimizer, schedule = task.optimizer_and_schedule(total_steps=10**6)
+    batch = calls.batch
+
+    def step():
+        with autocast(calls.device, calls.precision):
+            loss = task.training_step(batch, 0)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        schedule.step()
+        return loss.detach()  # no .item(): the step stays free of host-device syncs
+
+    return Path("train", "ours", step, [model.backbone, model.head], optimizer)
 
 
 def upstream_train_path(upstream: nn.Module, images: torch.Tensor, calls: Calls) -> Path:
@@ -374,7 +405,8 @@ def build_paths(case: Case, args, skipped: list[dict]) -> tuple[list[Path], Dens
         # as train/eval/predict do under bf16; the references above copied the fp32 weights first and
         # run under autocast over fp32 weights, as upstream's numbers were taken.
         ours.cast_backbone(torch.bfloat16)
-    calls = Calls(case, inputs.target, ours.task)
+    # The LightningModule train.py trains: its loss (and its defaults) for every training path.
+    calls = Calls(case, inputs.batch(ours.task), TASKS[ours.task](ours))
     paths: list[Path] = []
     for work in WORKS:
         if work in args.work:

@@ -1,7 +1,7 @@
 """Where a DPT head training step spends its time (BENCHMARKS.md, "What holds the DPT training step back").
 
     python -m dense.bench.profile_dpt [--device cuda] [--backbone vitl14] [--size 416x544] [--batch 8]
-        [--parts split,upsample,compile,kernels]
+        [--parts split,upsample,matrices,compile,kernels]
 
 bf16 autocast, the frozen backbone's weights in bf16 (as train.py runs with trainer.precision=bf16-mixed),
 random weights and inputs; milliseconds per call, median of --repeat calls after warm-up.
@@ -10,6 +10,9 @@ random weights and inputs; milliseconds per call, median of --repeat calls after
             AdamW alone (on features computed once), with cudnn.benchmark off and on.
 - upsample: the ×2 bilinear upsampling (align_corners=True) of the DPT head at its largest sizes, NCHW
             against channels-last, forward and forward + backward.
+- matrices: the same upsampling as two matrix products on the channels-last tensor (bf16 tensor cores
+            instead of PyTorch's bilinear kernel: a candidate for the head, not used by it), with its
+            largest difference from F.interpolate (its weights are rounded to bf16).
 - compile:  the training step and inference (DenseModel.predict) eager, with the backbone compiled, and
             with the backbone and the head compiled: why DenseModel.compile leaves the head eager in
             training.
@@ -113,6 +116,61 @@ def part_upsample(s: Setup, repeat: int) -> None:
             print(f"upsample ×2 {tuple(shape)} {layout}: forward {f:.2f} ms, forward+backward {fb:.2f} ms")
 
 
+def align_corners_matrix(n: int, device, dtype) -> torch.Tensor:
+    """2n×n: row i holds the weights of F.interpolate(scale_factor=2, bilinear, align_corners=True) for
+    output i, which samples input position i·(n−1)/(2n−1) (weights computed in float64)."""
+    position = torch.arange(2 * n, dtype=torch.float64) * (n - 1) / max(2 * n - 1, 1)
+    low = position.floor().long().clamp(max=n - 1)
+    high = (low + 1).clamp(max=n - 1)
+    fraction = position - low
+    matrix = torch.zeros(2 * n, n, dtype=torch.float64)
+    rows = torch.arange(2 * n)
+    matrix.index_put_((rows, low), 1 - fraction, accumulate=True)
+    matrix.index_put_((rows, high), fraction, accumulate=True)
+    return matrix.to(device, dtype)
+
+
+def upsample_by_matrices(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """F.interpolate(x, scale_factor=2, bilinear, align_corners=True) for a channels-last B×C×H×W x, as
+    two matrix products over its B×H×W×C storage (rows: 2H×H, cols: 2W×W align_corners_matrix)."""
+    b, c, h, w = x.shape
+    y = x.permute(0, 2, 3, 1)  # B×H×W×C, the storage order: no copy
+    y = torch.matmul(cols, y.reshape(b * h, w, c))  # along W: (B·H)×2W×C
+    y = torch.matmul(rows, y.reshape(b, h, 2 * w * c)).reshape(b, 2 * h, 2 * w, c)
+    return y.permute(0, 3, 1, 2)  # channels-last B×C×2H×2W
+
+
+def part_upsample_matrices(s: Setup, repeat: int) -> None:
+    grid = [-(-side // s.model.patch_size) for side in s.size]
+    for channels, scale in ((256, 4), (128, 16)):
+        shape = (len(s.images), channels, scale * grid[0], scale * grid[1])
+        x = torch.randn(shape, device=s.device, dtype=torch.bfloat16).contiguous(
+            memory_format=torch.channels_last
+        )
+        rows = align_corners_matrix(shape[2], s.device, torch.bfloat16)
+        cols = align_corners_matrix(shape[3], s.device, torch.bfloat16)
+        x.requires_grad_(True)
+        expected = F.interpolate(x.detach().float(), scale_factor=2, mode="bilinear", align_corners=True)
+        difference = (upsample_by_matrices(x.detach(), rows, cols).float() - expected).abs().max().item()
+        grad = torch.randn(
+            shape[0], channels, 2 * shape[2], 2 * shape[3], device=s.device, dtype=torch.bfloat16
+        )
+
+        def forward(x=x, rows=rows, cols=cols):
+            return upsample_by_matrices(x, rows, cols)
+
+        def forward_backward(x=x, forward=forward, grad=grad):
+            x.grad = None
+            forward().backward(grad)
+
+        f = median_ms(forward, s.device, repeat, warmup=2)
+        fb = median_ms(forward_backward, s.device, repeat, warmup=2)
+        print(
+            f"upsample ×2 {tuple(shape)} by matrices (bf16): forward {f:.2f} ms, forward+backward {fb:.2f} ms, "
+            f"max |difference| from F.interpolate in fp32 {difference:.3g} (inputs of std 1)"
+        )
+
+
 def part_compile(s: Setup, repeat: int) -> None:
     model, batch = s.model, len(s.images)
     # Inference at the size of the issue's target (480×640, twice the batch) only on a GPU.
@@ -162,7 +220,13 @@ def part_kernels(s: Setup, repeat: int) -> None:
     print(prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=70))
 
 
-PARTS = {"split": part_split, "upsample": part_upsample, "compile": part_compile, "kernels": part_kernels}
+PARTS = {
+    "split": part_split,
+    "upsample": part_upsample,
+    "matrices": part_upsample_matrices,
+    "compile": part_compile,
+    "kernels": part_kernels,
+}
 
 
 def main(argv=None) -> None:
@@ -172,7 +236,7 @@ def main(argv=None) -> None:
     parser.add_argument("--size", default="416x544", type=lambda t: tuple(int(v) for v in t.split("x")))
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=10)
-    parser.add_argument("--parts", default="split,upsample,compile,kernels")
+    parser.add_argument("--parts", default="split,upsample,matrices,compile,kernels")
     args = parser.parse_args(argv)
     parts = args.parts.split(",")
     unknown = [p for p in parts if p not in PARTS]

@@ -94,6 +94,8 @@ def format_case(case: dict) -> str:
         "  ".join(h.ljust(w) for h, w in zip(header, widths)),
     ]
     lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows]
+    if case.get("loop"):
+        lines += format_loop(case["loop"])
     for c in case["checks"]:
         lines.append(f"check {c['work']} ours vs {c['reference']}: max rel diff {c['max_rel_diff']:.2e}")
     for s in case["skipped"]:
@@ -107,3 +109,19 @@ def format_machine(info: dict) -> str:
         f"machine: {info['cpu']} ({info['cpu_count']} CPUs, {info['torch_threads']} torch threads){gpu}; "
         f"torch {info['torch']}, timm {info.get('timm')}, Python {info['python']}"
     )
+
+
+def format_loop(loop: dict) -> list[str]:
+    """The loop work's lines: its img/s beside the training step's, and where a step's time goes."""
+    ratio = "" if loop["loop_over_train"] is None else f"; loop ÷ train ours {loop['loop_over_train']:.2f}x"
+    split = loop["split_s"]
+    total = sum(split.values())
+    parts = " | ".join(
+        f"{phase} {seconds * 1000:.3g} ({seconds / total:.0%})" for phase, seconds in split.items()
+    )
+    return [
+        f"loop      ours  {loop['images_per_s']:.3g} img/s over {loop['steps']} steps "
+        f"({loop['data']} data, {loop['workers']} loader workers, pin_memory {loop['pin_memory']}{ratio})",
+        f"  a step, ms (mean of {loop['steps']}, each phase synchronised): {parts} | total {total * 1000:.3g} "
+        f"({loop['synced_images_per_s']:.3g} img/s)",
+    ]

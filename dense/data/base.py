@@ -1,10 +1,12 @@
 """The dataset contract: `DenseDataset`, the base class every dataset derives from.
 
-Sample contract (`DenseDataset.__getitem__`):
-    image: float32 3×H×W, ImageNet-normalised
+Sample contract (`DenseDataset.__getitem__`), each tensor in its smallest exact dtype (what a loader
+worker hands over and a batch carries to the device):
+    image: uint8 3×H×W RGB; the model normalises it on the device (DenseModel.normalise)
     depth: float32 1×H×W metres, 0 = no measurement (also padding)       [depth datasets]
     disparity: float32 1×H×W relative disparity ≥ 0, -1 = no value        [instead of depth: relative maps]
-    mask:  int64 H×W class ids in [0, num_classes), 255 = ignore (also padding) [segmentation]
+    mask:  uint8 H×W class ids in [0, num_classes), 255 = ignore (also padding) [segmentation]
+           (int64 when a dataset reads its labels wider than uint8, for more than 255 classes)
     name:  str, the sample id (a relative path without extension; may contain '/')
 """
 

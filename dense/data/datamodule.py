@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
+import os
 import random
 from pathlib import Path
 
@@ -19,21 +21,44 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from threadpoolctl import threadpool_limits
 from torch.utils.data import DataLoader, default_collate, get_worker_info
 
 from dense.cache import CachedFeatures
-from dense.constants import IGNORE_INDEX
+from dense.constants import IGNORE_INDEX, MEAN_FILL
 from dense.data.base import DenseDataset
 from dense.data.registry import DATASETS
 from dense.data.sample import DatasetInfo
 from dense.data.transforms import size_pair, to_sample
 from dense.errors import DatasetError
+from dense.host_memory import keep_large_allocations
 from dense.plain import plain, plain_value_problem
 from dense.registry import UnknownNameError
 
 SPLIT_SEED_OFFSETS = {"train": 0, "val": 1, "test": 2}
-# image 0 = the mean colour after normalising; disparity -1 = no value (transforms.NO_DISPARITY)
+# Padding between samples of different sizes: uint8 images get the mean colour, which the model
+# normalises to about 0, what a float (normalised) image gets; depth 0 = no measurement; mask ignored.
+# disparity -1 = no value (transforms.NO_DISPARITY)
 PAD_VALUES = {"image": 0.0, "depth": 0.0, "mask": IGNORE_INDEX, "disparity": -1.0}
+MAX_DEFAULT_WORKERS = 16  # num_workers=null: one per core less one per device, at most this many
+
+
+def default_num_workers() -> int:
+    """What num_workers=null gives: the cores this process may run on, shared by the devices' training
+    processes (one per CUDA device), less one core each for the process that runs the model, at most
+    MAX_DEFAULT_WORKERS. 0 (load in the main process) on a single core."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    devices = torch.cuda.device_count() if torch.cuda.is_available() else 1
+    return max(0, min(cores // max(devices, 1) - 1, MAX_DEFAULT_WORKERS))
+
+
+def pad_image(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """A C×h×w image padded bottom/right to height×width: uint8 with the mean colour, floats with 0."""
+    if image.dtype != torch.uint8:
+        return F.pad(image, (0, width - image.shape[-1], 0, height - image.shape[-2]), value=0.0)
+    out = torch.tensor(MEAN_FILL, dtype=torch.uint8).view(3, 1, 1).repeat(1, height, width)
+    out[:, : image.shape[-2], : image.shape[-1]] = image
+    return out
 
 
 def pad_collate(batch: list[dict]) -> dict:
@@ -49,7 +74,9 @@ def pad_collate(batch: list[dict]) -> dict:
         h, w = max(s[0] for s in sizes), max(s[1] for s in sizes)
         batch = [
             {
-                k: F.pad(v, (0, w - v.shape[-1], 0, h - v.shape[-2]), value=PAD_VALUES[k])
+                k: pad_image(v, h, w)
+                if k == "image"
+                else F.pad(v, (0, w - v.shape[-1], 0, h - v.shape[-2]), value=PAD_VALUES[k])
                 if k in PAD_VALUES
                 else v
                 for k, v in sample.items()
@@ -62,12 +89,22 @@ def pad_collate(batch: list[dict]) -> dict:
 
 
 def seed_worker(worker_id: int) -> None:
-    """Per-worker seeds derived from the loader's generator (so from `seed` and the epoch)."""
+    """Set up one loader worker: one thread per library, large temporaries kept, and per-worker seeds
+    derived from the loader's generator (so from `seed` and the epoch).
+
+    Threads: the workers are the parallelism. PyTorch sets its own pool to one thread in a worker, not
+    numpy's BLAS (the synthetic scenes' products ran on one BLAS thread per core in every worker: 15
+    workers on 16 cores made 240 threads, and 2 workers on 2 cores loaded half as fast as one); cv2's
+    threads in forked workers oversubscribe too, and can deadlock. Memory: keep_large_allocations, as the
+    entry scripts do for themselves (a worker started elsewhere inherits nothing): the scenes' and
+    recipes' image-sized temporaries then reuse their pages instead of faulting fresh ones in."""
+    threadpool_limits(1)  # numpy's BLAS and any OpenMP library loaded; it lasts for the process
+    cv2.setNumThreads(0)  # (PyTorch has set its own to 1 before this function runs)
+    keep_large_allocations()
     info = get_worker_info()
     seed = info.seed % 2**32
     np.random.seed(seed)
     random.seed(seed)
-    cv2.setNumThreads(0)  # OpenCV threads inside forked workers oversubscribe the CPU and can deadlock
     if isinstance(info.dataset, DenseDataset):
         info.dataset.reseed(seed)
 
@@ -79,8 +116,11 @@ class DenseDataModule(L.LightningDataModule):
         and any registered with @dense.register_dataset)
     root: the dataset folder (unused by synthetic)
     task: "depth" | "segmentation"; only synthetic and folder let you choose
-    batch_size / val_batch_size (default: batch_size) / num_workers / persistent_workers
-    pin_memory: None pins when CUDA is available
+    batch_size / val_batch_size (default: batch_size)
+    num_workers: loader processes; None follows the machine (default_num_workers: the cores less one
+        per device); the validation and test loaders start no more than they have batches
+    persistent_workers: keep the workers between epochs and validations (no re-spawn)
+    pin_memory: None pins when CUDA is available (Lightning then copies batches without blocking)
     augment: apply the train recipe to the train split (False e.g. for feature caching)
     seed: shuffle order, worker seeds and the augmentation RNG
     drop_last: drop the last incomplete train batch (BatchNorm in the linear segmentation heads
@@ -96,9 +136,9 @@ class DenseDataModule(L.LightningDataModule):
         task: str | None = None,
         batch_size: int = 8,
         val_batch_size: int | None = None,
-        num_workers: int = 0,
+        num_workers: int | None = None,
         pin_memory: bool | None = None,
-        persistent_workers: bool = False,
+        persistent_workers: bool = True,
         augment: bool = True,
         seed: int | None = 0,
         drop_last: bool = True,
@@ -127,9 +167,9 @@ class DenseDataModule(L.LightningDataModule):
         self.save_hyperparameters(logger=False)
         self.name, self.root, self.options = name, root, options
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
-        self.num_workers = num_workers
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-        self.persistent_workers = persistent_workers and num_workers > 0
+        self.persistent_workers = persistent_workers and self.num_workers > 0  # DataLoader refuses it with 0
         self.augment, self.seed, self.drop_last = augment, 0 if seed is None else int(seed), drop_last
         self.info: DatasetInfo = self.dataset_cls.describe(root=root, task=task, **options)
         self._datasets: dict[str, DenseDataset] = {}
@@ -266,14 +306,16 @@ class DenseDataModule(L.LightningDataModule):
         dataset = self.dataset(split)
         batch_size = self.batch_size if train else self.val_batch_size
         generator = torch.Generator().manual_seed(self.seed)
+        # An evaluation pass over 2 batches gains nothing from a 3rd worker, which would only start.
+        workers = self.num_workers if train else min(self.num_workers, math.ceil(len(dataset) / batch_size))
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=train,
             drop_last=train and self.drop_last and len(dataset) >= batch_size,
-            num_workers=self.num_workers,
+            num_workers=workers,
             pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
+            persistent_workers=self.persistent_workers and workers > 0,
             worker_init_fn=seed_worker,
             generator=generator,
             collate_fn=pad_collate,
@@ -304,7 +346,7 @@ MODULE_KEYS: dict[str, tuple] = {
     "task": (str, None),
     "batch_size": (int,),
     "val_batch_size": (int, None),
-    "num_workers": (int,),
+    "num_workers": (int, None),
     "pin_memory": (bool, None),
     "persistent_workers": (bool,),
     "augment": (bool,),
@@ -371,12 +413,12 @@ def datamodule_from_config(config, source: str | None = None) -> DenseDataModule
     for key, value in values.items():
         if key in LOADER_MINIMUMS:
             minimum = LOADER_MINIMUMS[key]
-            if not (value is None and key == "val_batch_size") and not (
+            if not (value is None and key in ("val_batch_size", "num_workers")) and not (
                 isinstance(value, int)
                 and not isinstance(value, bool)
                 and minimum <= value <= LOADER_MAXIMUMS[key]
             ):
-                kind = "a positive integer" if minimum else "an integer >= 0"
+                kind = "a positive integer" if minimum else "an integer >= 0 or null (one per core)"
                 raise DatasetError(
                     f"{prefix}data.{key}={value!r} must be {kind} (at most {LOADER_MAXIMUMS[key]})"
                 )

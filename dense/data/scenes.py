@@ -17,7 +17,10 @@ parameter t at a hit *is* the z-depth.
 
 Speed: vectors are stored as 3×N float32 arrays (one contiguous row per coordinate) and exact
 intersections run only on rays that pass an object's bounding sphere (numpy is slower on N×3
-float64 layouts). Shadow rays start at the light, so every ray bundle has a single origin.
+float64 layouts). Shadow rays start at the light, so every ray bundle has a single origin. No step
+calls a BLAS matrix product (a loader worker runs numpy on one thread: dense.data.datamodule), and
+most of the time goes into numpy passes over image-sized arrays: about 10 ms a scene at 224×224 and
+30–40 ms at 416×544 on one core (BENCHMARKS.md, "Data loading").
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+
+# Bump when render_scene draws other images for the same rng: the synthetic dataset's fingerprint (the
+# feature cache's key) holds it. 2: uniform sensor noise (issue 22).
+RENDERER_VERSION = 2
 
 SYNTHETIC_CLASSES = ("floor", "wall", "ceiling", "box", "sphere", "cylinder", "painting")
 FLOOR, WALL, CEILING, BOX, SPHERE, CYLINDER, PAINTING = range(len(SYNTHETIC_CLASSES))
@@ -62,6 +69,13 @@ def _rot_x(angle: float) -> np.ndarray:
     return np.array([[1.0, 0.0, 0.0], [0.0, c, s], [0.0, -s, c]], _F32)
 
 
+def _yaw_to_local(yaw: float, v: np.ndarray) -> np.ndarray:
+    """_rot_y(yaw).T @ v written out (v: 3 or 3×M), as every product of the renderer: numpy's BLAS
+    would run a 3×3 matrix product on a thread per core."""
+    c, s = _F32(np.cos(yaw)), _F32(np.sin(yaw))
+    return np.stack([c * v[0] - s * v[2], v[1], s * v[0] + c * v[2]])
+
+
 def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 
@@ -86,7 +100,7 @@ class Sphere:
     def intersect(self, o, d):
         oc = o - self.center
         a = _dot(d, d)
-        b = 2.0 * (oc @ d)
+        b = 2.0 * _dot(oc, d)
         c = float(oc @ oc) - self.radius**2
         disc = b * b - 4.0 * a * c
         t = (-b - np.sqrt(np.maximum(disc, 0.0))) / (2.0 * a)
@@ -114,8 +128,7 @@ class Box:
 
     def intersect(self, o, d):
         """Slab test in the box frame."""
-        to_local = _rot_y(self.yaw).T
-        ol, dl = to_local @ (o - self.center), to_local @ d
+        ol, dl = _yaw_to_local(self.yaw, o - self.center), _yaw_to_local(self.yaw, d)
         half = self.half[:, None]
         with np.errstate(divide="ignore", invalid="ignore"):
             t1, t2 = (-half - ol[:, None]) / dl, (half - ol[:, None]) / dl
@@ -125,7 +138,7 @@ class Box:
         return np.where((t_near <= t_far) & (t_near > _EPS), t_near, np.inf)
 
     def _local_ratio(self, p):
-        local = _rot_y(self.yaw).T @ (p - self.center[:, None])
+        local = _yaw_to_local(self.yaw, p - self.center[:, None])
         return local, np.abs(local) / self.half[:, None]
 
     def normal(self, p):
@@ -134,7 +147,7 @@ class Box:
         cols = np.arange(p.shape[1])
         n_local = np.zeros_like(p)
         n_local[axis, cols] = np.sign(local[axis, cols])
-        return _rot_y(self.yaw) @ n_local
+        return _yaw_to_local(-self.yaw, n_local)
 
     def albedo(self, p):
         _, ratio = self._local_ratio(p)
@@ -292,7 +305,7 @@ def ray_hits(obj, origin: np.ndarray, d: np.ndarray, dd: np.ndarray) -> tuple[np
     most objects."""
     center, radius = obj.bound
     oc = center - origin
-    along, oc2, r2 = oc @ d, float(oc @ oc), radius * radius
+    along, oc2, r2 = _dot(oc, d), float(oc @ oc), radius * radius
     # squared ray-to-centre distance ≤ r², and the sphere not entirely behind the origin
     near = (oc2 * dd - along * along <= r2 * dd) & ((along > 0) | (oc2 <= r2))
     idx = np.flatnonzero(near)
@@ -423,8 +436,14 @@ def render_scene(
         for _ in range(rng.integers(1, 3))
     ]
 
-    # Primary rays: the nearest of the room's exit point and every object hit.
-    d = R @ camera_rays(K, height, width).reshape(3, -1)
+    # Primary rays: the nearest of the room's exit point and every object hit. The ray of pixel
+    # (row, col) is R @ (u[col], v[row], 1) (camera_rays' pixel centres), built from a row and a column.
+    u = (np.arange(width, dtype=_F32) + _F32(0.5) - _F32(K[0, 2])) / _F32(K[0, 0])
+    v = -(np.arange(height, dtype=_F32) + _F32(0.5) - _F32(K[1, 2])) / _F32(K[1, 1])
+    d = np.empty((3, height, width), _F32)
+    for k in range(3):
+        np.add((R[k, 1] * v + R[k, 2])[:, None], (R[k, 0] * u)[None, :], out=d[k])
+    d = d.reshape(3, -1)
     t, label, normal = room.intersect(origin, d)
     hit_object = np.full(t.shape, -1)
     dd = _dot(d, d)
@@ -459,13 +478,20 @@ def render_scene(
         # inverse-square-like falloff, capped within 1 m so the ceiling above a light does not blow out
         shading += intensity * lambert * 3.0 / (1.0 + 0.35 * np.maximum(dist2, 1.0))
 
-    rgb = albedo * (
-        1.4 * shading / (1.0 + 0.4 * shading)
-    )  # soft highlight roll-off: keeps texture near lights
-    rgb += rng.standard_normal(t.shape, dtype=_F32) * _F32(0.012)  # sensor noise (one draw per pixel: cheap)
-    image = (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8).reshape(3, height, width).transpose(1, 2, 0)
+    # Soft highlight roll-off (keeps texture near lights), then sensor noise: one uniform draw per pixel
+    # of standard deviation 0.012 (uniform bytes are ten times cheaper to draw than normal floats), and
+    # each channel rounded straight into the H×W×3 image.
+    tone = 255.0 * (1.4 * shading / (1.0 + 0.4 * shading))
+    noise = rng.integers(-128, 128, t.shape, dtype=np.int8) * _F32(255 * 0.012 * np.sqrt(12) / 256) + _F32(
+        0.5
+    )
+    image = np.empty((height, width, 3), np.uint8)
+    for c in range(3):
+        channel = albedo[c] * tone
+        channel += noise
+        image[..., c] = np.clip(channel, 0.0, 255.0).reshape(height, width)
     return Scene(
-        image=np.ascontiguousarray(image),
+        image=image,
         depth=t.reshape(height, width).astype(_F32),
         mask=label.reshape(height, width).astype(np.uint8),
         K=K,

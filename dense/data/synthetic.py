@@ -12,7 +12,7 @@ from dense.data.base import DenseDataset
 from dense.data.readers import check_pixels
 from dense.data.registry import register_dataset
 from dense.data.sample import RawSample
-from dense.data.scenes import SYNTHETIC_CLASSES, Scene, render_scene
+from dense.data.scenes import RENDERER_VERSION, SYNTHETIC_CLASSES, Scene, render_scene
 from dense.data.transforms import depth_train, size_pair
 from dense.errors import DatasetError
 
@@ -69,6 +69,11 @@ class SyntheticScenes(DenseDataset):
 
     def sample_files(self, index: int) -> tuple[Path, ...]:
         return ()  # rendered from (base_seed, split, index) and the options: the fingerprint has them
+
+    def fingerprint(self) -> dict:
+        # The samples are what the renderer draws: a renderer that draws other images for the same
+        # (base_seed, split, index) makes other samples (the feature cache keys by this).
+        return {**super().fingerprint(), "renderer": RENDERER_VERSION}
 
     def _name(self, index: int) -> str:
         return f"{self.split}_{index:06d}"

@@ -24,6 +24,7 @@ from albumentations.core.transforms_interface import DualTransform, ImageOnlyTra
 
 from dense.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, MEAN_FILL
 from dense.errors import RecipeError
+from dense.ops import IMAGENET_TABLE
 
 # Depth, disparity and the validity map are "mask" targets: nearest interpolation, no pixel (colour)
 # transforms.
@@ -35,15 +36,21 @@ NO_DISPARITY = -1.0  # a relative disparity's "no value" (0 is a real disparity:
 
 
 # Per channel, the normalised value of each of the 256 uint8 levels: a table lookup costs less than
-# float arithmetic on an H×W×3 array, which matters on the few CPU cores of a loader.
-_NORMALIZE_LUT = (
-    (np.arange(256, dtype=np.float64)[None] / 255.0 - np.array(IMAGENET_MEAN)[:, None])
-    / np.array(IMAGENET_STD)[:, None]
-).astype(np.float32)
+# float arithmetic on an H×W×3 array. The same table normalises uint8 batches on the device (dense.ops).
+_NORMALIZE_LUT = IMAGENET_TABLE.numpy()
+
+
+def image_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 H×W×3 RGB → uint8 3×H×W: what a sample holds and the model takes (it normalises on the
+    device, with the backbone's own mean/std: dense.model.DenseModel.normalise)."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image_tensor expects a uint8 H×W×3 RGB array, got {image.dtype} {image.shape}")
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
 
 def normalize_image(image: np.ndarray) -> torch.Tensor:
-    """uint8 H×W×3 RGB → float32 3×H×W, ImageNet-normalised on 0–1 values: (x/255 − mean) / std."""
+    """uint8 H×W×3 RGB → float32 3×H×W, ImageNet-normalised on 0–1 values: (x/255 − mean) / std.
+    (The float form the model also takes; the datasets hand it uint8, see image_tensor.)"""
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"normalize_image expects a uint8 H×W×3 RGB array, got {image.dtype} {image.shape}")
     chw = np.ascontiguousarray(image.transpose(2, 0, 1))
@@ -54,9 +61,12 @@ def normalize_image(image: np.ndarray) -> torch.Tensor:
 
 
 def denormalize_image(image: torch.Tensor) -> np.ndarray:
-    """Inverse of `normalize_image` (3×H×W tensor) → uint8 H×W×3, for display and for the segmentation
-    evaluation, which rebuilds the original uint8 image from a normalised batch: on the output of
-    `normalize_image` it is exact (the 256 levels are far apart compared with float32 rounding)."""
+    """A sample's image tensor (3×H×W) → uint8 H×W×3, for display and for the segmentation evaluation,
+    which makes its views from the original image: a uint8 tensor (the samples' form) is transposed;
+    a float one is taken as ImageNet-normalised and mapped back, which inverts `normalize_image`
+    exactly (the 256 levels are far apart compared with float32 rounding)."""
+    if image.dtype == torch.uint8:
+        return image.detach().permute(1, 2, 0).cpu().numpy()
     mean = torch.tensor(IMAGENET_MEAN, device=image.device).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=image.device).view(3, 1, 1)
     x = (image.detach().float() * std + mean).clamp(0, 1).mul(255).round().byte()
@@ -76,7 +86,10 @@ def to_sample(
     mask: np.ndarray | None = None,
     disparity: np.ndarray | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Run the recipe jointly, then normalise: the one place a sample becomes tensors."""
+    """Run the recipe jointly: the one place a sample becomes tensors, each in its smallest exact dtype
+    (what the loader workers hand over and the batch carries to the device): the image uint8 3×H×W (the
+    model normalises it there), depth float32 1×H×W, class ids uint8 H×W when they are read as uint8
+    (255 = ignore), else int64."""
     data = {"image": image, "valid": np.ones(image.shape[:2], np.uint8)}
     if depth is not None:
         data["depth"] = depth.astype(np.float32, copy=False)
@@ -86,12 +99,12 @@ def to_sample(
         data["disparity"] = disparity.astype(np.float32, copy=False)
     out = transform(**data)
     valid = out["valid"].astype(bool)
-    sample = {"image": normalize_image(out["image"])}
+    sample = {"image": image_tensor(out["image"])}
     if depth is not None:
         d = np.where(valid, out["depth"], 0.0).astype(np.float32)
         sample["depth"] = torch.from_numpy(d)[None]
     if mask is not None:
-        m = out["mask"].astype(np.int64)
+        m = out["mask"].astype(np.uint8 if out["mask"].dtype == np.uint8 else np.int64)
         m[~valid] = IGNORE_INDEX
         sample["mask"] = torch.from_numpy(m)
     if disparity is not None:
@@ -235,6 +248,12 @@ class GammaBrightnessColor(ImageOnlyTransform):
         }
 
     def apply(self, img, gamma, brightness, colors, **params):
+        # Each output value depends on its channel and its input value alone: computed for the 256 levels
+        # of the three channels (the same arithmetic), then looked up.
+        return channel_lookup(img, self.levels(LEVELS, gamma, brightness, colors))
+
+    def levels(self, img, gamma, brightness, colors):
+        """The transform of uint8 values img (…×3, RGB last), as the form computes it per pixel."""
         if self.form == "toolbox":
             x = img.astype(np.float64) ** gamma * brightness * colors.astype(np.float64)
             return (np.clip(x, 0.0, 255.0) + 0.5).astype(np.uint8)
@@ -242,9 +261,22 @@ class GammaBrightnessColor(ImageOnlyTransform):
         return (np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
+# Every uint8 level, in each of three channels (256×1×3): what a per-value colour transform is computed
+# on once, to be looked up for a whole image (channel_lookup).
+LEVELS = np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], 3, axis=2)
+
+
+def channel_lookup(img: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """uint8 H×W×3 image → each channel's values through its column of `table` (256×1×3 uint8, as a
+    per-value transform of LEVELS gives it): cv2.LUT, one pass."""
+    return cv2.LUT(np.ascontiguousarray(img), np.ascontiguousarray(table))
+
+
 def _scale_shift(x: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
-    """mmseg PhotoMetricDistortion.convert: float32 x·alpha + beta, clipped to 0–255, truncated to uint8."""
-    return np.clip(x.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+    """mmseg PhotoMetricDistortion.convert: float32 x·alpha + beta, clipped to 0–255, truncated to uint8;
+    computed for the 256 levels of uint8 x and looked up (the same values, one pass over the image)."""
+    table = np.clip(np.arange(256, dtype=np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+    return cv2.LUT(np.ascontiguousarray(x), table)
 
 
 class PhotoMetricDistortion(ImageOnlyTransform):
@@ -463,7 +495,8 @@ def eval_view_size(height: int, width: int, ratio: float, scale: tuple[int, int]
 
 
 def eval_view(image: np.ndarray, ratio: float, scale: tuple[int, int] | None) -> torch.Tensor:
-    """The test-time view of an original uint8 H×W×3 image at `ratio`, normalised: 1×3×h×w.
+    """The test-time view of an original uint8 H×W×3 image at `ratio`: uint8 1×3×h×w (the model
+    normalises it).
 
     As mmseg's test pipeline: the uint8 image is rescaled to `eval_view_size` with cv2 bilinear
     (mmcv.imresize's cv2 backend, INTER_LINEAR), then normalised. The view is made from the original
@@ -474,7 +507,7 @@ def eval_view(image: np.ndarray, ratio: float, scale: tuple[int, int] | None) ->
     size = eval_view_size(height, width, ratio, scale)
     if size != (height, width):
         image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
-    return normalize_image(image)[None]
+    return image_tensor(image)[None]
 
 
 def depth_train(crop_size: Sequence[int] | None = None, color_aug: str = "bts") -> list[A.BasicTransform]:
@@ -513,6 +546,7 @@ def size_pair(size: int | Sequence[int] | None) -> tuple[int, int] | None:
 
 
 __all__ = [
+    "image_tensor",
     "normalize_image",
     "denormalize_image",
     "compose",

@@ -311,13 +311,17 @@ class DenseTask(L.LightningModule):
     # ---- optimisation --------------------------------------------------------------------------
 
     def configure_optimizers(self):
+        optimizer, scheduler = self.optimizer_and_schedule(self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def optimizer_and_schedule(self, total_steps: int) -> tuple[torch.optim.Optimizer, LambdaLR]:
+        """The optimiser of the head and its per-step schedule over `total_steps` (also what the bench's
+        training step uses outside a Trainer)."""
         from hydra.utils import instantiate
 
         # Only the head: the frozen backbone's parameters are never handed to the optimiser.
         optimizer = instantiate(self.optimizer_config, _partial_=True)(self.model.head.parameters())
-        total = self.trainer.estimated_stepping_batches
-        scheduler = LambdaLR(optimizer, lr_schedule(total, **self.scheduler_config))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return optimizer, LambdaLR(optimizer, lr_schedule(total_steps, **self.scheduler_config))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if "patches" in batch:  # features read from the cache (dense/cache.py): no backbone to run

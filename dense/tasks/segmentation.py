@@ -7,9 +7,9 @@ batch moves to the device); DenseModel.predict_views predicts every view (and it
 the logits to the image's own original size, softmaxes and averages them; SegMetrics scores the argmax
 against the untouched annotation.
 
-The uint8 image is recovered from the normalised batch with `denormalize_image`, which inverts
-`normalize_image` exactly, rather than carried in the batch next to it: the sample contract stays one
-image per sample, any dataset that follows it is evaluated the same way, and nothing else is loaded.
+The views are made from the batch's own uint8 images (`denormalize_image` only transposes them; a
+dataset that hands over ImageNet-normalised floats gets them inverted exactly), so the sample contract
+stays one image per sample and any dataset that follows it is evaluated the same way.
 """
 
 from __future__ import annotations
@@ -99,8 +99,8 @@ class SegmentationTask(DenseTask):
         return batch
 
     def eval_views(self, batch: dict) -> list[list[torch.Tensor]]:
-        """For each image of a batch, its views (1×3×h×w, one per test ratio), each rescaled from the
-        original image: the uint8 image recovered from the normalised one, without the padding."""
+        """For each image of a batch, its views (uint8 1×3×h×w, one per test ratio), each rescaled from
+        the original uint8 image, without the padding."""
         images = batch["image"].cpu()
         ratios = self.predict_options["scales"]
         views = []
@@ -126,7 +126,8 @@ class SegmentationTask(DenseTask):
         return out
 
     def evaluate(self, images: torch.Tensor) -> torch.Tensor:
-        """Class probabilities B×K×H×W for normalised images of one size, evaluated as validation does."""
+        """Class probabilities B×K×H×W for images of one size (uint8 or normalised), evaluated as
+        validation does."""
         return self.evaluate_batch({"image": images})
 
     def on_metrics_computed(self, metrics: SegMetrics, stage: str) -> None:
