@@ -20,10 +20,12 @@ def build_task(
     *,
     depth_loss=None,
     seg_loss=None,
+    mask_loss=None,
     **common,
 ) -> DenseTask:
-    """The LightningModule for `model`'s task. `depth_loss` / `seg_loss`: the loss options of each
-    task (the other one is ignored); `common`: DenseTask's options (optimizer, scheduler, test_*, config)."""
+    """The LightningModule for `model`'s task. `depth_loss` / `seg_loss` / `mask_loss` (seg_mask): the
+    loss options of each task and head kind (the others are ignored); `common`: DenseTask's options
+    (optimizer, scheduler, test_*, config)."""
     if model.task == "depth":
         return DepthTask(
             model,
@@ -36,6 +38,7 @@ def build_task(
     return SegmentationTask(
         model,
         loss=seg_loss,
+        mask_loss=mask_loss,
         ignore_index=datamodule.ignore_index,
         class_names=datamodule.class_names,
         eval_scale=datamodule.eval_scale,
