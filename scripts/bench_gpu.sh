@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements of issue 6 (BENCHMARKS.md, "GPU targets"), ours and upstream in the same run, and
-# issue 15's DINOv3 steps (8-10) and issue 16's TensorRT engine (11).
+# issue 15's DINOv3 steps (8-10), issue 16's TensorRT engine (11) and issue 26's segmentation heads (seg).
 #
 # Run from the repository root. Made for one call of the device tool (one H100; 15 minutes of device
 # time in all, 10 per command):
@@ -35,7 +35,7 @@ else echo "no DINOv3 package at $UPSTREAM_DINOV3: DINOv3 steps ours alone"; fi
 bench() {
   "$PYTHON" -m dense.bench --device cuda --precision bf16 --iters 10 --warmup 3 "$@" || echo "FAILED (exit $?): dense.bench $*"
 }
-STEPS=${STEPS:-1 2 3 4 5 6 7 8 9 10 11}
+STEPS=${STEPS:-1 2 3 4 5 6 7 8 9 10 11 seg}
 step() { [[ " $STEPS " == *" $1 "* ]]; }  # is step $1 asked for?
 
 {
@@ -81,5 +81,17 @@ step() { [[ " $STEPS " == *" $1 "* ]]; }  # is step $1 asked for?
   #     16x3x640x640, fp16), timed at batch 16, 480x640: compare with step 7 (PyTorch bf16 + compile, same shape).
   step 11 && { "$PYTHON" -m dense.bench.onnx --backbone vitl14 --head depth_dpt --batch 16 --height 480 --width 640 \
     --tensorrt "$OUT/11_vitl14_dpt.onnx" || echo "FAILED (exit $?): dense.bench.onnx --tensorrt"; }
+  # ---- seg (issue 26, seg_mask): segmentation img/s at 512², the unit EoMT and PMT publish ------------------
+  # python -m dense.bench.segmentation: seg_linear, seg_ms and seg_mask (100 queries, 6 blocks) on every size,
+  # batch 1, bf16 (backbone weights cast, autocast). (a) eager, DINOv3 S/B/L/H+/7B and DINOv2 S/B/L/g;
+  # (b) compiled (DenseModel.compile), ViT-L/16: PMT-L reports 128 img/s on an H100 (torch.compile
+  # max-autotune, model_zoo/image/dinov3.md). STEPS="seg" runs this block alone.
+  step seg && { "$PYTHON" -m dense.bench.segmentation --device cuda --precision bf16 --batch 1 --iters 20 --warmup 3 \
+    --backbone vits16,vitb16,vitl16,vith16plus,vit7b16,vits14,vitb14,vitl14,vitg14 \
+    --json "$OUT/seg_512_bf16.json" || echo "FAILED (exit $?): dense.bench.segmentation eager"; }
+  step seg && { "$PYTHON" -m dense.bench.segmentation --device cuda --precision bf16 --compile on --batch 1 --iters 20 \
+    --warmup 3 --backbone vitl16 --json "$OUT/seg_512_bf16_compiled.json" \
+    || echo "FAILED (exit $?): dense.bench.segmentation compiled"; }
+  # ---- end of seg -------------------------------------------------------------------------------------------
   :  # a step left out is not a failure (each step's own errors are in the log)
 } 2>&1 | tee "$OUT/log.txt"
