@@ -365,6 +365,7 @@ def test_crafted_onnx_files_are_refused_in_one_line(seg_onnx, images, tmp_path, 
         "classes.onnx": ({**good, "num_classes": 10**9}, "num_classes between 1 and 4096"),
         "format.onnx": ({**good, "format": "dense export v999"}, "not a 'dense export v1' file"),
         "input.onnx": ({**good, "input": "uint8"}, "its metadata says uint8"),
+        "output.onnx": ({**good, "seg_output": "probabilities"}, "seg_output must be one of logits, scores"),
         "garbage.onnx": (..., "ONNX Runtime cannot load it"),
     }
     for name, (metadata, message) in cases.items():
@@ -375,6 +376,13 @@ def test_crafted_onnx_files_are_refused_in_one_line(seg_onnx, images, tmp_path, 
         err = one_line_exit(lambda o=overrides: predict.predict(predict_config(*o)), capsys)
         assert message in err and name in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_files_from_before_seg_output_hold_logits(seg_onnx, tmp_path):
+    """A file written before the seg_output field: its segmentation outputs are logits (softmaxed)."""
+    older = {k: v for k, v in export.load_onnx_model(seg_onnx[1]).metadata.items() if k != "seg_output"}
+    model = export.load_onnx_model(write_onnx(tmp_path / "older.onnx", older))
+    assert model.metadata["seg_output"] == "logits" and model.seg_output == "logits"
 
 
 def test_predict_onnx_option_mistakes(seg_onnx, images, tmp_path, capsys):
