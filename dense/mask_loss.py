@@ -40,7 +40,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from dense.constants import IGNORE_INDEX
@@ -222,6 +221,8 @@ class MaskClassificationLoss(nn.Module):
     def match(self, costs: torch.Tensor, present: torch.Tensor) -> list[tuple[np.ndarray, ...]]:
         """Per prediction (layer), (image, query, class) index arrays of the Hungarian matching, every
         image's present classes against all its queries."""
+        from scipy.optimize import linear_sum_assignment  # here: train.py's start-up never pays for scipy
+
         layers, batch, queries, classes = costs.shape
         host = self.to_host(torch.cat((costs.reshape(-1), present.reshape(-1).to(costs.dtype))))
         cost = np.nan_to_num(
@@ -305,6 +306,7 @@ class MaskClassificationLoss(nn.Module):
                 f"{where}: the prediction must be a mask head's MaskPredictions, got {type(predictions).__name__}"
             )
         first = predictions.mask_logits[-1]
+        # Labels of any size (B×H×W or B×1×H×W): points are drawn in the image's own coordinates.
         labels = as_label_map(labels, (first.shape[0], *labels.shape[-2:]), where)
         if predictions.class_logits[-1].shape[-1] != self.num_classes + 1:
             raise BadInputError(
