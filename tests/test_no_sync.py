@@ -196,7 +196,13 @@ def _mask_setup(seed=0):
     from dense.mask_loss import MaskClassificationLoss
 
     torch.manual_seed(seed)
-    model = dense.build_model("tiny14", "seg_mask", num_classes=5, num_queries=6, num_blocks=1).train()
+    options = {
+        "num_classes": 5,
+        "layers": [2, 3],
+        "num_queries": 6,
+        "num_blocks": 1,
+    }  # small: tracing takes seconds
+    model = dense.build_model("tiny14", "seg_mask", **options).train()
     loss = MaskClassificationLoss(5, num_points=64, check_values=False)
     gen = torch.Generator().manual_seed(seed)
     images = torch.randn(2, 3, 42, 53, generator=gen)  # not multiples of 14: padded, so the image box matters

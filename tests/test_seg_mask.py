@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
@@ -31,8 +32,8 @@ from dense.metrics import SegMetrics
 from dense.tasks import lr_schedule
 from tests._fixtures_data import write_folder
 from tests._tiny_run import (
+    CONFIGS,
     QUIET_TINY_RUN,
-    compose_config,
     metric_rows,
     predict_config,
     series,
@@ -412,7 +413,7 @@ def ref_pmt_warmup_cosine(step, base_lr, warmup_steps, total_steps, min_lr):
 
 def test_the_recipe_schedule_is_pmts_warmup_then_cosine():
     """configs/recipe/pmt_mask.yaml's scheduler over PMT-L's 20,208 steps (16 epochs of 1,263)."""
-    factor = lr_schedule(20208, **compose_config("train", "experiment=ade20k_mask").task.scheduler)
+    factor = lr_schedule(20208, **OmegaConf.load(CONFIGS / "recipe" / "pmt_mask.yaml").task.scheduler)
     for step in (0, 1, 3000, 5999, 6000, 6001, 10000, 15000, 20207, 20208):
         expected = ref_pmt_warmup_cosine(step, 2e-4, 6000, 20208, 1e-9)
         assert 2e-4 * factor(step) == pytest.approx(expected, rel=1e-5, abs=3e-10), step
