@@ -339,6 +339,7 @@ RESUME_SECTIONS = (
     ("task.depth_loss", "the new loss applies from the resumed step on"),
     ("task.relative_loss", "the new loss applies from the resumed step on"),
     ("task.seg_loss", "the new loss applies from the resumed step on"),
+    ("task.mask_loss", "the new loss applies from the resumed step on"),
 )
 # Loader settings change no number of the run.
 RESUME_UNREPORTED = {"data.num_workers", "data.pin_memory", "data.persistent_workers", "head.weights"}

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dense._vit import DinoVisionTransformer, LayerScale, Mlp, PatchEmbed, Tokens
+from dense.ops import RopePositionEmbedding, rotate_patch_tokens
 
 # The ffn_layer names of upstream's hub functions and the multiple their SwiGLU hidden width is
 # rounded up to (dinov3/models/vision_transformer.py, ffn_layer_dict; dinov3/layers/ffn_layers.py).
@@ -46,58 +47,6 @@ def ffn_hidden_features(dim: int, ffn: str, ffn_ratio: float) -> int:
         raise ValueError(f"unknown DINOv3 ffn '{ffn}': choose mlp, {', '.join(SWIGLU_ALIGN)}")
     d = int(hidden * 2 / 3)
     return d + (-d % SWIGLU_ALIGN[ffn])
-
-
-# ---- rotary position embedding -------------------------------------------------------------------
-
-
-class RopePositionEmbedding(nn.Module):
-    """Axial RoPE without learned weights (dinov3/layers/rope_position_encoding.py).
-
-    A head's D dimensions form D/2 rotation pairs (i, i + D/2). The first D/4 pairs turn with the
-    patch's row coordinate, the next D/4 with its column, at periods base^(2j / (D/2)), j < D/4.
-    Coordinates are patch centres normalised to [-1, 1] separately along each side
-    ("separate": (i + 0.5) / h · 2 − 1), so any grid spans the same range.
-
-    Upstream's training-time augmentations of the coordinates (the hub sets rescale_coords=2;
-    shift and jitter are unset) apply only in train mode; this backbone is always frozen, so they
-    are not implemented and train() changes nothing here. The hub computes RoPE in float32.
-    """
-
-    def __init__(self, head_dim: int, base: float = 100.0):
-        super().__init__()
-        if head_dim % 4:
-            raise ValueError(f"RoPE needs a head dimension divisible by 4, got {head_dim}")
-        self.head_dim = head_dim
-        self.base = base
-        # Persistent, as upstream: the released files hold it (our loader also accepts files without it).
-        self.register_buffer("periods", self.default_periods(), persistent=True)
-
-    def default_periods(self) -> torch.Tensor:
-        quarter = self.head_dim // 4
-        return self.base ** (2 * torch.arange(quarter, dtype=torch.float32) / (self.head_dim // 2))
-
-    def forward(self, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sin, cos), each (h·w) × head_dim, for the patches of an h×w grid in row-major order."""
-        device = self.periods.device
-        rows = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h
-        cols = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w
-        coords = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1).flatten(0, 1)  # hw × 2
-        coords = 2.0 * coords - 1.0
-        angles = 2 * math.pi * coords[:, :, None] / self.periods.float()  # hw × 2 × D/4
-        angles = angles.flatten(1, 2).tile(2)  # hw × D: [row angles, column angles] twice
-        return torch.sin(angles), torch.cos(angles)
-
-
-def rotate_patch_tokens(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
-    """RoPE on the last h·w tokens of B×heads×N×D queries or keys; the class and storage tokens
-    before them are not rotated. Computed in sin's dtype (float32), returned in x's (bf16 under
-    autocast), as upstream's SelfAttention.apply_rope."""
-    prefix = x.shape[-2] - sin.shape[-2]
-    patches = x[..., prefix:, :].to(sin.dtype)
-    first, second = patches.chunk(2, dim=-1)
-    rotated = patches * cos + torch.cat((-second, first), dim=-1) * sin
-    return torch.cat((x[..., :prefix, :], rotated.to(x.dtype)), dim=-2)
 
 
 # ---- layers ---------------------------------------------------------------------------------------

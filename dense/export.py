@@ -52,6 +52,9 @@ FP16_MIN_NUMEL = (
     16  # smaller tensors (the normalisation's mean and std, scalars) stay float32: they save nothing
 )
 OPSET = 18  # Resize with antialias, and what TensorRT 10 parses
+# What a segmentation graph outputs (DenseModel.seg_output): logits (softmaxed before views are
+# averaged) or class scores (seg_mask, averaged as they are).
+SEG_OUTPUTS = ("logits", "scores")
 # Batch 2 and an odd grid of non-multiples of the patch: the general side of every size branch.
 EXAMPLE_BATCH = 2
 EXAMPLE_GRID = (3, 5)
@@ -273,6 +276,7 @@ def model_metadata(
         "max_depth": None if model.task != "depth" else float(model.max_depth),
         "num_classes": num_classes,
         "class_names": list(class_names) if class_names is not None else None,
+        "seg_output": model.seg_output if model.task == "segmentation" else None,
         "input": "uint8" if uint8_input else "float32",
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
@@ -429,6 +433,7 @@ _FIELDS = {
     "max_depth": (float, type(None)),
     "num_classes": (int, type(None)),
     "class_names": (list, type(None)),
+    "seg_output": (str, type(None)),
     "input": str,
     "mean": list,
     "std": list,
@@ -442,6 +447,9 @@ def check_metadata(metadata: dict, where: str) -> dict:
     def refuse(reason: str) -> ExportError:
         return ExportError(f"{where}: {reason}; export the model again with export.py")
 
+    # Files written before seg_mask have no seg_output: their segmentation outputs are logits.
+    if isinstance(metadata, dict) and set(metadata) == set(_FIELDS) - {"seg_output"}:
+        metadata = {**metadata, "seg_output": "logits" if metadata.get("task") == "segmentation" else None}
     if not isinstance(metadata, dict) or set(metadata) != set(_FIELDS):
         raise refuse("its dense metadata does not hold exactly the fields export.py writes")
     for key, kind in _FIELDS.items():
@@ -470,6 +478,8 @@ def check_metadata(metadata: dict, where: str) -> dict:
             raise refuse("a depth model needs 0 ≤ min_depth < max_depth in its metadata")
     else:
         count, names = metadata["num_classes"], metadata["class_names"]
+        if metadata["seg_output"] not in SEG_OUTPUTS:
+            raise refuse(f"metadata field seg_output must be one of {', '.join(SEG_OUTPUTS)}")
         if count is None or not 1 <= count <= MAX_CLASSES:
             raise refuse(f"a segmentation model needs num_classes between 1 and {MAX_CLASSES}")
         if names is not None and (
@@ -619,6 +629,7 @@ class OnnxDenseModel(DenseModel):
             "num_classes": metadata["num_classes"],
         }
         self.class_names = metadata["class_names"]
+        self._seg_output = metadata["seg_output"]
         self.input_name = session.get_inputs()[0].name
         self.register_buffer("mean", torch.tensor(metadata["mean"]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(metadata["std"]).view(1, 3, 1, 1), persistent=False)
@@ -630,6 +641,10 @@ class OnnxDenseModel(DenseModel):
     @property
     def num_classes(self) -> int | None:
         return self.metadata["num_classes"]
+
+    @property
+    def seg_output(self) -> str:
+        return self._seg_output or "logits"
 
     @property
     def uint8_input(self) -> bool:

@@ -9,6 +9,9 @@
       → depth: clamp to [min_depth, max_depth], except in training (train mode with autograd on), and
         never for a relative model (depth_mode="relative": a disparity up to scale and shift, no unit)
       → resize to the padded size, crop the padding away → B×1×H×W metres | B×K×H×W logits
+        (a mask-classification head, seg_mask: its mask logits are resized and cropped, then combined
+        with its class logits into Mask2Former's class scores B×K×H×W; in training the loss gets the
+        per-layer class and mask logits instead, dense/mask_predictions.py)
 
 The clamp follows upstream (dinov2/eval/depth/models/depther/encoder_decoder.py): `encode_decode`,
 the inference path, clamps; `forward_train` hands the losses the raw head output, so a DPT head
@@ -34,6 +37,7 @@ import heads
 from dense.backbone import IMAGENET_MEAN, IMAGENET_STD, build_backbone, get_spec
 from dense.errors import DenseError, shown
 from dense.features import FeatureMaps
+from dense.mask_predictions import MaskPredictions
 from dense.ops import imagenet_normalised, normalisation_table, normalise_levels, resize
 from dense.weights_file import load_weights_file
 
@@ -196,6 +200,12 @@ class DenseModel(nn.Module):
     def num_classes(self) -> int | None:
         return getattr(self.head, "num_classes", None)
 
+    @property
+    def seg_output(self) -> str:
+        """What a segmentation head's outputs are: "logits" (the linear heads: softmaxed before views
+        are averaged) or "scores" (seg_mask: Mask2Former's class scores, averaged as they are)."""
+        return getattr(self.head, "seg_output", "logits")
+
     def train(self, mode: bool = True):
         super().train(mode)
         self.backbone.eval()  # frozen: dropout/BN-free anyway, but keep the contract explicit
@@ -298,16 +308,23 @@ class DenseModel(nn.Module):
         grad = torch.is_grad_enabled()
         compiled = self._compiled_head is not None and not grad
         out = self._compiled_head(features) if compiled else self.head(features)
-        if self.task == "depth" and self.depth_mode == "metric" and not (self.training and grad):
-            out = out.clamp(self.min_depth, self.max_depth)
         left, right, top, bottom = padding
         height, width = size
-        out = resize(out, (height + top + bottom, width + left + right))
-        return out[..., top : top + height, left : left + width]
+        padded_size = (height + top + bottom, width + left + right)
+        masks = None
+        if isinstance(out, MaskPredictions):  # a mask-classification head (seg_mask)
+            if self.training and grad:  # the loss samples points of the image on the head's own grid
+                return out.in_image(padding, padded_size)
+            masks, out = out, out.mask_logits[-1]  # resized and cropped below, then combined
+        if self.task == "depth" and self.depth_mode == "metric" and not (self.training and grad):
+            out = out.clamp(self.min_depth, self.max_depth)
+        out = resize(out, padded_size)[..., top : top + height, left : left + width]
+        return out if masks is None else masks.final_scores(out)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Depth B×1×H×W in metres, or class logits B×K×H×W, for B×3×H×W images: uint8 RGB, or
-        ImageNet-normalised floats."""
+        """Depth B×1×H×W in metres, or class logits (seg_mask: class scores) B×K×H×W, for B×3×H×W
+        images: uint8 RGB, or ImageNet-normalised floats. (seg_mask in training: its MaskPredictions, for
+        the loss.)"""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape B×3×H×W, got {tuple(images.shape)}")
         features, padding = self.image_features(images)
@@ -326,7 +343,8 @@ class DenseModel(nn.Module):
         scales: Sequence[float] = (1.0,),
         flip: bool = False,
     ) -> torch.Tensor:
-        """Inference: depth B×1×H×W (metres) or class probabilities B×K×H×W (softmax).
+        """Inference: depth B×1×H×W (metres) or class probabilities B×K×H×W (softmax; seg_mask:
+        Mask2Former's class scores, see seg_output).
 
         mode "whole": the image at once; "slide": overlapping crop_size windows every `stride` pixels,
         averaged where they overlap (upstream's slide_inference). `scales` resizes this image tensor by
@@ -360,7 +378,8 @@ class DenseModel(nn.Module):
         (bilinear, align_corners=False), segmentation logits are softmaxed there, and all are averaged.
         That is mmseg's aug_test (mmseg/models/segmentors/encoder_decoder.py: whole_inference and
         slide_inference resize the view's logits to ori_shape, inference softmaxes and flips back,
-        aug_test averages the probabilities).
+        aug_test averages the probabilities). Class scores (seg_output "scores", seg_mask) are averaged
+        without a softmax, as Mask2Former's test-time augmentation sums them.
         """
         check_inference_settings(mode, crop_size, stride, flip=flip)
         size = (int(size[0]), int(size[1]))
@@ -378,7 +397,7 @@ class DenseModel(nn.Module):
                 if flipped:
                     out = out.flip(-1)
                 out = resize(out.float(), size)
-                if self.task == "segmentation":
+                if self.task == "segmentation" and self.seg_output == "logits":
                     out = out.softmax(dim=1)
                 total = out if total is None else total + out
                 count += 1

@@ -11,6 +11,7 @@ from heads.depth_dpt import DPTDepthHead
 from heads.depth_linear import LinearDepthHead
 from heads.registry import HEADS, HeadSpec, build_head, get_head_spec, list_heads, register_head
 from heads.seg_linear import LinearSegHead
+from heads.seg_mask import MaskSegHead
 
 __all__ = [
     "HEADS",
@@ -18,6 +19,7 @@ __all__ = [
     "HeadSpec",
     "LinearDepthHead",
     "LinearSegHead",
+    "MaskSegHead",
     "build_head",
     "check_head_state",
     "describe_head_state",

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements of issue 6 (BENCHMARKS.md, "GPU targets"), ours and upstream in the same run, issue
-# 15's DINOv3 steps (8-10), issue 16's TensorRT engine (11) and issue 22's loop beside the step (12-15).
+# 15's DINOv3 steps (8-10), issue 16's TensorRT engine (11), issue 22's loop beside the step (12-15) and
+# issue 26's segmentation heads (seg).
 #
 # Run from the repository root. Made for one call of the device tool (one H100; 15 minutes of device
 # time in all, 10 per command):
@@ -47,7 +48,7 @@ bench() {
   timeout "$STEP_TIMEOUT" "$PYTHON" -m dense.bench --device cuda --precision bf16 --iters 10 --warmup 3 "$@" \
     || echo "FAILED (exit $?): dense.bench $*"
 }
-STEPS=${STEPS:-1 2 3 4 5 6 7 8 9 10 11 12 13 14 15}
+STEPS=${STEPS:-1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 seg}
 step() { [[ " $STEPS " == *" $1 "* ]]; }  # is step $1 asked for?
 
 {
@@ -114,5 +115,17 @@ step() { [[ " $STEPS " == *" $1 "* ]]; }  # is step $1 asked for?
   #     upsample NCHW, channels-last and as two matrix products (a candidate the head does not use yet).
   step 15 && { timeout "$STEP_TIMEOUT" "$PYTHON" -m dense.bench.profile_dpt --backbone vitl14 --parts split,upsample,matrices \
     || echo "FAILED (exit $?): dense.bench.profile_dpt"; }
+  # ---- seg (issue 26, seg_mask): segmentation img/s at 512², the unit EoMT and PMT publish ------------------
+  # python -m dense.bench.segmentation: seg_linear, seg_ms and seg_mask (100 queries, 6 blocks) on every size,
+  # batch 1, bf16 (backbone weights cast, autocast). (a) eager, DINOv3 S/B/L/H+/7B and DINOv2 S/B/L/g;
+  # (b) compiled (DenseModel.compile), ViT-L/16: PMT-L reports 128 img/s on an H100 (torch.compile
+  # max-autotune, model_zoo/image/dinov3.md). STEPS="seg" runs this block alone.
+  step seg && { timeout "$STEP_TIMEOUT" "$PYTHON" -m dense.bench.segmentation --device cuda --precision bf16 --batch 1 --iters 20 --warmup 3 \
+    --backbone vits16,vitb16,vitl16,vith16plus,vit7b16,vits14,vitb14,vitl14,vitg14 \
+    --json "$OUT/seg_512_bf16.json" || echo "FAILED (exit $?): dense.bench.segmentation eager"; }
+  step seg && { timeout "$STEP_TIMEOUT" "$PYTHON" -m dense.bench.segmentation --device cuda --precision bf16 --compile on --batch 1 --iters 20 \
+    --warmup 3 --backbone vitl16 --json "$OUT/seg_512_bf16_compiled.json" \
+    || echo "FAILED (exit $?): dense.bench.segmentation compiled"; }
+  # ---- end of seg -------------------------------------------------------------------------------------------
   :  # a step left out is not a failure (each step's own errors are in the log)
 } 2>&1 | tee "$OUT/log.txt"

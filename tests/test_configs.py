@@ -217,9 +217,45 @@ def test_every_experiments_head_options_build_its_head(name):
     assert sum(p.numel() for p in head.parameters()) > 0
 
 
+# The seg_mask recipe (configs/recipe/pmt_mask.yaml) against PMT's files (tue-mps/pmt at 54d73c9):
+# image/configs/ade20k/semantic/pmt_l.yaml (lr 2e-4, warmup_steps 6000, min_lr 1e-9, max_epochs 16, num_q
+# 100, num_blocks 6, hidden_dim = width), training/mask_classification_semantic.py (weight_decay 0.05, the
+# loss: 12544 points, oversample 3, importance 0.75, class 2, mask 5, dice 5, no object 0.1),
+# datasets/ade20k_semantic.py (batch_size 16, img_size 512), main.py (gradient_clip_val 0.01, norm).
+MASK_RECIPES = {"ade20k_mask": "ade20k", "voc_mask": "voc"}
+
+
+@pytest.mark.parametrize("name", sorted(MASK_RECIPES))
+def test_mask_experiments_follow_pmts_config(name):
+    cfg = compose_config("train", f"experiment={name}")
+    assert cfg.backbone.name == "vitl16"  # PMT-L's; backbone=... overrides it
+    assert compose_config("train", f"experiment={name}", "backbone=vitb14").backbone.name == "vitb14"
+    assert (cfg.head.name, cfg.data.name) == ("seg_mask", MASK_RECIPES[name])
+    options = OmegaConf.to_container(cfg.head.options)
+    assert (options["num_queries"], options["num_blocks"], options["mlp_ratio"]) == (100, 6, 1.0)
+    optimizer, scheduler = cfg.task.optimizer, cfg.task.scheduler
+    assert optimizer._target_ == "torch.optim.AdamW" and list(optimizer.betas) == [0.9, 0.999]
+    assert (optimizer.lr, optimizer.weight_decay) == (2e-4, 0.05)
+    assert (scheduler.warmup_steps, scheduler.decay, scheduler.decay_after_warmup) == (6000, "cosine", True)
+    assert scheduler.min_lr_ratio * optimizer.lr == pytest.approx(1e-9)
+    loss = OmegaConf.to_container(cfg.task.mask_loss)
+    assert loss == {
+        "class_weight": 2.0, "no_object_weight": 0.1, "mask_weight": 5.0, "dice_weight": 5.0,
+        "num_points": 12544, "oversample_ratio": 3.0, "importance_sample_ratio": 0.75,
+    }  # fmt: skip
+    trainer = cfg.trainer
+    assert (trainer.max_epochs, trainer.max_steps) == (16, -1)
+    assert (trainer.gradient_clip_val, trainer.gradient_clip_algorithm) == (0.01, "norm")
+    assert (cfg.data.batch_size, cfg.data.crop_size) == (16, 512)
+    assert (cfg.task.test_mode, cfg.task.test_crop_size, cfg.task.test_stride) == ("slide", 512, 512)
+    OmegaConf.resolve(cfg)
+
+
 def test_every_experiment_is_tested():
     own_folder = {"folder_depth", "folder_seg"}  # tests/test_own_folder.py runs them
-    assert set(options("experiment")) == set(RECIPES) | set(DINOV3_RECIPES) | {"smoke"} | own_folder
+    assert set(options("experiment")) == set(RECIPES) | set(DINOV3_RECIPES) | {"smoke"} | own_folder | set(
+        MASK_RECIPES
+    )
 
 
 @pytest.mark.parametrize(

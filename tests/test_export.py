@@ -3,7 +3,7 @@
 Exporting is slow (about 10 s of CPU for torch.export and 15 s more for the ONNX conversion of a tiny
 model), so each model is exported once and checked at many sizes. The default suite exports three:
 ONNX for DINOv2 plain + seg_linear (float16 weights), .pt2 for registers + depth_linear (through
-export.py) and DINOv3 + seg_linear (uint8 input). `pytest -m slow` adds a uint8-input ONNX depth model
+export.py) and DINOv3 + seg_linear (uint8 input); and ONNX for DINOv3 + seg_mask (its class scores). `pytest -m slow` adds a uint8-input ONNX depth model
 (SwiGLU + depth_linear) run by predict.py, and the full matrix: every head (DPT included) on every
 backbone, through both ONNX Runtime and .pt2.
 """
@@ -27,7 +27,7 @@ from tests import _crafted_onnx as crafted
 from tests._fixtures_data import rgb
 from tests._tiny_run import ROOT, one_line_exit, write_checkpoint
 
-HEADS = ["depth_linear", "depth_dpt", "seg_linear"]
+HEADS = ["depth_linear", "depth_dpt", "seg_linear", "seg_mask"]
 BACKBONES = ["tiny14", "tiny14_reg", "tiny14_swiglu", "tiny16"]
 # Batch 1 and 3, sides below, at and between patch multiples; the export example is 2×35×69 (14) / 2×40×79 (16).
 SIZES = [(1, 14, 14), (3, 17, 50), (2, 28, 42), (1, 9, 13), (1, 64, 33)]
@@ -36,8 +36,10 @@ SIZES = [(1, 14, 14), (3, 17, 50), (2, 28, 42), (1, 9, 13), (1, 64, 33)]
 def tiny_model(backbone: str, head: str, seed: int = 0) -> DenseModel:
     torch.manual_seed(seed)
     options = {"num_classes": 5} if heads.get_head_spec(head).task == "segmentation" else {}
+    if head == "seg_mask":  # a small decoder: the same ops, fewer copies of them to export
+        options.update(num_queries=8, num_blocks=2)
     model = build_model(backbone, head, **options).eval()
-    if model.task == "segmentation":  # class scores that vary across the image (the init is near uniform)
+    if hasattr(model.head, "conv_seg"):  # class scores that vary across the image (the init is near uniform)
         torch.nn.init.normal_(model.head.conv_seg.weight, std=1.0)
     return model
 
@@ -90,6 +92,19 @@ def seg_onnx(tmp_path_factory):
     path = tmp_path_factory.mktemp("seg") / "seg.onnx"
     export.to_onnx(model, path, fp16_weights=True, class_names=[f"thing {i}" for i in range(5)])
     return rounded_to_fp16(model), path
+
+
+@pytest.fixture(scope="module")
+def seg_mask_onnx(tmp_path_factory):
+    """tiny16 (DINOv3: RoPE in the backbone and the decoder) + seg_mask, float input. Small, as an export's
+    time grows with the graph: the first block read (the backbone stops after it), one decoder block,
+    one upsampling: every op of the default model, fewer copies of each."""
+    torch.manual_seed(0)
+    options = {"num_classes": 5, "layers": [0], "num_queries": 8, "num_blocks": 1, "upscale": 1}
+    model = build_model("tiny16", "seg_mask", **options).eval()
+    path = tmp_path_factory.mktemp("seg_mask") / "seg_mask.onnx"
+    export.to_onnx(model, path)
+    return model, path
 
 
 @pytest.fixture(scope="module")
@@ -166,8 +181,8 @@ def test_export_py_writes_the_checkpoints_program(tmp_path, capsys):
 
 
 # Every head on every backbone family, through ONNX Runtime and .pt2. Each case costs 20-90 s of CPU, so
-# the default suite runs two of them, which with the three exports above give every head (DPT included)
-# and every family (DINOv3 and SwiGLU through ONNX too) at least once; `pytest -m slow` runs all twelve.
+# the default suite runs two of them, which with the four exports above give every head (DPT included)
+# and every family (DINOv3 and SwiGLU through ONNX too) at least once; `pytest -m slow` runs all sixteen.
 IN_EVERY_RUN = {("depth_dpt", "tiny16"), ("depth_linear", "tiny14_swiglu")}
 MATRIX = [
     pytest.param(head, backbone, marks=() if (head, backbone) in IN_EVERY_RUN else pytest.mark.slow)
@@ -201,11 +216,28 @@ def test_metadata_round_trip(seg_onnx):
         "max_depth": None,
         "num_classes": 5,
         "class_names": [f"thing {i}" for i in range(5)],
+        "seg_output": "logits",
         "input": "float32",
         "mean": [0.485, 0.456, 0.406],
         "std": [0.229, 0.224, 0.225],
         "weights": "float16",
     }
+
+
+def test_seg_mask_onnx_gives_the_class_scores_of_pytorch(seg_mask_onnx, images, tmp_path):
+    """One graph (dynamic batch and size) whose output is seg_mask's Mask2Former scores B×K×H×W, within
+    1e-4 of PyTorch; predict.py runs it, averaging the views' scores as the checkpoint does (the
+    metadata says they are scores, not logits)."""
+    model, path = seg_mask_onnx
+    run_at_sizes(model, onnx_runner(path))
+    assert export.load_onnx_model(path).metadata["seg_output"] == "scores"
+    ckpt = write_checkpoint(model, tmp_path / "seg_mask.ckpt")
+    common = [f"input={images}", "flip=true", "scales=[1.0,1.5]"]
+    assert predict.predict(predict_config(f"ckpt={ckpt}", f"output={tmp_path / 'ckpt'}", *common)) == 0
+    assert predict.predict(predict_config(f"model={path}", f"output={tmp_path / 'onnx'}", *common)) == 0
+    for stem in ("a", "b"):
+        ids = [np.asarray(Image.open(tmp_path / out / f"{stem}.png")) for out in ("ckpt", "onnx")]
+        assert ids[0].shape == ids[1].shape and (ids[0] == ids[1]).mean() > 0.99
 
 
 @pytest.mark.slow
@@ -317,6 +349,7 @@ def test_crafted_onnx_files_are_refused_in_one_line(seg_onnx, images, tmp_path, 
         "classes.onnx": ({**good, "num_classes": 10**9}, "num_classes between 1 and 4096"),
         "format.onnx": ({**good, "format": "dense export v999"}, "not a 'dense export v1' file"),
         "input.onnx": ({**good, "input": "uint8"}, "its metadata says uint8"),
+        "output.onnx": ({**good, "seg_output": "probabilities"}, "seg_output must be one of logits, scores"),
         "garbage.onnx": (..., "ONNX Runtime cannot load it"),
     }
     for name, (metadata, message) in cases.items():
@@ -327,6 +360,13 @@ def test_crafted_onnx_files_are_refused_in_one_line(seg_onnx, images, tmp_path, 
         err = one_line_exit(lambda o=overrides: predict.predict(predict_config(*o)), capsys)
         assert message in err and name in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_files_from_before_seg_output_hold_logits(seg_onnx, tmp_path):
+    """A file written before the seg_output field: its segmentation outputs are logits (softmaxed)."""
+    older = {k: v for k, v in export.load_onnx_model(seg_onnx[1]).metadata.items() if k != "seg_output"}
+    model = export.load_onnx_model(write_onnx(tmp_path / "older.onnx", older))
+    assert model.metadata["seg_output"] == "logits" and model.seg_output == "logits"
 
 
 def test_predict_onnx_option_mistakes(seg_onnx, images, tmp_path, capsys):

@@ -17,6 +17,7 @@ import torch
 import torch._dynamo
 from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 
+from dense.features import FeatureMaps
 from dense.losses import DepthLoss, ScaleShiftInvariantLoss, SegLoss
 from dense.tasks.relative_depth import disparity_target
 
@@ -207,3 +208,92 @@ def test_relative_loss_training_path_is_sync_free(kind):
     out["loss"].backward()
     expected["loss"].backward()
     torch.testing.assert_close(p_traced.grad, p_eager.grad)
+
+
+# ---- seg_mask: one sync per step, for the Hungarian matching -----------------------------------------
+# The matching runs on the host (scipy's linear_sum_assignment, as Mask2Former's), so MaskClassificationLoss
+# makes one device → host transfer per call, for every layer and image at once (its `to_host`). The
+# whole-forward test above cannot trace it; these hold the rest to the same standard: the head's training
+# forward and the costs before the matching, and the losses after it, trace as one graph each, and a whole
+# call converts a tensor to host values exactly once.
+
+
+def _mask_setup(seed=0):
+    import dense
+    from dense.mask_loss import MaskClassificationLoss
+
+    torch.manual_seed(seed)
+    options = {
+        "num_classes": 5,
+        "layers": [2, 3],
+        "num_queries": 6,
+        "num_blocks": 1,
+    }  # small: tracing takes seconds
+    model = dense.build_model("tiny14", "seg_mask", **options).train()
+    loss = MaskClassificationLoss(5, num_points=64, check_values=False)
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randn(2, 3, 42, 53, generator=gen)  # not multiples of 14: padded, so the image box matters
+    labels = torch.randint(0, 5, (2, 42, 53), generator=gen)
+    labels[0, :3] = 255
+    return model, loss, images, labels
+
+
+def test_the_mask_heads_forward_and_matching_costs_are_sync_free():
+    """From the frozen backbone's features (its forward is traced above): the head, DenseModel's
+    training output (the image box in the padded frame), and the matching costs."""
+    model, loss, images, labels = _mask_setup()
+    features, padding = model.image_features(images)
+
+    def costs(patches, t):
+        predictions = model.forward_head(FeatureMaps(patches, features.cls_tokens), padding, (42, 53))
+        prepared = loss.prepare_labels(t)
+        return loss.matching_costs(predictions.float(), prepared), loss.presence(prepared)
+
+    torch.manual_seed(1)
+    traced, present = SyncFree(costs)(features.patches, labels)
+    torch.manual_seed(1)  # the same points drawn
+    expected, expected_present = costs(features.patches, labels)
+    assert traced.shape == (2, 2, 6, 5)  # predictions (1 block + the final one) × images × queries × classes
+    torch.testing.assert_close(traced, expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(present, expected_present)
+
+
+def test_the_mask_loss_after_the_matching_is_sync_free():
+    model, loss, images, labels = _mask_setup()
+    predictions = model(images).float()
+    prepared = loss.prepare_labels(labels)
+    present = loss.presence(prepared)
+    image, query, cls = (
+        torch.from_numpy(a) for a in loss.match(loss.matching_costs(predictions, prepared), present)[-1]
+    )
+    assert len(image) == int(present.sum())  # every present class matched to one query
+    count = loss.mask_count(present)
+
+    def layer(class_logits, mask_logits, t, image, query, cls, count):
+        terms = loss.layer_losses(
+            class_logits, mask_logits, t, (image, query, cls), count, predictions.image_box
+        )
+        return torch.stack(terms)
+
+    inputs = (predictions.class_logits[-1], predictions.mask_logits[-1], prepared, image, query, cls, count)
+    torch.manual_seed(2)
+    traced = SyncFree(layer)(*inputs)
+    torch.manual_seed(2)
+    torch.testing.assert_close(traced, layer(*inputs), rtol=1e-5, atol=1e-6)
+
+
+def test_a_whole_mask_loss_call_reads_the_device_once(monkeypatch):
+    """Every way Python code turns a tensor into host values, counted over one call of the loss on a
+    2-prediction head: one numpy() (the matching's costs), nothing else."""
+    model, loss, images, labels = _mask_setup()
+    predictions = model(images)
+    reads = []
+    for name in ("numpy", "item", "tolist", "__bool__", "__int__", "__float__", "__index__"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(
+            torch.Tensor, name, lambda self, *a, _n=name, _r=real, **k: reads.append(_n) or _r(self, *a, **k)
+        )
+    out = loss(predictions, labels)
+    monkeypatch.undo()
+    assert reads == ["numpy"], reads
+    out["loss"].backward()

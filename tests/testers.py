@@ -15,13 +15,14 @@ import torch
 import dense
 import heads
 from dense.backbone import get_spec
+from dense.mask_predictions import MaskPredictions
 
 # One tiny backbone per family: patch 14 (learned position embedding) and patch 16 (RoPE).
 TINY_BACKBONES = ("tiny14", "tiny16")
 # Options a head cannot do without (segmentation: how many classes); a user's head gets the same.
 REQUIRED_OPTIONS = {"segmentation": {"num_classes": 3}}
 # Built-in heads made small enough for the suite (the DPT's 256 fusion channels cost seconds on a CPU).
-SMALL_OPTIONS = {"depth_dpt": {"channels": 16}}
+SMALL_OPTIONS = {"depth_dpt": {"channels": 16}, "seg_mask": {"num_queries": 8, "num_blocks": 2}}
 
 
 class HeadTester:
@@ -43,16 +44,34 @@ class HeadTester:
     def check_forward_backward(self, size: tuple[int, int]) -> None:
         model = self.build().train()
         out = model(torch.randn(1, 3, *size))
-        assert out.shape == (1, self.channels(), *size)
-        assert out.dtype == torch.float32 and torch.isfinite(out).all()
-        out.square().mean().backward()
+        if isinstance(out, MaskPredictions):  # a mask-classification head trains on its per-layer logits
+            self.check_mask_predictions(out, model)
+            scalar = sum(t.square().mean() for t in (*out.class_logits, *out.mask_logits))
+        else:
+            assert out.shape == (1, self.channels(), *size)
+            assert out.dtype == torch.float32 and torch.isfinite(out).all()
+            scalar = out.square().mean()
+        scalar.backward()
         grads = {name: p.grad for name, p in model.head.named_parameters() if p.requires_grad}
         assert grads and all(g is not None and torch.isfinite(g).all() for g in grads.values()), sorted(grads)
         assert all(p.grad is None for p in model.backbone.parameters())  # frozen
+        with torch.no_grad():
+            inference = model.eval()(torch.randn(1, 3, *size))
+        assert inference.shape == (1, self.channels(), *size) and torch.isfinite(inference).all()
         if self.spec.task == "depth":
-            with torch.no_grad():
-                inference = model.eval()(torch.randn(1, 3, *size))
             assert model.min_depth <= inference.min() and inference.max() <= model.max_depth
+
+    def check_mask_predictions(self, out: MaskPredictions, model: dense.DenseModel) -> None:
+        """Per prediction (decoder layer): class logits 1×Q×(K+1) and mask logits 1×Q×h×w, the same Q
+        and grid in every layer, finite; the image's box within the padded frame recorded."""
+        assert len(out.class_logits) == len(out.mask_logits) >= 1
+        queries, grid = out.class_logits[0].shape[1], out.mask_logits[0].shape[-2:]
+        for class_logits, mask_logits in zip(out.class_logits, out.mask_logits):
+            assert class_logits.shape == (1, queries, self.channels() + 1)
+            assert mask_logits.shape == (1, queries, *grid)
+            assert torch.isfinite(class_logits).all() and torch.isfinite(mask_logits).all()
+        x0, y0, width, height = out.image_box
+        assert 0 <= x0 < 1 and 0 <= y0 < 1 and 0 < width <= 1 - x0 and 0 < height <= 1 - y0
 
     def check_bf16(self, size: tuple[int, int]) -> None:
         """bf16 weights in the backbone (cast_backbone) under autocast: finite and close to fp32."""

@@ -42,12 +42,14 @@ def build_task(
     depth_loss=None,
     seg_loss=None,
     relative_loss=None,
+    mask_loss=None,
     depth_mode: str | None = None,
     **common,
 ) -> DenseTask:
-    """The LightningModule for `model`'s task. `depth_loss` / `relative_loss` / `seg_loss`: the loss
-    options of each task (the others are ignored); `depth_mode`: train.py's task.depth_mode, which must
-    be the model's own (None: the model's, as eval.py builds it); `common`: DenseTask's options
+    """The LightningModule for `model`'s task. `depth_loss` / `relative_loss` / `seg_loss` / `mask_loss`
+    (seg_mask): the loss options of each task and head kind (the others are ignored); `depth_mode`:
+    train.py's task.depth_mode, which must be the model's own (None: the model's, as eval.py builds it);
+    `common`: DenseTask's options
     (optimizer, scheduler, test_*, config)."""
     if model.task == "depth":
         if depth_mode is not None and depth_mode != model.depth_mode:
@@ -72,6 +74,7 @@ def build_task(
     return SegmentationTask(
         model,
         loss=seg_loss,
+        mask_loss=mask_loss,
         ignore_index=datamodule.ignore_index,
         class_names=datamodule.class_names,
         eval_scale=datamodule.eval_scale,

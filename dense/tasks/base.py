@@ -52,20 +52,26 @@ def lr_schedule(
     decay: str = "cosine",
     power: float = 1.0,
     min_lr_ratio: float = 0.0,
+    decay_after_warmup: bool = False,
 ) -> Callable[[int], float]:
     """The learning-rate factor of each optimiser step, as mmcv's iteration-based LrUpdaterHook
     (the upstream recipes): the decay (cosine or poly) runs over all `total_steps`, and during the first
     `warmup_steps` the decayed value is scaled linearly from `warmup_ratio` up to 1.
+    decay_after_warmup: the decay starts when the warm-up ends and runs over the remaining steps, the
+    warm-up rising to the full rate (PMT's WarmupCosineSchedule, tue-mps/pmt
+    image/training/warmup_cosine_schedule.py; the seg_mask recipe).
 
     Returns a plain closure, not an object: LambdaLR then stores nothing of it in its state_dict, so
     checkpoints stay loadable with weights_only=True; the step counter that LambdaLR does store is all
     a resumed run needs.
     """
-    check_schedule(warmup_steps, warmup_ratio, decay, power, min_lr_ratio)
+    check_schedule(warmup_steps, warmup_ratio, decay, power, min_lr_ratio, decay_after_warmup)
     total_steps = max(int(total_steps), 1)
+    start = warmup_steps if decay_after_warmup else 0  # where the decay begins
+    span = max(total_steps - start, 1)
 
     def factor(step: int) -> float:
-        progress = min(step, total_steps) / total_steps
+        progress = min(max(step - start, 0) / span, 1.0)
         if decay == "cosine":
             value = min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
         elif decay == "poly":
@@ -85,8 +91,11 @@ def check_schedule(
     decay: str | None = "cosine",
     power: float = 1.0,
     min_lr_ratio: float = 0.0,
+    decay_after_warmup: bool = False,
 ) -> None:
     """Refuse a schedule that cannot work, before training starts (keys of `task.scheduler`)."""
+    if not isinstance(decay_after_warmup, bool):
+        raise ConfigError(f"task.scheduler.decay_after_warmup={decay_after_warmup!r} must be true or false")
     if decay is not None and decay not in DECAYS:
         raise ConfigError(f"task.scheduler.decay={decay!r} is not one of {', '.join(DECAYS)} (or null)")
     if not (isinstance(warmup_steps, int) and not isinstance(warmup_steps, bool) and warmup_steps >= 0):

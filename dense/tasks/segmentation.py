@@ -22,6 +22,7 @@ import torch
 from dense.constants import IGNORE_INDEX
 from dense.data.transforms import denormalize_image, eval_view
 from dense.losses import SegLoss, check_labels
+from dense.mask_loss import MaskClassificationLoss
 from dense.metrics import SegMetrics
 from dense.model import DenseModel
 from dense.plain import plain
@@ -43,6 +44,10 @@ class SegmentationTask(DenseTask):
         (255) count for neither the loss nor the metrics. The loss is built with check_values=False
         (no host-device sync per step): the labels of each training batch are checked on the host
         instead (check_target). CE and Dice make no sync; smp's Lovasz does (dense/losses.py).
+    mask_loss: for a mask-classification head (seg_mask, whose training output is MaskPredictions),
+        the options of Mask2Former's loss instead (dense/mask_loss.py: class_weight, mask_weight,
+        dice_weight, no_object_weight, num_points, oversample_ratio, importance_sample_ratio); it
+        makes one host-device sync per step, for the Hungarian matching. Ignore pixels belong to no mask.
     class_names: for the per-class IoU table printed at the end of a test (and by eval.py).
     eval_scale: the test-time scale (long side, short side) the evaluation views are made at, e.g.
         (2048, 512) (the datamodule's `eval_scale`, from data.eval_short_side); None: each image at its
@@ -61,6 +66,7 @@ class SegmentationTask(DenseTask):
         model: DenseModel,
         *,
         loss: Mapping | None = None,
+        mask_loss: Mapping | None = None,
         ignore_index: int = IGNORE_INDEX,
         class_names: Sequence[str] | None = None,
         eval_scale: Sequence[int] | None = None,
@@ -71,12 +77,20 @@ class SegmentationTask(DenseTask):
         num_classes = model.num_classes
         class_names = list(class_names) if class_names else None
         loss = dict(plain(loss) or {})
+        mask_loss = dict(plain(mask_loss) or {})
         self.ignore_index = ignore_index
         # check_values=False: no sync in the step (loss.check_values=true turns the in-loss checks on).
-        self.loss = SegLoss(num_classes, ignore_index=ignore_index, **{"check_values": False, **loss})
+        if model.seg_output == "scores":  # a mask-classification head: Mask2Former's loss
+            self.loss = MaskClassificationLoss(
+                num_classes, ignore_index=ignore_index, **{"check_values": False, **mask_loss}
+            )
+        else:
+            self.loss = SegLoss(num_classes, ignore_index=ignore_index, **{"check_values": False, **loss})
         self.val_metrics = SegMetrics(num_classes, ignore_index, class_names)
         self.test_metrics = SegMetrics(num_classes, ignore_index, class_names)
-        self.hparams.update(loss=loss, metrics={"ignore_index": ignore_index, "class_names": class_names})
+        self.hparams.update(
+            loss=loss, mask_loss=mask_loss, metrics={"ignore_index": ignore_index, "class_names": class_names}
+        )
         self.per_class_table: str | None = None  # of the last validation or test, for eval.py
 
     def target(self, batch: dict) -> torch.Tensor:
