@@ -352,7 +352,10 @@ def majority_miou(labels: torch.Tensor, num_classes: int) -> float:
     majority = int(torch.bincount(labels[labels != IGNORE].flatten(), minlength=num_classes).argmax())
     metrics = SegMetrics(num_classes, IGNORE)
     metrics.update(
-        F.one_hot(torch.full_like(labels, majority), num_classes).permute(0, 3, 1, 2).float(), labels
+        F.one_hot(torch.full_like(labels, majority, dtype=torch.long), num_classes)
+        .permute(0, 3, 1, 2)
+        .float(),
+        labels,
     )
     return float(metrics.compute()["mIoU"])
 

@@ -51,6 +51,7 @@ def models_sharing_a_backbone(backbone: str, head_names, device: torch.device):
             with torch.device("meta"):
                 model = build_model(backbone, name, num_classes=NUM_CLASSES)
             model.backbone, model.renormalisation = first.backbone, first.renormalisation
+            model.image_table = first.image_table  # a buffer: the meta one holds no values
             model.head = heads.build_head(
                 name,
                 first.backbone.embed_dim,
