@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements of issue 6 (BENCHMARKS.md, "GPU targets"), ours and upstream in the same run, and
-# issue 15's DINOv3 steps (8-10) and issue 16's TensorRT engine (11).
+# issue 15's DINOv3 steps (8-10), issue 16's TensorRT engine (11) and issue 27's multi-head model (12).
 #
 # Run from the repository root. Made for one call of the device tool (one H100; 15 minutes of device
 # time in all, 10 per command):
@@ -13,6 +13,7 @@
 # A subset (e.g. to split the work over two calls if one runs out of time): STEPS="3 4" bash scripts/bench_gpu.sh
 # On the H100 (2026-11-26) steps 1-4 took 87 s and steps 5-7 200 s (compiling); both fit one call.
 # Steps 8-10 (DINOv3 ViT-L/16 and 7B/16) have not run yet: give them a call of their own, STEPS="8 9 10".
+# Step 12 (multi-head, ViT-L/14) has not run yet either: alone it needs no upstream checkout, STEPS="12".
 # Every step runs whatever the others did: a failed step prints FAILED with its command and the script goes on.
 #
 # Upstream's code is imported from that checkout (torch.hub.load(dir, source="local"), pretrained=False):
@@ -35,7 +36,7 @@ else echo "no DINOv3 package at $UPSTREAM_DINOV3: DINOv3 steps ours alone"; fi
 bench() {
   "$PYTHON" -m dense.bench --device cuda --precision bf16 --iters 10 --warmup 3 "$@" || echo "FAILED (exit $?): dense.bench $*"
 }
-STEPS=${STEPS:-1 2 3 4 5 6 7 8 9 10 11}
+STEPS=${STEPS:-1 2 3 4 5 6 7 8 9 10 11 12}
 step() { [[ " $STEPS " == *" $1 "* ]]; }  # is step $1 asked for?
 
 {
@@ -81,5 +82,10 @@ step() { [[ " $STEPS " == *" $1 "* ]]; }  # is step $1 asked for?
   #     16x3x640x640, fp16), timed at batch 16, 480x640: compare with step 7 (PyTorch bf16 + compile, same shape).
   step 11 && { "$PYTHON" -m dense.bench.onnx --backbone vitl14 --head depth_dpt --batch 16 --height 480 --width 640 \
     --tensorrt "$OUT/11_vitl14_dpt.onnx" || echo "FAILED (exit $?): dense.bench.onnx --tensorrt"; }
+  # 12. Issue 27: one backbone pass feeding depth_dpt + seg_linear (MultiHeadModel) against the two single-head
+  #     models one after the other, ViT-L/14, batch 16, 480x640, bf16: inference and a training step (img/s, peak memory).
+  step 12 && { "$PYTHON" -m dense.bench.multi --device cuda --precision bf16 --backbone vitl14 \
+    --heads depth=depth_dpt,seg=seg_linear --size 480x640 --batch 16 --iters 10 --warmup 3 \
+    --json "$OUT/12_vitl14_multi_head.json" || echo "FAILED (exit $?): dense.bench.multi"; }
   :  # a step left out is not a failure (each step's own errors are in the log)
 } 2>&1 | tee "$OUT/log.txt"
