@@ -337,9 +337,11 @@ def fill_from_data(head: dict, task: str, datamodule) -> None:
 
 def head_names(head: dict) -> dict[str, str]:
     """{name: registered head} of a head=multi group or a stored multi-head model config."""
+    from dense.config import is_multi, multi_head_entries
     from heads import get_head_spec
 
-    return {n: get_head_spec(e.get("name") or e.get("head")).name for n, e in head["heads"].items()}
+    entries = multi_head_entries(head) if is_multi(head) else head["heads"]
+    return {n: get_head_spec(e.get("name") or e.get("head")).name for n, e in entries.items()}
 
 
 def holds_tensors(path: Path, digest: str) -> bool:

@@ -273,9 +273,13 @@ def multi_from_checkpoint(checkpoint: dict, where: str, backbone_weights=None) -
                 f"{where}: the config of its head {name} cannot be built ({reason[:300]})"
             ) from None
     backbone_spec = get_spec(config["backbone"])
-    with torch.device("meta"):
-        skeleton_backbone = build_backbone(backbone_spec.name)
-        skeletons = {n: assemble(skeleton_backbone, backbone_spec, p) for n, p in plans.items()}
+    try:
+        with torch.device("meta"):
+            skeleton_backbone = build_backbone(backbone_spec.name)
+            skeletons = {n: assemble(skeleton_backbone, backbone_spec, p) for n, p in plans.items()}
+    except (ValueError, TypeError, KeyError, RuntimeError) as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise WeightsError(f"{where}: its model config cannot be built ({reason[:300]})") from None
     for name, skeleton in skeletons.items():
         prefix = f"{MULTI_HEAD_PREFIX}{name}."
         head_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}

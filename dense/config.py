@@ -76,6 +76,13 @@ def multi_head_entries(head: Mapping) -> dict[str, dict]:
     return out
 
 
+def multi_head_tasks(head: Mapping) -> dict[str, str]:
+    """{name: "depth" | "segmentation"} of the heads of a head=multi group (checked, ValueError)."""
+    import heads as head_registry
+
+    return {name: head_registry.get_head_spec(e["name"]).task for name, e in multi_head_entries(head).items()}
+
+
 def model_from_config(backbone: Mapping, head: Mapping, depth_mode: str = "metric"):
     """The DenseModel of the two groups (a MultiHeadModel for head=multi); depth_mode: "metric" or
     "relative" (task.depth_mode of train.py; with head=multi, for its depth heads)."""

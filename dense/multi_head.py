@@ -231,10 +231,15 @@ def build_model(
     for name, value in heads.items():
         settings = head_settings(name, value, {})
         spec = head_registry.get_head_spec(settings["head"])
-        shared = {
+        shared = {  # head_weights names one head's file: per head only
             k: v
             for k, v in options.items()
-            if k in PER_HEAD_KEYS or k in spec.options or (k == "num_classes" and spec.task == "segmentation")
+            if k != "head_weights"
+            and (
+                k in PER_HEAD_KEYS
+                or k in spec.options
+                or (k == "num_classes" and spec.task == "segmentation")
+            )
         }
         if spec.task != "depth":
             shared = {k: v for k, v in shared.items() if k not in ("min_depth", "max_depth", "depth_mode")}

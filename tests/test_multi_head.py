@@ -17,7 +17,7 @@ import eval as eval_script
 import export as export_script
 import predict as predict_script
 from dense.bench import multi as bench_multi
-from dense.checkpoint import MODEL_KEY
+from dense.checkpoint import MODEL_KEY, load_model
 from dense.errors import WeightsError
 from dense.io import save_png
 from dense.model import DenseModel
@@ -57,6 +57,10 @@ def test_each_output_equals_the_single_head_model_with_the_same_weights(backbone
             expected = single(images)
         assert outputs[name].shape == expected.shape
         assert (outputs[name] - expected).abs().max().item() <= 1e-6, name
+        with torch.no_grad():  # inference: the one-pass predict equals each head's own
+            assert torch.allclose(model.predict(images)[name], single.predict(images), atol=1e-6)
+    with pytest.raises(ValueError, match="head_weights: no head"):
+        dense.build_model(backbone, heads=HEADS, num_classes=5, head_weights="x.pth")
     # A single head through the public builder is today's DenseModel.
     assert type(dense.build_model(backbone, "depth_linear")) is DenseModel
 
@@ -208,6 +212,7 @@ def crafted(tmp_path, heads: dict, name="crafted.ckpt"):
         ({"depth": {"head": "depth_linear", "heads": {"a": {"head": "x"}}}}, "not a head's config"),
         ({"depth": {"head": "depth_linear", "_target_": "os.system"}}, "no option"),
         ({"depth": "depth_linear"}, "not a head's config"),
+        ({"depth": {"head": "depth_linear", "n_bins": "many"}}, "cannot be built"),
     ],
 )
 def test_a_crafted_checkpoints_head_names_are_data(tmp_path, monkeypatch, heads, message):
@@ -217,7 +222,7 @@ def test_a_crafted_checkpoints_head_names_are_data(tmp_path, monkeypatch, heads,
     monkeypatch.setattr(importlib, "import_module", never)
     monkeypatch.setattr(hydra.utils, "instantiate", never)
     with pytest.raises(WeightsError, match=message):
-        dense.load_model(crafted(tmp_path, heads))
+        load_model(crafted(tmp_path, heads))
 
 
 def test_a_folder_with_depth_and_masks_trains_both_heads(tmp_path, capsys):

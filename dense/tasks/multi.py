@@ -154,19 +154,17 @@ def multi_run_checks(cfg, datamodule, depth_mode: str = "metric") -> SimpleNames
     weights), each head against the data (depth mode, class count), the data carrying every head's
     targets (one validation sample is read), no feature cache. Returns what best.ckpt follows
     (multi_monitor)."""
-    import heads
-    from dense.config import multi_head_entries
+    from dense.config import multi_head_entries, multi_head_tasks
     from dense.tasks import check_depth_mode, task_class
 
     try:
-        entries = multi_head_entries(cfg.head)
+        entries, tasks = multi_head_entries(cfg.head), multi_head_tasks(cfg.head)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     if cfg.cache.features:
         raise ConfigError(
             "cache.features=true trains one head; train head=multi on images (cache.features=false)"
         )
-    tasks = {name: heads.get_head_spec(entry["name"]).task for name, entry in entries.items()}
     if depth_mode != "metric" and "depth" not in tasks.values():
         raise ConfigError(f"task.depth_mode={depth_mode} trains depth heads, and head=multi has none")
     check_data_carries(tasks, datamodule, "val", where="head.heads.")
