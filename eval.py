@@ -4,6 +4,7 @@
     python eval.py ckpt_path=... split=val data.root=/data/nyu         # where the data lies now
     python eval.py ckpt_path=... data=kitti data.root=/data/kitti      # another dataset config
     python eval.py ckpt_path=... task.test_flip=true task.test_scales=[1.0,1.32,1.73,2.28,3.0]
+    python eval.py ckpt_path=MULTI/checkpoints/best.ckpt             # a head=multi run: one table per head
 
 The model is rebuilt exactly (dense.load_model). The data config and the prediction settings
 (task.test_*) are those the checkpoint was trained with, unless overridden. The metrics are printed
@@ -48,7 +49,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from dense.checkpoint import model_from_checkpoint, read_model_config
     from dense.config import apply_speed_options, compile_mode
     from dense.io import atomic_path
+    from dense.multi_head import MultiHeadModel
     from dense.tasks import build_task
+    from dense.tasks.multi import build_multi_task, check_data_carries
 
     with _cli.setup_errors():
         import_modules(cfg.get("imports"))  # the user's own registered heads, backbones, datasets
@@ -64,18 +67,30 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         L.seed_everything(cfg.seed, workers=True)
         datamodule = build_datamodule(cfg, stored.get("config") or {})
         model = model_from_checkpoint(checkpoint, cfg.ckpt_path, backbone_weights=cfg.backbone_weights)
-        _cli.require(
-            model.task == datamodule.task,
-            f"the checkpoint holds a {model.task} model but the data is set up for {datamodule.task}",
-        )
-        task = build_task(model, datamodule, **predict_options(cfg, stored.get("predict")))
+        if isinstance(model, MultiHeadModel):  # every head scored by its own task (dense/tasks/multi.py)
+            task = build_multi_task(model, datamodule, **predict_options(cfg, stored.get("predict")))
+            check_data_carries(task, datamodule, cfg.split)
+        else:
+            _cli.require(
+                model.task == datamodule.task,
+                f"the checkpoint holds a {model.task} model but the data is set up for {datamodule.task}",
+            )
+            task = build_task(model, datamodule, **predict_options(cfg, stored.get("predict")))
         trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
         apply_speed_options(model, compile=cfg.compile, bf16_autocast=trainer.precision == "bf16-mixed")
 
     run = trainer.validate if cfg.split == "val" else trainer.test
     results = run(task, datamodule=datamodule, verbose=False, weights_only=True)[0]
     metrics = {k.split("/", 1)[1]: plain_number(k, v) for k, v in results.items()}
-    print(format_table(metrics, f"{cfg.ckpt_path} on {datamodule.name} {cfg.split}"), flush=True)
+    title = f"{cfg.ckpt_path} on {datamodule.name} {cfg.split}"
+    if isinstance(model, MultiHeadModel):  # one table per head: its metrics are logged as <head>/<metric>
+        for name in model.names:
+            own = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith(f"{name}/")}
+            print(format_table(own, f"{title}, head {name}") + "\n", flush=True)
+            if cfg.split == "val" and name in task.per_class_tables:
+                print(f"Per-class results (val, head {name}):\n{task.per_class_tables[name]}\n", flush=True)
+    else:
+        print(format_table(metrics, title), flush=True)
     if cfg.split == "val" and getattr(task, "per_class_table", None):
         print(f"\nPer-class results (val):\n{task.per_class_table}", flush=True)
     if trainer.is_global_zero:

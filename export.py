@@ -4,6 +4,7 @@
     python export.py backbone=vitl14 head=depth_dpt backbone.weights=B.pth head.weights=H.pth output=model.onnx
     python export.py ckpt=... output=model.onnx fp16=true normalise=true              # half-size file, uint8 input
     python export.py ckpt=... output=model.pt2                                        # torch.export.load(...)
+    python export.py ckpt=MULTI/checkpoints/best.ckpt output=multi.onnx               # head=multi: one output per head
     python predict.py model=model.onnx input=photos/ output=results/                  # run it (ONNX Runtime)
 
 The graph holds everything DenseModel.forward does (padding, position encoding for the actual size,
@@ -24,6 +25,7 @@ from omegaconf import DictConfig
 
 from dense import _cli
 from dense.export import ExportError, check_output, to_onnx, to_torch_export
+from dense.multi_head import MultiHeadModel
 from predict import build, class_names  # the model exactly as predict.py builds it (ckpt= or the groups)
 
 SUFFIXES = (".onnx", ".pt2")
@@ -44,7 +46,14 @@ def export(cfg: DictConfig) -> str:
             )
         check_output(output, suffix)  # before the model is built: a wrong path fails in a second
         model, stored_names = build(cfg)
-        names = class_names(model, stored_names) if model.task == "segmentation" else None
+        if isinstance(model, MultiHeadModel):  # one graph, one output named by each head
+            names = {
+                n: class_names(p, stored_names.get(n))
+                for n, p in model.parts.items()
+                if p.task == "segmentation"
+            }
+        else:
+            names = class_names(model, stored_names) if model.task == "segmentation" else None
     start = time.perf_counter()
     if suffix == ".onnx":
         to_onnx(model.cpu(), output, uint8_input=cfg.normalise, fp16_weights=cfg.fp16, class_names=names)
@@ -52,9 +61,14 @@ def export(cfg: DictConfig) -> str:
         to_torch_export(model.cpu(), output, uint8_input=cfg.normalise)
     size_mb = os.path.getsize(output) / 2**20
     source = "uint8 RGB" if cfg.normalise else "ImageNet-normalised float32"
+    if isinstance(model, MultiHeadModel):
+        what = ", ".join(f"{n}: {p.config['head']} ({p.task})" for n, p in model.parts.items())
+        what = f"heads {what}; one output per head, named by it"
+    else:
+        what = f"{model.config.get('head')} ({model.task})"
     print(
         f"wrote {output} ({size_mb:.1f} MB, {time.perf_counter() - start:.0f} s): {model.config.get('backbone')} + "
-        f"{model.config.get('head')} ({model.task}), input {source} B×3×H×W, any batch and size"
+        f"{what}, input {source} B×3×H×W, any batch and size"
     )
     return output
 

@@ -5,6 +5,7 @@
     python predict.py ckpt=... input=... output=... depth_range=[0,5] cmap=turbo      # colours over 0-5 m in every image
     python predict.py ckpt=... input=... output=... mode=slide crop_size=518 precision=bf16
     python predict.py model=model.onnx input=photos/ output=results/                  # a file from export.py
+    python predict.py ckpt=MULTI/checkpoints/best.ckpt input=photos/ output=results/  # head=multi: every head, one pass
 
 Depth: <stem>_color.png, the depth in colours with its colour bar beside it (each image's own nearest to
 farthest depth, or depth_range), <stem>_depth_mm.png (16-bit millimetres, for programs; depth_scale=256:
@@ -13,7 +14,9 @@ Relative depth (a model trained with task.depth_mode=relative: disparity up to s
 <stem>_relative.png (16-bit, normalised per image for viewing: 0 = farthest, 65535 = nearest),
 <stem>_color.png in the same per-image range, no colour bar (no unit), <stem>.npy the raw output.
 Segmentation: <stem>.png (class ids), <stem>_color.png, <stem>_overlay.png, and legend.png + classes.json
-(the class colours and names). A rerun over the same folder replaces only files predict.py wrote there.
+(the class colours and names). A multi-head model (train.py head=multi) writes each head's files from
+one backbone pass, named <stem>_<head>*: room_depth_color.png, room_depth_depth_mm.png, room_seg.png, ...,
+and seg_legend.png, seg_classes.json. A rerun over the same folder replaces only files predict.py wrote there.
 
 Exit status: 0 when every image was written; 2 when nothing could run (a bad option, a missing input
 or checkpoint, an output folder that cannot be written: one line on stderr says which); 3 when some
@@ -65,6 +68,7 @@ from dense.io import (
     save_png,
 )
 from dense.model import DenseModel, check_inference_settings
+from dense.multi_head import MultiHeadModel
 
 EXIT_SKIPPED = 3
 UINT16_MAX = 65535
@@ -154,6 +158,8 @@ def build(cfg: DictConfig) -> tuple[DenseModel, list[str] | None]:
             raise ConfigError(f"checkpoint not found: {cfg.ckpt}")
         checkpoint, _ = read_model_config(cfg.ckpt)
         model = model_from_checkpoint(checkpoint, cfg.ckpt, backbone_weights=cfg.backbone.get("weights"))
+        if isinstance(model, MultiHeadModel):
+            return model, {name: stored_class_names(checkpoint, name) for name in model.names}
         return model, stored_class_names(checkpoint)
     if not cfg.head.get("weights"):
         # A head without weights is random: its maps would look like results and mean nothing.
@@ -170,10 +176,15 @@ def build(cfg: DictConfig) -> tuple[DenseModel, list[str] | None]:
     return model_from_config(cfg.backbone, cfg.head).eval(), None
 
 
-def stored_class_names(checkpoint: dict) -> list[str] | None:
-    """The class names train.py stored with a segmentation checkpoint (hyper_parameters.metrics), when
-    they are what it writes: a list of short strings. The checkpoint is data: anything else is ignored."""
-    metrics = (checkpoint.get("hyper_parameters") or {}).get("metrics")
+def stored_class_names(checkpoint: dict, head: str | None = None) -> list[str] | None:
+    """The class names train.py stored with a segmentation checkpoint (hyper_parameters.metrics; of a
+    multi-head checkpoint, hyper_parameters.heads.<head>.metrics), when they are what it writes: a list
+    of short strings. The checkpoint is data: anything else is ignored."""
+    stored = checkpoint.get("hyper_parameters") or {}
+    if head is not None:
+        entries = stored.get("heads") if isinstance(stored, dict) else None
+        stored = entries.get(head) if isinstance(entries, dict) else None
+    metrics = stored.get("metrics") if isinstance(stored, dict) else None
     names = metrics.get("class_names") if isinstance(metrics, dict) else None
     if isinstance(names, list) and names and all(isinstance(n, str) and len(n) <= 200 for n in names):
         return names
@@ -415,6 +426,22 @@ class Layout:
         return [f"{stem}.png", f"{stem}_color.png", f"{stem}_overlay.png"]
 
 
+@dataclass(frozen=True)
+class MultiLayout:
+    """The files of a multi-head run: each head's Layout under the stem <stem>_<head> (run files
+    <head>_legend.png, <head>_classes.json), all from one backbone pass per image."""
+
+    parts: tuple[tuple[str, Layout], ...]
+    task: str = "multi"
+
+    @property
+    def run_files(self) -> tuple[str, ...]:
+        return tuple(f"{name}_{file}" for name, layout in self.parts for file in layout.run_files)
+
+    def names(self, stem: str) -> list[str]:
+        return [file for name, layout in self.parts for file in layout.names(f"{stem}_{name}")]
+
+
 def run_layout(cfg: DictConfig, task: str, relative: bool = False) -> Layout:
     if relative:
         return Layout(task, bool(cfg.save_npy), relative=True)
@@ -535,6 +562,8 @@ def infer(
     Segmentation is predicted as the evaluation predicts it (SegmentationTask): each scale's view is
     rescaled from the uint8 image with mmseg's size rule, at the image's own size (the evaluation's
     eval_short_side=null), one view at a time."""
+    if isinstance(model, MultiHeadModel):
+        return infer_multi(model, images, cfg, device)
     bf16 = cfg.precision == "bf16"
     window_options = {
         "crop_size": _cli.plain(cfg.crop_size),  # an int or [h, w]
@@ -557,6 +586,33 @@ def infer(
     finite = torch.isfinite(out).flatten(1).all(dim=1).tolist()
     maps = out[:, 0] if model.task == "depth" else out.argmax(dim=1)
     return list(maps.cpu().numpy()), finite
+
+
+def infer_multi(
+    model: MultiHeadModel, images: list[np.ndarray], cfg: DictConfig, device: torch.device
+) -> tuple[list[dict[str, np.ndarray]], list[bool]]:
+    """infer() for every head: per image {head: its map}, and whether all were finite. The whole image
+    at scale 1 without flip is one backbone pass for all heads; other settings (slide, scales, flip)
+    predict head by head, each exactly as its single-head model would."""
+    if cfg.mode == "whole" and [float(s) for s in cfg.scales] == [1.0] and not cfg.flip:
+        x = torch.stack([image_tensor(image) for image in images]).to(device)
+        with (
+            torch.inference_mode(),
+            torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"),
+        ):
+            out = model(x)
+        maps, finite = {}, [True] * len(images)
+        for name, value in out.items():
+            value = value.float()
+            finite = [a and b for a, b in zip(finite, torch.isfinite(value).flatten(1).all(dim=1).tolist())]
+            task = model.parts[name].task
+            maps[name] = list((value[:, 0] if task == "depth" else value.argmax(dim=1)).cpu().numpy())
+    else:
+        maps, finite = {}, [True] * len(images)
+        for name, part in model.parts.items():
+            maps[name], ok = infer(part, images, cfg, device)
+            finite = [a and b for a, b in zip(finite, ok)]
+    return [{name: maps[name][i] for name in maps} for i in range(len(images))], finite
 
 
 def out_of_memory(error: BaseException) -> bool:
@@ -667,7 +723,12 @@ def write_results(
     already written for it are removed. Returns their names."""
     names = layout.names(stem)
     try:
-        if layout.task == "depth":
+        if isinstance(layout, MultiLayout):  # result, palette, colours: {head: ...}
+            for name, own in layout.parts:
+                write_results(
+                    output, f"{stem}_{name}", image, result[name], own, palette[name], cfg, colours[name]
+                )
+        elif layout.task == "depth":
             write_depth(output, stem, result, cfg, colours, layout.relative)
         else:
             write_segmentation(output, stem, image, result, palette, cfg)
@@ -708,12 +769,24 @@ def predict(cfg: DictConfig) -> int:
         relative = getattr(model, "depth_mode", "metric") == "relative"
         if relative and cfg.depth_range not in ("model", "auto"):
             raise ConfigError("depth_range is in metres, but this model predicts relative depth (no unit)")
+        if isinstance(model, MultiHeadModel) and any(
+            p.depth_mode == "relative" for p in model.parts.values()
+        ):
+            if cfg.depth_range not in ("model", "auto"):
+                raise ConfigError(
+                    "depth_range is in metres, but this model's depth head predicts relative depth"
+                )
         existing = prepare_output(output)  # only once the model is there: a refused checkpoint leaves nothing
-        layout = run_layout(cfg, model.task, relative)
+        if isinstance(model, MultiHeadModel):
+            layout, palette, classes, colours = multi_settings(model, cfg, stored_names)
+        else:
+            layout = run_layout(cfg, model.task, relative)
+            palette = (
+                viz.get_palette(num_classes(model), cfg.palette) if model.task == "segmentation" else None
+            )
+            classes = class_names(model, stored_names) if model.task == "segmentation" else None
+            colours = depth_colour_range(cfg, model) if model.task == "depth" else None
         stems, notes, run_names = assign_stems(paths, output, existing, ours, layout)
-        palette = viz.get_palette(num_classes(model), cfg.palette) if model.task == "segmentation" else None
-        classes = class_names(model, stored_names) if model.task == "segmentation" else None
-        colours = depth_colour_range(cfg, model) if model.task == "depth" else None
         # Written first (it keeps the earlier results' identities), so that a folder that cannot take it
         # fails here, before any work; the files of this run are recorded as they are written (finally).
         try:
@@ -747,7 +820,15 @@ def predict(cfg: DictConfig) -> int:
                     if result is None:
                         continue
                     try:
-                        if not kept:  # with the first results: the files that tell how to read them
+                        if not kept and isinstance(layout, MultiLayout):
+                            for name, _ in layout.parts:
+                                own = {
+                                    k.removeprefix(f"{name}_"): v
+                                    for k, v in run_names.items()
+                                    if k.startswith(f"{name}_")
+                                }
+                                write_run_files(output, own, cfg, colours[name], palette[name], classes[name])
+                        elif not kept:  # with the first results: the files that tell how to read them
                             write_run_files(output, run_names, cfg, colours, palette, classes)
                             kept.update(run_names.values())
                         kept.update(write_results(output, stem, image, result, layout, palette, cfg, colours))
@@ -774,12 +855,39 @@ def predict(cfg: DictConfig) -> int:
 
     if stopped:
         print(stopped, file=sys.stderr)
-    kind = "relative depth" if relative else model.task
-    print(f"wrote {kind} results for {written} of {len(paths)} images to {output}")
-    print(describe_colours(cfg, model, output, run_names, colours, relative))
+    if isinstance(model, MultiHeadModel):
+        print(
+            f"wrote the results of heads {', '.join(model.names)} for {written} of {len(paths)} images to {output}"
+        )
+        for name, part in model.parts.items():
+            own = {k.removeprefix(f"{name}_"): v for k, v in run_names.items() if k.startswith(f"{name}_")}
+            text = describe_colours(cfg, part, output, own, colours[name], part.depth_mode == "relative")
+            print(f"head {name} (files <stem>_{name}*): {text}")
+    else:
+        kind = "relative depth" if relative else model.task
+        print(f"wrote {kind} results for {written} of {len(paths)} images to {output}")
+        print(describe_colours(cfg, model, output, run_names, colours, relative))
     if skipped:
         print(f"skipped {len(skipped)} image(s), see above: {', '.join(skipped)}", file=sys.stderr)
     return EXIT_SKIPPED if skipped or stopped else 0
+
+
+def multi_settings(model: MultiHeadModel, cfg: DictConfig, stored_names: dict) -> tuple:
+    """The layout, and per head the palette, class names and depth colour range, of a multi-head run."""
+    parts = model.parts
+    layout = MultiLayout(
+        tuple((n, run_layout(cfg, p.task, p.depth_mode == "relative")) for n, p in parts.items())
+    )
+    segmentation = {n for n, p in parts.items() if p.task == "segmentation"}
+    palette = {
+        n: viz.get_palette(num_classes(p), cfg.palette) if n in segmentation else None
+        for n, p in parts.items()
+    }
+    classes = {
+        n: class_names(p, stored_names.get(n)) if n in segmentation else None for n, p in parts.items()
+    }
+    colours = {n: depth_colour_range(cfg, p) if p.task == "depth" else None for n, p in parts.items()}
+    return layout, palette, classes, colours
 
 
 def describe_colours(

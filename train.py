@@ -7,6 +7,8 @@
     python train.py experiment=nyu_dpt backbone=vitl14 data.root=/data/nyu
     python train.py ckpt_path=DIR/checkpoints/last.ckpt hydra.run.dir=DIR      # resume
     python train.py -m backbone=vits14,vitb14                       # a sweep, one job per backbone
+    python train.py experiment=multi_smoke hydra.run.dir=outputs/multi   # depth + segmentation heads on one backbone pass
+    python train.py head=multi head.heads.seg.loss_weight=0.5       # several heads: head.heads.<name>.{name,loss_weight,...}
 
 Everything of a run lands in its run folder (hydra.run.dir, default outputs/train/DATE/TIME):
 checkpoints/{best,last}.ckpt, csv/version_N/metrics.csv, .hydra/config.yaml, train.log (the loss, the test
@@ -47,9 +49,10 @@ def train(cfg: DictConfig):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     import heads
-    from dense.config import apply_speed_options
+    from dense.config import apply_speed_options, is_multi, multi_head_entries
     from dense.data import datamodule_from_config
     from dense.tasks import RunCheckpointIO, build_task, check_depth_mode, task_class
+    from dense.tasks.multi import build_multi_task, multi_run_checks
     from dense.threads import use_cpu_threads
 
     # The frozen backbone is in eval mode on purpose (DenseModel.train keeps it so).
@@ -61,11 +64,14 @@ def train(cfg: DictConfig):
         refuse_a_second_run(cfg.paths.output_dir, cfg.ckpt_path)
         L.seed_everything(cfg.seed, workers=True)
         datamodule = datamodule_from_config(cfg.data)
-        spec = heads.get_head_spec(cfg.head.name)
-        check_head_fits_data(spec, cfg, datamodule)
         depth_mode = cfg.task.get("depth_mode", "metric")
-        check_depth_mode(depth_mode, spec.task, datamodule.depth_target)
-        task_cls = task_class(spec.task, depth_mode)
+        if is_multi(cfg.head):  # head=multi: several heads, one backbone pass (dense/tasks/multi.py)
+            spec, task_cls = None, multi_run_checks(cfg, datamodule, depth_mode)
+        else:
+            spec = heads.get_head_spec(cfg.head.name)
+            check_head_fits_data(spec, cfg, datamodule)
+            check_depth_mode(depth_mode, spec.task, datamodule.depth_target)
+            task_cls = task_class(spec.task, depth_mode)
         callbacks = make_callbacks(cfg.get("callbacks"), task_cls)
         # The run deletes and loads checkpoints only in its own checkpoint folders (RunCheckpointIO).
         folders = {str(Path(cfg.paths.output_dir) / "checkpoints")}
@@ -87,7 +93,13 @@ def train(cfg: DictConfig):
         logging.getLogger(__name__).info(datamodule.describe_sizes())
         # After the cache fill (which runs the backbone in cache.precision, outside the trainer).
         apply_speed_options(model, compile=cfg.compile, bf16_autocast=trainer.precision == "bf16-mixed")
-        task = build_task(model, datamodule, **_cli.plain(cfg.task), config=_cli.plain(cfg))
+        if spec is None:
+            weights = {n: e.get("loss_weight", 1.0) for n, e in multi_head_entries(cfg.head).items()}
+            task = build_multi_task(
+                model, datamodule, loss_weights=weights, **_cli.plain(cfg.task), config=_cli.plain(cfg)
+            )
+        else:
+            task = build_task(model, datamodule, **_cli.plain(cfg.task), config=_cli.plain(cfg))
 
     with warnings.catch_warnings():
         quiet_fresh_checkpoint_folders(callbacks)
@@ -259,9 +271,10 @@ def build_run_model(cfg: DictConfig, datamodule, spec, depth_mode: str = "metric
     task.depth_mode: metric or relative)."""
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+    import heads
     from dense.backbone import get_spec
     from dense.checkpoint import atomic_save, backbone_is_stored, model_from_checkpoint, read_model_config
-    from dense.config import model_from_config
+    from dense.config import model_from_config, multi_head_entries
     from dense.hashing import file_sha256, tensors_sha256
 
     backbone, head = _cli.plain(cfg.backbone), _cli.plain(cfg.head)
@@ -275,8 +288,8 @@ def build_run_model(cfg: DictConfig, datamodule, spec, depth_mode: str = "metric
         # a mistake, not a wish: the optimiser state would not fit).
         checkpoint, _ = read_model_config(cfg.ckpt_path)
         model = model_from_checkpoint(checkpoint, cfg.ckpt_path, backbone_weights=backbone.get("weights"))
-        wanted = (get_spec(backbone["name"]).name, spec.name)
-        stored = (model.config["backbone"], model.config["head"])
+        wanted = (get_spec(backbone["name"]).name, head_names(head) if spec is None else spec.name)
+        stored = (model.config["backbone"], model.config.get("head") or head_names(model.config))
         _cli.require(
             wanted == stored,
             f"ckpt_path was trained with backbone={stored[0]} head={stored[1]}, but this run asks for "
@@ -285,11 +298,12 @@ def build_run_model(cfg: DictConfig, datamodule, spec, depth_mode: str = "metric
         warn_about_resume_changes(checkpoint, _cli.plain(cfg), model)
         return model
 
-    if spec.task == "depth":
-        head["min_depth"] = datamodule.min_depth if head.get("min_depth") is None else head["min_depth"]
-        head["max_depth"] = datamodule.max_depth if head.get("max_depth") is None else head["max_depth"]
-    elif head.get("num_classes") is None:
-        head["num_classes"] = datamodule.num_classes
+    if spec is None:  # head=multi: each head's range or class count from the data
+        head["heads"] = multi_head_entries(head)
+        for entry in head["heads"].values():
+            fill_from_data(entry, heads.get_head_spec(entry["name"]).task, datamodule)
+    else:
+        fill_from_data(head, spec.task, datamodule)
     model = model_from_config(backbone, head, depth_mode=depth_mode)
 
     if backbone_is_stored(model.config):
@@ -310,6 +324,24 @@ def build_run_model(cfg: DictConfig, datamodule, spec, depth_mode: str = "metric
         # surely finished writing the file): load_model refuses the file once its content changed.
         model.config["backbone_sha256"] = file_sha256(model.config["backbone_weights"])
     return model
+
+
+def fill_from_data(head: dict, task: str, datamodule) -> None:
+    """A head group's depth range (depth) or class count (segmentation), where null, from the data."""
+    if task == "depth":
+        head["min_depth"] = datamodule.min_depth if head.get("min_depth") is None else head["min_depth"]
+        head["max_depth"] = datamodule.max_depth if head.get("max_depth") is None else head["max_depth"]
+    elif head.get("num_classes") is None:
+        head["num_classes"] = datamodule.num_classes
+
+
+def head_names(head: dict) -> dict[str, str]:
+    """{name: registered head} of a head=multi group or a stored multi-head model config."""
+    from dense.config import is_multi, multi_head_entries
+    from heads import get_head_spec
+
+    entries = multi_head_entries(head) if is_multi(head) else head["heads"]
+    return {n: get_head_spec(e.get("name") or e.get("head")).name for n, e in entries.items()}
 
 
 def holds_tensors(path: Path, digest: str) -> bool:

@@ -19,7 +19,8 @@ if TYPE_CHECKING:  # what the names are, for readers and type checkers; nothing 
     from dense.data.registry import list_datasets, register_dataset
     from dense.errors import DenseError, WeightsError
     from dense.features import FeatureMaps, LayerSet
-    from dense.model import DenseModel, build_model
+    from dense.model import DenseModel
+    from dense.multi_head import MultiHeadModel, build_model
     from heads.registry import list_heads, register_head
 
 # Public name → the module that defines it.
@@ -37,7 +38,8 @@ _PUBLIC = {
     "FeatureMaps": "dense.features",
     "LayerSet": "dense.features",
     "DenseModel": "dense.model",
-    "build_model": "dense.model",
+    "MultiHeadModel": "dense.multi_head",
+    "build_model": "dense.multi_head",  # one head (dense.model.build_model) or several (heads={...})
     "list_heads": "heads",  # the package: every built-in head registers on its import
     "register_head": "heads",
 }
@@ -49,6 +51,7 @@ __all__ = [
     "DenseModel",
     "FeatureMaps",
     "LayerSet",
+    "MultiHeadModel",
     "WeightsError",
     "build_backbone",
     "build_model",

@@ -232,18 +232,34 @@ class DinoVisionTransformer(nn.Module):
         This is how to get the register tokens, which `get_intermediate_layers` never returns.
         Blocks after the last requested one are not run.
         """
-        wanted = self._block_indices(n)
+        return self.get_token_sets(x, {bool(norm): n})[bool(norm)]
+
+    def get_token_sets(
+        self, x: torch.Tensor, requests: dict[bool, int | list[int]]
+    ) -> dict[bool, list[Tokens]]:
+        """get_intermediate_tokens for several settings of `norm` from one pass over the blocks:
+        {norm: blocks} → {norm: their Tokens} (a multi-head model whose heads differ in `norm`)."""
+        wanted = {norm: self._block_indices(n) for norm, n in requests.items()}
+        outputs = self.block_outputs(x, {i for blocks in wanted.values() for i in blocks})
+        return {
+            norm: [self.split_tokens(outputs[i], norm) for i in blocks] for norm, blocks in wanted.items()
+        }
+
+    def block_outputs(self, x: torch.Tensor, wanted: set[int]) -> dict[int, torch.Tensor]:
+        """The raw output of each block in `wanted` (blocks after the last of them are not run)."""
         x = self.prepare_tokens(x)
         outputs: dict[int, torch.Tensor] = {}
         for i, block in enumerate(self.blocks[: max(wanted) + 1]):
             x = block(x)
             if i in wanted:
-                outputs[i] = self.norm(x) if norm else x
+                outputs[i] = x
+        return outputs
+
+    def split_tokens(self, x: torch.Tensor, norm: bool) -> Tokens:
+        """One block's output as Tokens, through the final norm when `norm`."""
+        x = self.norm(x) if norm else x
         r = 1 + self.num_register_tokens
-        return [
-            Tokens(cls=outputs[i][:, 0], registers=outputs[i][:, 1:r], patches=outputs[i][:, r:])
-            for i in wanted
-        ]
+        return Tokens(cls=x[:, 0], registers=x[:, 1:r], patches=x[:, r:])
 
     def get_intermediate_layers(
         self,

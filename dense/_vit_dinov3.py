@@ -230,15 +230,12 @@ class Dinov3VisionTransformer(nn.Module):
             patches = self.norm(patches)
         return Tokens(cls=prefix[:, 0], registers=prefix[:, 1:], patches=patches)
 
-    def get_intermediate_tokens(
-        self, x: torch.Tensor, n: int | list[int] | tuple[int, ...] = 1, norm: bool = True
-    ) -> list[Tokens]:
-        """Tokens (class, storage, patches) of the requested blocks, in the order asked for.
+    # Tokens (class, storage, patches) of the requested blocks: upstream's `return_extra_tokens`.
+    get_intermediate_tokens = DinoVisionTransformer.get_intermediate_tokens
+    get_token_sets = DinoVisionTransformer.get_token_sets
 
-        This is how to get the storage tokens (upstream's `return_extra_tokens`), which
-        `get_intermediate_layers` does not return. Blocks after the last requested one are not run.
-        """
-        wanted = self._block_indices(n)
+    def block_outputs(self, x: torch.Tensor, wanted: set[int]) -> dict[int, torch.Tensor]:
+        """The raw output of each block in `wanted` (blocks after the last of them are not run)."""
         H, W = x.shape[-2:]
         x = self.prepare_tokens(x)
         rope = self.rope_embed(H // self.patch_size, W // self.patch_size)
@@ -247,7 +244,7 @@ class Dinov3VisionTransformer(nn.Module):
             x = block(x, rope)
             if i in wanted:
                 outputs[i] = x
-        return [self.split_tokens(outputs[i], norm) for i in wanted]
+        return outputs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The final normalised class token (B×D), as upstream's backbone returns at inference."""

@@ -22,12 +22,14 @@ from dense.backbone import BACKBONES
 from dense.errors import WeightsError, WriteError, shown
 from dense.hashing import file_sha256
 from dense.model import DenseModel, build_model
+from dense.multi_head import SHARED_KEYS, MultiHeadModel, check_head_names, part_configs
 from dense.plain import plain_value_problem
 from dense.weights_file import load_weights_file, tensor_problem
 
 MODEL_KEY = "dense_model"
 BACKBONE_PREFIX = "model.backbone."
 HEAD_PREFIX = "model.head."
+MULTI_HEAD_PREFIX = "model.heads."  # + <name>.: the heads of a multi-head model
 
 
 def backbone_is_stored(config: dict) -> bool:
@@ -97,6 +99,11 @@ def check_model_config(config, where: str) -> None:
         raise WeightsError(
             f"{where}: its '{MODEL_KEY}' entry is {shown(config)}, not the model description train.py writes"
         )
+    if "heads" in config:  # a multi-head model: each head's config is checked as a single head's
+        check_multi_config(config, where)
+        for entry in part_configs(config).values():
+            check_model_config(entry, where)
+        return
     for key in ("backbone", "head"):
         if not isinstance(config.get(key), str):
             raise WeightsError(f"{where}: its '{MODEL_KEY}' entry has no '{key}' name")
@@ -122,6 +129,27 @@ def check_model_config(config, where: str) -> None:
             not isinstance(value, expected) or isinstance(value, bool) and bool not in expected
         ):
             raise WeightsError(f"{where}: {MODEL_KEY}.{key}={shown(value)} has the wrong type")
+
+
+def check_multi_config(config: dict, where: str) -> None:
+    """A multi-head config (dense.multi_head.multi_config) as plain data: the shared backbone keys, and
+    `heads` a mapping of valid head names to mappings. Head names are only ever dictionary keys and
+    name parts; the registered head each entry names is checked by check_model_config."""
+    unknown = sorted(set(config) - {*SHARED_KEYS, "heads"}, key=str)
+    if unknown:
+        raise WeightsError(
+            f"{where}: '{MODEL_KEY}' has the key {shown(unknown[0])}, which is no option of the model"
+        )
+    entries = config["heads"]
+    if not isinstance(entries, dict):
+        raise WeightsError(f"{where}: {MODEL_KEY}.heads is {shown(entries)}, not a mapping of head names")
+    try:
+        check_head_names(list(entries), f"{MODEL_KEY}.heads")
+    except ValueError as error:
+        raise WeightsError(f"{where}: {error}") from None
+    for name, entry in entries.items():
+        if not isinstance(entry, dict) or any(k in entry for k in (*SHARED_KEYS, "heads")):
+            raise WeightsError(f"{where}: {MODEL_KEY}.heads.{name} is not a head's config")
 
 
 def trusted_folders(checkpoint_path: str) -> list[str]:
@@ -199,6 +227,8 @@ def model_from_checkpoint(
     config = dict(checkpoint[MODEL_KEY])
     state = checkpoint["state_dict"]
     stored = any(k.startswith(BACKBONE_PREFIX) for k in state)
+    if "heads" in config:
+        return multi_from_checkpoint(checkpoint, where, backbone_weights)
     sha256 = config.pop("backbone_sha256", None)
     backbone, head = config.pop("backbone"), config.pop("head")
     pretrained, stored_weights = config.pop("pretrained", False), config.pop("backbone_weights", None)
@@ -222,6 +252,66 @@ def model_from_checkpoint(
     return model.eval()
 
 
+def multi_from_checkpoint(checkpoint: dict, where: str, backbone_weights=None) -> MultiHeadModel:
+    """model_from_checkpoint for a multi-head checkpoint: the heads' tensors (`model.heads.<name>.*`)
+    are checked against skeletons built on the meta device, then one backbone is built and each head
+    assembled on it and loaded."""
+    from dense.backbone import build_backbone, get_spec
+    from dense.model import assemble, plan_head
+
+    config, state = checkpoint[MODEL_KEY], checkpoint["state_dict"]
+    stored = any(k.startswith(BACKBONE_PREFIX) for k in state)
+    entries = part_configs(config)
+    plans = {}
+    for name, entry in entries.items():
+        options = {k: v for k, v in entry.items() if k not in (*SHARED_KEYS, "head")}
+        try:
+            plans[name] = plan_head(get_spec(entry["backbone"]), entry["head"], **options)
+        except (ValueError, TypeError, KeyError) as error:
+            reason = " ".join(str(error).split()) or type(error).__name__
+            raise WeightsError(
+                f"{where}: the config of its head {name} cannot be built ({reason[:300]})"
+            ) from None
+    backbone_spec = get_spec(config["backbone"])
+    try:
+        with torch.device("meta"):
+            skeleton_backbone = build_backbone(backbone_spec.name)
+            skeletons = {n: assemble(skeleton_backbone, backbone_spec, p) for n, p in plans.items()}
+    except (ValueError, TypeError, KeyError, RuntimeError) as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise WeightsError(f"{where}: its model config cannot be built ({reason[:300]})") from None
+    for name, skeleton in skeletons.items():
+        prefix = f"{MULTI_HEAD_PREFIX}{name}."
+        head_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        heads.check_head_state(skeleton.head, head_state, f"{where} (head {name})")
+    check_stored_tensors(where, next(iter(skeletons.values())), {}, stored, state)
+    if stored:
+        pretrained, weights = False, None
+    else:
+        pretrained = config.get("pretrained", False)
+        weights = locate_backbone_weights(
+            where, config.get("backbone_weights"), backbone_weights, config.get("backbone_sha256")
+        )
+    backbone = build_backbone(backbone_spec.name, pretrained=pretrained and weights is None, weights=weights)
+    if stored:
+        backbone.load_state_dict(
+            {k[len(BACKBONE_PREFIX) :]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
+        )
+    parts = {
+        name: assemble(backbone, backbone_spec, plan, pretrained=pretrained, backbone_weights=weights)
+        for name, plan in plans.items()
+    }
+    for name, part in parts.items():
+        heads.load_released_head(part.head, checkpoint, prefix=f"{MULTI_HEAD_PREFIX}{name}.", name=where)
+        if config.get("backbone_sha256") is not None:
+            part.config["backbone_sha256"] = config["backbone_sha256"]
+    model = MultiHeadModel(parts)
+    model.config = {**config}
+    if not stored:
+        model.config["backbone_weights"] = weights
+    return model.eval()
+
+
 def build_or_refuse(where: str, backbone: str, head: str, options: dict, **weights) -> DenseModel:
     """build_model from a checkpoint's config; a value it refuses becomes one line naming the file."""
     try:
@@ -233,11 +323,17 @@ def build_or_refuse(where: str, backbone: str, head: str, options: dict, **weigh
         raise WeightsError(f"{where}: its model config cannot be built ({reason[:300]})") from None
 
 
-def check_stored_tensors(where: str, skeleton: DenseModel, state: dict, backbone_stored: bool) -> None:
+def check_stored_tensors(
+    where: str, skeleton: DenseModel, state: dict, backbone_stored: bool, backbone_state: dict | None = None
+) -> None:
     """The stored head (and backbone, when stored) tensors have exactly the keys and shapes of the model
-    the config describes (`skeleton`, built on the meta device)."""
-    head_state = {k[len(HEAD_PREFIX) :]: v for k, v in state.items() if k.startswith(HEAD_PREFIX)}
-    heads.check_head_state(skeleton.head, head_state, where)
+    the config describes (`skeleton`, built on the meta device). backbone_state: where the backbone's
+    tensors are, when not in `state` (whose head is then not checked: a multi-head checkpoint)."""
+    if backbone_state is None:
+        head_state = {k[len(HEAD_PREFIX) :]: v for k, v in state.items() if k.startswith(HEAD_PREFIX)}
+        heads.check_head_state(skeleton.head, head_state, where)
+    else:
+        state = backbone_state
     if backbone_stored:
         expected = skeleton.backbone.state_dict()
         found = {k[len(BACKBONE_PREFIX) :]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 import torch
 
 from dense.model import DenseModel, build_model
+from dense.multi_head import MultiHeadModel, check_head_names
+from dense.multi_head import build_model as build_multi_model
 from dense.plain import plain
 
 BACKBONE_KEYS = {"name", "pretrained", "weights"}
@@ -29,8 +31,63 @@ HEAD_KEYS = {
 }
 
 
-def model_from_config(backbone: Mapping, head: Mapping, depth_mode: str = "metric") -> DenseModel:
-    """The DenseModel of the two groups; depth_mode: "metric" or "relative" (task.depth_mode of train.py)."""
+# head=multi (configs/head/multi.yaml): several heads on one backbone pass. The group holds
+# `heads: {name: {name: <registered head>, loss_weight: 1.0, <HEAD_KEYS>}}`.
+MULTI = "multi"
+MULTI_KEYS = {"name", "heads"}
+MULTI_ENTRY_KEYS = HEAD_KEYS | {"loss_weight"}
+
+
+def is_multi(head: Mapping) -> bool:
+    """Whether the `head` group is head=multi (several heads)."""
+    return head.get("name") == MULTI
+
+
+def multi_head_entries(head: Mapping) -> dict[str, dict]:
+    """The heads of a head=multi group, {name: its keys}, checked (one-line ValueError)."""
+    head = dict(plain(head))
+    unknown = sorted(set(head) - MULTI_KEYS)
+    if unknown:
+        raise ValueError(
+            f"unknown key(s) {', '.join(f'head.{k}' for k in unknown)} of head=multi; valid: {sorted(MULTI_KEYS)}"
+        )
+    entries = head.get("heads")
+    if not isinstance(entries, dict) or not entries:
+        raise ValueError(
+            "head=multi needs head.heads: {name: {name: <head>, ...}}, e.g. head.heads.depth.name=depth_dpt"
+        )
+    check_head_names(list(entries), "head.heads")
+    out = {}
+    for name, entry in entries.items():
+        entry = {"name": entry} if isinstance(entry, str) else entry
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise ValueError(
+                f"head.heads.{name} must name a registered head: head.heads.{name}.name=depth_dpt"
+            )
+        unknown = sorted(set(entry) - MULTI_ENTRY_KEYS)
+        if unknown:
+            raise ValueError(
+                f"unknown key(s) {', '.join(f'head.heads.{name}.{k}' for k in unknown)}; valid: {sorted(MULTI_ENTRY_KEYS)}"
+            )
+        weight = entry.get("loss_weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight >= 0:
+            raise ValueError(f"head.heads.{name}.loss_weight={weight!r} must be a number >= 0")
+        out[name] = entry
+    return out
+
+
+def multi_head_tasks(head: Mapping) -> dict[str, str]:
+    """{name: "depth" | "segmentation"} of the heads of a head=multi group (checked, ValueError)."""
+    import heads as head_registry
+
+    return {name: head_registry.get_head_spec(e["name"]).task for name, e in multi_head_entries(head).items()}
+
+
+def model_from_config(backbone: Mapping, head: Mapping, depth_mode: str = "metric"):
+    """The DenseModel of the two groups (a MultiHeadModel for head=multi); depth_mode: "metric" or
+    "relative" (task.depth_mode of train.py; with head=multi, for its depth heads)."""
+    if is_multi(head):
+        return multi_model_from_config(backbone, head, depth_mode)
     backbone, head = dict(plain(backbone)), dict(plain(head))
     for group, config, known in (("backbone", backbone, BACKBONE_KEYS), ("head", head, HEAD_KEYS)):
         unknown = sorted(set(config) - known)
@@ -53,6 +110,35 @@ def model_from_config(backbone: Mapping, head: Mapping, depth_mode: str = "metri
     )
 
 
+def multi_model_from_config(backbone: Mapping, head: Mapping, depth_mode: str = "metric") -> MultiHeadModel:
+    """The MultiHeadModel of the backbone group and a head=multi group."""
+    import heads as head_registry
+
+    backbone = dict(plain(backbone))
+    unknown = sorted(set(backbone) - BACKBONE_KEYS)
+    if unknown:
+        raise ValueError(
+            f"unknown key(s) {', '.join(f'backbone.{k}' for k in unknown)}; valid: {sorted(BACKBONE_KEYS)}"
+        )
+    heads = {}
+    for name, entry in multi_head_entries(head).items():
+        options = dict(entry.get("options") or {})
+        for key in ("layers", "norm", "use_cls_token", "min_depth", "max_depth", "num_classes"):
+            if entry.get(key) is not None:
+                options[key] = entry[key]
+        if entry.get("weights"):
+            options["head_weights"] = entry["weights"]
+        if head_registry.get_head_spec(entry["name"]).task == "depth":
+            options["depth_mode"] = depth_mode
+        heads[name] = {"head": entry["name"], **options}
+    return build_multi_model(
+        backbone["name"],
+        heads=heads,
+        pretrained=bool(backbone.get("pretrained", False)) and not backbone.get("weights"),
+        backbone_weights=backbone.get("weights"),
+    )
+
+
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -67,7 +153,9 @@ def compile_mode(value) -> str | None:
     raise ValueError(f"compile={value!r} is not one of true, false, {', '.join(COMPILE_MODES)}")
 
 
-def apply_speed_options(model: DenseModel, *, compile=False, bf16_autocast: bool = False) -> DenseModel:
+def apply_speed_options(
+    model: DenseModel | MultiHeadModel, *, compile=False, bf16_autocast: bool = False
+) -> DenseModel:
     """The speed switches of the entry scripts, applied to a built model (after its weights are loaded).
 
     bf16_autocast: the run executes the model under bf16 autocast (train/eval with

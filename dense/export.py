@@ -41,6 +41,7 @@ from dense.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from dense.errors import DenseError, shown
 from dense.io import atomic_path
 from dense.model import DenseModel, build_model
+from dense.multi_head import MultiHeadModel, check_head_names
 from dense.ops import imagenet_normalised
 
 METADATA_KEY = "dense"
@@ -81,10 +82,13 @@ class ExportGraph(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         if self.uint8_input:
             images = (images.float() / 255.0 - self.mean) / self.std
-        return self.model(images)
+        out = self.model(images)
+        # A MultiHeadModel's {head: output}: one graph output per head, in the model's order (named by
+        # onnx_proto).
+        return tuple(out.values()) if isinstance(out, dict) else out
 
 
 def example_input(model: DenseModel, uint8_input: bool) -> torch.Tensor:
@@ -169,7 +173,11 @@ def _traceable_position_encoding(model: DenseModel) -> Iterator[None]:
             del backbone.interpolate_pos_encoding
 
 
-def check_exportable(model: DenseModel) -> None:
+def check_exportable(model: DenseModel | MultiHeadModel) -> None:
+    if isinstance(model, MultiHeadModel):
+        for part in model.parts.values():
+            check_exportable(part)
+        return
     if not isinstance(model, DenseModel):
         raise ExportError(
             f"only a DenseModel can be exported (build_model or a train.py checkpoint), got {type(model).__name__}"
@@ -284,6 +292,46 @@ def model_metadata(
     }
 
 
+MULTI_FORMAT = "dense export multi-head v1"
+
+
+def multi_metadata(model: MultiHeadModel, *, class_names=None, **options) -> dict:
+    """A multi-head file's metadata: {"format": MULTI_FORMAT, "outputs": the graph's output names
+    (the heads, in order), "heads": {head: model_metadata of that head}}."""
+    class_names = class_names or {}
+    return {
+        "format": MULTI_FORMAT,
+        "outputs": list(model.names),
+        "heads": {
+            name: model_metadata(part, class_names=class_names.get(name), **options)
+            for name, part in model.parts.items()
+        },
+    }
+
+
+def check_multi_metadata(metadata: dict, where: str) -> dict:
+    """A multi-head file's metadata as multi_metadata writes it (each head's as check_metadata)."""
+    outputs = metadata.get("outputs") if isinstance(metadata, dict) else None
+    entries = metadata.get("heads") if isinstance(metadata, dict) else None
+    if (
+        set(metadata) != {"format", "outputs", "heads"}
+        or metadata["format"] != MULTI_FORMAT
+        or not isinstance(outputs, list)
+        or not isinstance(entries, dict)
+        or list(entries) != outputs
+    ):
+        raise ExportError(
+            f"{where}: its multi-head metadata is not what export.py writes; export the model again"
+        )
+    try:
+        check_head_names(outputs, f"{where}: its output names")
+    except ValueError as error:
+        raise ExportError(str(error)) from None
+    for entry in entries.values():
+        check_metadata(entry, where)
+    return metadata
+
+
 def _store_weights_in_fp16(onnx_model) -> None:
     """Float32 weights (of 16 values or more) stored as float16, each cast back to float32 where the graph reads it: a file
     half the size, computed in float32 (ONNX Runtime's CPU kernels are float32 kernels)."""
@@ -306,9 +354,11 @@ def _store_weights_in_fp16(onnx_model) -> None:
 def onnx_proto(model: DenseModel, *, uint8_input: bool = False, fp16_weights: bool = False):
     """The ONNX ModelProto of `model` as to_onnx writes it, without the metadata entry."""
     program = export_program(model, uint8_input)
+    # A MultiHeadModel's outputs are named by its heads ("depth", "seg"); a DenseModel's keep torch's name.
+    names = {"output_names": model.names} if isinstance(model, MultiHeadModel) else {}
     try:
         onnx_program = torch.onnx.export(
-            program, dynamo=True, opset_version=OPSET, optimize=False, verbose=False
+            program, dynamo=True, opset_version=OPSET, optimize=False, verbose=False, **names
         )
     except Exception as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
@@ -338,17 +388,24 @@ def to_onnx(
     """
     import onnx
 
-    if getattr(model, "depth_mode", "metric") != "metric":
+    parts = model.parts.values() if isinstance(model, MultiHeadModel) else [model]
+    if any(getattr(part, "depth_mode", "metric") != "metric" for part in parts):
         # predict.py would read the file's output as metres; its metadata has no field for a relative map.
         raise ExportError(
             "a relative-depth model (task.depth_mode=relative) cannot be exported yet: its ONNX metadata "
             "would describe metres; use predict.py with the checkpoint (ckpt=...)"
         )
     path = check_output(path, ".onnx")
-    metadata = model_metadata(
-        model, uint8_input=uint8_input, fp16_weights=fp16_weights, class_names=class_names
-    )
-    check_metadata(metadata, path)
+    if isinstance(model, MultiHeadModel):  # class_names: {head: names}
+        metadata = multi_metadata(
+            model, uint8_input=uint8_input, fp16_weights=fp16_weights, class_names=class_names
+        )
+        check_multi_metadata(metadata, path)
+    else:
+        metadata = model_metadata(
+            model, uint8_input=uint8_input, fp16_weights=fp16_weights, class_names=class_names
+        )
+        check_metadata(metadata, path)
     onnx_model = onnx_proto(model, uint8_input=uint8_input, fp16_weights=fp16_weights)
     entry = onnx_model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
@@ -502,6 +559,12 @@ def read_metadata(custom_metadata: dict, where: str) -> dict:
         metadata = json.loads(text)
     except (ValueError, RecursionError):
         raise ExportError(f"{where}: its dense metadata is not valid JSON; export the model again") from None
+    if isinstance(metadata, dict) and metadata.get("format") == MULTI_FORMAT:
+        check_multi_metadata(metadata, where)
+        raise ExportError(
+            f"{where} is a multi-head file (outputs {', '.join(metadata['outputs'])}): predict.py runs single-head "
+            "files; run the checkpoint instead (predict.py ckpt=...), or read the named outputs with onnxruntime"
+        )
     return check_metadata(metadata, where)
 
 

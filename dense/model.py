@@ -467,8 +467,43 @@ def build_model(
     dense/tasks/relative_depth.py). Recorded in `config` only when relative, so metric checkpoints
     are as before.
     """
-    spec = heads.get_head_spec(head)
     backbone_spec = get_spec(backbone)
+    plan = plan_head(
+        backbone_spec,
+        head,
+        layers=layers,
+        norm=norm,
+        use_cls_token=use_cls_token,
+        min_depth=min_depth,
+        max_depth=max_depth,
+        depth_mode=depth_mode,
+        **head_options,
+    )
+    backbone_module = build_backbone(backbone_spec.name, pretrained=pretrained, weights=backbone_weights)
+    model = assemble(
+        backbone_module, backbone_spec, plan, pretrained=pretrained, backbone_weights=backbone_weights
+    )
+    if head_weights is not None:
+        load_head_weights(model, head_weights)
+    return model
+
+
+def plan_head(
+    backbone_spec,
+    head: str,
+    *,
+    layers: Sequence[int] | None = None,
+    norm: bool | None = None,
+    use_cls_token: bool | None = None,
+    min_depth: float | None = None,
+    max_depth: float | None = None,
+    depth_mode: str = "metric",
+    **head_options,
+) -> dict:
+    """build_model's checks of one head's settings on a backbone (`BackboneSpec`), before anything is
+    built: the head's spec, layers, norm, use_cls_token, depth range, depth_mode and options, resolved to
+    what `assemble` takes. (dense/multi_head.py plans each of its heads with it.)"""
+    spec = heads.get_head_spec(head)
     backbone_name = backbone_spec.name
     layers = list(layers) if layers is not None else list(backbone_spec.layer_indices(spec.layer_set))
     if not layers or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
@@ -492,43 +527,56 @@ def build_model(
         raise ValueError(
             f"depth_mode={depth_mode!r} must be one of {DEPTH_MODES} (relative: depth heads only)"
         )
+    return {
+        "spec": spec,
+        "layers": layers,
+        "norm": norm,
+        "use_cls_token": use_cls_token,
+        "min_depth": min_depth,
+        "max_depth": max_depth,
+        "depth_mode": depth_mode,
+        "head_options": head_options,
+    }
 
-    backbone_module = build_backbone(backbone_name, pretrained=pretrained, weights=backbone_weights)
+
+def assemble(
+    backbone_module: nn.Module, backbone_spec, plan: dict, *, pretrained: bool = False, backbone_weights=None
+) -> DenseModel:
+    """The DenseModel of a planned head (`plan_head`) on a built backbone (which it holds, not copies)."""
+    spec, layers, head_options = plan["spec"], plan["layers"], plan["head_options"]
     head_module = heads.build_head(
         spec.name,
         backbone_module.embed_dim,
         num_layers=len(layers),
-        use_cls_token=use_cls_token,
+        use_cls_token=plan["use_cls_token"],
         **head_options,
     )
+    depth_mode = plan["depth_mode"]
     config = {
-        "backbone": backbone_name,
+        "backbone": backbone_spec.name,
         "head": spec.name,
         "pretrained": bool(pretrained),
         "backbone_weights": os.fspath(backbone_weights) if backbone_weights is not None else None,
         "layers": layers,
-        "norm": norm,
-        "use_cls_token": use_cls_token,
+        "norm": plan["norm"],
+        "use_cls_token": plan["use_cls_token"],
         **{k: v for k, v in head_options.items() if v is not None},
         **({"depth_mode": depth_mode} if depth_mode != "metric" else {}),
     }
-    model = DenseModel(
+    return DenseModel(
         backbone_module,
         head_module,
         task=spec.task,
         layers=layers,
-        norm=norm,
-        use_cls_token=use_cls_token,
-        min_depth=min_depth,
-        max_depth=max_depth,
+        norm=plan["norm"],
+        use_cls_token=plan["use_cls_token"],
+        min_depth=plan["min_depth"],
+        max_depth=plan["max_depth"],
         image_mean=backbone_spec.image_mean,
         image_std=backbone_spec.image_std,
         config=config,
         depth_mode=depth_mode,
     )
-    if head_weights is not None:
-        load_head_weights(model, head_weights)
-    return model
 
 
 def load_head_weights(model: DenseModel, path: str | os.PathLike) -> None:

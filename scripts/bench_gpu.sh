@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements of issue 6 (BENCHMARKS.md, "GPU targets"), ours and upstream in the same run, issue
-# 15's DINOv3 steps (8-10), issue 16's TensorRT engine (11), issue 22's loop beside the step (12-15) and
-# issue 26's segmentation heads (seg).
+# 15's DINOv3 steps (8-10), issue 16's TensorRT engine (11), issue 22's loop beside the step (12-15),
+# issue 26's segmentation heads (seg) and issue 27's multi-head model (multi).
 #
 # Run from the repository root. Made for one call of the device tool (one H100; 15 minutes of device
 # time in all, 10 per command):
@@ -19,6 +19,8 @@
 #   timeout_s 600. Each command is bounded by STEP_TIMEOUT seconds (default 90), so that a stuck one cannot
 #   take the others' time. Estimated (not measured: no device was lent): 8-10 about 2.5 minutes, 12-15 about
 #   5; if the call runs out, the steps not reached go to a second call (e.g. STEPS="14 15").
+# Step multi (issue 27, multi-head, ViT-L/14) has not run yet either: alone it needs no upstream checkout,
+#   STEPS="multi".
 # Every step runs whatever the others did: a failed step prints FAILED with its command and the script goes on.
 #
 # Upstream's code is imported from that checkout (torch.hub.load(dir, source="local"), pretrained=False):
@@ -48,7 +50,7 @@ bench() {
   timeout "$STEP_TIMEOUT" "$PYTHON" -m dense.bench --device cuda --precision bf16 --iters 10 --warmup 3 "$@" \
     || echo "FAILED (exit $?): dense.bench $*"
 }
-STEPS=${STEPS:-1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 seg}
+STEPS=${STEPS:-1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 seg multi}
 step() { [[ " $STEPS " == *" $1 "* ]]; }  # is step $1 asked for?
 
 {
@@ -127,5 +129,10 @@ step() { [[ " $STEPS " == *" $1 "* ]]; }  # is step $1 asked for?
     --warmup 3 --backbone vitl16 --json "$OUT/seg_512_bf16_compiled.json" \
     || echo "FAILED (exit $?): dense.bench.segmentation compiled"; }
   # ---- end of seg -------------------------------------------------------------------------------------------
+  # multi. Issue 27: one backbone pass feeding depth_dpt + seg_linear (MultiHeadModel) against the two single-head
+  #     models one after the other, ViT-L/14, batch 16, 480x640, bf16: inference and a training step (img/s, peak memory).
+  step multi && { timeout "$STEP_TIMEOUT" "$PYTHON" -m dense.bench.multi --device cuda --precision bf16 --backbone vitl14 \
+    --heads depth=depth_dpt,seg=seg_linear --size 480x640 --batch 16 --iters 10 --warmup 3 \
+    --json "$OUT/multi_vitl14.json" || echo "FAILED (exit $?): dense.bench.multi"; }
   :  # a step left out is not a failure (each step's own errors are in the log)
 } 2>&1 | tee "$OUT/log.txt"

@@ -46,6 +46,7 @@ LAYER_OF = {
     "dense.model": "model",
     "dense.config": "model",
     "dense.checkpoint": "model",
+    "dense.multi_head": "model",
     "dense.cache": "cache",
     "dense.data": "data",
     "dense.tasks": "tasks",

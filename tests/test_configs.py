@@ -38,10 +38,13 @@ def test_defaults_are_the_documented_ones():
 
 def test_every_backbone_and_head_option_composes():
     assert set(options("backbone")) == set(BACKBONES)
-    assert set(options("head")) == set(heads.list_heads(with_aliases=True))
+    # head=multi: several heads (configs/head/multi.yaml, tests/test_multi_head.py), each a head group's keys
+    assert set(options("head")) == set(heads.list_heads(with_aliases=True)) | {"multi"}
     for name in options("backbone"):
         assert compose_config("train", f"backbone={name}").backbone.name == name
-    for name in options("head"):
+    multi = compose_config("train", "head=multi").head
+    assert {n: e.name for n, e in multi.heads.items()} == {"depth": "depth_dpt", "seg": "seg_linear"}
+    for name in set(options("head")) - {"multi"}:
         cfg = compose_config("train", f"head={name}")
         # aliases resolve: depth → depth_dpt, seg → seg_ms
         assert cfg.head.name == heads.get_head_spec(name).name
@@ -209,12 +212,15 @@ def test_dinov3_experiments_follow_upstreams_configs(name):
 def test_every_experiments_head_options_build_its_head(name):
     """The head options an experiment sets are ones the head takes (built on the meta device: no memory)."""
     cfg = compose_config("train", f"experiment={name}")
-    head_options = OmegaConf.to_container(cfg.head.options)
-    if heads.get_head_spec(cfg.head.name).task == "segmentation":
-        head_options["num_classes"] = 150  # the dataset's, known once the data is read
-    with torch.device("meta"):
-        head = heads.build_head(cfg.head.name, 1024, use_cls_token=cfg.head.use_cls_token, **head_options)
-    assert sum(p.numel() for p in head.parameters()) > 0
+    for group in cfg.head.heads.values() if cfg.head.name == "multi" else [cfg.head]:
+        head_options = OmegaConf.to_container(group.get("options") or OmegaConf.create({}))
+        if heads.get_head_spec(group.name).task == "segmentation":
+            head_options["num_classes"] = 150  # the dataset's, known once the data is read
+        with torch.device("meta"):
+            head = heads.build_head(
+                group.name, 1024, use_cls_token=group.get("use_cls_token"), **head_options
+            )
+        assert sum(p.numel() for p in head.parameters()) > 0
 
 
 # The seg_mask recipe (configs/recipe/pmt_mask.yaml) against PMT's files (tue-mps/pmt at 54d73c9):
@@ -253,8 +259,9 @@ def test_mask_experiments_follow_pmts_config(name):
 
 def test_every_experiment_is_tested():
     own_folder = {"folder_depth", "folder_seg"}  # tests/test_own_folder.py runs them
-    assert set(options("experiment")) == set(RECIPES) | set(DINOV3_RECIPES) | {"smoke"} | own_folder | set(
-        MASK_RECIPES
+    multi = {"multi_smoke"}  # tests/test_multi_head.py
+    assert set(options("experiment")) == (
+        set(RECIPES) | set(DINOV3_RECIPES) | set(MASK_RECIPES) | {"smoke"} | own_folder | multi
     )
 
 

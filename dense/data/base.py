@@ -37,7 +37,8 @@ from dense.data.sample import DatasetInfo, RawSample
 from dense.data.transforms import compose, to_sample
 from dense.errors import DatasetError
 
-TASK_NAMES = ("depth", "segmentation")
+# "multi": depth and segmentation targets both (train.py head=multi; synthetic and folder data).
+TASK_NAMES = ("depth", "segmentation", "multi")
 # NYU, KITTI, ADE20K and VOC serve their one evaluation split as both val and test.
 SPLITS = ("train", "val", "test")
 

@@ -48,7 +48,8 @@ from dense.errors import DatasetError
 
 LAYOUT = (
     "images/<stem>.jpg|png plus depth/<stem>.png|npy (task depth), disparity/<stem>.png|npy and optional "
-    "valid/<stem>.png (depth_target=disparity) or masks/<stem>.png (task segmentation)"
+    "valid/<stem>.png (depth_target=disparity) or masks/<stem>.png (task segmentation), or both depth/ "
+    "and masks/ (task multi)"
 )
 DEPTH_TARGETS = ("depth", "disparity")
 
@@ -124,7 +125,7 @@ def hash_split(stems: list[str], val_fraction: float) -> dict[str, list[str]]:
 
 @register_dataset("folder")
 class FolderDataset(DenseDataset):
-    """Depth or segmentation, as `task` says. The segmentation recipe's options are SegRecipe's
+    """Depth, segmentation or both (task multi: depth/ and masks/, for train.py head=multi), as `task` says. The segmentation recipe's options are SegRecipe's
     fields; `crop_size` is the depth recipe's random crop (None: whole images) and the segmentation
     crop. Segmentation keeps the images' own scale unless told otherwise: `short_side` None is their
     median short side (so the random rescale is 0.5–2× of their size), `crop_size` None that side,
@@ -166,9 +167,15 @@ class FolderDataset(DenseDataset):
         check_depth_target(depth_target, self.task)
         self.depth_target = depth_target
         self.root = resolve_root(root, (), "images", LAYOUT)
-        target_dir = self.root / ("masks" if self.task == "segmentation" else depth_target)
-        if not target_dir.is_dir():
-            raise DatasetError(f"{target_dir} does not exist; expected {LAYOUT}")
+        # task multi (train.py head=multi): depth/ and masks/ both, each image with one file in each.
+        target_dirs = {
+            "depth": [self.root / depth_target],
+            "segmentation": [self.root / "masks"],
+            "multi": [self.root / "depth", self.root / "masks"],
+        }[self.task]
+        for target_dir in target_dirs:
+            if not target_dir.is_dir():
+                raise DatasetError(f"{target_dir} does not exist; expected {LAYOUT}")
         self.depth_scale = depth_scale
         self.min_depth, self.max_depth = min_depth, max_depth  # the range the depth warnings check
         # Nothing is read through a link that leads out of the real root: the split and class lists
@@ -177,13 +184,16 @@ class FolderDataset(DenseDataset):
 
         images = self._images_by_stem(self.root / "images")
         # every image is checked, not only this split's: a missing target is a layout problem either way
-        targets = {s: self._target(target_dir, s) for s in images}
-        missing = [s for s, target in targets.items() if target is None]
-        if missing:
-            raise DatasetError(
-                f"{len(missing)} images have no {target_dir.name} file in {target_dir}, e.g. {missing[0]!r}; "
-                f"expected {LAYOUT}"
-            )
+        targets = {s: () for s in images}
+        for target_dir in target_dirs:
+            found = {s: self._target(target_dir, s) for s in images}
+            missing = [s for s, target in found.items() if target is None]
+            if missing:
+                raise DatasetError(
+                    f"{len(missing)} images have no {target_dir.name} file in {target_dir}, e.g. {missing[0]!r}; "
+                    f"expected {LAYOUT}"
+                )
+            targets = {s: (*targets[s], found[s]) for s in images}
         valid_dir = self.root / "valid"
         if depth_target == "disparity" and present(valid_dir):
             valid = {s: valid_dir / f"{s}.png" for s in images}
@@ -193,9 +203,7 @@ class FolderDataset(DenseDataset):
                     f"{len(missing)} images have no validity mask in {valid_dir}, e.g. {missing[0]}.png; "
                     "with a valid/ folder every image needs one (nonzero = valid)"
                 )
-            targets = {s: (targets[s], valid[s]) for s in images}
-        else:
-            targets = {s: (targets[s],) for s in images}
+            targets = {s: (*targets[s], valid[s]) for s in images}
         self.items = [
             (s, images[s], *targets[s]) for s in self._split_stems(self.split, sorted(images), val_fraction)
         ]
@@ -211,8 +219,10 @@ class FolderDataset(DenseDataset):
                     crop_size=crop_size or min(own, SegRecipe.crop_size),
                 )
             self.use_recipe(self.recipe.transforms(self.augment, self.split), num_classes=len(names))
-        else:
-            self.use_recipe(depth_train(size_pair(crop_size)) if self.augment else [], num_classes=0)
+        else:  # depth, or multi: the depth recipe (flip, colour, crop) moves the labels with the image
+            names = resolve_class_names(self.root, class_names, num_classes) if self.task == "multi" else ()
+            recipe = depth_train(size_pair(crop_size)) if self.augment else []
+            self.use_recipe(recipe, num_classes=len(names))
 
     @classmethod
     def describe(
@@ -228,6 +238,9 @@ class FolderDataset(DenseDataset):
     ) -> DatasetInfo:
         task = cls.check_task(task)
         check_depth_target(depth_target, task)
+        if task == "multi":
+            names = resolve_class_names(root, class_names, num_classes)
+            return DatasetInfo(task=task, class_names=names, min_depth=min_depth, max_depth=max_depth)
         if task != "segmentation":
             return DatasetInfo(task=task, min_depth=min_depth, max_depth=max_depth, depth_target=depth_target)
         return DatasetInfo(
@@ -298,7 +311,7 @@ class FolderDataset(DenseDataset):
         return chosen
 
     def _target(self, target_dir: Path, stem: str) -> Path | None:
-        suffixes = (".png", ".npy") if self.task == "depth" else (".png",)
+        suffixes = (".png",) if target_dir.name == "masks" else (".png", ".npy")
         found = [
             target_dir / f"{stem}{suffix}"
             for suffix in suffixes
@@ -320,12 +333,17 @@ class FolderDataset(DenseDataset):
         name, image, target, *valid = self.items[index]
         if self.depth_target == "disparity":
             return self._read_disparity(name, image, target, valid[0] if valid else None)
-        if target.suffix == ".png" and self.task == "depth":
-            return read_depth_pair(name, image, target, self.depth_scale)
-        rgb = read_rgb(image)
+        if self.task == "multi":  # the depth file, then the mask (valid[0])
+            raw = self._read_depth(name, image, target)
+            return dataclasses.replace(raw, mask=read_label_png(valid[0]), source=f"{raw.source}, {valid[0]}")
         if self.task == "segmentation":
-            return RawSample(name, rgb, mask=read_label_png(target), source=str(target))
-        return RawSample(name, rgb, read_depth_npy(target), source=str(target), depth_unit="m")
+            return RawSample(name, read_rgb(image), mask=read_label_png(target), source=str(target))
+        return self._read_depth(name, image, target)
+
+    def _read_depth(self, name: str, image: Path, target: Path) -> RawSample:
+        if target.suffix == ".png":
+            return read_depth_pair(name, image, target, self.depth_scale)
+        return RawSample(name, read_rgb(image), read_depth_npy(target), source=str(target), depth_unit="m")
 
     @staticmethod
     def _read_disparity(name: str, image: Path, target: Path, valid_path: Path | None) -> RawSample:
