@@ -14,6 +14,15 @@ Output grid: the four reassembled maps are 4h, 2h, h and ceil(h/2) (stride-2 con
 coarsest and doubles four times, then the depth head doubles once more: 32·ceil(h/2) × 32·ceil(w/2),
 which is 16h × 16w for even grids and one patch larger (16(h+1)) for odd ones. Upstream just resizes
 this to the image size; we keep that behaviour (the model resizes).
+
+Initialisation differs from upstream's in one layer, the last 1×1 conv (`conv_depth.head.4`): upstream
+keeps PyTorch's default (random weights and bias), and since the output is relu(x) + min_depth, a fresh
+head then starts with many (for some seeds all) pixels at min_depth, where the ReLU passes no gradient:
+such a head never learns (measured: 0–100 % of pixels alive depending on the seed and backbone). Here
+that conv starts with zero weights and a bias that puts every pixel at one typical depth
+(`init_output`): every pixel alive, and the first steps learn the structure around it. train.py then
+sets that depth from the data (DepthTask, task.init_depth_from_data). A loaded head (Meta's released
+files, a checkpoint) replaces all of this: its forward pass is upstream's.
 """
 
 from __future__ import annotations
@@ -136,6 +145,15 @@ class DepthOutput(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(x)
 
+    @torch.no_grad()
+    def init_constant(self, value: float) -> None:
+        """Make the output `value` at every pixel: the last conv's weights zero, its bias `value`. Its
+        input is a ReLU's (>= 0), so the weights still get a gradient in the first step, and the layers
+        below from the second step on."""
+        last = self.head[-1]
+        last.weight.zero_()
+        last.bias.fill_(value)
+
 
 @register_head(
     "depth_dpt",
@@ -188,6 +206,16 @@ class DPTDepthHead(nn.Module):
         self.fusion_blocks = nn.ModuleList(FusionBlock(channels, with_skip=i > 0) for i in range(4))
         self.project = Conv(channels, channels, 3)
         self.conv_depth = DepthOutput(channels)
+        # After every other layer is built, so that their random draws are upstream's for a given seed.
+        self.init_output(max_depth / 4)
+
+    def init_output(self, depth: float) -> None:
+        """Start predicting `depth` metres at every pixel, for any input (module docstring). The default,
+        a quarter of max_depth (2.5 m for NYU's 0–10 m, 20 m for KITTI's 0–80 m), is of the order of
+        indoor and street scenes' median depths; train.py replaces it with the median depth of the first
+        training batch. Clipped to just above min_depth, where the pixels would be dead."""
+        depth = max(float(depth), self.min_depth * 1.01)
+        self.conv_depth.init_constant(depth - self.min_depth)
 
     def forward(self, features: FeatureMaps) -> torch.Tensor:
         check_features(

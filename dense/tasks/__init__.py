@@ -20,14 +20,17 @@ def build_task(
     *,
     depth_loss=None,
     seg_loss=None,
+    init_depth_from_data: bool = False,
     **common,
 ) -> DenseTask:
     """The LightningModule for `model`'s task. `depth_loss` / `seg_loss`: the loss options of each
-    task (the other one is ignored); `common`: DenseTask's options (optimizer, scheduler, test_*, config)."""
+    task (the other one is ignored); init_depth_from_data: DepthTask's (ignored for segmentation);
+    `common`: DenseTask's options (optimizer, scheduler, test_*, dead_head_steps, config)."""
     if model.task == "depth":
         return DepthTask(
             model,
             loss=depth_loss,
+            init_depth_from_data=init_depth_from_data,
             min_depth=datamodule.min_depth,
             max_depth=datamodule.max_depth,
             crop=datamodule.eval_crop,
