@@ -2,12 +2,16 @@
 
     python predict.py ckpt=RUN/checkpoints/best.ckpt input=photos/ output=results/     # a train.py checkpoint
     python predict.py backbone=vitl14 head=depth_dpt backbone.weights=B.pth head.weights=H.pth input=room.jpg output=results/
-    python predict.py ckpt=... input=... output=... depth_range=[0,5] cmap=turbo      # colours over 0-5 m
+    python predict.py ckpt=... input=... output=... depth_range=[0,5] cmap=turbo      # colours over 0-5 m in every image
     python predict.py ckpt=... input=... output=... mode=slide crop_size=518 precision=bf16
     python predict.py model=model.onnx input=photos/ output=results/                  # a file from export.py
 
-Depth: <stem>.png (16-bit, metres × depth_scale), <stem>.npy (float32 metres), <stem>_color.png in one
-colour range for every image (the model's depth range, or depth_range), and colorbar.png to read it.
+Depth: <stem>_color.png, the depth in colours with its colour bar beside it (each image's own nearest to
+farthest depth, or depth_range), <stem>_depth_mm.png (16-bit millimetres, for programs; depth_scale=256:
+<stem>_depth_x256.png) and <stem>.npy (float32 metres).
+Relative depth (a model trained with task.depth_mode=relative: disparity up to scale and shift):
+<stem>_relative.png (16-bit, normalised per image for viewing: 0 = farthest, 65535 = nearest),
+<stem>_color.png in the same per-image range, no colour bar (no unit), <stem>.npy the raw output.
 Segmentation: <stem>.png (class ids), <stem>_color.png, <stem>_overlay.png, and legend.png + classes.json
 (the class colours and names). A rerun over the same folder replaces only files predict.py wrote there.
 
@@ -30,22 +34,36 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import hydra
+from dense import _cli
+
+if __name__ == "__main__":  # --help and argument mistakes before the imports below (seconds of start-up)
+    _cli.check_arguments(__file__)
+
+import hydra  # noqa: E402
 import matplotlib
 import numpy as np
 import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from dense import _cli, viz
+from dense import viz
 from dense.backbone import check_official_weights, get_spec
 from dense.checkpoint import model_from_checkpoint, read_model_config
 from dense.config import apply_speed_options, compile_mode, model_from_config
 from dense.data import ADE20K_CLASSES, VOC_CLASSES
 from dense.data.transforms import eval_view, normalize_image
-from dense.export import onnx_model_for_predict
+from dense.export import OnnxDenseModel, OnnxRunError, onnx_model_for_predict
 from dense.imports import import_modules
-from dense.io import INPUT_SUFFIXES, ImageReadError, atomic_path, list_images, read_image, save_npy, save_png
+from dense.io import (
+    INPUT_SUFFIXES,
+    ImageReadError,
+    announcing_writes,
+    atomic_path,
+    list_images,
+    read_image,
+    save_npy,
+    save_png,
+)
 from dense.model import DenseModel, check_inference_settings
 
 EXIT_SKIPPED = 3
@@ -58,6 +76,11 @@ RECORD = ".dense-predict.json"
 RECORD_FORMAT = "dense predict.py results v2"
 RECORD_MAX_BYTES = 64 * 2**20  # a million names; anything larger is not a record of ours
 RESULT_SUFFIXES = (".png", ".npy", ".json")
+# Kept current while a run writes: one JSON line per result file (its name and identity), appended just
+# before the file appears under its name (dense.io.announcing_writes). Folded into the record when a
+# run starts and ends; a run killed in between (SIGKILL, power loss) leaves it, so the rerun still
+# knows every file it wrote.
+JOURNAL = ".dense-predict.journal"
 
 
 # --------------------------------------------------------------------------- set-up
@@ -233,45 +256,75 @@ def file_identity(path: Path) -> list[int] | None:
 
 
 def read_record(output: Path) -> set[str]:
-    """The files of the output folder that predict.py wrote on earlier runs (its record there) and that
-    are still exactly as it left them (same size, mtime and inode: a file someone rewrote or put there
-    under that name is theirs). The record is data anyone could have prepared: only plain result file
-    names in this folder are taken from it; nothing it names elsewhere is looked at."""
-    path = output / RECORD
-
-    def refuse(reason: str) -> ConfigError:
-        return ConfigError(
-            f"{path} {reason}, so it is not predict.py's record of the results it wrote there; move it "
-            "away or choose another output folder"
-        )
-
-    if not os.path.lexists(path):
-        return set()
-    if not is_plain_file(path):
-        raise refuse("is not a plain file")
-    if os.path.getsize(path) > RECORD_MAX_BYTES:
-        raise refuse(f"is larger than {RECORD_MAX_BYTES} bytes")
-    try:
-        data = json.loads(path.read_bytes())
-    except (OSError, ValueError, RecursionError) as error:
-        raise refuse(f"cannot be read as JSON ({' '.join(str(error).split())[:120]})") from None
-    if not (
-        isinstance(data, dict) and data.get("format") == RECORD_FORMAT and isinstance(data.get("files"), dict)
-    ):
-        raise refuse(f'does not hold {{"format": "{RECORD_FORMAT}", "files": {{name: identity}}}}')
-    entries = {name: identity for name, identity in data["files"].items() if is_result_name(name)}
-    if len(entries) < len(data["files"]):
+    """The files of the output folder that predict.py wrote on earlier runs (its record there, and the
+    journal of a run that was killed) and that are still exactly as it left them (same size, mtime and
+    inode: a file someone rewrote or put there under that name is theirs). Record and journal are data
+    anyone could have prepared: only plain result file names in this folder are taken from them; nothing
+    they name elsewhere is looked at."""
+    entries, ignored = {}, 0
+    record = read_own_file(output / RECORD)
+    if record is not None:
+        data = parse_json(record, output / RECORD)
+        if not (
+            isinstance(data, dict)
+            and data.get("format") == RECORD_FORMAT
+            and isinstance(data.get("files"), dict)
+        ):
+            raise not_our_record(
+                output / RECORD, f'does not hold {{"format": "{RECORD_FORMAT}", "files": {{name: identity}}}}'
+            )
+        entries.update(data["files"])
+    journal = read_own_file(output / JOURNAL)
+    for line in (journal or b"").splitlines():
+        try:
+            entry = json.loads(line)
+            entries[entry["name"]] = entry["identity"]
+        except (ValueError, RecursionError, TypeError, KeyError):
+            ignored += 1  # e.g. the last line, cut short by the kill
+    ours = {name: identity for name, identity in entries.items() if is_result_name(name)}
+    ignored += len(entries) - len(ours)
+    if ignored:
         print(
-            f"note: {path}: ignored {len(data['files']) - len(entries)} entries that are not plain result file "
-            f"names ({' '.join(RESULT_SUFFIXES)} files in that folder)",
+            f"note: {output / RECORD}: ignored {ignored} entries that are not plain result file names "
+            f"({' '.join(RESULT_SUFFIXES)} files in that folder)",
             file=sys.stderr,
         )
-    return {name for name, identity in entries.items() if identity == file_identity(output / name)}
+    return {name for name, identity in ours.items() if identity == file_identity(output / name)}
+
+
+def not_our_record(path: Path, reason: str) -> ConfigError:
+    return ConfigError(
+        f"{path} {reason}, so it is not predict.py's record of the results it wrote there; move it "
+        "away or choose another output folder"
+    )
+
+
+def read_own_file(path: Path) -> bytes | None:
+    """The bytes of predict.py's record or journal (None: there is none), only from a plain file of at
+    most RECORD_MAX_BYTES."""
+    if not os.path.lexists(path):
+        return None
+    if not is_plain_file(path):
+        raise not_our_record(path, "is not a plain file")
+    if os.path.getsize(path) > RECORD_MAX_BYTES:
+        raise not_our_record(path, f"is larger than {RECORD_MAX_BYTES} bytes")
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise not_our_record(path, f"cannot be read ({error.strerror or error})") from None
+
+
+def parse_json(data: bytes, path: Path):
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as error:
+        raise not_our_record(path, f"cannot be read as JSON ({' '.join(str(error).split())[:120]})") from None
 
 
 def write_record(output: Path, names: set[str]) -> None:
     """Record `names` as predict.py's files in `output`, each with its identity now (atomically); names
-    that are not plain files there are left out; none left: no record."""
+    that are not plain files there are left out; none left: no record. The journal, now folded in, is
+    removed."""
     path = output / RECORD
     files = {
         name: identity for name in sorted(names) if (identity := file_identity(output / name)) is not None
@@ -279,15 +332,40 @@ def write_record(output: Path, names: set[str]) -> None:
     if not files:
         with contextlib.suppress(FileNotFoundError):
             os.remove(path)
-        return
-    record = {
-        "format": RECORD_FORMAT,
-        "about": "the result files predict.py wrote in this folder, with [size, mtime_ns, inode] as it left "
-        "them: a rerun may replace these, and only while they are unchanged",
-        "files": files,
-    }
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(record, indent=1) + "\n")
+    else:
+        record = {
+            "format": RECORD_FORMAT,
+            "about": "the result files predict.py wrote in this folder, with [size, mtime_ns, inode] as it left "
+            "them: a rerun may replace these, and only while they are unchanged",
+            "files": files,
+        }
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text(json.dumps(record, indent=1) + "\n")
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(output / JOURNAL)
+
+
+class Journal:
+    """The run's journal in `output` (JOURNAL), told by dense.io.announcing_writes of every file about to
+    appear: a file of the output folder gets a line with its name and identity, in one append."""
+
+    def __init__(self, output: Path):
+        self.folder = os.path.realpath(output)
+        self.fd: int | None = None
+
+    def __call__(self, path: str, tmp: str) -> None:
+        if os.path.realpath(os.path.dirname(os.path.abspath(path))) != self.folder:
+            return
+        if self.fd is None:
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+            self.fd = os.open(os.path.join(self.folder, JOURNAL), flags, 0o666)
+        line = json.dumps({"name": os.path.basename(path), "identity": file_identity(Path(tmp))})
+        os.write(self.fd, (line + "\n").encode())
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def without_own_results(paths: list[Path], source: str, output: Path, ours: set[str]) -> list[Path]:
@@ -306,33 +384,42 @@ def without_own_results(paths: list[Path], source: str, output: Path, ours: set[
     return inputs
 
 
+def depth_png_suffix(depth_scale: float) -> str:
+    """What the 16-bit depth file is called after its stem: its unit (millimetres by default), since
+    a 16-bit PNG of depths looks black in any image viewer and must not pass for a picture."""
+    return "_depth_mm.png" if float(depth_scale) == 1000 else f"_depth_x{float(depth_scale):g}.png"
+
+
+# A relative model's 16-bit map: normalised per image, no unit (write_relative_depth).
+RELATIVE_SUFFIX = "_relative.png"
+
+
 @dataclass(frozen=True)
 class Layout:
-    """The files of a run: per image (names(stem)) and once per run (run_files: the depth colour bar, the
-    segmentation legend and class names)."""
+    """The files of a run: per image (names(stem)) and once per run (run_files: the segmentation legend
+    and class names)."""
 
     task: str
     save_npy: bool = True
-    image_colorbar: bool = False  # depth_range=auto: each image has its own range, so its own bar
+    depth_suffix: str = "_depth_mm.png"  # depth_png_suffix(depth_scale)
     run_files: tuple[str, ...] = ()
+    relative: bool = False  # a relative-depth model: maps normalised per image, no colour bar
 
     def names(self, stem: str) -> list[str]:
+        if self.task == "depth" and self.relative:
+            npy = [f"{stem}.npy"] if self.save_npy else []
+            return [f"{stem}_color.png", f"{stem}{RELATIVE_SUFFIX}", *npy]
         if self.task == "depth":
             npy = [f"{stem}.npy"] if self.save_npy else []
-            bar = [f"{stem}_colorbar.png"] if self.image_colorbar else []
-            return [f"{stem}.png", *npy, f"{stem}_color.png", *bar]
+            return [f"{stem}_color.png", f"{stem}{self.depth_suffix}", *npy]
         return [f"{stem}.png", f"{stem}_color.png", f"{stem}_overlay.png"]
 
 
-def run_layout(cfg: DictConfig, task: str) -> Layout:
+def run_layout(cfg: DictConfig, task: str, relative: bool = False) -> Layout:
+    if relative:
+        return Layout(task, bool(cfg.save_npy), relative=True)
     if task == "depth":
-        fixed = cfg.depth_range != "auto"
-        return Layout(
-            task,
-            bool(cfg.save_npy),
-            bool(cfg.colorbar) and not fixed,
-            ("colorbar.png",) if cfg.colorbar and fixed else (),
-        )
+        return Layout(task, bool(cfg.save_npy), depth_png_suffix(cfg.depth_scale))
     return Layout(task, run_files=("legend.png", "classes.json"))
 
 
@@ -455,7 +542,9 @@ def infer(
         "flip": bool(cfg.flip),
     }
     scales = [float(s) for s in cfg.scales]
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+    # An ONNX file's runs are stopped past onnx_time_limit seconds per image (all views together).
+    budget = model.time_budget(len(images)) if isinstance(model, OnnxDenseModel) else contextlib.nullcontext()
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16), budget:
         if model.task == "segmentation":
             views = (torch.cat([eval_view(image, s, None) for image in images]).to(device) for s in scales)
             out = model.predict_views(views, images[0].shape[:2], cfg.mode, **window_options)
@@ -486,7 +575,9 @@ def infer_or_skip(model, batch, cfg, device, skipped, progress) -> list[np.ndarr
     try:
         maps, finite = infer(model, [image for _, _, image in batch], cfg, device)
     except (RuntimeError, MemoryError) as error:
-        if not out_of_memory(error):
+        # An ONNX file's run that failed, ran too long or gave an output unlike its metadata: that image.
+        onnx_failure = isinstance(error, OnnxRunError)
+        if not out_of_memory(error) and not onnx_failure:
             raise
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -495,7 +586,7 @@ def infer_or_skip(model, batch, cfg, device, skipped, progress) -> list[np.ndarr
         path, _, image = batch[0]
         hint = "smaller scales" if device.type == "cpu" else "precision=bf16 or device=cpu"
         reason = f"{path}: out of memory on {device} at {image.shape[1]}×{image.shape[0]}; try mode=slide crop_size=518 or {hint}"
-        skip(path, reason, skipped, progress)
+        skip(path, f"{path}: {error}" if onnx_failure else reason, skipped, progress)
         return [None]
     for (path, _, _), ok in zip(batch, finite):
         if not ok:
@@ -510,29 +601,40 @@ def infer_or_skip(model, batch, cfg, device, skipped, progress) -> list[np.ndarr
 # --------------------------------------------------------------------------- writing
 
 
-COLORBAR_HEIGHT = 384  # pixels of colorbar.png
-
-
-def write_depth(output: Path, stem: str, depth: np.ndarray, cfg: DictConfig, colours) -> None:
-    """colours: the fixed (min, max) of the colour map, or None for this image's own range (then its own
-    <stem>_colorbar.png, with colorbar=true)."""
+def write_depth(
+    output: Path, stem: str, depth: np.ndarray, cfg: DictConfig, colours, relative: bool = False
+) -> None:
+    """colours: the fixed (min, max) of the colour map, or None for this image's own range. relative:
+    `depth` is a disparity up to scale and shift (write_relative_depth)."""
+    if relative:
+        write_relative_depth(output, stem, depth, cfg)
+        return
+    vmin, vmax = colours if colours is not None else viz.depth_range(depth)
+    picture = viz.colorize_depth(depth, vmin, vmax, cfg.cmap)
+    if cfg.colorbar:  # the scale beside the picture, so that the file can be read on its own
+        picture = viz.add_colorbar(picture, vmin, vmax, cfg.cmap, label="depth (m)")
+    save_png(picture, output / f"{stem}_color.png")
     scaled = np.clip(np.rint(depth.astype(np.float64) * float(cfg.depth_scale)), 0, UINT16_MAX)
-    save_png(scaled.astype(np.uint16), output / f"{stem}.png")
+    save_png(scaled.astype(np.uint16), output / f"{stem}{depth_png_suffix(cfg.depth_scale)}")
     if cfg.save_npy:
         save_npy(depth.astype(np.float32), output / f"{stem}.npy")
-    vmin, vmax = colours if colours is not None else viz.depth_range(depth)
-    save_png(viz.colorize_depth(depth, vmin, vmax, cfg.cmap), output / f"{stem}_color.png")
-    if cfg.colorbar and colours is None:
-        bar = viz.colorbar(COLORBAR_HEIGHT, vmin, vmax, cfg.cmap, label="depth (m)")
-        save_png(bar, output / f"{stem}_colorbar.png")
+
+
+def write_relative_depth(output: Path, stem: str, disparity: np.ndarray, cfg: DictConfig) -> None:
+    """A relative model's map, for viewing: normalised to this image's own range (0 farthest, 1 nearest),
+    as 16 bits and in colours (nearest in the colour nearest depths get in metric pictures); the raw
+    output in the .npy."""
+    low, high = float(disparity.min()), float(disparity.max())
+    unit = (disparity.astype(np.float64) - low) / (high - low) if high > low else np.zeros(disparity.shape)
+    save_png(np.rint(unit * UINT16_MAX).astype(np.uint16), output / f"{stem}{RELATIVE_SUFFIX}")
+    if cfg.save_npy:
+        save_npy(disparity.astype(np.float32), output / f"{stem}.npy")
+    save_png(viz.colorize(1 - unit, 0.0, 1.0, cfg.cmap), output / f"{stem}_color.png")
 
 
 def write_run_files(output: Path, names: dict[str, str], cfg: DictConfig, colours, palette, classes) -> None:
-    """The files written once per run: the depth colour bar of the fixed range (colorbar.png), or the
-    segmentation legend (legend.png) and the class names and colours (classes.json)."""
-    if "colorbar.png" in names:
-        bar = viz.colorbar(COLORBAR_HEIGHT, colours[0], colours[1], cfg.cmap, label="depth (m)")
-        save_png(bar, output / names["colorbar.png"])
+    """The files written once per run: the segmentation legend (legend.png) and the class names and
+    colours (classes.json)."""
     if "legend.png" in names:
         save_png(viz.legend(classes, palette), output / names["legend.png"])
     if "classes.json" in names:
@@ -564,7 +666,7 @@ def write_results(
     names = layout.names(stem)
     try:
         if layout.task == "depth":
-            write_depth(output, stem, result, cfg, colours)
+            write_depth(output, stem, result, cfg, colours, layout.relative)
         else:
             write_segmentation(output, stem, image, result, palette, cfg)
     except OSError:
@@ -601,8 +703,11 @@ def predict(cfg: DictConfig) -> int:
             model = apply_speed_options(
                 model.to(device), compile=cfg.compile, bf16_autocast=cfg.precision == "bf16"
             )
+        relative = getattr(model, "depth_mode", "metric") == "relative"
+        if relative and cfg.depth_range not in ("model", "auto"):
+            raise ConfigError("depth_range is in metres, but this model predicts relative depth (no unit)")
         existing = prepare_output(output)  # only once the model is there: a refused checkpoint leaves nothing
-        layout = run_layout(cfg, model.task)
+        layout = run_layout(cfg, model.task, relative)
         stems, notes, run_names = assign_stems(paths, output, existing, ours, layout)
         palette = viz.get_palette(num_classes(model), cfg.palette) if model.task == "segmentation" else None
         classes = class_names(model, stored_names) if model.task == "segmentation" else None
@@ -618,7 +723,7 @@ def predict(cfg: DictConfig) -> int:
 
     for note in notes:
         print(note, file=sys.stderr)
-    if model.task == "depth" and model.max_depth * cfg.depth_scale > UINT16_MAX:
+    if model.task == "depth" and not relative and model.max_depth * cfg.depth_scale > UINT16_MAX:
         print(
             f"note: depths above {UINT16_MAX / cfg.depth_scale:g} m are clipped in the 16-bit PNGs (the model "
             f"reaches {model.max_depth:g} m; the .npy files keep them); depth_scale=256 fits up to 256 m",
@@ -628,8 +733,12 @@ def predict(cfg: DictConfig) -> int:
     written = 0
     kept: set[str] = set()  # the files written in this run
     stopped = None
+    journal = Journal(output)  # each result is in it before it appears: a killed run loses none
     try:
-        with tqdm(total=len(paths), unit="image", disable=not cfg.progress, file=sys.stderr) as progress:
+        with (
+            announcing_writes(journal),
+            tqdm(total=len(paths), unit="image", disable=not cfg.progress, file=sys.stderr) as progress,
+        ):
             for batch in batches(paths, stems, cfg, skipped, progress):
                 results = infer_or_skip(model, batch, cfg, device, skipped, progress)
                 for (path, stem, image), result in zip(batch, results):
@@ -656,31 +765,45 @@ def predict(cfg: DictConfig) -> int:
                 if stopped:
                     break
     finally:
+        journal.close()
         # What is really there now (an image whose writing failed left nothing).
         with contextlib.suppress(OSError):
             write_record(output, ours | kept)
 
     if stopped:
         print(stopped, file=sys.stderr)
-    print(f"wrote {model.task} results for {written} of {len(paths)} images to {output}")
-    print(describe_colours(cfg, model, output, run_names, colours))
+    kind = "relative depth" if relative else model.task
+    print(f"wrote {kind} results for {written} of {len(paths)} images to {output}")
+    print(describe_colours(cfg, model, output, run_names, colours, relative))
     if skipped:
         print(f"skipped {len(skipped)} image(s), see above: {', '.join(skipped)}", file=sys.stderr)
     return EXIT_SKIPPED if skipped or stopped else 0
 
 
 def describe_colours(
-    cfg: DictConfig, model: DenseModel, output: Path, run_names: dict[str, str], colours
+    cfg: DictConfig, model: DenseModel, output: Path, run_names: dict[str, str], colours, relative=False
 ) -> str:
     """One line that says how to read the colour pictures."""
+    if relative:
+        return (
+            f"relative depth (disparity up to an unknown scale and shift, no unit): <stem>{RELATIVE_SUFFIX} and "
+            f"<stem>_color.png ({cfg.cmap}) are normalised per image for viewing (0 = farthest, 65535 = "
+            "nearest), not comparable across images; <stem>.npy holds the raw output"
+        )
     if model.task == "segmentation":
         return f"class colours: {output / run_names['legend.png']}, names and colours: {output / run_names['classes.json']}"
+    bar = ", colour bar beside each" if cfg.colorbar else ""
+    files = (
+        f"<stem>_color.png the pictures{bar}; <stem>{depth_png_suffix(cfg.depth_scale)} 16-bit integers = "
+        f"metres × {float(cfg.depth_scale):g} (0 = none), for programs"
+        + ("; <stem>.npy float32 metres" if cfg.save_npy else "")
+    )
     if colours is None:
-        bars = "; colour bars: <stem>_colorbar.png" if cfg.colorbar else ""
-        return f"depth colours ({cfg.cmap}): each image from its own nearest to its farthest depth (depth_range=auto){bars}"
+        return f"depth colours ({cfg.cmap}): each image from its own nearest to its farthest depth (depth_range=auto); {files}"
     source = "the model's depth range" if cfg.depth_range == "model" else "depth_range"
-    bar = f"; colour bar: {output / run_names['colorbar.png']}" if "colorbar.png" in run_names else ""
-    return f"depth colours ({cfg.cmap}): {colours[0]:g} to {colours[1]:g} m in every image ({source}){bar}"
+    return (
+        f"depth colours ({cfg.cmap}): {colours[0]:g} to {colours[1]:g} m in every image ({source}); {files}"
+    )
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="predict")

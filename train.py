@@ -1,13 +1,16 @@
 """Train a depth or segmentation head on a frozen DINOv2 or DINOv3 backbone (PyTorch Lightning under Hydra).
 
     python train.py experiment=smoke hydra.run.dir=outputs/smoke   # 1-2 minutes on a CPU, no download
+    python train.py experiment=folder_depth data.root=mydata hydra.run.dir=outputs/mine   # your own folder (images/ + depth/), offline
+    python train.py experiment=folder_seg data.root=mydata hydra.run.dir=outputs/mine     # ... (images/ + masks/ + classes.txt)
     python train.py head=depth backbone=vitg14                      # DPT depth head on a frozen ViT-g/14 (a GPU job)
     python train.py experiment=nyu_dpt backbone=vitl14 data.root=/data/nyu
     python train.py ckpt_path=DIR/checkpoints/last.ckpt hydra.run.dir=DIR      # resume
     python train.py -m backbone=vits14,vitb14                       # a sweep, one job per backbone
 
 Everything of a run lands in its run folder (hydra.run.dir, default outputs/train/DATE/TIME):
-checkpoints/{best,last}.ckpt, csv/version_N/metrics.csv, .hydra/config.yaml, train.log.
+checkpoints/{best,last}.ckpt, csv/version_N/metrics.csv, .hydra/config.yaml, train.log (the loss, the test
+table). Then the maps of your images: python predict.py ckpt=outputs/mine/checkpoints/best.ckpt input=mydata/images output=outputs/mine/maps
 A configuration mistake: one line on stderr, exit status 2, and no run folder left behind.
 """
 
@@ -15,12 +18,12 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-import heads
 from dense import _cli
 from dense.imports import import_modules
 
@@ -40,11 +43,14 @@ def train(cfg: DictConfig):
 
     import lightning as L
     from hydra.utils import instantiate
+    from lightning.pytorch.accelerators import CPUAccelerator
     from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 
+    import heads
     from dense.config import apply_matmul_precision, apply_speed_options, describe_device, resolve_precision
     from dense.data import datamodule_from_config
-    from dense.tasks import TASKS, RunCheckpointIO, build_task
+    from dense.tasks import RunCheckpointIO, build_task, check_depth_mode, task_class
+    from dense.threads import use_cpu_threads
 
     # The frozen backbone is in eval mode on purpose (DenseModel.train keeps it so).
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
@@ -52,13 +58,16 @@ def train(cfg: DictConfig):
         import_modules(cfg.get("imports"))  # the user's own registered heads, backbones, datasets
         _cli.absolute_paths(cfg, USER_PATHS)
         check_config(cfg)
+        refuse_a_second_run(cfg.paths.output_dir, cfg.ckpt_path)
         L.seed_everything(cfg.seed, workers=True)
         datamodule = datamodule_from_config(cfg.data)
         spec = heads.get_head_spec(cfg.head.name)
         check_head_fits_data(spec, cfg, datamodule)
-        task_class = TASKS[spec.task]
+        depth_mode = cfg.task.get("depth_mode", "metric")
+        check_depth_mode(depth_mode, spec.task, datamodule.depth_target)
+        task_cls = task_class(spec.task, depth_mode)
         show_bar = cfg.trainer.get("enable_progress_bar", True)
-        callbacks = make_callbacks(cfg.get("callbacks"), task_class, progress_bar=show_bar)
+        callbacks = make_callbacks(cfg.get("callbacks"), task_cls, progress_bar=show_bar)
         # The run deletes and loads checkpoints only in its own checkpoint folders (RunCheckpointIO).
         folders = {str(Path(cfg.paths.output_dir) / "checkpoints")}
         folders |= {c.dirpath for c in callbacks if isinstance(c, ModelCheckpoint) and c.dirpath}
@@ -77,12 +86,15 @@ def train(cfg: DictConfig):
         )
         check_trainer(cfg, trainer)
         logging.getLogger(__name__).info(describe_device(trainer, matmul_precision))
+        if isinstance(trainer.accelerator, CPUAccelerator):
+            logging.getLogger(__name__).info(use_cpu_threads(cfg.get("threads")))
         check_data_and_weights(cfg, datamodule)
-        model = build_run_model(cfg, datamodule, spec)
+        model = build_run_model(cfg, datamodule, spec, depth_mode)
         if cfg.cache.features:
             datamodule.use_feature_cache(
                 model, cfg.cache.dir, batch_size=cfg.cache.batch_size, precision=cfg.cache.precision
             )
+        logging.getLogger(__name__).info(datamodule.describe_sizes())
         # After the cache fill (which runs the backbone in cache.precision, outside the trainer).
         apply_speed_options(model, compile=cfg.compile, bf16_autocast=trainer.precision == "bf16-mixed")
         task_options = _cli.plain(cfg.task)
@@ -99,7 +111,7 @@ def train(cfg: DictConfig):
         trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     # The checkpoint callback that follows the main metric (the other one writes last.ckpt).
-    best = next((c for c in trainer.checkpoint_callbacks if c.monitor == task_class.main_metric), None)
+    best = next((c for c in trainer.checkpoint_callbacks if c.monitor == task_cls.main_metric), None)
     if best is not None and best.best_model_score is not None:
         metrics["best"] = float(best.best_model_score)
     if best is not None and not best.best_model_path and trainer.global_step > 0:
@@ -129,6 +141,7 @@ def check_config(cfg: DictConfig) -> None:
     keys are checked where the datamodule is built: dense.data.datamodule_from_config.)"""
     from dense.config import compile_mode
     from dense.tasks.base import check_dead_head_steps, check_schedule, check_test_settings
+    from dense.threads import check_threads
 
     require = _cli.require
     if cfg.ckpt_path is not None:
@@ -136,12 +149,41 @@ def check_config(cfg: DictConfig) -> None:
     check_schedule(**_cli.plain(cfg.task.scheduler))
     check_dead_head_steps(cfg.task.get("dead_head_steps"))
     compile_mode(cfg.compile)
+    check_threads(cfg.get("threads"))
     test_keys = ("test_mode", "test_crop_size", "test_stride", "test_scales", "test_flip")
     check_test_settings(**{k: _cli.plain(cfg.task.get(k)) for k in test_keys if k in cfg.task})
     for key in ("backbone.weights", "head.weights"):
         group, name = key.split(".")
         path = cfg[group].get(name)
         require(path is None or Path(path).is_file(), f"{key}={path}: no such file")
+
+
+def refuse_a_second_run(folder, ckpt_path) -> None:
+    """A fresh run (no ckpt_path) into a folder that holds a run's checkpoints would replace its
+    last.ckpt (and Hydra its .hydra/): refused in one line, saying how to resume it instead."""
+    checkpoints = Path(folder) / "checkpoints"
+    found = sorted(checkpoints.glob("*.ckpt")) if ckpt_path is None and checkpoints.is_dir() else []
+    if found:
+        last = checkpoints / "last.ckpt" if (checkpoints / "last.ckpt") in found else found[0]
+        raise _cli.ConfigError(
+            f"{folder} already holds a run (its checkpoints {', '.join(p.name for p in found[:3])}): a new run "
+            f"there would replace them; resume it with ckpt_path={last} hydra.run.dir={folder}, or choose "
+            "another folder"
+        )
+
+
+def refuse_a_second_run_before_hydra(arguments: list[str]) -> None:
+    """refuse_a_second_run for `hydra.run.dir=DIR` on the command line, before Hydra writes anything into
+    DIR (.hydra/, train.log)."""
+    if any(a in ("-m", "--multirun", "-h", "--help") for a in arguments):
+        return
+    values = dict(a.lstrip("+").split("=", 1) for a in arguments if "=" in a)
+    ckpt_path = values.get("ckpt_path")
+    if values.get("hydra.run.dir") and ckpt_path in (None, "", "null"):
+        try:
+            refuse_a_second_run(values["hydra.run.dir"], None)
+        except _cli.ConfigError as error:
+            _cli.fail(str(error))
 
 
 def check_data_and_weights(cfg: DictConfig, datamodule) -> None:
@@ -230,9 +272,10 @@ def make_callbacks(config: DictConfig | None, task_class, progress_bar: bool = T
     return callbacks
 
 
-def build_run_model(cfg: DictConfig, datamodule, spec):
+def build_run_model(cfg: DictConfig, datamodule, spec, depth_mode: str = "metric"):
     """The DenseModel of this run (`spec`: its head's HeadSpec): the checkpoint's own model when
-    resuming, else built from the config with the dataset's depth range or class count."""
+    resuming, else built from the config with the dataset's depth range or class count (and
+    task.depth_mode: metric or relative)."""
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     from dense.backbone import get_spec
@@ -271,7 +314,7 @@ def build_run_model(cfg: DictConfig, datamodule, spec):
         head["max_depth"] = datamodule.max_depth if head.get("max_depth") is None else head["max_depth"]
     elif head.get("num_classes") is None:
         head["num_classes"] = datamodule.num_classes
-    model = model_from_config(backbone, head)
+    model = model_from_config(backbone, head, depth_mode=depth_mode)
 
     if backbone_is_stored(model.config):
         # A random-initialised backbone (backbone.pretrained=false): write it once to a weights file
@@ -296,8 +339,9 @@ def build_run_model(cfg: DictConfig, datamodule, spec):
 def holds_tensors(path: Path, digest: str) -> bool:
     """Whether `path` exists and holds the state dict whose tensors_sha256 is `digest` (a file of that
     name written by an earlier run with the same seed; anything else under the name is replaced)."""
-    from dense.errors import WeightsError, load_weights_file
+    from dense.errors import WeightsError
     from dense.hashing import tensors_sha256
+    from dense.weights_file import load_weights_file
 
     if not path.is_file():
         return False
@@ -317,6 +361,7 @@ RESUME_SECTIONS = (
     ("data", "the run continues on the new data"),
     ("task.scheduler", "the new schedule applies from the resumed step on"),
     ("task.depth_loss", "the new loss applies from the resumed step on"),
+    ("task.relative_loss", "the new loss applies from the resumed step on"),
     ("task.seg_loss", "the new loss applies from the resumed step on"),
 )
 # Loader settings change no number of the run.
@@ -372,6 +417,8 @@ def check_optimizer_state(checkpoint: dict, model) -> None:
     """The stored optimiser state has one entry per head parameter, each moment of its shape."""
     import torch
 
+    from dense.weights_file import tensor_problem
+
     states = checkpoint.get("optimizer_states")
     if states is None:
         return
@@ -380,10 +427,11 @@ def check_optimizer_state(checkpoint: dict, model) -> None:
         (state,) = states
         for index, entry in state["state"].items():
             for value in entry.values():
-                if isinstance(value, torch.Tensor) and value.dim() and value.shape != params[index].shape:
-                    raise ValueError(
-                        f"parameter {index}: {list(value.shape)} for {list(params[index].shape)}"
-                    )
+                # A moment (not the 0-d step count) has its parameter's rank, shape and kind of dtype.
+                moment = isinstance(value, torch.Tensor) and value.dim() > 0
+                problem = moment and tensor_problem(value, params[index], owner="the head")
+                if problem:
+                    raise ValueError(f"parameter {index} {problem}")
         groups = [i for group in state["param_groups"] for i in group["params"]]
         if sorted(groups) != list(range(len(params))):
             raise ValueError(f"{len(groups)} parameters for the head's {len(params)}")
@@ -394,4 +442,5 @@ def check_optimizer_state(checkpoint: dict, model) -> None:
 
 
 if __name__ == "__main__":
+    refuse_a_second_run_before_hydra(sys.argv[1:])
     _cli.main(main, __file__)

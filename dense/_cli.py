@@ -47,6 +47,21 @@ def main(hydra_main: Callable[[], Any], script: str) -> None:
     """Run an entry script's Hydra main, refusing first, in one line, a config-group option or a key
     that does not exist (Hydra's own messages for them span several lines), and with glibc keeping the
     memory of large tensors (dense.host_memory)."""
+    if script not in _checked_scripts:
+        check_arguments(script)
+    keep_large_allocations()  # CPU steps reuse the pages of large tensors: see dense/host_memory.py
+    hydra_main()
+
+
+# Scripts whose command line check_arguments has answered already (predict.py calls it before its imports).
+_checked_scripts: set[str] = set()
+
+
+def check_arguments(script: str) -> None:
+    """`--help`, and the command-line mistakes found without building anything (an unknown group
+    option or key, a run folder holding links): answered in a second or two, since nothing here
+    imports torch. An entry script with heavy imports at its top calls this before them."""
+    _checked_scripts.add(script)
     script_path = Path(script).resolve()
     config_dir = script_path.parent / "configs"
     if any(a in ("--help", "-h") for a in sys.argv[1:]):
@@ -56,11 +71,22 @@ def main(hydra_main: Callable[[], Any], script: str) -> None:
         overrides = [a for a in sys.argv[1:] if not a.startswith("-")]
         print(help_text(config_dir, script_path.stem, doc, overrides))
         sys.exit(0)
+    check_data_root(sys.argv[1:])
     check_group_choices(config_dir, script_path.stem, sys.argv[1:])
     check_keys(config_dir, script_path.stem, sys.argv[1:])
     check_run_folder(sys.argv[1:])
-    keep_large_allocations()  # CPU steps reuse the pages of large tensors: see dense/host_memory.py
-    hydra_main()
+
+
+def check_data_root(arguments: list[str]) -> None:
+    """A `data.root=FOLDER` typed on the command line that is no folder: the first thing to say, before
+    any other key is looked at (every other data problem may follow from it)."""
+    for argument in arguments:
+        key, _, value = argument.partition("=")
+        if key.lstrip("+") != "data.root" or value in ("", "null") or "," in value or "${" in value:
+            continue
+        if not os.path.isdir(os.path.expanduser(value)):
+            where = "" if os.path.isabs(value) else f" (read from where the command runs, {os.getcwd()})"
+            fail(f"data.root={value}: no such folder{where}; give the folder that holds the dataset")
 
 
 MAX_RUN_FOLDER_ENTRIES = 100_000
@@ -169,7 +195,27 @@ def check_keys(config_dir: Path, config_name: str, arguments: list[str]) -> None
         close = difflib.get_close_matches(name, [str(k) for k in keys], n=1)
         if close:
             hint = f" (did you mean {parent + '.' if parent else ''}{close[0]}?)"
+        elif not parent:  # a key of a group typed without its group (weights= for backbone.weights=)
+            nested = nested_keys_named(OmegaConf.to_container(config, resolve=False), name)
+            if nested:
+                hint = f" (did you mean {' or '.join(nested)}?)"
     fail(f"{key} is not a key of the {config_name} configuration{hint}; to add a new key write +{override}")
+
+
+def nested_keys_named(config: dict, name: str) -> list[str]:
+    """The dotted keys below the top level whose last part is `name`, else is closest to it."""
+    import difflib
+
+    keys: set[str] = set()
+    for leaf in flatten(config):
+        parts = leaf.split(".")
+        keys.update(".".join(parts[: n + 1]) for n in range(1, len(parts)))
+    last = {key: key.rpartition(".")[2] for key in keys}
+    exact = sorted(key for key, part in last.items() if part == name)
+    if exact:
+        return exact[:3]
+    close = difflib.get_close_matches(name, sorted(set(last.values())), n=1)
+    return sorted(key for key, part in last.items() if close and part == close[0])[:3]
 
 
 def absolute_paths(cfg: DictConfig, keys: tuple[str, ...]) -> None:
@@ -252,16 +298,76 @@ def setup_errors() -> Iterator[None]:
         RecursionError,
         MemoryError,
     ) as error:
-        fail(one_line(error))
+        fail(with_key_origin(one_line(error)))
+
+
+def with_key_origin(message: str) -> str:
+    """A message about a key (`data.image_size is not an option ...`, `data.batch_size=0 must be ...`)
+    that the user did not type: add which config file set it, so that the fix is found where the key
+    came from (an experiment preset, a data config), not searched for on the command line."""
+    import re
+
+    match = re.match(r"([a-z_]\w*(?:\.\w+)+)(?:=| is )", message)
+    origin = key_origin(match.group(1)) if match else None
+    if origin is None:
+        return message
+    key = match.group(1)
+    return f"{message} ({key} was set by {origin}, not on the command line: override it there, or drop it with ~{key})"
+
+
+def key_origin(key: str) -> str | None:
+    """Which of the run's config files set `key` (e.g. `experiment=smoke (configs/experiment/smoke.yaml)`),
+    or None when the key was typed on the command line, or no Hydra run is going on. Files are searched
+    in the reverse of Hydra's merge order: the experiment (applied last), the primary config, the groups."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    if not HydraConfig.initialized():
+        return None
+    hydra = HydraConfig.get()
+    config_dir = Path(os.environ.get(ROOT_ENV, ".")) / "configs"
+    for override in hydra.overrides.task:
+        typed = override.split("=", 1)[0].lstrip("+~")
+        if "." not in typed and (config_dir / typed).is_dir():
+            continue  # a group choice (data=folder), not a value
+        if key == typed or key.startswith(typed + "."):
+            return None
+    choices = {g: o for g, o in hydra.runtime.choices.items() if o and not g.startswith("hydra")}
+    files = []
+    if "experiment" in choices:
+        files.append(("experiment", choices.pop("experiment")))
+    files.append((None, hydra.job.config_name))
+    files.extend(choices.items())
+    for group, option in files:
+        path = config_dir / (f"{group}/{option}.yaml" if group else f"{option}.yaml")
+        try:
+            text = path.read_text()
+            node = OmegaConf.create(text)
+        except (OSError, ValueError, OmegaConfBaseException):
+            continue
+        packaged = group is None or "@package _global_" in text.split("\n", 1)[0]
+        local = key if packaged else key.partition(".")[2] if key.startswith(f"{group}.") else None
+        absent = object()
+        if (
+            local
+            and OmegaConf.select(node, local, default=absent, throw_on_resolution_failure=False) is not absent
+        ):
+            file = path.relative_to(config_dir.parent)
+            return f"{group}={option} ({file})" if group else str(file)
+    return None
 
 
 def run(function: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Call an entry point, printing DenseErrors (meant for users) as one line instead of a traceback:
     exit status 3 for a training run that failed (TrainingFailedError), else 2. A run refused that way
     leaves no run folder behind (discard_unused_run_folder)."""
-    single_log_stream()
-    quiet_library_noise()
+    from dense.install_check import import_torchvision
+
     try:
+        import_torchvision()  # before Lightning (single_log_stream) imports it: a broken install in one line
+        single_log_stream()
+        quiet_library_noise()
         return function(cfg)
     except TrainingFailedError as error:  # the run folder holds its logs and checkpoints: kept
         fail(one_line(error), EXIT_TRAINING_FAILED)
@@ -328,11 +434,12 @@ def discard_unused_run_folder(cfg: DictConfig | None) -> None:
         ):
             return
         shutil.rmtree(folder)
-        # The dated folders above it (outputs/train/DATE), when nothing else is left in them.
+        # The folders above it that Hydra made for it (outputs/train/DATE, outputs/train, outputs), as far
+        # up as the log folder (paths.log_dir), when nothing else is left in them.
         log_dir = OmegaConf.select(cfg, "paths.log_dir", default=None) if cfg is not None else None
-        top = Path(log_dir).resolve() / hydra.job.name if log_dir else None
+        top = Path(log_dir).resolve() if log_dir else None
         parent = folder.resolve().parent
-        while top is not None and parent != top and top in parent.parents and not os.listdir(parent):
+        while top is not None and (parent == top or top in parent.parents) and not os.listdir(parent):
             parent.rmdir()
             parent = parent.parent
     except OSError:

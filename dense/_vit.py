@@ -12,8 +12,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from timm.layers import trunc_normal_
 from torch import nn
+
+from dense.install_check import import_torchvision
+
+import_torchvision()  # timm imports torchvision: a torchvision built for another torch is named in one line
+from timm.layers import trunc_normal_  # noqa: E402
 
 
 class PatchEmbed(nn.Module):

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 import torch
 
 from dense._vit import DinoVisionTransformer
-from dense.errors import WeightsError, load_weights_file
+from dense.errors import WeightsError
 from dense.features import LayerSet
 from dense.registry import Registry
+from dense.weights_file import check_state_dict, load_weights_file
 
 DINOV2_BASE_URL = "https://dl.fbaipublicfiles.com/dinov2"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -86,9 +87,8 @@ def list_backbones(include_test: bool = True) -> list[str]:
 
 def resolve_name(name: str) -> str:
     """Canonical variant name; accepts upstream spellings (`dinov2_vitl14_reg`, `vitl14_reg4`,
-    `dinov3_vitl16`, `vitl16_sat493m`) in any case."""
-    key = name.strip().lower() if isinstance(name, str) else name
-    return BACKBONES.canonical(key)
+    `dinov3_vitl16`, `vitl16_sat493m`) in any case (the registry's one name form)."""
+    return BACKBONES.canonical(name)
 
 
 def get_spec(name: str) -> BackboneSpec:
@@ -242,7 +242,7 @@ def _cannot_download(spec: Dinov2Spec, path: str, error: BaseException) -> Weigh
     return WeightsError(
         f"could not download the {spec.name} weights ({type(error).__name__}: {error}). Without a network, "
         f"download {spec.url} elsewhere and place it at {path}, or pass its path with "
-        "weights=PATH (config: backbone.weights=PATH)"
+        "backbone.weights=PATH (train.py, predict.py; in Python: weights=PATH)"
     )
 
 
@@ -251,7 +251,7 @@ def _cannot_download(spec: Dinov2Spec, path: str, error: BaseException) -> Weigh
 _CHUNKED_KEY = re.compile(r"^blocks\.\d+\.(\d+)\.(.*)$")
 
 
-def extract_backbone_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
+def extract_backbone_state_dict(checkpoint: dict, where: str = "the file") -> dict[str, torch.Tensor]:
     """The plain official key layout from any of the shapes a DINOv2 checkpoint comes in.
 
     - a plain state dict (the published files);
@@ -265,7 +265,8 @@ def extract_backbone_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
             state = state[wrapper]
             break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError("the file holds no state dict of tensors (expected a DINOv2 backbone checkpoint)")
+        raise WeightsError(f"{where} holds no state dict of tensors (expected a DINOv2 backbone checkpoint)")
+    check_state_dict(state, where)  # names are strings (before they are matched below)
     for prefix in ("module.", "backbone."):
         if any(k.startswith(prefix) for k in state):
             state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
@@ -317,8 +318,18 @@ def check_compatible(state: dict[str, torch.Tensor], spec: Dinov2Spec) -> None:
         )
 
 
+def read_backbone_state(model: torch.nn.Module, name: str, path) -> dict[str, torch.Tensor]:
+    """The backbone tensors of weights file `path` (any layout extract_backbone_state_dict knows), each
+    checked against `model`'s tensor of that name (rank, kind of dtype) before any is looked at: the
+    shapes are compared once the file is known to be for this variant (load_state_dict_strictly)."""
+    where = os.fspath(path)
+    state = extract_backbone_state_dict(load_weights_file(path), where)
+    check_state_dict(state, where, model.state_dict(), shape=False, owner=name)
+    return state
+
+
 def load_backbone_weights(model: DinoVisionTransformer, spec: Dinov2Spec, path) -> None:
-    state = extract_backbone_state_dict(load_weights_file(path))
+    state = read_backbone_state(model, spec.name, path)
     check_compatible(state, spec)
     load_state_dict_strictly(model, state, spec.name, path)
 
@@ -337,9 +348,5 @@ def load_state_dict_strictly(model: torch.nn.Module, state: dict, name: str, pat
             f"missing {missing[:3]}{'…' if len(missing) > 3 else ''}, "
             f"unexpected {unexpected[:3]}{'…' if len(unexpected) > 3 else ''}"
         )
-    for key, value in state.items():
-        if value.shape != expected[key].shape:
-            raise WeightsError(
-                f"{path}: '{key}' has shape {tuple(value.shape)} but {name} expects {tuple(expected[key].shape)}"
-            )
+    check_state_dict(state, os.fspath(path), expected, owner=name)
     model.load_state_dict({**expected, **state}, strict=True)

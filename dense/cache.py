@@ -9,7 +9,7 @@ Layout: `<root>/<key>/` with
     meta.json        what the key was made of (written last when an entry is created)
     patches.npy      N × V × L × D × h × w  float16   (V = 2 views, L = layers)
     cls.npy          N × V × L × D          float16   (when the head uses class tokens)
-    target.npy       N × ...                the depth (float32) or mask (int16) of view 0
+    target.npy       N × ...                the depth or disparity (float32) or mask (int16) of view 0
     done.npy         N × V bool             written after the features, so a killed fill resumes
     .lock            held (flock) while a run checks and fills the entry
 
@@ -27,11 +27,16 @@ What opening an entry checks, before trusting `done.npy`:
     is refused with a CacheError naming it: nothing outside the entry is read, locked, replaced or
     deleted, whatever the shared cache folder holds.
   * meta.json is at most 1 MiB of JSON and equals the description;
-  * each .npy has the expected header (shape, dtype, order) and exactly header + data bytes.
+  * each .npy has the expected header (shape, dtype, order) and exactly header + data bytes;
+  * each .npy names the entry it belongs to, as meta.json does (a comment at the end of its header: the
+    key and a random part drawn at every reset), so a file swapped in from another entry, or from
+    an earlier fill of this one, with the same shape, is found.
 A damaged entry (a file missing, cut short, rewritten with another header or meta.json) is reset with
 one `CacheEntryWarning` and refilled. Files are created under a temporary name (O_EXCL, never through
 a link) and renamed, and the check and fill run under an exclusive lock, so a run killed at any moment
-or two runs sharing the folder never leave or read a half-made file.
+or two runs sharing the folder never leave or read a half-made file. Their disk blocks are allocated
+when they are created (posix_fallocate, else zeros written), not left sparse: the fill writes through
+memory maps, which a full disk would kill with SIGBUS; a full disk is a CacheError at creation instead.
 
 What it does NOT check: the features themselves. Someone with write access to the cache folder can
 rewrite an entry's numbers in place, keeping every header and size, and training reads them; telling
@@ -47,10 +52,10 @@ import contextlib
 import errno
 import fcntl
 import hashlib
-import io
 import json
 import math
 import os
+import re
 import secrets
 import stat
 import warnings
@@ -67,9 +72,14 @@ from dense.io import read_npy_header
 from dense.model import DenseModel, center_padding
 
 VIEWS = ("original", "hflip")
-FORMAT = 2  # bump when what an entry holds, or how it is computed, changes
+FORMAT = 3  # bump when what an entry holds, or how it is computed, changes (3: each file names its entry)
 PRECISIONS = ("fp32", "bf16")
 MAX_META_BYTES = 1 << 20  # a description is a few KB; meta.json is read whole
+# Each .npy of an entry names the entry in a comment at the end of its header (numpy reads the header as
+# a Python literal, so np.load reads the file as any other); meta.json holds the same identity.
+ENTRY_MARK = "# dense feature cache entry "
+ENTRY_ID = re.compile(r"[0-9a-f]{20}-[0-9a-f]{16}")  # <key>-<random, new at every reset>
+ALLOCATION_CHUNK = 1 << 20  # zeros written at a time where the disk cannot allocate (no posix_fallocate)
 
 
 class CacheEntryWarning(UserWarning):
@@ -149,9 +159,11 @@ def cache_key(
 # ---- checking an entry ----------------------------------------------------------------------------
 
 
-def npy_problem(f: BinaryIO, name: str, shape: tuple[int, ...], dtype: np.dtype) -> str | None:
-    """Why the .npy open in `f` (at its start) is not a complete C-order array of this shape and dtype,
-    or None when it is; `f` is then at the first data byte."""
+def npy_problem(
+    f: BinaryIO, name: str, shape: tuple[int, ...], dtype: np.dtype, entry: str | None = None
+) -> str | None:
+    """Why the .npy open in `f` (at its start) is not a complete C-order array of this shape and dtype
+    (whose header names `entry`, when given), or None when it is; `f` is then at the first data byte."""
     try:
         found_shape, fortran, found_dtype = read_npy_header(f)
         header_bytes, size = f.tell(), os.fstat(f.fileno()).st_size
@@ -165,17 +177,53 @@ def npy_problem(f: BinaryIO, name: str, shape: tuple[int, ...], dtype: np.dtype)
     expected = header_bytes + math.prod(shape) * np.dtype(dtype).itemsize
     if size != expected:
         return f"{name} is {size} bytes, expected {expected} (cut short or padded)"
+    if entry is not None:
+        f.seek(0)
+        found = header_entry(f.read(header_bytes))
+        if found != entry:
+            return f"{name} belongs to {f'the entry {found}' if found else 'no entry'}, not to {entry} (swapped in?)"
     return None
 
 
-def npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
-    """The .npy header of a C-order array, as np.save writes it."""
-    header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(
-        header,
-        {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape},
-    )
-    return header.getvalue()
+def header_entry(header: bytes) -> str | None:
+    """The entry identity a .npy header of the cache names (npy_header), or None."""
+    text = header.decode("latin1")
+    start = text.rfind(ENTRY_MARK)
+    if start < 0:
+        return None
+    found = text[start + len(ENTRY_MARK) :].split()
+    return found[0] if found and ENTRY_ID.fullmatch(found[0]) else None
+
+
+def npy_header(shape: tuple[int, ...], dtype: np.dtype, entry: str) -> bytes:
+    """The .npy header (version 1.0) of a C-order array, as np.save writes it, with a comment naming the
+    entry the file belongs to; padded to 64 bytes as numpy pads."""
+    fields = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
+    text = f"{fields!r}  {ENTRY_MARK}{entry}"
+    magic = np.lib.format.magic(1, 0)
+    padding = -(len(magic) + 2 + len(text) + 1) % 64
+    body = (text + " " * padding + "\n").encode("latin1")
+    return magic + len(body).to_bytes(2, "little") + body
+
+
+def allocate(fd: int, start: int, length: int) -> None:
+    """Give bytes [start, start + length) of the file real disk blocks now (zeros): the arrays are filled
+    through memory maps, and a map that writes into a hole of a sparse file on a full disk is killed
+    with SIGBUS; allocated here, a full disk is an OSError (ENOSPC) instead. posix_fallocate where the
+    system has it, else (or where the filesystem cannot) zeros written."""
+    if length <= 0:
+        return
+    if hasattr(os, "posix_fallocate"):
+        try:
+            os.posix_fallocate(fd, start, length)
+            return
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+    os.lseek(fd, start, os.SEEK_SET)
+    zeros = bytes(min(length, ALLOCATION_CHUNK))
+    while length > 0:
+        length -= os.write(fd, zeros[: min(length, len(zeros))])
 
 
 def refused(path: str, what: str, entry: str) -> CacheError:
@@ -228,15 +276,16 @@ class EntryFolder:
         return os.fdopen(fd, "r+b" if writable else "rb")
 
     def create(self, name: str, content: bytes, size: int | None = None) -> None:
-        """Makes `name` hold `content` followed by zeros up to `size` bytes: written under a new
-        temporary name (O_EXCL: never through a link), then renamed over `name` (which replaces the
-        name itself, never what a link there points at)."""
+        """Makes `name` hold `content` followed by zeros up to `size` bytes, allocated on the disk
+        (allocate): written under a new temporary name (O_EXCL: never through a link), then renamed over
+        `name` (which replaces the name itself, never what a link there points at)."""
         tmp = f".tmp-{secrets.token_hex(6)}-{name}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666, dir_fd=self.fd)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(content)
-                f.truncate(len(content) if size is None else size)  # sparse zeros: no bytes written
+                f.flush()
+                allocate(f.fileno(), len(content), (size or 0) - len(content))
             os.replace(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
@@ -274,7 +323,7 @@ class EntryFolder:
 class CachedFeatures(Dataset):
     """Features of `dataset` (fixed-size, unaugmented samples), filled on construction, read back per item.
 
-    Items: {"patches": L×D×h×w float16, "cls": L×D float16 (if used), "depth"/"mask", "name",
+    Items: {"patches": L×D×h×w float16, "cls": L×D float16 (if used), "depth"/"disparity"/"mask", "name",
     "view": 0|1}. With `random_flip`, each read picks a view at random (training); otherwise view 0.
     `filled` is how many images the construction ran through the backbone (0: the entry was complete).
     """
@@ -293,7 +342,8 @@ class CachedFeatures(Dataset):
         self.dataset = dataset
         self.random_flip = random_flip
         first = dataset[0]
-        self.target_key = "depth" if "depth" in first and model.task == "depth" else "mask"
+        depth_keys = [k for k in ("depth", "disparity") if k in first] if model.task == "depth" else []
+        self.target_key = depth_keys[0] if depth_keys else "mask"
         self.image_size = tuple(first["image"].shape[-2:])
         self.names = (
             list(dataset.sample_names())
@@ -318,7 +368,7 @@ class CachedFeatures(Dataset):
         padded, _ = model.pad(first["image"][None])
         h, w = padded.shape[-2] // model.patch_size, padded.shape[-1] // model.patch_size
         n, v, layers, dim = len(self.dataset), len(VIEWS), len(model.layers), model.backbone.embed_dim
-        target_dtype = np.float32 if self.target_key == "depth" else np.int16
+        target_dtype = np.int16 if self.target_key == "mask" else np.float32
         shapes = {
             "patches": ((n, v, layers, dim, h, w), np.float16),
             "target": ((n, *first[self.target_key].shape), target_dtype),
@@ -345,8 +395,11 @@ class CachedFeatures(Dataset):
                 meta = json.loads(f.read(MAX_META_BYTES))
             except (OSError, ValueError, RecursionError) as e:  # RecursionError: JSON nested too deep
                 return f"meta.json is unreadable ({type(e).__name__})"
-        if meta != self.description:
+        if not isinstance(meta, dict) or {k: v for k, v in meta.items() if k != "entry"} != self.description:
             return "meta.json describes another entry"
+        entry = meta.get("entry")
+        if not isinstance(entry, str) or not ENTRY_ID.fullmatch(entry):
+            return "meta.json names no entry identity"
         for name, (shape, dtype) in self.shapes.items():
             try:
                 f = folder.open(f"{name}.npy")
@@ -355,28 +408,35 @@ class CachedFeatures(Dataset):
             except OSError as e:
                 return f"{name}.npy is unreadable ({type(e).__name__})"
             with f:
-                problem = npy_problem(f, f"{name}.npy", shape, dtype)
+                problem = npy_problem(f, f"{name}.npy", shape, dtype, entry)
             if problem:
                 return problem
+        self.entry = entry
         return None
 
     def _reset(self, folder: EntryFolder) -> None:
         """Re-creates every file of the entry (features zero, done all False); meta.json last, so an
         entry with a meta.json always has all its files."""
+        # A new identity, named in every file and in meta.json: a file of another entry (or of an
+        # earlier fill of this one) swapped in is found on open.
+        self.entry = f"{os.path.basename(self.directory)[:20]}-{secrets.token_hex(8)}"
         try:
             # Stray temporary files of a killed run: nobody else is in (lock).
             for name in ["meta.json", *(n for n in folder.names() if n.startswith(".tmp-"))]:
                 folder.remove(name)
             for name, (shape, dtype) in self.shapes.items():
-                header = npy_header(shape, dtype)
+                header = npy_header(shape, dtype, self.entry)
                 folder.create(
                     f"{name}.npy", header, len(header) + math.prod(shape) * np.dtype(dtype).itemsize
                 )
-            folder.create("meta.json", json.dumps(self.description, indent=1).encode())
+            meta = {**self.description, "entry": self.entry}
+            folder.create("meta.json", json.dumps(meta, indent=1).encode())
         except OSError as e:
+            full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+            fix = "free some space" if full else "make the folder writable"
             raise CacheError(
-                f"cannot write the feature cache entry {self.directory} ({e}); make the folder "
-                "writable or point cache.dir elsewhere"
+                f"cannot write the feature cache entry {self.directory} ({e.strerror or e}); {fix} or "
+                "point cache.dir elsewhere"
             ) from None
 
     def _map(self, folder: EntryFolder, name: str, mode: str) -> np.memmap:
@@ -384,7 +444,7 @@ class CachedFeatures(Dataset):
         shape, dtype = self.shapes[name]
         try:
             with folder.open(f"{name}.npy", writable=mode == "r+") as f:
-                problem = npy_problem(f, f"{name}.npy", shape, dtype)
+                problem = npy_problem(f, f"{name}.npy", shape, dtype, self.entry)
                 if problem is None:
                     return np.memmap(f, dtype=dtype, mode=mode, offset=f.tell(), shape=shape)
         except OSError as e:

@@ -12,16 +12,18 @@ A checkpoint is a Lightning checkpoint (a plain dict, loadable with weights_only
 
 from __future__ import annotations
 
+import errno
 import os
 
 import torch
 
 import heads
 from dense.backbone import BACKBONES
-from dense.errors import WeightsError, load_weights_file, shown
+from dense.errors import WeightsError, WriteError, shown
 from dense.hashing import file_sha256
 from dense.model import DenseModel, build_model
 from dense.plain import plain_value_problem
+from dense.weights_file import load_weights_file, tensor_problem
 
 MODEL_KEY = "dense_model"
 BACKBONE_PREFIX = "model.backbone."
@@ -86,6 +88,7 @@ MODEL_CONFIG_TYPES = {
     "use_cls_token": bool,
     "min_depth": (int, float),
     "max_depth": (int, float),
+    "depth_mode": str,  # "relative" (absent: metric); its value is checked by build_model
 }
 
 
@@ -239,24 +242,37 @@ def check_stored_tensors(where: str, skeleton: DenseModel, state: dict, backbone
         expected = skeleton.backbone.state_dict()
         found = {k[len(BACKBONE_PREFIX) :]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
         for key in sorted(set(expected) | set(found)):
-            if key not in found or key not in expected or found[key].shape != expected[key].shape:
-                what = (
-                    "is missing"
-                    if key not in found
-                    else "is not a tensor of the backbone"
-                    if key not in expected
-                    else f"has shape {list(found[key].shape)}, {skeleton.config['backbone']} expects {list(expected[key].shape)}"
-                )
+            if key not in found:
+                what = "is missing"
+            elif key not in expected:
+                what = "is not a tensor of the backbone"
+            else:
+                what = tensor_problem(found[key], expected[key], owner=skeleton.config["backbone"])
+            if what is not None:
                 raise WeightsError(f"{where}: the stored backbone tensor {BACKBONE_PREFIX}{key} {what}")
 
 
 def atomic_save(obj, path: str | os.PathLike) -> None:
     """torch.save through a temporary file renamed into place (fsync'd first): a crash never leaves
-    half a checkpoint under the final name."""
+    half a checkpoint under the final name. A write that fails (a full disk, a file size limit) is a
+    one-line WriteError, and the temporary file is removed."""
     from dense.io import atomic_path
 
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                torch.save(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+    except (OSError, RuntimeError) as error:
+        # torch.save reports the file's own OSError as a RuntimeError of its zip writer (the context).
+        cause = error if isinstance(error, OSError) else error.__context__
+        if not isinstance(cause, OSError):
+            raise
+        full = cause.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        fix = "free some space or raise the file size limit (ulimit -f)" if full else "fix that"
+        failure = WriteError(
+            f"cannot write {os.fspath(path)} ({cause.strerror or cause}): {fix}, then run again"
+        )
+        failure.errno = cause.errno
+        raise failure from None

@@ -29,7 +29,8 @@ HEAD_KEYS = {
 }
 
 
-def model_from_config(backbone: Mapping, head: Mapping) -> DenseModel:
+def model_from_config(backbone: Mapping, head: Mapping, depth_mode: str = "metric") -> DenseModel:
+    """The DenseModel of the two groups; depth_mode: "metric" or "relative" (task.depth_mode of train.py)."""
     backbone, head = dict(plain(backbone)), dict(plain(head))
     for group, config, known in (("backbone", backbone, BACKBONE_KEYS), ("head", head, HEAD_KEYS)):
         unknown = sorted(set(config) - known)
@@ -47,6 +48,7 @@ def model_from_config(backbone: Mapping, head: Mapping) -> DenseModel:
         pretrained=bool(backbone.get("pretrained", False)) and not backbone.get("weights"),
         backbone_weights=backbone.get("weights"),
         head_weights=head.get("weights"),
+        depth_mode=depth_mode,
         **options,
     )
 

@@ -25,11 +25,11 @@ from dense.backbone import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     BackboneSpec,
-    extract_backbone_state_dict,
     load_state_dict_strictly,
+    read_backbone_state,
     register_backbone,
 )
-from dense.errors import WeightsError, load_weights_file
+from dense.errors import WeightsError
 
 DINOV3_BASE_URL = "https://dl.fbaipublicfiles.com/dinov3"
 DINOV3_ACCESS_URL = "https://ai.meta.com/resources/models-and-libraries/dinov3-downloads/"
@@ -204,7 +204,7 @@ def gated_weights_message(spec: Dinov3Spec) -> str:
         f"the {spec.name} weights are not in the torch hub cache and cannot be downloaded without Meta's "
         f"approval (DINOv3 licence): request access at {DINOV3_ACCESS_URL}, download {spec.filename} "
         f"from the link Meta e-mails (with wget), then place it at {dinov3_hub_cache_path(spec)} or pass "
-        "its path with weights=PATH (config: backbone.weights=PATH)"
+        "its path with backbone.weights=PATH (train.py, predict.py; in Python: weights=PATH)"
     )
 
 
@@ -289,6 +289,6 @@ def check_dinov3_compatible(state: dict[str, torch.Tensor], spec: Dinov3Spec, pa
 
 def load_dinov3_weights(model: Dinov3VisionTransformer, spec: Dinov3Spec, path) -> None:
     """Meta's released file (or any state dict in its layout) into `model`, strictly."""
-    state = extract_backbone_state_dict(load_weights_file(path))
+    state = read_backbone_state(model, spec.name, path)
     check_dinov3_compatible(state, spec, path)
     load_state_dict_strictly(model, state, spec.name, path, optional=OPTIONAL_BUFFERS)

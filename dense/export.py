@@ -17,7 +17,10 @@ the same bicubic resampling (both of upstream's rules) as two weight matrices bu
 size; the tests check it against F.interpolate. DINOv3's RoPE needs no swap.
 
 An ONNX file is data: predict.py reads only our metadata entry, bounded and type-checked, and never
-turns a string from it into code (the backbone and head names are only shown).
+turns a string from it into code (the backbone and head names are only shown). Its graph is checked
+before ONNX Runtime sees it (check_graph: only the operators export.py writes, ONNX_OPS; no control
+flow, functions or external data; the metadata's input and output), and every run is bounded in time
+and its output checked against the metadata (OnnxDenseModel).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import contextlib
 import json
 import math
 import os
+import threading
+import time
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -33,9 +38,9 @@ import torch
 from torch import nn
 
 from dense.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from dense.errors import DenseError
+from dense.errors import DenseError, shown
 from dense.io import atomic_path
-from dense.model import DenseModel
+from dense.model import DenseModel, build_model
 
 METADATA_KEY = "dense"
 FORMAT = "dense export v1"
@@ -293,6 +298,24 @@ def _store_weights_in_fp16(onnx_model) -> None:
         graph.node.insert(0, node)
 
 
+def onnx_proto(model: DenseModel, *, uint8_input: bool = False, fp16_weights: bool = False):
+    """The ONNX ModelProto of `model` as to_onnx writes it, without the metadata entry."""
+    program = export_program(model, uint8_input)
+    try:
+        onnx_program = torch.onnx.export(
+            program, dynamo=True, opset_version=OPSET, optimize=False, verbose=False
+        )
+    except Exception as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ExportError(
+            f"torch.onnx cannot convert the traced model: {type(error).__name__}: {first[:300]}"
+        ) from error
+    onnx_model = onnx_program.model_proto
+    if fp16_weights:
+        _store_weights_in_fp16(onnx_model)
+    return onnx_model
+
+
 def to_onnx(
     model: DenseModel,
     path: str | os.PathLike,
@@ -310,24 +333,18 @@ def to_onnx(
     """
     import onnx
 
+    if getattr(model, "depth_mode", "metric") != "metric":
+        # predict.py would read the file's output as metres; its metadata has no field for a relative map.
+        raise ExportError(
+            "a relative-depth model (task.depth_mode=relative) cannot be exported yet: its ONNX metadata "
+            "would describe metres; use predict.py with the checkpoint (ckpt=...)"
+        )
     path = check_output(path, ".onnx")
     metadata = model_metadata(
         model, uint8_input=uint8_input, fp16_weights=fp16_weights, class_names=class_names
     )
     check_metadata(metadata, path)
-    program = export_program(model, uint8_input)
-    try:
-        onnx_program = torch.onnx.export(
-            program, dynamo=True, opset_version=OPSET, optimize=False, verbose=False
-        )
-    except Exception as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ExportError(
-            f"torch.onnx cannot convert the traced model: {type(error).__name__}: {first[:300]}"
-        ) from error
-    onnx_model = onnx_program.model_proto
-    if fp16_weights:
-        _store_weights_in_fp16(onnx_model)
+    onnx_model = onnx_proto(model, uint8_input=uint8_input, fp16_weights=fp16_weights)
     entry = onnx_model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
     if onnx_model.ByteSize() >= 2**31:
@@ -337,6 +354,66 @@ def to_onnx(
     with atomic_path(path) as tmp:
         onnx.save_model(onnx_model, tmp)
     return path
+
+
+# ---- the operators export.py writes --------------------------------------------------------------------
+
+# Every operator export.py's graphs hold (domain ai.onnx, opset 18, no local functions), derived with
+# derive_onnx_ops: every registered head on a tiny backbone of each family, every tiny variant, float
+# and uint8 input, float32 and float16 weights. predict.py refuses a file with any other operator
+# (control flow such as Loop, If or Scan, another domain): it was not written by export.py.
+# tests/test_trust_onnx.py checks the graphs the suite exports against it; `pytest -m slow` re-derives it
+# (17 exports, 5 min on 2 cores; torch 2.14.1, onnx 1.23).
+ONNX_OPS = frozenset(
+    """
+    Abs Add And BatchNormalization Cast CastLike Clip Concat Constant Conv ConvTranspose Cos Div
+    Einsum Equal Erf Expand Floor Gather Gemm Identity LayerNormalization Less LessOrEqual MatMul
+    Max Min Mod Mul Neg Pad Range Reciprocal ReduceSum Relu Reshape Resize SequenceAt Shape Sigmoid
+    Sin Slice Softmax SplitToSequence Sqrt Squeeze Sub Tile Transpose Unsqueeze Where
+    """.split()
+)
+
+
+def graph_operators(onnx_model) -> set[str]:
+    """The operators of a graph's nodes: `Name` for the default domain (ai.onnx), `domain:Name` for others."""
+    return {
+        node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}:{node.op_type}"
+        for node in onnx_model.graph.node
+    }
+
+
+def derivation_cases() -> list[tuple[str, str, bool]]:
+    """(backbone, head, uint8 input) of derive_onnx_ops: every registered head on tiny14 (DINOv2) and
+    tiny16 (DINOv3), every other tiny variant with one head, and uint8 input on both families."""
+    from dense.backbone import BACKBONES, list_backbones
+    from heads import list_heads
+
+    families = ("tiny14", "tiny16")
+    cases = [(backbone, head, False) for backbone in families for head in list_heads()]
+    others = [n for n in list_backbones() if BACKBONES.get(n).test_only and n not in families]
+    cases += [(backbone, "depth_linear", False) for backbone in others]
+    cases += [(backbone, "depth_linear", True) for backbone in families]
+    return cases
+
+
+def derive_onnx_ops(cases: Sequence[tuple[str, str, bool]] | None = None) -> set[str]:
+    """The operators of the graphs export.py writes for `cases` (derivation_cases()), each with float32
+    and with float16 weights. Slow: one export (10-30 s of CPU) per case."""
+    import onnx
+
+    from heads import get_head_spec
+
+    found: set[str] = set()
+    for backbone, head, uint8_input in cases if cases is not None else derivation_cases():
+        torch.manual_seed(0)
+        options = {"num_classes": 3} if get_head_spec(head).task == "segmentation" else {}
+        proto = onnx_proto(build_model(backbone, head, **options).eval(), uint8_input=uint8_input)
+        found |= graph_operators(proto)
+        half = onnx.ModelProto()
+        half.CopyFrom(proto)
+        _store_weights_in_fp16(half)
+        found |= graph_operators(half)
+    return found
 
 
 # ---- reading our metadata (a file is data) ---------------------------------------------------------------
@@ -417,7 +494,97 @@ def read_metadata(custom_metadata: dict, where: str) -> dict:
     return check_metadata(metadata, where)
 
 
+# ---- checking an ONNX file's graph (a file is data) ---------------------------------------------------------
+
+
+def _declared(value_info) -> tuple[str, list[int | None] | None]:
+    """(element type, dims: a number, or None for a dynamic one; None when no rank is declared) that a
+    graph declares for an input or output."""
+    import onnx
+
+    if value_info.type.WhichOneof("value") != "tensor_type":
+        return "no tensor", None
+    tensor = value_info.type.tensor_type
+    kind = "unknown"
+    with contextlib.suppress(KeyError, ValueError, TypeError):
+        kind = str(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
+    if not tensor.HasField("shape"):
+        return kind, None
+    return kind, [d.dim_value if d.WhichOneof("value") == "dim_value" else None for d in tensor.shape.dim]
+
+
+def _any_size(dims: list[int | None] | None, channels: int) -> bool:
+    """Declared B×channels×H×W with B, H and W dynamic, as export.py declares its input and output."""
+    return dims is not None and len(dims) == 4 and dims[1] == channels and not any(dims[i] for i in (0, 2, 3))
+
+
+def _dims(dims: list[int | None] | None) -> str:
+    if dims is None:
+        return "of no known rank"
+    return "×".join("?" if d is None else str(d) for d in dims) if dims else "0-d"
+
+
+def check_graph(onnx_model, metadata: dict, where: str) -> None:
+    """Refuse, in one line naming the file, a graph export.py could not have written: an operator outside
+    ONNX_OPS or of another domain (control flow such as Loop, If, Scan), a subgraph, a local function,
+    weights in other files (a path the file names is never followed), another input than one
+    B×3×H×W tensor of the metadata's type, another output than one float32 B×C×H×W with C = 1 (depth)
+    or num_classes (segmentation); B, H and W dynamic, as export.py writes them."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    def refuse(reason: str) -> ExportError:
+        return ExportError(f"model={where}: {reason}, which export.py never writes; export the model again")
+
+    graph = onnx_model.graph
+    if onnx_model.functions:
+        raise refuse("it defines its own functions")
+    imports = {(o.domain or "ai.onnx", o.version) for o in onnx_model.opset_import}
+    if imports != {("ai.onnx", OPSET)}:
+        listed = ", ".join(f"{shown(d, 40)} {v}" for d, v in sorted(imports)[:3])
+        raise refuse(f"it imports the operator sets {listed} (export.py: ai.onnx {OPSET} alone)")
+    unknown = sorted(graph_operators(onnx_model) - ONNX_OPS)
+    if unknown:
+        listed = ", ".join(shown(name, 40) for name in unknown[:3])
+        raise refuse(f"it uses the operator(s) {listed}{' …' if len(unknown) > 3 else ''}")
+    subgraphs = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+    if any(a.type in subgraphs or a.HasField("g") or a.graphs for node in graph.node for a in node.attribute):
+        raise refuse("a node holds a subgraph")
+    tensors = [*graph.initializer]
+    tensors += [a.t for node in graph.node for a in node.attribute if a.HasField("t")]
+    tensors += [t for node in graph.node for a in node.attribute for t in a.tensors]
+    if graph.sparse_initializer or any(uses_external_data(t) for t in tensors):
+        raise refuse("it keeps weights outside the graph (external data or sparse initialisers)")
+
+    weights = {tensor.name for tensor in graph.initializer}
+    inputs = [value for value in graph.input if value.name not in weights]
+    if len(inputs) != 1 or len(graph.output) != 1:
+        raise refuse(f"it has {len(inputs)} inputs and {len(graph.output)} outputs (export.py: one each)")
+    kind, dims = _declared(inputs[0])
+    if kind != metadata["input"]:  # "uint8" or "float32", as numpy names them
+        raise ExportError(
+            f"model={where}: its input is {kind}, its metadata says {metadata['input']}; export the model again"
+        )
+    if not _any_size(dims, 3):
+        raise refuse(f"its input is declared {_dims(dims)}, not B×3×H×W of any size")
+    channels = 1 if metadata["task"] == "depth" else metadata["num_classes"]
+    kind, dims = _declared(graph.output[0])
+    if kind != "float32" or not _any_size(dims, channels):
+        raise refuse(
+            f"its output is declared {kind} {_dims(dims)}, not float32 B×{channels}×H×W ({metadata['task']})"
+        )
+
+
 # ---- running an ONNX file ----------------------------------------------------------------------------------
+
+DEFAULT_TIME_LIMIT = 600.0  # seconds per image in ONNX Runtime (predict.py onnx_time_limit)
+# What ONNX Runtime says when an allocation fails (its CPU allocator, or the C++ runtime's).
+ALLOCATION_FAILURES = ("Failed to allocate memory", "bad_alloc", "bad allocation")
+
+
+class OnnxRunError(DenseError, RuntimeError):
+    """ONNX Runtime failed on an input, or ran past the time limit, or the graph's output is not what
+    the metadata describes; the message names the file. predict.py skips that image."""
 
 
 class OnnxDenseModel(DenseModel):
@@ -427,13 +594,21 @@ class OnnxDenseModel(DenseModel):
     It holds no backbone or head: what predict.py reads of a model (task, depth range, classes) comes
     from the file's metadata. Inputs are ImageNet-normalised float32, as for DenseModel; a graph that
     normalises uint8 itself gets them turned back into the uint8 images they came from.
+
+    The graph is data too: every output is checked against the metadata (float32 B×C×H×W of the input's
+    batch and size, C = 1 or num_classes) and depth is clamped to the metadata's range, as DenseModel
+    clamps. A run is stopped (ONNX Runtime's RunOptions.terminate, set by a timer) once it takes longer
+    than `time_limit` seconds per image: per forward call, or within `time_budget(images)`, for all
+    the calls made for those images.
     """
 
-    def __init__(self, session, metadata: dict, path: str):
+    def __init__(self, session, metadata: dict, path: str, time_limit: float | None = DEFAULT_TIME_LIMIT):
         nn.Module.__init__(self)
         self.session = session
         self.metadata = metadata
         self.path = path
+        self.time_limit = time_limit
+        self._deadline: float | None = None
         self.task = metadata["task"]
         self.min_depth, self.max_depth = metadata["min_depth"], metadata["max_depth"]
         self.config = {
@@ -458,8 +633,24 @@ class OnnxDenseModel(DenseModel):
     def uint8_input(self) -> bool:
         return self.metadata["input"] == "uint8"
 
+    @property
+    def channels(self) -> int:
+        return 1 if self.task == "depth" else self.metadata["num_classes"]
+
     def train(self, mode: bool = True):
         return nn.Module.train(self, False)  # a fixed graph: always inference
+
+    @contextlib.contextmanager
+    def time_budget(self, images: int) -> Iterator[None]:
+        """Every forward call inside the block shares one deadline: time_limit seconds per image."""
+        if self.time_limit is None:
+            yield
+            return
+        self._deadline = time.monotonic() + self.time_limit * images
+        try:
+            yield
+        finally:
+            self._deadline = None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or images.shape[1] != 3:
@@ -467,38 +658,109 @@ class OnnxDenseModel(DenseModel):
         x = images.detach().float().cpu()
         if self.uint8_input:
             x = ((x * self.std + self.mean) * 255).round().clamp(0, 255).to(torch.uint8)
-        (out,) = self.session.run(None, {self.input_name: np.ascontiguousarray(x.numpy())})
-        return torch.from_numpy(out).to(images.device)
+        out = self._run(np.ascontiguousarray(x.numpy()))
+        batch, _, height, width = images.shape
+        if (
+            not isinstance(out, np.ndarray)
+            or out.dtype != np.float32
+            or out.shape != (batch, self.channels, height, width)
+        ):
+            found = (
+                f"{out.dtype} {'×'.join(map(str, out.shape))}"
+                if isinstance(out, np.ndarray)
+                else type(out).__name__
+            )
+            raise OnnxRunError(
+                f"model={self.path}: the graph returned {found} for {batch}×3×{height}×{width} images, not float32 "
+                f"{batch}×{self.channels}×{height}×{width} ({self.task}); export the model again with export.py"
+            )
+        result = torch.from_numpy(out)
+        if self.task == "depth":
+            result = result.clamp(self.min_depth, self.max_depth)
+        return result.to(images.device)
+
+    def _run(self, x: np.ndarray):
+        """session.run, stopped once the deadline passes; ONNX Runtime's failures as OnnxRunError (an
+        allocation that failed as MemoryError, which predict.py treats as out of memory)."""
+        import onnxruntime
+
+        options = onnxruntime.RunOptions()
+        options.log_severity_level = 4  # its errors become the one line below
+        seconds = None
+        if self._deadline is not None:
+            seconds = self._deadline - time.monotonic()
+        elif self.time_limit is not None:
+            seconds = self.time_limit * x.shape[0]
+        if seconds is not None and seconds <= 0:
+            raise self._too_long()
+        timer = None
+        if seconds is not None:
+            timer = threading.Timer(seconds, setattr, (options, "terminate", True))
+            timer.daemon = True
+            timer.start()
+        try:
+            return self.session.run(None, {self.input_name: x}, options)[0]
+        except Exception as error:  # ONNX Runtime raises its own exception types (Fail, InvalidArgument, …)
+            if options.terminate:
+                raise self._too_long() from None
+            text = " ".join(str(error).split()) or type(error).__name__
+            if any(failure in text for failure in ALLOCATION_FAILURES):
+                raise MemoryError(f"ONNX Runtime could not allocate memory ({text[:200]})") from None
+            raise OnnxRunError(
+                f"model={self.path}: ONNX Runtime failed on this input ({text[:200]})"
+            ) from None
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _too_long(self) -> OnnxRunError:
+        return OnnxRunError(
+            f"model={self.path}: ONNX Runtime ran longer than {self.time_limit:g} s per image, so it was stopped "
+            "(onnx_time_limit); raise onnx_time_limit for a slow machine, or check the file"
+        )
 
 
-def load_onnx_model(path: str | os.PathLike, threads: int | None = None) -> OnnxDenseModel:
-    """An ONNX file written by to_onnx, ready to run on the CPU; one-line errors for anything else."""
+def load_onnx_model(
+    path: str | os.PathLike, threads: int | None = None, time_limit: float | None = DEFAULT_TIME_LIMIT
+) -> OnnxDenseModel:
+    """An ONNX file written by to_onnx, ready to run on the CPU; one-line errors for anything else.
+
+    The file is read and checked (our metadata, then the graph: check_graph) before ONNX Runtime sees
+    it: nothing of a graph export.py could not have written is ever run or optimised.
+    time_limit: seconds per image a run may take (None: no limit).
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ExportError(f"model={path}: no such file")
     try:
+        import onnx
         import onnxruntime
     except ImportError:
-        raise ExportError("model=*.onnx needs onnxruntime: pip install -e '.[export]'") from None
+        raise ExportError("model=*.onnx needs onnx and onnxruntime: pip install -e '.[export]'") from None
+    if os.path.getsize(path) >= 2**31:
+        raise ExportError(f"model={path}: larger than the 2 GB an ONNX file of export.py can be")
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        onnx_model = onnx.load_model_from_string(data)
+    except Exception as error:  # protobuf's DecodeError, and whatever else a damaged file raises
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ExportError(
+            f"model={path}: ONNX Runtime cannot load it: not an ONNX model ({first[:200]})"
+        ) from None
+    metadata = read_metadata({entry.key: entry.value for entry in onnx_model.metadata_props}, path)
+    check_graph(onnx_model, metadata, path)
+    del onnx_model
     options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # fatal only: its errors reach the user as our one line
     if threads:
         options.intra_op_num_threads = int(threads)
     try:
-        session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own exception types for unreadable files
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise ExportError(f"model={path}: ONNX Runtime cannot load it ({first[:200]})") from None
-    metadata = read_metadata(session.get_modelmeta().custom_metadata_map, path)
-    inputs = session.get_inputs()
-    if len(inputs) != 1 or len(session.get_outputs()) != 1:
-        raise ExportError(f"model={path}: expected one input and one output, as export.py writes")
-    expected_type = {"uint8": "tensor(uint8)", "float32": "tensor(float)"}[metadata["input"]]
-    if inputs[0].type != expected_type:
-        raise ExportError(
-            f"model={path}: its input is {inputs[0].type}, its metadata says {metadata['input']}"
-        )
-    return OnnxDenseModel(session, metadata, path)
+    return OnnxDenseModel(session, metadata, path, time_limit)
 
 
 def onnx_model_for_predict(cfg) -> OnnxDenseModel:
@@ -515,7 +777,10 @@ def onnx_model_for_predict(cfg) -> OnnxDenseModel:
             f"model={path} runs in ONNX Runtime as exported: leave precision=fp32 and compile=false "
             "(fp16=true at export stores half-precision weights)"
         )
-    model = load_onnx_model(path)
+    limit = cfg.get("onnx_time_limit", DEFAULT_TIME_LIMIT)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | float) or not limit > 0):
+        raise ExportError(f"onnx_time_limit={limit} must be a positive number of seconds per image, or null")
+    model = load_onnx_model(path, time_limit=None if limit is None else float(limit))
     if model.uint8_input and any(float(s) != 1.0 for s in cfg.scales):
         raise ExportError(
             f"model={path} takes uint8 images (exported with normalise=true), which resized views are not: "

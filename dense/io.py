@@ -9,10 +9,11 @@ onto whatever colours happen to sit under transparent pixels.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -120,6 +121,25 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
+# Who is told of each file atomic_path is about to put in place (announcing_writes).
+_BEFORE_REPLACE: contextvars.ContextVar[Callable[[str, str], None] | None] = contextvars.ContextVar(
+    "before_replace", default=None
+)
+
+
+@contextlib.contextmanager
+def announcing_writes(before_replace: Callable[[str, str], None]) -> Iterator[None]:
+    """Inside the block, atomic_path calls before_replace(path, tmp) for every file it writes, once the
+    file is complete under its temporary name `tmp` and just before it is renamed onto `path`: it has
+    then the inode, size and modification time the final file will have. predict.py records its
+    results this way before they appear, so a run killed at any moment leaves none unrecorded."""
+    token = _BEFORE_REPLACE.set(before_replace)
+    try:
+        yield
+    finally:
+        _BEFORE_REPLACE.reset(token)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yields a temporary path in the destination's folder; renamed onto `path` only when the block
@@ -135,6 +155,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         yield tmp
         # mkstemp creates the file private (0600); results should get the usual permissions.
         os.chmod(tmp, 0o666 & ~_UMASK)
+        before_replace = _BEFORE_REPLACE.get()
+        if before_replace is not None:
+            before_replace(path, tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -1,4 +1,5 @@
-"""Training losses: depth (SigLoss + GradientLoss, the official DINOv2 recipe) and segmentation.
+"""Training losses: depth (SigLoss + GradientLoss, the official DINOv2 recipe), relative depth (MiDaS'
+scale-and-shift-invariant loss) and segmentation.
 
 Depth losses take a prediction and a ground truth of shape B×1×H×W (metres). Invalid ground-truth
 pixels are 0 (or beyond `max_depth`) and are masked out. Segmentation losses take logits B×C×H×W and
@@ -254,7 +255,7 @@ class GradientLoss(nn.Module):
         per_image = diff.new_zeros(diff.shape[0])
         for s in self.STRIDES:
             d, m = diff[..., ::s, ::s], fmask[..., ::s, ::s]  # B×1×h×w: H and W only, never the batch axis
-            numerator = _two_step_sum(d, m, dim=2, keep=0) + _two_step_sum(d, m, dim=3, keep=0)
+            numerator = _difference_sum(d, m, dim=2, keep=0) + _difference_sum(d, m, dim=3, keep=0)
             # count == 0 implies numerator == 0: clamp so that case adds 0 instead of NaN.
             per_image = per_image + numerator / m.sum(dim=(1, 2, 3)).clamp(min=1)
         # Weighted mean over the images that have a valid pixel (per_image is exactly 0 for the others;
@@ -268,20 +269,22 @@ class GradientLoss(nn.Module):
         total = diff.new_zeros(())
         for s in self.STRIDES:
             d, m = diff[::s, ::s], fmask[::s, ::s]  # every s-th image, and channel 0
-            numerator = _two_step_sum(d, m, dim=0) + _two_step_sum(d, m, dim=1)
+            numerator = _difference_sum(d, m, dim=0) + _difference_sum(d, m, dim=1)
             total = total + numerator / m.sum().clamp(min=1)
         return total
 
 
-def _two_step_sum(d: torch.Tensor, m: torch.Tensor, dim: int, keep: int | None = None) -> torch.Tensor:
-    """sum of |d[k] - d[k+2]| along `dim` where both are valid (the MegaDepth gradient with a 2-step),
-    over all axes, or over all but axis `keep`. An axis shorter than 3 gives 0, as upstream's empty
-    slices."""
+def _difference_sum(
+    d: torch.Tensor, m: torch.Tensor, dim: int, keep: int | None = None, gap: int = 2
+) -> torch.Tensor:
+    """sum of |d[k] - d[k+gap]| along `dim` where both are valid, over all axes, or over all but axis
+    `keep`: the MegaDepth gradient of GradientLoss (gap 2) and MiDaS' (gap 1). An axis shorter than
+    gap + 1 gives 0, as upstream's empty slices."""
     n = d.shape[dim]
-    if n < 3:
+    if n <= gap:
         return d.new_zeros(d.shape[keep]) if keep is not None else d.new_zeros(())
-    step = (d.narrow(dim, 0, n - 2) - d.narrow(dim, 2, n - 2)).abs()
-    both = m.narrow(dim, 0, n - 2) * m.narrow(dim, 2, n - 2)
+    step = (d.narrow(dim, 0, n - gap) - d.narrow(dim, gap, n - gap)).abs()
+    both = m.narrow(dim, 0, n - gap) * m.narrow(dim, gap, n - gap)
     terms = step * both
     if keep is None:
         return terms.sum()
@@ -326,6 +329,106 @@ class DepthLoss(nn.Module):
         if self.grad is not None:
             parts["loss_grad"] = self.grad._loss(pred, target)
         return {"loss": sum(parts.values()), **parts}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Relative depth (disparity up to scale and shift)
+# ----------------------------------------------------------------------------------------------------
+
+
+class ScaleShiftInvariantLoss(nn.Module):
+    """MiDaS' loss for relative depth: scale-and-shift-invariant, in disparity space, with multi-scale
+    gradient matching (Ranftl et al., "Towards Robust Monocular Depth Estimation", TPAMI 2020, eqs.
+    5–7 and 11; the authors' code: gist ranftlr/1d6194db2e1dffa0a50c9b0a9549cbd2, linked from
+    isl-org/MiDaS issue 33, `TrimmedProcrustesLoss`).
+
+    forward(pred, target, mask) -> {"loss": total, "loss_ssi": the data term, "loss_grad": the weighted
+    gradient term}; pred and target are disparities (B×1×H×W, larger = nearer), mask (B×1×H×W bool) the
+    valid ground-truth pixels. Per image, over its M valid pixels:
+        t(d) = median(d),  s(d) = mean |d − t(d)| (at least 1e-6),  d̂ = (d − t(d)) / s(d)
+        r    = d̂(pred) − d̂(target)
+        ssi  = Σ of the U smallest |r| / (2M),  U = floor((1 − trim)·M)
+               (trim 0.2: the paper's trimmed loss L_ssitrim, which MiDaS and DPT train with;
+               trim 0: L_ssimae, the untrimmed form)
+        grad = Σ over scales k = 0..scales−1 of (Σ |r_x| + Σ |r_y|) / M_k on the map subsampled by
+               2^k ([::2^k, ::2^k]): differences of r between neighbouring valid pixels, M_k the valid
+               pixels of that map (the gist's normalisation; the paper's eq. 11 writes 1/M)
+        loss = ssi + grad_weight·grad   (alpha = 0.5, 4 scales: the paper's and the gist's values)
+    and the batch loss is the mean over the images that have a valid pixel (0 without any, on the graph).
+    Where the gist and the paper differ, the paper is followed (tests/test_relative.py checks both):
+      * the gist's trim does nothing: `torch.sort(res)[:k]` slices the (values, indices) pair, not
+        the values, so it sums every |r|. trim=0 computes exactly that; the default 0.2 is the paper's;
+      * the gist takes the median over all pixels with invalid ones as 0; here, over the valid pixels;
+      * the gist averages over the whole batch's pixels; here per image, then the mean of images (the
+        paper's 1/N Σ_n L(d̂ⁿ, d̂*ⁿ)).
+    On one image whose every pixel is valid, trim=0 gives the gist's value.
+    The prediction is normalised by its own median and deviation (not fitted by least squares to the
+    target, MiDaS v1's form), so the loss is also invariant to a positive scale and any shift of the
+    target. No host-device sync: medians are nanmedians over masked rows, the trim a rank test.
+    """
+
+    def __init__(
+        self, trim: float = 0.2, grad_weight: float = 0.5, scales: int = 4, check_values: bool = True
+    ):
+        super().__init__()
+        if not 0 <= trim < 1:
+            raise BadInputError(f"ScaleShiftInvariantLoss: trim={trim!r} must be in [0, 1) (MiDaS: 0.2)")
+        if not (isinstance(scales, int) and 1 <= scales <= 8):
+            raise BadInputError(
+                f"ScaleShiftInvariantLoss: scales={scales!r} must be an integer in 1–8 (MiDaS: 4)"
+            )
+        self.trim, self.grad_weight, self.scales = float(trim), float(grad_weight), scales
+        self.check_values = check_values
+
+    def forward(
+        self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        where = "ScaleShiftInvariantLoss"
+        check_depth_pair(pred, target, where, self.check_values)
+        if not isinstance(mask, torch.Tensor) or mask.shape != target.shape or mask.dtype != torch.bool:
+            raise BadInputError(
+                f"{where}: the mask must be a bool tensor of the target's shape {tuple(target.shape)}"
+            )
+        residual = self.normalised(pred, mask) - self.normalised(target, mask)  # 0 at invalid pixels
+        count = mask.flatten(1).sum(dim=1).to(residual.dtype)  # M per image
+        ssi = self._trimmed_sum(residual, mask, count) / (2 * count.clamp(min=1))
+        grad = residual.new_zeros(len(residual))
+        fmask = mask.to(residual.dtype)
+        for k in range(self.scales):
+            step = 2**k
+            r, m = residual[..., ::step, ::step], fmask[..., ::step, ::step]
+            numerator = _difference_sum(r, m, dim=2, keep=0, gap=1) + _difference_sum(
+                r, m, dim=3, keep=0, gap=1
+            )
+            grad = grad + numerator / m.sum(dim=(1, 2, 3)).clamp(min=1)
+        has_valid = count > 0
+        images = has_valid.sum().to(residual.dtype).clamp(min=1)
+        ssi = torch.where(has_valid, ssi, torch.zeros_like(ssi)).sum() / images
+        grad = self.grad_weight * torch.where(has_valid, grad, torch.zeros_like(grad)).sum() / images
+        return {"loss": ssi + grad, "loss_ssi": ssi, "loss_grad": grad}
+
+    @staticmethod
+    def normalised(d: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(d − median) / mean absolute deviation per image, over the valid pixels; 0 at the others.
+        The lower of the two middle values for an even count, as torch.median (the gist's)."""
+        flat, valid = d.flatten(1), mask.flatten(1)
+        nan = torch.full((), float("nan"), dtype=d.dtype, device=d.device)
+        median = torch.nanmedian(torch.where(valid, flat, nan), dim=1).values
+        median = torch.where(valid.any(dim=1), median, torch.zeros_like(median))  # no pixel: NaN → 0
+        centred = torch.where(valid, flat - median[:, None], torch.zeros_like(flat))
+        deviation = centred.abs().sum(dim=1) / valid.sum(dim=1).clamp(min=1)
+        return (centred / deviation.clamp(min=1e-6)[:, None]).view_as(d)
+
+    def _trimmed_sum(self, residual: torch.Tensor, mask: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """Per image, the sum of the floor((1 − trim)·M) smallest |r| over the valid pixels."""
+        magnitude = residual.abs().flatten(1)
+        inf = torch.full((), float("inf"), dtype=magnitude.dtype, device=magnitude.device)
+        ordered = torch.sort(torch.where(mask.flatten(1), magnitude, inf), dim=1).values  # invalid last
+        # floor in float64, as the gist's int(len(res) * (1.0 - trim)) in Python floats.
+        kept = torch.floor(count.to(torch.float64) * (1.0 - self.trim))
+        rank = torch.arange(ordered.shape[1], device=ordered.device, dtype=torch.float64)
+        keep = rank[None, :] < kept[:, None]
+        return torch.where(keep, ordered, torch.zeros_like(ordered)).sum(dim=1)
 
 
 # ----------------------------------------------------------------------------------------------------

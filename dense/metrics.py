@@ -1,7 +1,8 @@
 """Evaluation metrics as torchmetrics `Metric`s, so their states are summed across DDP processes.
 
 DepthMetrics follows the Monocular-Depth-Estimation-Toolbox (the evaluation the DINOv2 depth numbers
-come from: depth/core/evaluation/metrics.py and depth/datasets/{nyu,kitti}.py); SegMetrics follows
+come from: depth/core/evaluation/metrics.py and depth/datasets/{nyu,kitti}.py), and scores relative
+(affine-invariant) depth after `align_least_squares`, as DINOv3's and Marigold's evaluations; SegMetrics follows
 mmseg's mean_iou (a confusion matrix over the whole split). Both `compute()` return plain dicts of
 scalar tensors, ready for `LightningModule.log_dict`.
 """
@@ -48,13 +49,130 @@ def crop_mask(crop: str | None, height: int, width: int, device=None) -> torch.T
     return mask
 
 
-class DepthMetrics(Metric):
-    """Standard monocular depth metrics, per image then averaged over images.
+# ---- least-squares alignment (relative depth) -------------------------------------------------------
 
-    update(pred, target): B×1×H×W or B×H×W depth in metres, same shape. Valid pixels:
-    min_depth < gt < max_depth (both strict, as the toolbox) and inside the crop.
-    compute() -> {"a1", "a2", "a3", "abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog",
-                  "n_images", "n_skipped"}
+ALIGN_SPACES = ("depth", "disparity")
+DEPTH_TARGETS = ("depth", "disparity")
+# Marigold's floors (script/depth/eval.py): an aligned disparity is clipped at 1e-3 before it is
+# inverted (a depth of at most 1000 m), and a prediction at 1e-6 "for evaluation" (d > 0).
+ALIGNED_DISPARITY_FLOOR = 1e-3
+EVALUATION_FLOOR = 1e-6
+
+
+def _image_planes(tensor: torch.Tensor, name: str) -> torch.Tensor:
+    """H×W, B×H×W or B×1×H×W → B×H×W (a view)."""
+    if not isinstance(tensor, torch.Tensor) or tensor.dim() not in (2, 3, 4):
+        raise BadInputError(f"align_least_squares: the {name} must be H×W, B×H×W or B×1×H×W")
+    if tensor.dim() == 4:
+        if tensor.shape[1] != 1:
+            raise BadInputError(
+                f"align_least_squares: the {name} must have one channel, got shape {tuple(tensor.shape)}"
+            )
+        return tensor[:, 0]
+    return tensor[None] if tensor.dim() == 2 else tensor
+
+
+def least_squares_fit(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor):
+    """Per image (B×H×W), the scale and shift minimising sum over `mask` of (scale·pred + shift − target)²,
+    as float64 tensors of shape B.
+
+    Solved as DINOv3 and Marigold solve it, with LAPACK's SVD least squares (numpy's lstsq there,
+    torch.linalg.lstsq with the same driver, gelsd, here, in float64 on the CPU): a fit that is not
+    determined gets the minimum-norm solution, as theirs. A constant prediction c gives
+    (scale, shift) = mean(target)·(c, 1)/(c² + 1), i.e. the mean of the target everywhere; an image
+    without a pixel in `mask` gives 0 and 0. One small copy to the host per image: an evaluation step."""
+    scales, shifts = [], []
+    for p, t, m in zip(pred, target, mask, strict=True):
+        p, t = p[m].detach().to("cpu", torch.float64), t[m].detach().to("cpu", torch.float64)
+        system = torch.stack([p, torch.ones_like(p)], dim=1)
+        solution = torch.linalg.lstsq(system, t[:, None], driver="gelsd").solution[:, 0]
+        scales.append(solution[0])
+        shifts.append(solution[1])
+    device = pred.device
+    return torch.stack(scales).to(device), torch.stack(shifts).to(device)
+
+
+def align_least_squares(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, space: str = "depth"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The prediction aligned to the ground truth per image by the least-squares scale and shift over
+    the valid pixels: what affine-invariant ("relative") depth is scored on.
+
+    pred, target, mask: H×W, B×H×W or B×1×H×W (the same shape); mask: the valid ground-truth pixels.
+    Returns (aligned, scale, shift): `aligned` has pred's shape (float64) and is a DEPTH map in both
+    spaces; scale and shift have one value per image.
+
+    space "depth": scale·pred + shift fitted to the target as it is. DINOv3's evaluation with
+        `align_least_squares: true` (dinov3/eval/depth/utils.py align_depth_least_square, called by
+        eval.py evaluate_depther_with_dataloader on each prediction, with the valid mask).
+    space "disparity": the prediction is a disparity (larger = nearer, what relative models such as
+        MiDaS predict), fitted to 1/target over the pixels of `mask` where target > 0 and pred > 0;
+        the aligned disparity is clipped at 1e-3 and inverted. Marigold's least_square_disparity
+        (prs-eth/Marigold script/depth/eval.py, src/util/alignment.py), the protocol Depth Anything
+        and MiDaS results are compared under, and the one DINOv3's function is adapted from.
+    Neither clamps to a depth range: the metrics do that next (DepthMetrics, as DINOv3 and Marigold).
+    """
+    if space not in ALIGN_SPACES:
+        raise BadInputError(f"align_least_squares: space={space!r} is not one of {ALIGN_SPACES}")
+    p, t, m = (_image_planes(x, n) for x, n in ((pred, "prediction"), (target, "target"), (mask, "mask")))
+    if not (p.shape == t.shape == m.shape):
+        raise BadInputError(
+            f"align_least_squares: prediction {tuple(pred.shape)}, target {tuple(target.shape)} and "
+            f"mask {tuple(mask.shape)} must have the same shape"
+        )
+    p, t, m = p.to(torch.float64), t.to(torch.float64), m.bool()
+    if space == "disparity":
+        positive = m & (t > 0) & (p > 0)
+        inverse = 1 / torch.where(positive, t, torch.ones_like(t))
+        scale, shift = least_squares_fit(p, inverse, positive)
+        disparity = (scale[:, None, None] * p + shift[:, None, None]).clamp(min=ALIGNED_DISPARITY_FLOOR)
+        aligned = 1 / disparity
+    else:
+        scale, shift = least_squares_fit(p, t, m)
+        aligned = scale[:, None, None] * p + shift[:, None, None]
+    if pred.dim() == 2:
+        return aligned[0], scale[0], shift[0]
+    return aligned.reshape(pred.shape), scale, shift
+
+
+# ---- the metrics ---------------------------------------------------------------------------------
+
+
+def per_image_metrics(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every metric of DEPTH_METRIC_NAMES per image (B values each) over the `valid` pixels of B×H×W
+    float64 maps; `pred` and `gt` must be positive there (the callers clamp). Formulas: DepthMetrics."""
+    # Harmless values at invalid pixels, so that no log(0) or x/0 can appear; those pixels are then
+    # excluded from every mean by `valid`.
+    gt = torch.where(valid, gt, torch.ones_like(gt))
+    pred = torch.where(valid, pred, torch.ones_like(pred))
+    n = valid.sum(dim=(1, 2)).clamp(min=1).to(torch.float64)
+
+    def image_mean(values: torch.Tensor) -> torch.Tensor:
+        return torch.where(valid, values, torch.zeros_like(values)).sum(dim=(1, 2)) / n
+
+    thresh = torch.maximum(gt / pred, pred / gt)
+    err = torch.log(pred) - torch.log(gt)
+    return {
+        "a1": image_mean((thresh < 1.25).to(torch.float64)),
+        "a2": image_mean((thresh < 1.25**2).to(torch.float64)),
+        "a3": image_mean((thresh < 1.25**3).to(torch.float64)),
+        "abs_rel": image_mean((gt - pred).abs() / gt),
+        "sq_rel": image_mean((gt - pred) ** 2 / gt),
+        "rmse": image_mean((gt - pred) ** 2).sqrt(),
+        "rmse_log": image_mean(err**2).sqrt(),
+        "log10": image_mean((torch.log10(gt) - torch.log10(pred)).abs()),
+        "silog": (image_mean(err**2) - image_mean(err) ** 2).clamp(min=0).sqrt() * 100,
+    }
+
+
+class DepthMetrics(Metric):
+    """Standard monocular depth metrics, per image then averaged over images: on the prediction as it
+    is, and/or on the prediction aligned to the ground truth by least squares (relative depth).
+
+    update(pred, target): B×1×H×W or B×H×W, same shape. Valid pixels: min_depth < gt < max_depth (both
+    strict, as the toolbox) and inside the crop; for target="disparity", gt > 0 (see below).
+    compute() -> {"a1", "a2", "a3", "abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog"
+                  (with metric=True), the same names + "_aligned" (with align), "n_images", "n_skipped"}
     n_images counts the images that entered the averages, n_skipped those with no valid pixel (the
     toolbox gives them NaN and drops them with nanmean: same averages). With no image at all the
     metrics are NaN.
@@ -72,23 +190,65 @@ class DepthMetrics(Metric):
     prediction is clamped to [min_depth, max_depth] on entry, which is a no-op for outputs already
     clamped that way and keeps log/division defined for heads that are not.
     Everything is computed in float64 (the toolbox works in numpy float32/64).
+
+    metric: compute the metrics on the prediction as it is (False for relative models: their output
+        has no unit, only the aligned metrics mean something).
+    align: None, or the space of `align_least_squares` for the "_aligned" metrics: per image, the
+        prediction is fitted to the ground truth over the valid pixels, then clamped to [min_depth,
+        max_depth] and scored, as DINOv3's evaluation (eval.py: align, clamp to eval_range, then
+        calculate_depth_metrics) and Marigold's (least_square_disparity: align, clip, score).
+        "depth": the prediction is a depth (DINOv3); "disparity": a disparity (relative models).
+    target: "depth" (metres) or "disparity": the ground truth is itself a relative disparity (larger =
+        nearer, any scale and shift; negative = no value, as the folder dataset's -1). Then only the
+        aligned metrics exist (metric=False, align="disparity"): the prediction is fitted to the
+        ground-truth disparity directly, clipped at 1e-6 (Marigold's floor), and the metrics compare
+        disparities; valid pixels are gt > 0 (a disparity of 0, the sky, divides AbsRel and δ by 0,
+        so it trains but is not scored), no depth range. δ is the same in depth and disparity (the
+        ratio is inverted); AbsRel, RMSE are in disparity units.
     """
 
     is_differentiable = False
     higher_is_better = None  # a1..a3 higher, the errors lower
     full_state_update = False
 
-    def __init__(self, min_depth: float = 1e-3, max_depth: float = 10.0, crop: str | None = None, **kwargs):
+    def __init__(
+        self,
+        min_depth: float = 1e-3,
+        max_depth: float = 10.0,
+        crop: str | None = None,
+        *,
+        metric: bool = True,
+        align: str | None = None,
+        target: str = "depth",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if not 0 < min_depth < max_depth:
             raise BadInputError(f"DepthMetrics: need 0 < min_depth < max_depth, got {min_depth}, {max_depth}")
         if crop not in (None, "eigen", "garg"):
             raise BadInputError(f"DepthMetrics: unknown crop {crop!r}; use None, 'eigen' or 'garg'")
+        if align not in (None, *ALIGN_SPACES):
+            raise BadInputError(
+                f"DepthMetrics: align={align!r} is not one of None, {', '.join(ALIGN_SPACES)}"
+            )
+        if target not in DEPTH_TARGETS:
+            raise BadInputError(f"DepthMetrics: target={target!r} is not one of {', '.join(DEPTH_TARGETS)}")
+        if target == "disparity" and (metric or align != "disparity"):
+            raise BadInputError(
+                "DepthMetrics: a disparity ground truth has no unit: use metric=False, align='disparity'"
+            )
+        if not (metric or align):
+            raise BadInputError("DepthMetrics: nothing to compute (metric=False and align=None)")
         self.min_depth = float(min_depth)
         self.max_depth = float(max_depth)
         self.crop = crop
+        self.metric, self.align, self.target = bool(metric), align, target
+        self.names = [
+            *(DEPTH_METRIC_NAMES if metric else ()),
+            *(f"{name}_aligned" for name in (DEPTH_METRIC_NAMES if align else ())),
+        ]
         # Sums of the per-image values and the image counts: summing is the right DDP reduction.
-        for name in DEPTH_METRIC_NAMES:
+        for name in self.names:
             self.add_state(f"sum_{name}", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("n_images", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("n_skipped", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
@@ -116,38 +276,32 @@ class DepthMetrics(Metric):
         # Validity is decided in the ground truth's own dtype, before the float64 cast: the toolbox
         # compares a float32 numpy map with Python floats, i.e. in float32, so a gt of exactly
         # float32(0.1) is NOT > min_depth 0.1 (in float64 it would be).
-        valid = (target > self.min_depth) & (target < self.max_depth)
+        if self.target == "disparity":
+            valid = target > 0
+        else:
+            valid = (target > self.min_depth) & (target < self.max_depth)
         valid &= crop_mask(self.crop, target.shape[-2], target.shape[-1], target.device)
         gt = target.detach().to(torch.float64)
-        pred = pred.detach().to(torch.float64).clamp(self.min_depth, self.max_depth)
-        # Put harmless values at invalid pixels, so that no log(0) or x/0 can appear; those pixels
-        # are then excluded from every mean by `valid`.
-        gt = torch.where(valid, gt, torch.ones_like(gt))
-        pred = torch.where(valid, pred, torch.ones_like(pred))
+        pred = pred.detach().to(torch.float64)
 
-        count = valid.sum(dim=(1, 2))  # valid pixels per image
-        has_pixels = count > 0
-        n = count.clamp(min=1).to(torch.float64)
+        values = {}
+        if self.metric:
+            values.update(per_image_metrics(pred.clamp(self.min_depth, self.max_depth), gt, valid))
+        if self.align == "disparity" and self.target == "disparity":
+            # Both are disparities: fitted to each other as they are, on the pixels where the prediction
+            # is positive too (Marigold's fit mask in disparity space).
+            scale, shift = least_squares_fit(pred, gt, valid & (pred > 0))
+            aligned = (scale[:, None, None] * pred + shift[:, None, None]).clamp(min=EVALUATION_FLOOR)
+            values.update({f"{k}_aligned": v for k, v in per_image_metrics(aligned, gt, valid).items()})
+        elif self.align is not None:
+            aligned, _, _ = align_least_squares(pred, gt, valid, self.align)
+            aligned = aligned.clamp(self.min_depth, self.max_depth)
+            values.update({f"{k}_aligned": v for k, v in per_image_metrics(aligned, gt, valid).items()})
 
-        def image_mean(values: torch.Tensor) -> torch.Tensor:
-            return torch.where(valid, values, torch.zeros_like(values)).sum(dim=(1, 2)) / n
-
-        thresh = torch.maximum(gt / pred, pred / gt)
-        err = torch.log(pred) - torch.log(gt)
-        per_image = {
-            "a1": image_mean((thresh < 1.25).to(torch.float64)),
-            "a2": image_mean((thresh < 1.25**2).to(torch.float64)),
-            "a3": image_mean((thresh < 1.25**3).to(torch.float64)),
-            "abs_rel": image_mean((gt - pred).abs() / gt),
-            "sq_rel": image_mean((gt - pred) ** 2 / gt),
-            "rmse": image_mean((gt - pred) ** 2).sqrt(),
-            "rmse_log": image_mean(err**2).sqrt(),
-            "log10": image_mean((torch.log10(gt) - torch.log10(pred)).abs()),
-            "silog": (image_mean(err**2) - image_mean(err) ** 2).clamp(min=0).sqrt() * 100,
-        }
-        for name, values in per_image.items():
+        has_pixels = valid.flatten(1).any(dim=1)
+        for name, per_image in values.items():
             state = getattr(self, f"sum_{name}")
-            setattr(self, f"sum_{name}", state + values[has_pixels].sum())
+            setattr(self, f"sum_{name}", state + per_image[has_pixels].sum())
         self.n_images += has_pixels.sum()
         self.n_skipped += (~has_pixels).sum()
 
@@ -156,7 +310,7 @@ class DepthMetrics(Metric):
         nan = torch.tensor(math.nan, dtype=torch.float64, device=n.device)
         result = {
             name: getattr(self, f"sum_{name}") / n if self.n_images > 0 else nan.clone()
-            for name in DEPTH_METRIC_NAMES
+            for name in self.names
         }
         result["n_images"] = self.n_images.clone()
         result["n_skipped"] = self.n_skipped.clone()

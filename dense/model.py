@@ -5,7 +5,8 @@
       → centre-pad to a multiple of the patch size, 14 or 16 (an odd pad's extra pixel goes bottom/right)
       → backbone.get_intermediate_tokens(layers, norm) → FeatureMaps
       → head → raw output on the head's own grid
-      → depth: clamp to [min_depth, max_depth], except in training (train mode with autograd on)
+      → depth: clamp to [min_depth, max_depth], except in training (train mode with autograd on), and
+        never for a relative model (depth_mode="relative": a disparity up to scale and shift, no unit)
       → resize to the padded size, crop the padding away → B×1×H×W metres | B×K×H×W logits
 
 The clamp follows upstream (dinov2/eval/depth/models/depther/encoder_decoder.py): `encode_decode`,
@@ -27,13 +28,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import dense.dinov3_specs  # noqa: F401  (the DINOv3 variants register themselves)
 import heads
 from dense.backbone import IMAGENET_MEAN, IMAGENET_STD, build_backbone, get_spec
-from dense.errors import DenseError, load_weights_file, shown
+from dense.errors import DenseError, shown
 from dense.features import FeatureMaps
 from dense.ops import resize
+from dense.weights_file import load_weights_file
 
 DEFAULT_DEPTH_RANGE = (1e-3, 10.0)
+# What a depth model predicts: "metric" depth in metres, or "relative" disparity (larger = nearer) up to
+# an unknown scale and shift per image (MiDaS' output; dense/tasks/relative_depth.py trains it).
+DEPTH_MODES = ("metric", "relative")
 # Upstream's multi-scale test ratios for the "ms" segmentation evaluation.
 MS_SCALES = (1.0, 1.32, 1.73, 2.28, 3.0)
 INFERENCE_MODES = ("whole", "slide")
@@ -138,10 +144,15 @@ class DenseModel(nn.Module):
         image_mean: Sequence[float] = IMAGENET_MEAN,
         image_std: Sequence[float] = IMAGENET_STD,
         config: dict | None = None,
+        depth_mode: str = "metric",
     ):
         super().__init__()
         if task not in ("depth", "segmentation"):
             raise ValueError(f"task must be 'depth' or 'segmentation', got {task!r}")
+        if depth_mode not in DEPTH_MODES or (depth_mode == "relative" and task != "depth"):
+            raise ValueError(
+                f"depth_mode={depth_mode!r} must be one of {DEPTH_MODES} (relative: depth models only)"
+            )
         self.backbone = backbone
         self.head = head
         self.task = task
@@ -150,6 +161,7 @@ class DenseModel(nn.Module):
         self.use_cls_token = use_cls_token
         self.min_depth = min_depth
         self.max_depth = max_depth
+        self.depth_mode = depth_mode
         # Everything build_model needs to rebuild this model (stored in checkpoints).
         self.config = dict(config or {})
         self.backbone.requires_grad_(False)
@@ -267,7 +279,7 @@ class DenseModel(nn.Module):
         grad = torch.is_grad_enabled()
         compiled = self._compiled_head is not None and not grad
         out = self._compiled_head(features) if compiled else self.head(features)
-        if self.task == "depth" and not (self.training and grad):
+        if self.task == "depth" and self.depth_mode == "metric" and not (self.training and grad):
             out = out.clamp(self.min_depth, self.max_depth)
         left, right, top, bottom = padding
         height, width = size
@@ -397,6 +409,7 @@ def build_model(
     use_cls_token: bool | None = None,
     min_depth: float | None = None,
     max_depth: float | None = None,
+    depth_mode: str = "metric",
     **head_options,
 ) -> DenseModel:
     """A DenseModel: a registered `backbone` (e.g. "vitl14", "vitg14_reg", "vitl16") under a registered
@@ -408,6 +421,10 @@ def build_model(
     through the backbone's final LayerNorm) / use_cls_token: override the head's registered defaults.
     min_depth / max_depth (depth heads, default 0.001–10 m), num_classes (segmentation heads), and any
     other option of the head (n_bins, bins_strategy, bin_weighting, channels, dropout, …).
+    depth_mode (depth heads): "metric" (metres, clamped to [min_depth, max_depth] at inference) or
+    "relative" (disparity up to scale and shift, never clamped; the head is unchanged, see
+    dense/tasks/relative_depth.py). Recorded in `config` only when relative, so metric checkpoints
+    are as before.
     """
     spec = heads.get_head_spec(head)
     backbone_spec = get_spec(backbone)
@@ -430,6 +447,10 @@ def build_model(
         head_options.update(min_depth=min_depth, max_depth=max_depth)
     elif min_depth is not None or max_depth is not None:
         raise ValueError(f"min_depth/max_depth are options of depth heads, not of {spec.name}")
+    if depth_mode not in DEPTH_MODES or (depth_mode == "relative" and spec.task != "depth"):
+        raise ValueError(
+            f"depth_mode={depth_mode!r} must be one of {DEPTH_MODES} (relative: depth heads only)"
+        )
 
     backbone_module = build_backbone(backbone_name, pretrained=pretrained, weights=backbone_weights)
     head_module = heads.build_head(
@@ -448,6 +469,7 @@ def build_model(
         "norm": norm,
         "use_cls_token": use_cls_token,
         **{k: v for k, v in head_options.items() if v is not None},
+        **({"depth_mode": depth_mode} if depth_mode != "metric" else {}),
     }
     model = DenseModel(
         backbone_module,
@@ -461,6 +483,7 @@ def build_model(
         image_mean=backbone_spec.image_mean,
         image_std=backbone_spec.image_std,
         config=config,
+        depth_mode=depth_mode,
     )
     if head_weights is not None:
         load_head_weights(model, head_weights)
@@ -471,7 +494,7 @@ def load_head_weights(model: DenseModel, path: str | os.PathLike) -> None:
     """Meta's released head files (`decode_head.*`) or a train.py checkpoint (`model.head.*`), strictly."""
     checkpoint = load_weights_file(path)
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else checkpoint
-    ours = isinstance(state, dict) and any(k.startswith("model.head.") for k in state)
+    ours = isinstance(state, dict) and any(isinstance(k, str) and k.startswith("model.head.") for k in state)
     heads.load_released_head(
         model.head, checkpoint, prefix="model.head." if ours else "decode_head.", name=os.fspath(path)
     )

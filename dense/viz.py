@@ -8,6 +8,8 @@ with PIL, shown with imshow, or tested pixel by pixel. Inputs may be numpy array
 from __future__ import annotations
 
 import colorsys
+import functools
+import os
 from collections.abc import Sequence
 
 import matplotlib
@@ -156,40 +158,74 @@ def colorize_depth(
     return colorize(d, vmin, vmax, cmap, valid=_depth_valid(d), invalid_color=invalid_color)
 
 
+# A bar needs this many rows for its ticks and label to be legible; a lower picture is padded below.
+MIN_COLORBAR_HEIGHT = 64
+
+
 def add_colorbar(
     image: np.ndarray, vmin: float, vmax: float, cmap: str = DEPTH_CMAP, label: str = "m"
 ) -> np.ndarray:
-    """The uint8 H×W×3 picture with a labelled colour bar drawn to its right (same height)."""
-    return np.concatenate([image, colorbar(image.shape[0], vmin, vmax, cmap, label)], axis=1)
+    """The uint8 H×W×3 picture with a labelled colour bar drawn to its right, of the picture's height
+    (at least MIN_COLORBAR_HEIGHT: a lower picture is padded with white below, never resized)."""
+    height = max(image.shape[0], MIN_COLORBAR_HEIGHT)
+    picture = np.pad(image, ((0, height - image.shape[0]), (0, 0), (0, 0)), constant_values=255)
+    return np.concatenate([picture, colorbar(height, vmin, vmax, cmap, label)], axis=1)
 
 
 def colorbar(height: int, vmin: float, vmax: float, cmap: str = DEPTH_CMAP, label: str = "m") -> np.ndarray:
-    """A uint8 height×W×3 labelled colour bar from vmin (bottom) to vmax (top) on white: beside a
-    picture (add_colorbar) or on its own (predict.py's colorbar.png)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.colorbar import ColorbarBase
-    from matplotlib.colors import Normalize
-    from matplotlib.figure import Figure
+    """A uint8 height×W×3 labelled colour bar from vmin (bottom) to vmax (top) on white, to put beside a
+    picture (add_colorbar: predict.py's _color.png). Drawn with PIL in matplotlib's DejaVu Sans, ticks
+    from matplotlib's MaxNLocator: no matplotlib figure, whose reference cycles would wait for the
+    garbage collector (predict.py draws one bar per image: 170 KiB a bar piled up between collections)."""
+    from matplotlib.ticker import MaxNLocator
+    from PIL import Image, ImageDraw
 
-    dpi = 100
-    # Text scales with the picture so the bar stays readable on both thumbnails and photos; the strip
-    # is sized in font heights (points → pixels) so that tick labels and the title always fit.
-    font = float(np.clip(height / 28, 5, 28))
-    em = font * dpi / 72
-    width = int(round(6.2 * em))
-    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi, facecolor="white")
-    FigureCanvasAgg(fig)
-    margin = 0.7 * em / height  # half a label above the top tick and below the bottom one
-    ax = fig.add_axes((0.6 * em / width, margin, 1.3 * em / width, 1 - 2 * margin))
-    bar = ColorbarBase(ax, cmap=matplotlib.colormaps[cmap], norm=Normalize(vmin, vmax))
-    bar.ax.tick_params(labelsize=font)
-    bar.set_label(label, fontsize=font)
-    fig.canvas.draw()
-    strip = np.asarray(fig.canvas.buffer_rgba())[..., :3]
-    strip = strip[:height]  # rounding of the figure size can add a row
-    if strip.shape[0] < height:
-        strip = np.pad(strip, ((0, height - strip.shape[0]), (0, 0), (0, 0)), constant_values=255)
-    return np.ascontiguousarray(strip)
+    font = _font(int(np.clip(height / 20, 7, 40)))  # text scales with the picture
+    size = font.size
+    top, bottom = size, height - size  # half a label fits above the top tick and below the bottom one
+    rows = max(bottom - top, 2)
+    low, high = float(vmin), float(vmax)
+    span = high - low if high > low else 1.0
+    ticks = [
+        t for t in MaxNLocator(nbins=max(2, rows // (2 * size))).tick_values(low, high) if low <= t <= high
+    ]
+    labels = [f"{t:g}" for t in ticks]
+    left, bar_width, tick_length = size // 2, size, max(2, size // 3)
+    text_left = left + bar_width + tick_length + 2
+    text_width = int(max((font.getlength(text) for text in labels), default=0))
+    title = Image.new("L", (int(font.getlength(label)) + 2, size + 4), 0)
+    ImageDraw.Draw(title).text((1, 0), label, font=font, fill=255)
+    title = title.rotate(90, expand=True)
+    width = text_left + text_width + size // 2 + title.width + 2
+    canvas = Image.new("RGB", (width, height), "white")
+    # The gradient, vmax at the top row: the colours colorize_depth gives those values.
+    values = high - np.arange(rows) / (rows - 1) * span
+    index = np.clip(np.rint((values - low) / span * 255), 0, 255).astype(int)
+    strip = np.repeat(_lut(cmap)[index][:, None, :], bar_width, axis=1)
+    canvas.paste(Image.fromarray(strip), (left, top))
+    draw = ImageDraw.Draw(canvas)
+    draw.rectangle((left, top, left + bar_width - 1, top + rows - 1), outline="black")
+    for value, text in zip(ticks, labels):
+        y = top + (high - value) / span * (rows - 1)
+        draw.line((left + bar_width, y, left + bar_width + tick_length, y), fill="black")
+        draw.text((text_left, y), text, font=font, fill="black", anchor="lm")
+    title_top = max(0, (height - title.height) // 2)
+    canvas.paste(
+        (0, 0, 0),
+        (width - title.width - 1, title_top),
+        title.crop((0, 0, title.width, min(title.height, height))),
+    )
+    return np.asarray(canvas)
+
+
+@functools.lru_cache(maxsize=16)
+def _font(pixels: int):
+    """DejaVu Sans (the font matplotlib ships and draws with) at `pixels`, for PIL."""
+    from PIL import ImageFont
+
+    return ImageFont.truetype(
+        os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf"), pixels
+    )
 
 
 # --------------------------------------------------------------------------- class palettes
@@ -395,6 +431,7 @@ def compare_figure(
     ignore_index: int | None = IGNORE_INDEX,
     titles: Sequence[str] | None = None,
     panel_size: float = 3.2,
+    class_names: Sequence[str] | None = None,
 ):
     """A matplotlib Figure, one row per image: image | prediction | ground truth | error.
 
@@ -403,7 +440,9 @@ def compare_figure(
     Depth: prediction and ground truth share one range and a colour bar (vmin/vmax, default the
     ground truth's valid range, else the prediction's); the error is |prediction − truth| in metres
     where the truth is valid. Segmentation: palette colours (default: get_palette for the largest id
-    of all rows, so a class has one colour throughout) and the wrong pixels in red.
+    of all rows, so a class has one colour throughout) and the wrong pixels in red; a legend under the
+    panels names the colour of every class (`class_names`, default "class 0", "class 1", ... for the
+    ids that occur).
     """
     import matplotlib.pyplot as plt
 
@@ -431,7 +470,28 @@ def compare_figure(
             _segmentation_row(ax, img, _plane(pred, "prediction"), gt, palette, ignore_index)
         for a in ax:
             a.set_axis_off()
+    if task == "segmentation":
+        _class_legend(fig, palette, class_names, predictions + (targets or []), ignore_index)
     return fig
+
+
+def _class_legend(fig, palette: np.ndarray, class_names, label_maps: list, ignore_index) -> None:
+    """Coloured patches with the class names under the figure: every named class, or without names
+    the ids that occur in the maps."""
+    from matplotlib.patches import Patch
+
+    if class_names is None:
+        ids = sorted(
+            {int(i) for x in label_maps for i in np.unique(_plane(x, "labels")) if i != ignore_index}
+        )
+        entries = [(i, f"class {i}") for i in ids]
+    else:
+        entries = list(enumerate(class_names))
+    handles = [Patch(facecolor=palette[i] / 255, edgecolor="black", label=name) for i, name in entries]
+    columns = min(len(handles), 8)
+    rows = -(-len(handles) // columns) if handles else 0
+    fig.legend(handles=handles, loc="lower center", ncol=max(columns, 1), frameon=False)
+    fig.subplots_adjust(bottom=min(0.4, 0.06 + 0.35 * rows / fig.get_size_inches()[1]))
 
 
 def _depth_row(fig, ax, pred: np.ndarray, gt, vmin, vmax, cmap: str) -> None:

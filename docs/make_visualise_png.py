@@ -58,7 +58,10 @@ def main() -> None:
         Image.fromarray(scene.image).save(inputs / f"scene{index}.png")
         truth[index] = scene
     for task, checkpoint in checkpoints.items():
-        extra = [f"depth_range=[{DEPTH_RANGE[0]},{DEPTH_RANGE[1]}]"] if task == "depth" else []
+        # One range for every picture and no bar beside each: the figure draws one bar for the column.
+        extra = (
+            [f"depth_range=[{DEPTH_RANGE[0]},{DEPTH_RANGE[1]}]", "colorbar=false"] if task == "depth" else []
+        )
         command = [
             sys.executable,
             "predict.py",

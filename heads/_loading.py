@@ -13,7 +13,8 @@ from collections.abc import Mapping
 import torch
 import torch.nn as nn
 
-from dense.errors import WeightsError, load_weights_file
+from dense.errors import WeightsError
+from dense.weights_file import check_state_dict, load_weights_file
 
 # Widths of the DINOv2 and DINOv3 ViTs (S, B, L shared); used only to put names on channel counts in messages.
 _BACKBONE_DIMS = {"ViT-S": 384, "ViT-B": 768, "ViT-L": 1024, "ViT-H+": 1280, "ViT-g": 1536, "ViT-7B": 4096}
@@ -51,6 +52,8 @@ def check_head_state(head: nn.Module, state: Mapping[str, torch.Tensor], where: 
     """Raise a one-line WeightsError unless `state` has exactly the keys and shapes of `head`'s state
     dict. Works on a head built on the meta device, so a file can be checked against the head its
     config describes before anything of that size is allocated."""
+    # Every tensor plain and of the head's rank and kind of dtype before any is described or compared.
+    check_state_dict(state, where, head.state_dict(), shape=False, owner="the head")
     problem = _mismatch(head.state_dict(), state)
     if problem:
         raise WeightsError(
@@ -65,8 +68,9 @@ def _head_state_dict(checkpoint, prefix: str) -> dict[str, torch.Tensor] | None:
     state = checkpoint.get("state_dict", checkpoint)
     if not isinstance(state, Mapping):
         return None
-    if any(k.startswith(prefix) for k in state):
-        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    ours = [k for k in state if isinstance(k, str) and k.startswith(prefix)]
+    if ours:
+        state = {k[len(prefix) :]: state[k] for k in ours}
     if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         return None
     return dict(state)

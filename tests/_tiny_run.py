@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
@@ -113,6 +114,17 @@ def start_script(*args: str) -> subprocess.Popen:
         [sys.executable, *args], cwd=ROOT, env=script_env(),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+
+
+def one_line_exit(call, capsys) -> str:
+    """What an entry script's configuration mistake must be: exit status 2 and one line on stderr,
+    `error: ...` (returned)."""
+    with pytest.raises(SystemExit) as exit_info:
+        call()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    return err
 
 
 def write_checkpoint(model: dense.DenseModel, path: Path) -> Path:

@@ -183,6 +183,8 @@ DINOV3_RECIPES = {
                           {"upsample": 1}),
     "dinov3_nyu_dpt": ("depth_dpt", "nyu", (None, True, False), 3e-4, [0.9, 0.99], 1e-4, 12800, 38400, 35, 1600,
                        {"channels": 512, "post_process_channels": [1024] * 4}),
+    "dinov3_nyu_dpt_relative": ("depth_dpt", "nyu", (None, True, False), 3e-4, [0.9, 0.99], 1e-4, 12800, 38400, 35,
+                                1600, {"channels": 512, "post_process_channels": [1024] * 4}),
     "dinov3_ade20k_linear": ("seg_linear", "ade20k", (None, None, None), 1e-3, [0.9, 0.999], 1e-3, 1500, 40000, None,
                              5000, {"dropout": 0.1}),
 }
@@ -241,7 +243,19 @@ def test_every_experiments_head_options_build_its_head(name):
 
 
 def test_every_experiment_is_tested():
-    assert set(options("experiment")) == set(RECIPES) | set(DINOV3_RECIPES) | {"smoke"}
+    own_folder = {"folder_depth", "folder_seg"}  # tests/test_own_folder.py runs them
+    assert set(options("experiment")) == set(RECIPES) | set(DINOV3_RECIPES) | {"smoke"} | own_folder
+
+
+@pytest.mark.parametrize(
+    ("preset", "task", "head"),
+    [("folder_depth", "depth", "depth_linear4"), ("folder_seg", "segmentation", "seg_linear")],
+)
+def test_own_folder_presets_are_a_random_vits_on_the_folder_dataset(preset, task, head):
+    cfg = compose_config("train", f"experiment={preset}", "data.root=mydata")
+    assert (cfg.backbone.name, cfg.backbone.pretrained) == ("vits14", False)  # nothing to download
+    assert (cfg.data.name, cfg.data.task, cfg.head.name) == ("folder", task, head)
+    assert cfg.trainer.accelerator == "cpu" and cfg.trainer.max_steps == 24 and cfg.test
 
 
 def test_smoke_is_a_random_vits_on_small_synthetic_data():

@@ -23,8 +23,9 @@ import heads
 import predict
 from dense import export
 from dense.model import DenseModel, build_model
+from tests import _crafted_onnx as crafted
 from tests._fixtures_data import rgb
-from tests._tiny_run import ROOT, write_checkpoint
+from tests._tiny_run import ROOT, one_line_exit, write_checkpoint
 
 HEADS = ["depth_linear", "depth_dpt", "seg_linear"]
 BACKBONES = ["tiny14", "tiny14_reg", "tiny14_swiglu", "tiny16"]
@@ -64,6 +65,9 @@ def run_at_sizes(model: DenseModel, run, uint8: bool = False) -> None:
 
 
 def onnx_runner(path: Path):
+    # Every graph the suite exports uses only the operators predict.py accepts (the slow
+    # tests/test_trust_onnx.py re-derives the whole set).
+    assert export.graph_operators(onnx.load(path)) <= export.ONNX_OPS
     model = export.load_onnx_model(path)
     session, name = model.session, model.input_name
     return lambda images: torch.from_numpy(session.run(None, {name: images.numpy()})[0])
@@ -274,15 +278,6 @@ def test_predict_depth_from_uint8_onnx_equals_checkpoint(depth_onnx_uint8_fp16, 
 # ---- one-line errors ------------------------------------------------------------------------------------
 
 
-def one_line_exit(call, capsys) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        call()
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err, err
-    return err
-
-
 def test_export_refusals_are_one_line(seg_onnx, tmp_path, capsys):
     ckpt = write_checkpoint(seg_onnx[0], tmp_path / "seg.ckpt")
     cases = [
@@ -306,19 +301,8 @@ def test_export_refusals_are_one_line(seg_onnx, tmp_path, capsys):
 
 
 def write_onnx(path: Path, metadata: dict | str | None, dtype: int = onnx.TensorProto.FLOAT) -> Path:
-    """A valid one-node ONNX graph (Identity) carrying `metadata` (a dict, raw text, or none)."""
-    node = onnx.helper.make_node("Identity", ["images"], ["out"])
-    tensor = onnx.helper.make_tensor_value_info
-    graph = onnx.helper.make_graph(
-        [node], "crafted", [tensor("images", dtype, None)], [tensor("out", dtype, None)]
-    )
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
-    model.ir_version = 8
-    if metadata is not None:
-        entry = model.metadata_props.add()
-        entry.key, entry.value = "dense", metadata if isinstance(metadata, str) else json.dumps(metadata)
-    onnx.save_model(model, path)
-    return path
+    """A valid tiny graph (a 1×1 convolution) carrying `metadata` (a dict, raw text, or none)."""
+    return crafted.valid_file(path, "" if metadata is None else metadata, dtype)
 
 
 def test_crafted_onnx_files_are_refused_in_one_line(seg_onnx, images, tmp_path, capsys):

@@ -435,7 +435,10 @@ def test_wrong_head_type_is_one_clear_line(tmp_path):
 
 def test_wrong_seg_head_size_is_one_clear_line(tmp_path):
     vitb_ms = _seg_keys(4 * 768, 150)
-    path = _mmcv_file(tmp_path, {k: torch.zeros(s) for k, s in vitb_ms.items()})
+    counter = "bn.num_batches_tracked"  # an int64 buffer, as in Meta's files
+    path = _mmcv_file(
+        tmp_path, {k: torch.zeros(s, dtype=torch.int64 if k == counter else None) for k, s in vitb_ms.items()}
+    )
     with torch.device("meta"):
         head = build_head("seg_linear", 768, num_classes=150)
     with pytest.raises(WeightsError) as error:

@@ -28,8 +28,9 @@ import predict
 from dense.checkpoint import MODEL_KEY, load_model
 from dense.constants import MEAN_FILL
 from dense.data import DatasetError, DepthScaleWarning, FolderDataset
-from dense.errors import WeightsError, load_weights_file
+from dense.errors import WeightsError
 from dense.io import read_image
+from dense.weights_file import load_weights_file
 from tests._fixtures_data import rgb
 from tests._tiny_run import predict_config, run_script
 
@@ -210,11 +211,11 @@ def test_image_through_predict(tmp_path, case, depth_ckpt, capsys):
         return
     assert status == 0, err
     h, w = read_image(images / name).shape[:2]
-    depth = np.asarray(Image.open(out / "x.png"))
+    depth = np.asarray(Image.open(out / "x_depth_mm.png"))
     assert depth.shape == (h, w) and depth.dtype == np.uint16 and depth.max() > 0
     assert np.isfinite(np.load(out / "x.npy")).all()
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [predict.RECORD, "x.npy", "x.png", "x_color.png", "colorbar.png"]
+        [predict.RECORD, "x.npy", "x_depth_mm.png", "x_color.png"]
     )
 
 

@@ -19,7 +19,8 @@ import torch
 import torch._dynamo
 from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 
-from dense.losses import DepthLoss, SegLoss
+from dense.losses import DepthLoss, ScaleShiftInvariantLoss, SegLoss
+from dense.tasks.relative_depth import disparity_target
 
 
 @pytest.fixture(autouse=True)
@@ -211,3 +212,21 @@ def test_the_dead_head_count_is_sync_free(head):
     for prediction, expected in ((dead, 1), (dead, 2), (alive, 0), (dead, 1)):
         streak = step(prediction, streak)
         assert int(streak) == expected
+@pytest.mark.parametrize("kind", ["depth", "disparity"])
+def test_relative_loss_training_path_is_sync_free(kind):
+    """What RelativeDepthTask.compute_loss runs: the ground truth to disparity, then MiDaS' loss
+    (nanmedian over masked rows, the trim as a rank test)."""
+    pred, gt = _depth_inputs(2)
+    if kind == "disparity":
+        gt = torch.where(gt > 0, gt, torch.full_like(gt, -1.0))  # relative maps: -1 = no value
+    loss = ScaleShiftInvariantLoss(check_values=False)
+
+    def step(p, g):
+        return loss(p, *disparity_target(g, kind))
+
+    p_traced, p_eager = pred.clone().requires_grad_(True), pred.clone().requires_grad_(True)
+    out, expected = SyncFree(step)(p_traced, gt), step(p_eager, gt)
+    torch.testing.assert_close(out["loss"], expected["loss"])
+    out["loss"].backward()
+    expected["loss"].backward()
+    torch.testing.assert_close(p_traced.grad, p_eager.grad)

@@ -4,6 +4,7 @@ import os
 
 import nbformat
 from nbclient import NotebookClient
+from PIL import Image
 
 from tests._tiny_run import ROOT
 
@@ -33,3 +34,10 @@ def test_visualise_notebook_runs_and_draws(tmp_path):
     # depth comparison, colour-bar picture, segmentation comparison, overlays, PCA
     assert len(pictures) >= 5, f"expected at least 5 pictures, got {len(pictures)}"
     assert (tmp_path / "outputs" / "notebook" / "quick_depth.ckpt").is_file()
+    # The same figures as files, for a headless run (nbconvert --execute) too.
+    figures = tmp_path / "outputs" / "notebook" / "figures"
+    names = ["depth", "depth_colorbar", "overlay", "pca", "segmentation"]
+    assert sorted(p.stem for p in figures.glob("*.png")) == names
+    for name in names:
+        with Image.open(figures / f"{name}.png") as picture:
+            assert picture.width > 200 and picture.height > 100, name

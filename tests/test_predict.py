@@ -82,7 +82,7 @@ def test_depth_round_trip(tmp_path, tiny_checkpoints):
 
     metres = np.load(out / "room.npy")
     assert metres.dtype == np.float32 and metres.shape == (45, 61)
-    png = np.asarray(Image.open(out / "room.png"))
+    png = np.asarray(Image.open(out / "room_depth_mm.png"))
     assert png.dtype == np.uint16
     # the 16-bit PNG holds millimetres: equal to the .npy to its quantisation (half a millimetre)
     assert np.abs(png / 1000.0 - metres).max() <= 0.5e-3 + 1e-6
@@ -92,14 +92,14 @@ def test_depth_round_trip(tmp_path, tiny_checkpoints):
         ]
     assert np.allclose(metres, expected.numpy(), atol=1e-5)
     color = np.asarray(Image.open(out / "room_color.png"))
-    assert color.shape == (45, 61, 3)
+    assert color.shape[0] == 64 and color.shape[1] > 61  # the bar beside it, padded to 64 rows
     assert not list(out.glob(".tmp-*"))  # atomic writes leave no temporary files
 
 
 def test_depth_scale_and_colorbar(tmp_path, tiny_checkpoints):
     Image.fromarray(rgb(28, 28)).save(tmp_path / "a.png")
     out = tmp_path / "out"
-    cfg = predict_config(
+    args = [
         f"ckpt={tiny_checkpoints['depth']}",
         f"input={tmp_path}",
         f"output={out}",
@@ -107,17 +107,19 @@ def test_depth_scale_and_colorbar(tmp_path, tiny_checkpoints):
         "colorbar=true",
         "save_npy=false",
         "depth_range=[0,10]",
-    )
-    assert predict.predict(cfg) == 0
-    png = np.asarray(Image.open(out / "a.png"))
+    ]
+    assert predict.predict(predict_config(*args)) == 0
+    png = np.asarray(Image.open(out / "a_depth_x256.png"))  # named for what it holds: metres × 256
     with torch.no_grad():
         expected = (
             dense.load_model(tiny_checkpoints["depth"]).predict(model_input(tmp_path / "a.png"))[0, 0].numpy()
         )
     assert np.abs(png / 256.0 - expected).max() <= 0.5 / 256 + 1e-6
     assert not (out / "a.npy").exists()
-    assert np.asarray(Image.open(out / "a_color.png")).shape[:2] == (28, 28)  # the map keeps its size
-    assert (out / "colorbar.png").is_file()  # the bar is a file of its own
+    assert np.asarray(Image.open(out / "a_color.png")).shape[1] > 28  # the bar beside the map
+    assert sorted(p.name for p in out.iterdir()) == [predict.RECORD, "a_color.png", "a_depth_x256.png"]
+    assert predict.predict(predict_config(*args, "colorbar=false")) == 0
+    assert np.asarray(Image.open(out / "a_color.png")).shape == (28, 28, 3)  # colorbar=false: the map alone
 
 
 def test_segmentation_ids_equal_argmax_of_logits(tmp_path, tiny_checkpoints):

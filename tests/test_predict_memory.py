@@ -40,7 +40,7 @@ def test_predict_memory_does_not_grow_per_image(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(out.read_text())
-    assert data["status"] == 0 and data["files"] == 3 * 60 + 1  # .png, .npy, _color.png each; colorbar.png
+    assert data["status"] == 0 and data["files"] == 3 * 60  # _color.png, _depth_mm.png, .npy each
     assert len(data["rss"]) == len(data["traced"]) == 60
     assert data["traced_slope_bytes_per_image"] < MAX_TRACED_GROWTH_PER_IMAGE, result.stdout
     rss = data["rss"]

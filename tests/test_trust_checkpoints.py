@@ -25,8 +25,9 @@ import torch
 import dense
 import eval as eval_script
 from dense.checkpoint import MODEL_KEY, load_model
-from dense.errors import WeightsError, load_weights_file
+from dense.errors import WeightsError
 from dense.tasks import RunCheckpointIO
+from dense.weights_file import load_weights_file
 from tests._tiny_run import QUIET_TINY_RUN, ROOT, TINY_RUN, compose_config, run_script, train_in_process
 
 # TINY_RUN: 4 steps = 1 epoch of the 16 scenes of SCENES_28; the finished run (conftest's `tiny_run`) ends there.
@@ -331,19 +332,16 @@ def test_every_load_passes_weights_only(finished_run, tmp_path, monkeypatch):
 # ---- 5. a reused run folder never changes what its checkpoints mean -------------------------------------
 
 
-def test_a_second_run_in_the_same_folder_leaves_the_first_ones_checkpoints_alone(tmp_path):
-    run = tmp_path / "run"
-    train(run, "seed=0")
-    first = run / "first.ckpt"
-    shutil.copy(run / "checkpoints" / "best.ckpt", first)
-    images = torch.randn(2, 3, 28, 28)
-    with torch.no_grad():
-        before = load_model(first)(images)
-        train(run, "seed=1")  # same folder, another random backbone
-        after = load_model(first)(images)
-    assert torch.equal(before, after)
-    backbones = sorted(p.name for p in (run / "checkpoints").glob("backbone_init*.pth"))
-    assert len(backbones) == 2, backbones  # named by content: neither run overwrote the other's
+def test_a_second_fresh_run_in_the_same_folder_is_refused_and_the_first_left_alone(
+    finished_run, tmp_path, capsys
+):
+    """A fresh run (no ckpt_path) into a folder that holds a run would replace its last.ckpt: refused in
+    one line that says how to resume it; nothing of the first run changes (issue 23)."""
+    run = run_copy(finished_run, tmp_path)
+    before = {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()}
+    line = exit_line(capsys, lambda: train(run, "seed=1"))  # same folder, another random backbone
+    assert str(run) in line and "already holds a run" in line and "ckpt_path=" in line, line
+    assert {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()} == before
 
 
 def test_a_changed_backbone_file_is_refused(finished_run, tmp_path, capsys):
@@ -597,7 +595,9 @@ def test_a_run_folder_with_a_hard_linked_file_is_refused(finished_run, tmp_path)
     victim.write_text("mine")
     (run / "train.log").unlink(missing_ok=True)
     os.link(victim, run / "train.log")
-    result = run_script("train.py", *TINY_RUN, f"hydra.run.dir={run}")
+    result = run_script(
+        "train.py", *TINY_RUN, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={run}"
+    )
     assert result.returncode == 2 and "hard link" in one_line(result.stderr)
     assert victim.read_text() == "mine"
 

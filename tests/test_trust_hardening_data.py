@@ -328,6 +328,8 @@ def test_a_list_file_that_is_not_a_small_regular_file_is_refused(tmp_path, datas
     path, build = LIST_FILES[dataset](tmp_path / "data")
     build()  # the layout is right as written
     arrange, words = LIST_DAMAGES[damage]
+    if dataset.startswith("folder") and damage == "link_to_dev_zero":
+        words = "leads out of data.root"  # the folder dataset refuses links out of its root first (issue 23)
     arrange(path)
     assert_refused(guarded(build), DatasetError, str(path), words)
 

@@ -25,8 +25,8 @@ from dense.io import read_image
 from tests._fixtures_data import rgb
 from tests._tiny_run import model_input, predict_config, write_checkpoint
 
-DEPTH_FILES = (".png", ".npy", "_color.png")
-DEPTH_RUN_FILES = ["colorbar.png"]  # once per run, with the first results
+DEPTH_FILES = ("_depth_mm.png", ".npy", "_color.png")
+DEPTH_RUN_FILES: list[str] = []  # depth writes no file once per run (each picture carries its colour bar)
 
 
 def expected_depth(checkpoint: Path, image: Path) -> np.ndarray:
@@ -59,7 +59,8 @@ def recorded(out: Path) -> list[str]:
 
 
 def test_inputs_whose_results_would_share_a_name_get_distinct_names(tmp_path, tiny_checkpoints, capsys):
-    """c.jpg + c.png + c_jpg.png all wanted c_jpg.*; x.png's colour picture was x_color.png's depth."""
+    """c.jpg + c.png + c_jpg.png all wanted c_jpg.*; x.png and x_color.png share no result name (x's
+    picture is x_color.png, x_color's x_color_color.png)."""
     images = tmp_path / "in"
     images.mkdir()
     names = ["c.jpg", "c.png", "c_jpg.png", "x.png", "x_color.png"]
@@ -75,19 +76,19 @@ def test_inputs_whose_results_would_share_a_name_get_distinct_names(tmp_path, ti
         "c.png": "c_png",
         "c_jpg.png": "c_jpg_1",
         "x.png": "x",
-        "x_color.png": "x_color_1",
+        "x_color.png": "x_color",
     }
     for name, stem in stems.items():
         assert np.allclose(
             np.load(out / f"{stem}.npy"), expected_depth(tiny_checkpoints["depth"], images / name), atol=1e-5
         )
-        assert np.asarray(Image.open(out / f"{stem}.png")).dtype == np.uint16
-        assert np.asarray(Image.open(out / f"{stem}_color.png")).shape == (28, 28, 3)  # a colour picture
+        assert np.asarray(Image.open(out / f"{stem}_depth_mm.png")).dtype == np.uint16
+        assert np.asarray(Image.open(out / f"{stem}_color.png")).shape[2] == 3  # a colour picture
     written = sorted(f"{stem}{suffix}" for stem in stems.values() for suffix in DEPTH_FILES)
     assert sorted(p.name for p in out.iterdir()) == sorted([*written, *DEPTH_RUN_FILES, predict.RECORD])
     assert recorded(out) == sorted([*written, *DEPTH_RUN_FILES])
-    assert "the results of c_jpg.png are named c_jpg_1.* (c_jpg.png is c.jpg's result)" in err
-    assert "the results of x_color.png are named x_color_1.* (x_color.png is x.png's result)" in err
+    assert "the results of c_jpg.png are named c_jpg_1.* (c_jpg_color.png is c.jpg's result)" in err
+    assert "x_color.png are named" not in err
 
 
 def test_names_that_differ_only_in_case_do_not_share_results(tmp_path, tiny_checkpoints, capsys):
@@ -106,30 +107,34 @@ def test_names_that_differ_only_in_case_do_not_share_results(tmp_path, tiny_chec
 
 
 def test_files_predict_did_not_write_are_never_replaced(tmp_path, tiny_checkpoints, capsys):
-    """Output = input folder: the user's a.npy beside a.jpg, and the input b.png itself, stay as they
-    are; those inputs get other names, said on stderr. A rerun replaces its own results, creates no
+    """Output = input folder: the user's a.npy beside a.jpg, and the input b_color.png itself, stay as
+    they are; those inputs get other names, said on stderr. A rerun replaces its own results, creates no
     second copy, and does not read its results as inputs."""
     folder = tmp_path / "photos"
     folder.mkdir()
     Image.fromarray(rgb(28, 28, seed=1)).save(folder / "a.jpg", quality=95)
     Image.fromarray(rgb(28, 28, seed=2)).save(folder / "b.png")
+    Image.fromarray(rgb(28, 28, seed=3)).save(folder / "b_color.png")  # an input under b.png's picture name
     user_npy = np.arange(6.0).reshape(2, 3)
     np.save(folder / "a.npy", user_npy)
-    b_before = (folder / "b.png").read_bytes()
+    b_before = (folder / "b_color.png").read_bytes()
     common = [f"ckpt={tiny_checkpoints['depth']}", f"input={folder}", f"output={folder}"]
 
     status, stdout, err = run(capsys, *common)
     assert status == 0, err
-    assert "wrote depth results for 2 of 2 images" in stdout
+    assert "wrote depth results for 3 of 3 images" in stdout
     assert np.array_equal(np.load(folder / "a.npy"), user_npy)
-    assert (folder / "b.png").read_bytes() == b_before
+    assert (folder / "b_color.png").read_bytes() == b_before
     assert f"the results of a.jpg are named a_1.* (a.npy in {folder} was not written by predict.py)" in err
-    assert "the results of b.png are named b_1.* (b.png is an input image)" in err
+    assert "the results of b.png are named b_1.* (b_color.png is an input image)" in err
     assert np.allclose(
         np.load(folder / "a_1.npy"), expected_depth(tiny_checkpoints["depth"], folder / "a.jpg"), atol=1e-5
     )
     ours = sorted(
-        [*(f"{stem}{suffix}" for stem in ("a_1", "b_1") for suffix in DEPTH_FILES), *DEPTH_RUN_FILES]
+        [
+            *(f"{stem}{suffix}" for stem in ("a_1", "b_1", "b_color") for suffix in DEPTH_FILES),
+            *DEPTH_RUN_FILES,
+        ]
     )
     assert recorded(folder) == ours
 
@@ -137,13 +142,15 @@ def test_files_predict_did_not_write_are_never_replaced(tmp_path, tiny_checkpoin
     predict.write_record(folder, set(ours))  # ... (its record says so)
     status, stdout, err = run(capsys, *common)
     assert status == 0, err
-    assert "wrote depth results for 2 of 2 images" in stdout  # a_1.png, a_1_color.png, ... not inputs
-    assert "5 image files" in err and "predict.py's own results" in err  # with colorbar.png
+    assert (
+        "wrote depth results for 3 of 3 images" in stdout
+    )  # a_1_color.png, a_1_depth_mm.png, ... not inputs
+    assert "6 image files" in err and "predict.py's own results" in err
     assert np.allclose(
         np.load(folder / "a_1.npy"), expected_depth(tiny_checkpoints["depth"], folder / "a.jpg"), atol=1e-5
     )  # replaced: it was predict.py's own, unchanged since
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["a.jpg", "a.npy", "b.png", *ours, predict.RECORD]
+        ["a.jpg", "a.npy", "b.png", "b_color.png", *ours, predict.RECORD]
     )
     assert np.array_equal(np.load(folder / "a.npy"), user_npy)
 
@@ -163,10 +170,10 @@ def test_a_record_naming_a_file_predict_did_not_leave_there_does_not_make_it_rep
     folder = tmp_path / "shared"
     folder.mkdir()
     Image.fromarray(rgb(28, 28)).save(folder / "x.jpg")
-    mine = folder / "x_color.png"
-    Image.fromarray(rgb(40, 40, seed=3)).save(mine)
+    mine = folder / "x.npy"
+    np.save(mine, np.zeros((2, 2)))
     before = mine.read_bytes()
-    record = {"format": predict.RECORD_FORMAT, "files": {"x_color.png": [mine.stat().st_size, 0, 1]}}
+    record = {"format": predict.RECORD_FORMAT, "files": {"x.npy": [mine.stat().st_size, 0, 1]}}
     (folder / predict.RECORD).write_text(json.dumps(record))
     status, _, err = run(capsys, f"ckpt={tiny_checkpoints['depth']}", f"input={folder}", f"output={folder}")
     assert status == 0, err
@@ -183,19 +190,29 @@ def test_a_crafted_record_only_names_plain_files_in_its_folder(tmp_path, tiny_ch
     Image.fromarray(rgb(28, 28)).save(images / "a.png")
     outside = tmp_path / "outside.npy"
     outside.write_bytes(b"keep me")
-    (out / "a.png").symlink_to(outside)  # a link under a result's name
+    (out / "a_depth_mm.png").symlink_to(outside)  # a link under a result's name
     (out / "a.npy").mkdir()  # a folder under a result's name
-    names = ["../outside.npy", str(outside), "sub/a_color.png", ".a_color.png", "a.txt", "a.png", "a.npy"]
+    names = [
+        "../outside.npy",
+        str(outside),
+        "sub/a_color.png",
+        ".a_color.png",
+        "a.txt",
+        "a_depth_mm.png",
+        "a.npy",
+    ]
     record = {"format": predict.RECORD_FORMAT, "files": {name: [7, 0, 0] for name in names}}
     (out / predict.RECORD).write_text(json.dumps(record))
     status, _, err = run(capsys, f"ckpt={tiny_checkpoints['depth']}", f"input={images}", f"output={out}")
     assert status == 0, err
     assert "ignored 5 entries" in err
     assert "the results of a.png are named a_1.*" in err
-    assert outside.read_bytes() == b"keep me" and (out / "a.png").is_symlink() and (out / "a.npy").is_dir()
-    assert recorded(out) == sorted(
-        [*(f"a_1{suffix}" for suffix in (".npy", ".png", "_color.png")), *DEPTH_RUN_FILES]
+    assert (
+        outside.read_bytes() == b"keep me"
+        and (out / "a_depth_mm.png").is_symlink()
+        and (out / "a.npy").is_dir()
     )
+    assert recorded(out) == sorted([*(f"a_1{suffix}" for suffix in DEPTH_FILES), *DEPTH_RUN_FILES])
 
     for text in ("not json", json.dumps({"files": ["a_1.png"]}), json.dumps(["a_1.png"]), "[" * 100_000):
         (out / predict.RECORD).write_text(text)
@@ -247,7 +264,7 @@ def test_a_full_disk_stops_the_run_and_says_how_many_were_written(
 
     def save_npy_until_full(array, path):
         calls.append(path)
-        if len(calls) == 2:  # the second image's .npy, after its .png was written
+        if len(calls) == 2:  # the second image's .npy, after its two PNGs were written
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         real_save_npy(array, path)
 
@@ -260,7 +277,7 @@ def test_a_full_disk_stops_the_run_and_says_how_many_were_written(
         in err
     )
     assert "wrote depth results for 1 of 3 images" in stdout
-    first = sorted([*(f"img0{suffix}" for suffix in (".npy", ".png", "_color.png")), *DEPTH_RUN_FILES])
+    first = sorted([*(f"img0{suffix}" for suffix in DEPTH_FILES), *DEPTH_RUN_FILES])
     assert sorted(p.name for p in out.iterdir()) == sorted([*first, predict.RECORD])  # none of img1's files
     assert recorded(out) == first
     assert len(calls) == 2  # img2 was not tried
@@ -279,7 +296,7 @@ def test_result_names_too_long_for_the_disk_skip_that_image(tmp_path, tiny_check
     assert f"{long_name}: its result file names are too long for the disk; rename it" in err
     assert "wrote depth results for 1 of 2 images" in stdout
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [predict.RECORD, "b.npy", "b.png", "b_color.png", *DEPTH_RUN_FILES]
+        [predict.RECORD, *(f"b{suffix}" for suffix in DEPTH_FILES), *DEPTH_RUN_FILES]
     )
 
 

@@ -59,6 +59,10 @@ def test_colorbar_keeps_the_picture_and_adds_a_strip():
     with_bar = viz.add_colorbar(picture, 1.0, 5.0)
     assert with_bar.shape[0] == 120 and with_bar.shape[1] > 90
     assert (with_bar[:, :90] == picture).all()
+    tiny = picture[:1, :2]  # a 1×2 picture: the bar keeps a legible height, the picture is padded below
+    with_bar = viz.add_colorbar(tiny, 1.0, 5.0)
+    assert with_bar.shape[0] == viz.MIN_COLORBAR_HEIGHT and (with_bar[:1, :2] == tiny).all()
+    assert (with_bar[1:, :2] == 255).all()
 
 
 # --------------------------------------------------------------------------- labels
@@ -150,6 +154,23 @@ def test_compare_figure_panels(task):
     plt.close(fig)
     fig = viz.compare_figure(images[0], preds[0], task=task)
     assert len([ax for ax in fig.axes if ax.images]) == 2
+    plt.close(fig)
+
+
+def test_segmentation_figure_names_the_class_colours():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    labels = rng.integers(0, 3, (20, 30))
+    palette = viz.get_palette(3)
+    names = ["floor", "wall", "box"]
+    fig = viz.compare_figure(image, labels, labels, task="segmentation", palette=palette, class_names=names)
+    (legend,) = fig.legends
+    assert [text.get_text() for text in legend.get_texts()] == names
+    colours = [np.round(np.asarray(patch.get_facecolor()[:3]) * 255) for patch in legend.get_patches()]
+    assert np.array_equal(np.stack(colours), palette[:3].astype(float))  # the colours of the maps
+    plt.close(fig)
+    fig = viz.compare_figure(image, np.full((20, 30), 2), task="segmentation", palette=palette)
+    assert [text.get_text() for text in fig.legends[0].get_texts()] == ["class 2"]  # ids that occur
     plt.close(fig)
 
 

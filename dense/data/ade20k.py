@@ -76,6 +76,7 @@ def paired_files(
 
 @register_dataset("ade20k")
 class ADE20K(SegmentationFiles):
+    layout = LAYOUT
     class_names = ADE20K_CLASSES
 
     def find_items(self, root, split: str) -> list[tuple[str, Path, Path]]:

@@ -3,6 +3,7 @@
 Sample contract (`DenseDataset.__getitem__`):
     image: float32 3×H×W, ImageNet-normalised
     depth: float32 1×H×W metres, 0 = no measurement (also padding)       [depth datasets]
+    disparity: float32 1×H×W relative disparity ≥ 0, -1 = no value        [instead of depth: relative maps]
     mask:  int64 H×W class ids in [0, num_classes), 255 = ignore (also padding) [segmentation]
     name:  str, the sample id (a relative path without extension; may contain '/')
 """
@@ -92,6 +93,7 @@ class DenseDataset(Dataset):
     max_depth: ClassVar[float] = 10.0
     eval_crop: ClassVar[str | None] = None
     needs_root: ClassVar[bool] = True
+    layout: ClassVar[str] = ""  # what data.root must hold, for the message when it is missing
     recipe_options: ClassVar[type | None] = None
 
     def __new__(cls, *args, **kwargs):
@@ -287,7 +289,7 @@ class DenseDataset(Dataset):
         check_sample(raw, self._num_classes)
         self._check_depth_values(raw)
         try:
-            sample = to_sample(self.transform, raw.image, raw.depth, raw.mask)
+            sample = to_sample(self.transform, raw.image, raw.depth, raw.mask, raw.disparity)
         except ValueError as e:  # e.g. an image smaller than a fixed crop
             raise DatasetError(f"{raw.source}: the augmentation recipe failed ({e})") from e
         sample["name"] = raw.name

@@ -38,6 +38,11 @@ def check_sample(raw: RawSample, num_classes: int) -> None:
             raise DatasetError(
                 f"{raw.source}: depth has negative values (min {raw.depth.min():.3g}); depth must be ≥ 0, 0 = missing"
             )
+    if raw.disparity is not None and raw.disparity.shape != (h, w):
+        raise DatasetError(
+            f"{raw.source}: disparity is {raw.disparity.shape[0]}×{raw.disparity.shape[1]} but the image is "
+            f"{h}×{w}; disparity must be pixel-aligned with the image"
+        )
     if raw.mask is not None:
         if raw.mask.shape != (h, w):
             raise DatasetError(

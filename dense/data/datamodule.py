@@ -9,6 +9,7 @@ its own RNG, which forked workers would otherwise share and repeat).
 
 from __future__ import annotations
 
+import copy
 import inspect
 import random
 from pathlib import Path
@@ -25,12 +26,14 @@ from dense.constants import IGNORE_INDEX
 from dense.data.base import DenseDataset
 from dense.data.registry import DATASETS
 from dense.data.sample import DatasetInfo
+from dense.data.transforms import size_pair, to_sample
 from dense.errors import DatasetError
 from dense.plain import plain, plain_value_problem
 from dense.registry import UnknownNameError
 
 SPLIT_SEED_OFFSETS = {"train": 0, "val": 1, "test": 2}
-PAD_VALUES = {"image": 0.0, "depth": 0.0, "mask": IGNORE_INDEX}  # image 0 = the mean colour after normalising
+# image 0 = the mean colour after normalising; disparity -1 = no value (transforms.NO_DISPARITY)
+PAD_VALUES = {"image": 0.0, "depth": 0.0, "mask": IGNORE_INDEX, "disparity": -1.0}
 
 
 def pad_collate(batch: list[dict]) -> dict:
@@ -106,17 +109,21 @@ class DenseDataModule(L.LightningDataModule):
         options = {k: plain(v) for k, v in options.items()}
         allowed = set(self.dataset_cls.option_names()) - {"augment", "seed", "task"}
         unknown = sorted(set(options) - allowed)
+        # The folder first: a wrong data.root is the mistake to fix first, whatever else is wrong.
+        if self.dataset_cls.needs_root:
+            layout = f"; expected {self.dataset_cls.layout}" if self.dataset_cls.layout else ""
+            if root is None:
+                raise DatasetError(
+                    f"data.root is not set; the {name} dataset needs the folder it is stored in{layout}"
+                )
+            if not Path(root).expanduser().is_dir():
+                raise DatasetError(
+                    f"data root {root} does not exist or is not a folder (set data.root=FOLDER){layout}"
+                )
         if unknown:
             raise DatasetError(
                 f"data.{unknown[0]} is not an option of the {name} dataset; its options: {sorted(allowed)}"
             )
-        if self.dataset_cls.needs_root:
-            if root is None:
-                raise DatasetError(
-                    f"data.root is not set; the {name} dataset needs the folder it is stored in"
-                )
-            if not Path(root).expanduser().is_dir():
-                raise DatasetError(f"data root {root} does not exist or is not a folder (set data.root)")
         self.save_hyperparameters(logger=False)
         self.name, self.root, self.options = name, root, options
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
@@ -180,6 +187,11 @@ class DenseDataModule(L.LightningDataModule):
         return self.info.max_depth
 
     @property
+    def depth_target(self) -> str:
+        """The depth ground truth: "depth" (metres) or "disparity" (relative maps, folder datasets)."""
+        return self.info.depth_target
+
+    @property
     def eval_crop(self) -> str | None:
         return self.info.eval_crop
 
@@ -208,6 +220,41 @@ class DenseDataModule(L.LightningDataModule):
                 )
             self._datasets[split] = dataset
         return self._datasets[split]
+
+    def describe_sizes(self) -> str:
+        """One line on the sizes the model sees: the first training sample as read and after the train
+        recipe, the segmentation recipe's rescale and crop, and the evaluation size. The user's images
+        may be far smaller (or larger) than a recipe made for another dataset expects: a run says so."""
+        if self.feature_cache is not None:  # the train split is the cache's (built when it is filled)
+            return f"training on the cached backbone features of the {self.name} train split's whole images"
+        train = self.dataset("train")
+        raw = train.read(0)
+        height, width = raw.image.shape[:2]
+        # Through a copy of the recipe: the run's own augmentation draws stay as they were.
+        sample = to_sample(copy.deepcopy(train.transform), raw.image, raw.depth, raw.mask)
+        size = "×".join(str(n) for n in sample["image"].shape[-2:])
+        recipe = train.recipe
+        how = f"the first training image is {height}×{width}"
+        if (
+            self.task == "segmentation"
+            and self.augment
+            and recipe is not None
+            and hasattr(recipe, "short_side")
+        ):
+            low, high = recipe.ratio_range
+            how += (
+                f"; the recipe rescales to short side {recipe.short_side} × {low:g}–{high:g} and crops "
+                f"{'×'.join(str(n) for n in size_pair(recipe.crop_size))} (data.short_side, data.ratio_range, data.crop_size)"
+            )
+        scale = self.eval_scale
+        evaluation = (
+            "each image at its own size"
+            if scale is None
+            else f"views at short side {scale[1]}, long side at most {scale[0]} (data.eval_short_side)"
+        )
+        if self.task == "depth":
+            evaluation = "whole images" + (f", scored in the {self.eval_crop} crop" if self.eval_crop else "")
+        return f"training size {size} ({how}); evaluation: {evaluation}"
 
     def setup(self, stage: str | None = None) -> None:
         # Building the datasets here surfaces layout errors before the first step.

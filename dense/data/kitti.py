@@ -33,6 +33,7 @@ ANNOTATED_SPLITS = ("train", "val")
 
 @register_dataset("kitti")
 class KITTIEigen(DepthFileList):
+    layout = LAYOUT
     min_depth, max_depth = 1e-3, 80.0
     eval_crop = "garg"
 

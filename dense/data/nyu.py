@@ -114,6 +114,8 @@ def mat_sample_name(index: int) -> str:
 class NYUDepthV2(DepthFileList):
     """Both layouts; in the file-list layout everything but finding the list is DepthFileList's."""
 
+    layout = LAYOUT
+
     min_depth, max_depth = 1e-3, 10.0
     eval_crop = "eigen"
 

@@ -1,5 +1,6 @@
 """Reading a dataset's files so that every failure is one line naming the file: images, depth (16-bit
-PNG or .npy), label PNGs and text lists, each opened only if it is a regular file of bounded size."""
+PNG or .npy), relative disparity (8/16-bit PNG or .npy) and validity masks, label PNGs and text lists,
+each opened only if it is a regular file of bounded size."""
 
 from __future__ import annotations
 
@@ -106,6 +107,26 @@ def check_pixels(name: str, height: int, width: int) -> None:
         )
 
 
+# What each kind of single-channel PNG holds, for the error that refuses a colour image.
+SINGLE_CHANNEL_KINDS = {
+    "depth": "16-bit depth",
+    "label map": "class ids as L or palette mode",
+    "disparity": "8- or 16-bit relative disparity",
+    "validity mask": "nonzero = valid, 0 = no value",
+}
+
+
+def read_short_side(path: str | os.PathLike) -> int:
+    """The shorter side of an image in pixels, from its header (nothing is decoded; the EXIF
+    orientation swaps the sides, not which one is shorter)."""
+    with open_regular(path, "image", "an image file") as f:
+        try:
+            with Image.open(f) as image:
+                return min(image.size)
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise unreadable(path, "image", e, "an image file") from None
+
+
 def _read_single_channel(path: str | os.PathLike, what: str) -> np.ndarray:
     expected = "a single-channel PNG (is the file truncated or not a PNG?)"
     try:
@@ -116,7 +137,7 @@ def _read_single_channel(path: str | os.PathLike, what: str) -> np.ndarray:
                 if im.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L", "F", "1"):
                     raise DatasetError(
                         f"{what} {path} is a {im.mode} image; expected a single-channel PNG "
-                        f"({'16-bit depth' if what == 'depth' else 'class ids as L or palette mode'})"
+                        f"({SINGLE_CHANNEL_KINDS[what]})"
                     )
                 width, height = im.size
                 check_pixels(f"{what} {path}", height, width)
@@ -136,18 +157,20 @@ def read_depth_png(path: str | os.PathLike, scale: float) -> tuple[np.ndarray, i
     return stored.astype(np.float32) / np.float32(scale), stored.dtype.itemsize * 8
 
 
-def read_depth_npy(path: str | os.PathLike) -> np.ndarray:
-    """A .npy H×W (or 1×H×W / H×W×1) float array in metres → float32 metres. The header is checked
-    against the file's size and the pixel budget before any memory is allocated for the data."""
+def read_depth_npy(path: str | os.PathLike, what: str = "depth") -> np.ndarray:
+    """A .npy H×W (or 1×H×W / H×W×1) float array in metres (what="disparity": a relative disparity) →
+    float32. The header is checked against the file's size and the pixel budget before any memory is
+    allocated for the data."""
     expected = "an H×W float array saved with np.save"
-    with open_regular(path, "depth", expected) as f:
+    unit = " in metres" if what == "depth" else ""
+    with open_regular(path, what, expected) as f:
         try:
             shape, fortran, dtype = read_npy_header(f)
         except (OSError, ValueError, EOFError) as e:
-            raise unreadable(path, "depth", e, expected) from None
+            raise unreadable(path, what, e, expected) from None
         if dtype.hasobject:
             raise DatasetError(
-                f"depth {path} holds Python objects (a pickle, never loaded); expected {expected}"
+                f"{what} {path} holds Python objects (a pickle, never loaded); expected {expected}"
             )
         # Only a channel axis is dropped: np.squeeze would also collapse a 1-pixel-high or 1×1 map.
         plane = shape
@@ -157,21 +180,32 @@ def read_depth_npy(path: str | os.PathLike) -> np.ndarray:
             plane = shape[:2]
         if len(plane) != 2 or not np.issubdtype(dtype, np.number):
             raise DatasetError(
-                f"depth {path} has shape {shape} ({dtype}); expected an H×W float array in metres"
+                f"{what} {path} has shape {shape} ({dtype}); expected an H×W float array{unit}"
             )
         count = math.prod(shape)
         data_bytes, file_bytes = count * dtype.itemsize, os.fstat(f.fileno()).st_size - f.tell()
         if data_bytes != file_bytes:
             raise DatasetError(
-                f"depth {path}: its header declares a {dtype} {shape} array of {data_bytes:,} bytes, but the "
+                f"{what} {path}: its header declares a {dtype} {shape} array of {data_bytes:,} bytes, but the "
                 f"file holds {file_bytes:,} (cut short or crafted); expected {expected}"
             )
-        check_pixels(f"depth {path}", *plane)
+        check_pixels(f"{what} {path}", *plane)
         try:
             depth = np.fromfile(f, dtype=dtype, count=count)
         except (OSError, ValueError) as e:
-            raise unreadable(path, "depth", e, expected) from None
+            raise unreadable(path, what, e, expected) from None
     return depth.reshape(shape, order="F" if fortran else "C").reshape(plane).astype(np.float32)
+
+
+def read_disparity_png(path: str | os.PathLike) -> np.ndarray:
+    """An 8- or 16-bit single-channel PNG of relative disparity (any scale: larger = nearer) → float32
+    of the stored integers."""
+    return _read_single_channel(path, "disparity").astype(np.float32)
+
+
+def read_validity_png(path: str | os.PathLike) -> np.ndarray:
+    """A single-channel PNG whose nonzero pixels are valid (0 = no value) → bool H×W."""
+    return _read_single_channel(path, "validity mask") != 0
 
 
 def read_label_png(path: str | os.PathLike) -> np.ndarray:

@@ -20,6 +20,9 @@ class DatasetInfo:
     # Segmentation: the test-time scale (long, short) the evaluation views are made at
     # (transforms.eval_view_size), e.g. (2048, 512); None: each image at its own size.
     eval_scale: tuple[int, int] | None = None
+    # Depth ground truth: "depth" (metres) or "disparity" (relative maps up to scale and shift, the
+    # sample's "disparity" key; only task.depth_mode=relative trains on them).
+    depth_target: str = "depth"
 
     @property
     def num_classes(self) -> int:
@@ -34,6 +37,9 @@ class RawSample:
     image: np.ndarray  # uint8 H×W×3 RGB
     depth: np.ndarray | None = None  # float32 H×W metres, 0 = invalid
     mask: np.ndarray | None = None  # uint8 H×W class ids, 255 = ignore
+    # float32 H×W relative disparity ≥ 0 (larger = nearer, any scale and shift), -1 = no value: a
+    # disparity of 0 is a real value (infinitely far, the sky), so "none" needs another mark.
+    disparity: np.ndarray | None = None
     source: str = ""
     depth_unit: str = "m"  # what the file stored: "m" (floats) or "scaled" (integers = metres × depth_scale)
     depth_bits: int | None = None  # bits per stored value of an integer depth file (8 or 16 for PNGs)

@@ -25,8 +25,10 @@ from albumentations.core.transforms_interface import DualTransform, ImageOnlyTra
 from dense.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, MEAN_FILL
 from dense.errors import RecipeError
 
-# Depth and the validity map are "mask" targets: nearest interpolation, no pixel (colour) transforms.
-ADDITIONAL_TARGETS = {"depth": "mask", "valid": "mask"}
+# Depth, disparity and the validity map are "mask" targets: nearest interpolation, no pixel (colour)
+# transforms.
+ADDITIONAL_TARGETS = {"depth": "mask", "disparity": "mask", "valid": "mask"}
+NO_DISPARITY = -1.0  # a relative disparity's "no value" (0 is a real disparity: infinitely far)
 
 
 # --------------------------------------------------------------------------- tensors
@@ -72,6 +74,7 @@ def to_sample(
     image: np.ndarray,
     depth: np.ndarray | None = None,
     mask: np.ndarray | None = None,
+    disparity: np.ndarray | None = None,
 ) -> dict[str, torch.Tensor]:
     """Run the recipe jointly, then normalise: the one place a sample becomes tensors."""
     data = {"image": image, "valid": np.ones(image.shape[:2], np.uint8)}
@@ -79,6 +82,8 @@ def to_sample(
         data["depth"] = depth.astype(np.float32, copy=False)
     if mask is not None:
         data["mask"] = mask
+    if disparity is not None:
+        data["disparity"] = disparity.astype(np.float32, copy=False)
     out = transform(**data)
     valid = out["valid"].astype(bool)
     sample = {"image": normalize_image(out["image"])}
@@ -89,6 +94,9 @@ def to_sample(
         m = out["mask"].astype(np.int64)
         m[~valid] = IGNORE_INDEX
         sample["mask"] = torch.from_numpy(m)
+    if disparity is not None:
+        d = np.where(valid, out["disparity"], NO_DISPARITY).astype(np.float32)
+        sample["disparity"] = torch.from_numpy(d)[None]
     return sample
 
 

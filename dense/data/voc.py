@@ -58,6 +58,7 @@ def read_aug_id_list(path: Path) -> list[str]:
 
 @register_dataset("voc")
 class PascalVOC(SegmentationFiles):
+    layout = LAYOUT
     class_names = VOC_CLASSES
 
     def __init__(self, root=None, split: str = "train", *, use_aug: bool = False, **common):

@@ -43,7 +43,8 @@ class DepthTask(DenseTask):
         `init_output(depth)` method (depth_dpt). train.py turns it off for a head loaded from
         head.weights; a resumed run (global step > 0) never does it.
     Logs train/loss, train/loss_sig, train/loss_grad; val/* and test/*: a1 a2 a3 abs_rel sq_rel rmse
-    rmse_log log10 silog n_images n_skipped.
+    rmse_log log10 silog, the same after a least-squares scale and shift per image (abs_rel_aligned,
+    a1_aligned, ...: DINOv3's align_least_squares evaluation, in depth space), n_images n_skipped.
     """
 
     task = "depth"
@@ -68,9 +69,12 @@ class DepthTask(DenseTask):
         # A submodule, so the SigLoss warm-up counter is saved with the checkpoint and resumes exactly.
         # check_values=False: no sync in the step (loss.check_values=true turns the in-loss checks on).
         self.loss = DepthLoss(**{"check_values": False, **loss})
-        self.val_metrics = DepthMetrics(min_depth, max_depth, crop)
-        self.test_metrics = DepthMetrics(min_depth, max_depth, crop)
-        self.hparams.update(loss=loss, metrics={"min_depth": min_depth, "max_depth": max_depth, "crop": crop})
+        self.val_metrics = DepthMetrics(min_depth, max_depth, crop, align="depth")
+        self.test_metrics = DepthMetrics(min_depth, max_depth, crop, align="depth")
+        self.hparams.update(
+            loss=loss,
+            metrics={"min_depth": min_depth, "max_depth": max_depth, "crop": crop, "align": "depth"},
+        )
 
     def target(self, batch: dict) -> torch.Tensor:
         return batch["depth"]
