@@ -278,6 +278,7 @@ def build_run_model(cfg: DictConfig, datamodule, spec, depth_mode: str = "metric
     task.depth_mode: metric or relative)."""
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+    import heads
     from dense.backbone import get_spec
     from dense.checkpoint import atomic_save, backbone_is_stored, model_from_checkpoint, read_model_config
     from dense.config import model_from_config

@@ -88,4 +88,3 @@ class DeadHeadError(TrainingFailedError):
     """The head stopped learning: a depth head predicting min_depth, where its ReLU passes no gradient, or
     a segmentation head predicting one class everywhere, for task.dead_head_steps steps in a row (raised
     by dense.tasks.DenseTask at its periodic check)."""
-

@@ -212,6 +212,8 @@ def test_the_dead_head_count_is_sync_free(head):
     for prediction, expected in ((dead, 1), (dead, 2), (alive, 0), (dead, 1)):
         streak = step(prediction, streak)
         assert int(streak) == expected
+
+
 @pytest.mark.parametrize("kind", ["depth", "disparity"])
 def test_relative_loss_training_path_is_sync_free(kind):
     """What RelativeDepthTask.compute_loss runs: the ground truth to disparity, then MiDaS' loss

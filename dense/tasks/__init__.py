@@ -68,9 +68,7 @@ def build_task(
             return RelativeDepthTask(
                 model, loss=relative_loss, depth_target=datamodule.depth_target, **depth, **common
             )
-        return DepthTask(
-            model, loss=depth_loss, init_depth_from_data=init_depth_from_data, **depth, **common
-        )
+        return DepthTask(model, loss=depth_loss, init_depth_from_data=init_depth_from_data, **depth, **common)
     if depth_mode is not None:
         check_depth_mode(depth_mode, model.task)
     return SegmentationTask(

@@ -27,6 +27,23 @@ def median_valid_depth(depth: torch.Tensor) -> torch.Tensor:
     return torch.nanmedian(torch.where((depth > 0) & torch.isfinite(depth), depth, torch.nan))
 
 
+def at_min_depth(prediction: torch.Tensor, min_depth: float) -> torch.Tensor:
+    """A 0-d bool tensor, no sync: whether nearly every pixel of a depth head's training prediction sits
+    at min_depth, where the head's output ReLU passes no gradient (a dead head)."""
+    at_min = prediction <= min_depth * (1 + 1e-3)
+    return at_min.float().mean() >= DEAD_PIXEL_FRACTION
+
+
+def dead_depth_head_message(steps: int, step: int, min_depth: float) -> str:
+    return (
+        f"the depth head is dead: for the last {steps} training steps (up to step {step}) it predicted "
+        f"min_depth ({min_depth:g}) at nearly every pixel, where its output ReLU passes no gradient, so it "
+        "cannot learn any more; start a new run with a lower task.optimizer.lr, a longer "
+        "task.scheduler.warmup_steps, trainer.gradient_clip_val set and the output initialised from the data "
+        "(task.init_depth_from_data=true, the default) (task.dead_head_steps=0: no check)"
+    )
+
+
 class DepthTask(DenseTask):
     """Trains a depth head (metres).
 
@@ -107,14 +124,7 @@ class DepthTask(DenseTask):
         )
 
     def is_dead(self, prediction: torch.Tensor) -> torch.Tensor:
-        at_min = prediction <= self.model.min_depth * (1 + 1e-3)
-        return at_min.float().mean() >= DEAD_PIXEL_FRACTION
+        return at_min_depth(prediction, self.model.min_depth)
 
     def dead_head_message(self, steps: int, step: int) -> str:
-        return (
-            f"the depth head is dead: for the last {steps} training steps (up to step {step}) it predicted "
-            f"min_depth ({self.model.min_depth:g} m) at nearly every pixel, where its output ReLU passes no "
-            "gradient, so it cannot learn any more; start a new run with a lower task.optimizer.lr, a longer "
-            "task.scheduler.warmup_steps, trainer.gradient_clip_val set and the output initialised from "
-            "the data (task.init_depth_from_data=true, the default) (task.dead_head_steps=0: no check)"
-        )
+        return dead_depth_head_message(steps, step, self.model.min_depth)
