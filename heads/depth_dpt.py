@@ -23,6 +23,12 @@ that conv starts with zero weights and a bias that puts every pixel at one typic
 (`init_output`): every pixel alive, and the first steps learn the structure around it. train.py then
 sets that depth from the data (DepthTask, task.init_depth_from_data). A loaded head (Meta's released
 files, a checkpoint) replaces all of this: its forward pass is upstream's.
+
+Training differs in one gradient: a fresh head that starts alive can still be driven below zero by
+one large step (a random ViT-S/14 at lr 1e-3 did so at the end of its warm-up, measured), and then no
+gradient reaches it again. In training mode the output ReLU therefore passes the gradient through
+where its input is negative (`output_relu`, straight-through); its value, and everything in eval mode
+(validation, prediction, export), is upstream's relu.
 """
 
 from __future__ import annotations
@@ -129,6 +135,16 @@ class FusionBlock(nn.Module):
         return self.project(x)
 
 
+def output_relu(x: torch.Tensor, straight_through: bool) -> torch.Tensor:
+    """relu(x), upstream's output nonlinearity. With `straight_through` (training) the value is the same,
+    bit for bit (x + (0 - x) = 0, x + 0 = x), but the gradient passes where x < 0 too, as if there were
+    no ReLU: a pixel at min_depth, where the ReLU would stop every gradient, is pushed back up by the
+    loss instead of staying dead for the rest of the run (module docstring)."""
+    if straight_through:
+        return x + (F.relu(x) - x).detach()
+    return F.relu(x)
+
+
 class DepthOutput(nn.Module):
     """3×3 conv to C/2, ×2 upsample, 3×3 conv to 32, ReLU, 1×1 conv to 1 (upstream's HeadDepth)."""
 
@@ -232,7 +248,7 @@ class DPTDepthHead(nn.Module):
             out = block(out, skip)
         out = self.conv_depth(F.relu(self.project(out)))
         # float32 output like the linear head, so the losses and the model's clamp/resize see one dtype.
-        return F.relu(out.float()) + self.min_depth
+        return output_relu(out.float(), straight_through=self.training) + self.min_depth
 
     def extra_repr(self) -> str:
         return f"readout={self.reassemble_blocks.readout}, depth=[{self.min_depth}, {self.max_depth}]"

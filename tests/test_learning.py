@@ -270,7 +270,7 @@ def test_a_dead_head_stops_the_run_at_the_next_check(tmp_path, kind):
     assert "\n" not in message and "for the last 4 training steps (up to step 4)" in message
     assert "task.optimizer.lr" in message and "warmup_steps" in message and "dead_head_steps=0" in message
     if kind == "depth":
-        assert "min_depth (0.001 m)" in message and "init_depth_from_data" in message
+        assert "min_depth (0.001)" in message and "init_depth_from_data" in message
     else:
         assert "one class, 2 (ceiling)" in message, message
 
