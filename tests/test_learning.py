@@ -92,6 +92,37 @@ def test_init_output_moves_the_prediction_to_the_given_depth(head):
     assert medians == sorted(medians)
 
 
+def test_a_dpt_head_driven_below_min_depth_comes_back():
+    """A DPT head whose output fell below zero everywhere (min_depth at every pixel, as the random ViT-S/14
+    of issue #21 after one full-lr step) still gets a gradient in training, and a few steps bring it back
+    above min_depth; its training output is the same relu(x) + min_depth value as in eval mode. On main
+    the ReLU blocked every gradient: the head stayed at min_depth."""
+    torch.manual_seed(0)
+    model = dense.build_model("tiny14", "depth_dpt", channels=32)
+    images, depth = synthetic_images(28, count=2)
+    with torch.no_grad():
+        model.head.conv_depth.head[-1].bias.fill_(-1.0)  # every pixel dead
+    model.eval()
+    with torch.no_grad():
+        dead = model.head(model.image_features(images)[0])
+    assert (dead == model.min_depth).all()
+    model.train()
+    optimizer = torch.optim.AdamW(model.head.parameters(), lr=0.2)
+    for step in range(8):
+        prediction = model.head(model.image_features(images)[0])
+        if step == 0:
+            assert torch.equal(prediction, dead)  # the value is relu's, bit for bit
+        loss = (prediction.log() - depth.mean().log()).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        assert model.head.conv_depth.head[-1].bias.grad.abs() > 0
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        revived = model.head(model.image_features(images)[0])
+    assert (revived > model.min_depth).float().mean() > 0.9
+
+
 def test_released_heads_keep_their_own_output():
     """Initialisation is for fresh heads: loading weights (a released file or a checkpoint) replaces
     the output layer entirely (the forward pass is upstream's; test_model.py compares it with saved
