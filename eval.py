@@ -47,9 +47,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from hydra.utils import instantiate
 
     from dense.checkpoint import model_from_checkpoint, read_model_config
-    from dense.config import apply_speed_options, compile_mode
+    from dense.config import apply_matmul_precision, apply_speed_options, compile_mode, resolve_precision
     from dense.io import atomic_path
     from dense.multi_head import MultiHeadModel
+    from dense.progress import TimedProgressBar
     from dense.tasks import build_task
     from dense.tasks.multi import build_multi_task, check_data_carries
 
@@ -76,7 +77,16 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
                 f"the checkpoint holds a {model.task} model but the data is set up for {datamodule.task}",
             )
             task = build_task(model, datamodule, **predict_options(cfg, stored.get("predict")))
-        trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
+        accelerator = cfg.trainer.get("accelerator")
+        apply_matmul_precision(cfg.get("float32_matmul_precision"), accelerator)
+        trainer = instantiate(
+            cfg.trainer,
+            precision=resolve_precision(cfg.trainer.get("precision"), accelerator),
+            logger=False,
+            # train.py's bar: plain lines instead of redraws when the output is not a terminal.
+            callbacks=[TimedProgressBar()] if cfg.trainer.get("enable_progress_bar", True) else [],
+            enable_checkpointing=False,
+        )
         apply_speed_options(model, compile=cfg.compile, bf16_autocast=trainer.precision == "bf16-mixed")
 
     run = trainer.validate if cfg.split == "val" else trainer.test

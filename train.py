@@ -46,10 +46,17 @@ def train(cfg: DictConfig):
     import lightning as L
     from hydra.utils import instantiate
     from lightning.pytorch.accelerators import CPUAccelerator
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 
     import heads
-    from dense.config import apply_speed_options, is_multi, multi_head_entries
+    from dense.config import (
+        apply_matmul_precision,
+        apply_speed_options,
+        describe_device,
+        is_multi,
+        multi_head_entries,
+        resolve_precision,
+    )
     from dense.data import datamodule_from_config
     from dense.tasks import RunCheckpointIO, build_task, check_depth_mode, task_class
     from dense.tasks.multi import build_multi_task, multi_run_checks
@@ -72,16 +79,26 @@ def train(cfg: DictConfig):
             check_head_fits_data(spec, cfg, datamodule)
             check_depth_mode(depth_mode, spec.task, datamodule.depth_target)
             task_cls = task_class(spec.task, depth_mode)
-        callbacks = make_callbacks(cfg.get("callbacks"), task_cls)
+        show_bar = cfg.trainer.get("enable_progress_bar", True)
+        callbacks = make_callbacks(cfg.get("callbacks"), task_cls, progress_bar=show_bar)
         # The run deletes and loads checkpoints only in its own checkpoint folders (RunCheckpointIO).
         folders = {str(Path(cfg.paths.output_dir) / "checkpoints")}
         folders |= {c.dirpath for c in callbacks if isinstance(c, ModelCheckpoint) and c.dirpath}
         checkpoint_io = RunCheckpointIO(*sorted(folders))
         loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+        accelerator = cfg.trainer.get("accelerator")
+        matmul_precision = apply_matmul_precision(cfg.get("float32_matmul_precision"), accelerator)
         trainer = instantiate(
-            cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[checkpoint_io]
+            cfg.trainer,
+            precision=resolve_precision(cfg.trainer.get("precision"), accelerator),
+            # The bar is on only when asked for on both sides: trainer.enable_progress_bar and callbacks.progress_bar.
+            enable_progress_bar=any(isinstance(c, ProgressBar) for c in callbacks),
+            callbacks=callbacks,
+            logger=loggers or False,
+            plugins=[checkpoint_io],
         )
         check_trainer(cfg, trainer)
+        logging.getLogger(__name__).info(describe_device(trainer, matmul_precision))
         if isinstance(trainer.accelerator, CPUAccelerator):
             logging.getLogger(__name__).info(use_cpu_threads(cfg.get("threads")))
         check_data_and_weights(cfg, datamodule)
@@ -93,13 +110,16 @@ def train(cfg: DictConfig):
         logging.getLogger(__name__).info(datamodule.describe_sizes())
         # After the cache fill (which runs the backbone in cache.precision, outside the trainer).
         apply_speed_options(model, compile=cfg.compile, bf16_autocast=trainer.precision == "bf16-mixed")
+        task_options = _cli.plain(cfg.task)
+        if cfg.head.get("weights"):  # a loaded head keeps its own output
+            task_options["init_depth_from_data"] = False
         if spec is None:
             weights = {n: e.get("loss_weight", 1.0) for n, e in multi_head_entries(cfg.head).items()}
             task = build_multi_task(
-                model, datamodule, loss_weights=weights, **_cli.plain(cfg.task), config=_cli.plain(cfg)
+                model, datamodule, loss_weights=weights, **task_options, config=_cli.plain(cfg)
             )
         else:
-            task = build_task(model, datamodule, **_cli.plain(cfg.task), config=_cli.plain(cfg))
+            task = build_task(model, datamodule, **task_options, config=_cli.plain(cfg))
 
     with warnings.catch_warnings():
         quiet_fresh_checkpoint_folders(callbacks)
@@ -139,13 +159,14 @@ def check_config(cfg: DictConfig) -> None:
     """Values Hydra cannot check (types are free in YAML), refused before anything is built. (The data
     keys are checked where the datamodule is built: dense.data.datamodule_from_config.)"""
     from dense.config import compile_mode
-    from dense.tasks.base import check_schedule, check_test_settings
+    from dense.tasks.base import check_dead_head_steps, check_schedule, check_test_settings
     from dense.threads import check_threads
 
     require = _cli.require
     if cfg.ckpt_path is not None:
         require(Path(cfg.ckpt_path).is_file(), f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
     check_schedule(**_cli.plain(cfg.task.scheduler))
+    check_dead_head_steps(cfg.task.get("dead_head_steps"))
     compile_mode(cfg.compile)
     check_threads(cfg.get("threads"))
     test_keys = ("test_mode", "test_crop_size", "test_stride", "test_scales", "test_flip")
@@ -248,9 +269,12 @@ def check_head_fits_data(spec, cfg: DictConfig, datamodule) -> None:
         )
 
 
-def make_callbacks(config: DictConfig | None, task_class) -> list:
-    """The callbacks group; a `monitor`/`mode` left null means the task's main metric."""
+def make_callbacks(config: DictConfig | None, task_class, progress_bar: bool = True) -> list:
+    """The callbacks group; a `monitor`/`mode` left null means the task's main metric. Without
+    `progress_bar` (trainer.enable_progress_bar=false) a progress-bar callback is left out, so that either
+    switch alone turns the bar off."""
     from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import ProgressBar
 
     callbacks = []
     for callback in (config or {}).values():
@@ -261,7 +285,9 @@ def make_callbacks(config: DictConfig | None, task_class) -> list:
             overrides["monitor"] = task_class.main_metric
         if "mode" in callback and callback.mode is None:
             overrides["mode"] = task_class.main_metric_mode
-        callbacks.append(instantiate(callback, **overrides))
+        instance = instantiate(callback, **overrides)
+        if progress_bar or not isinstance(instance, ProgressBar):
+            callbacks.append(instance)
     return callbacks
 
 
@@ -287,6 +313,11 @@ def build_run_model(cfg: DictConfig, datamodule, spec, depth_mode: str = "metric
         # Resuming: the exact model that wrote the checkpoint (a config that asks for another one is
         # a mistake, not a wish: the optimiser state would not fit).
         checkpoint, _ = read_model_config(cfg.ckpt_path)
+        _cli.require(
+            "optimizer_states" in checkpoint,
+            f"ckpt_path={cfg.ckpt_path} holds weights only (a best.ckpt), not the optimiser state a resume "
+            f"needs: resume from the run's last.ckpt, or start a new run from its head with head.weights={cfg.ckpt_path}",
+        )
         model = model_from_checkpoint(checkpoint, cfg.ckpt_path, backbone_weights=backbone.get("weights"))
         wanted = (get_spec(backbone["name"]).name, head_names(head) if spec is None else spec.name)
         stored = (model.config["backbone"], model.config.get("head") or head_names(model.config))
@@ -391,12 +422,15 @@ def warn_about_resume_changes(checkpoint: dict, current: dict, model) -> None:
     stored = (checkpoint.get("hyper_parameters") or {}).get("config")
     if not isinstance(stored, dict):
         return
-    # Stored values that are not plain (a crafted file) compare by their description, never by value.
+    # Stored values that are not plain (a crafted file) compare by their description, never by value. An
+    # empty section (head.options: {}) is no setting: left out on both sides, so that it compares equal
+    # to itself and a section filled in since shows as its new keys.
     old = {
         k: v if plain_value_problem(v, k) is None else f"<{shown(v)}>"
         for k, v in _cli.flatten(stored).items()
+        if not is_empty_section(v)
     }
-    new = _cli.flatten(current)
+    new = {k: v for k, v in _cli.flatten(current).items() if not is_empty_section(v)}
     target = "task.optimizer._target_"
     if target in old and old[target] != new.get(target):
         raise _cli.ConfigError(
@@ -413,6 +447,10 @@ def warn_about_resume_changes(checkpoint: dict, current: dict, model) -> None:
             warnings.warn(
                 f"resuming with other {section} settings ({'; '.join(changed)}): {consequence}", stacklevel=2
             )
+
+
+def is_empty_section(value) -> bool:
+    return isinstance(value, dict) and not value
 
 
 def check_optimizer_state(checkpoint: dict, model) -> None:

@@ -7,7 +7,9 @@ Lightning. The scripts therefore run in two phases:
   Hydra's instantiate or Lightning's argument checks, is a configuration mistake;
 - the run itself (fit/test) lets real bugs keep their traceback; only `DenseError`s (our errors
   meant for users: a corrupt image, a bad checkpoint) are printed as one line there.
-Either way the exit status is EXIT_USAGE (2), as predict.py.
+Either way the exit status is EXIT_USAGE (2), as predict.py. A training run that failed on its own
+(a loss turned NaN, a dead head: dense.errors.TrainingFailedError) exits with EXIT_TRAINING_FAILED (3),
+its one line saying what to change.
 """
 
 from __future__ import annotations
@@ -22,11 +24,16 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from dense.errors import ConfigError, DenseError  # ConfigError: used by the entry scripts as _cli.ConfigError
+from dense.errors import (  # ConfigError: used by the entry scripts as _cli.ConfigError
+    ConfigError,
+    DenseError,
+    TrainingFailedError,
+)
 from dense.host_memory import keep_large_allocations
 from dense.plain import flatten, plain  # noqa: F401  (the entry scripts use them as _cli.flatten, _cli.plain)
 
 EXIT_USAGE = 2
+EXIT_TRAINING_FAILED = 3  # the run started but cannot succeed (diverged, dead head): see TrainingFailedError
 # Where the repository (train.py, configs/) lies: `paths.root_dir` reads it from this variable.
 ROOT_ENV = "DENSE_ROOT"
 
@@ -267,9 +274,9 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in " ".join(text.split()))
 
 
-def fail(message: str) -> None:
+def fail(message: str, status: int = EXIT_USAGE) -> None:
     print(f"error: {printable(message)}", file=sys.stderr, flush=True)
-    sys.exit(EXIT_USAGE)
+    sys.exit(status)
 
 
 @contextmanager
@@ -352,8 +359,9 @@ def key_origin(key: str) -> str | None:
 
 
 def run(function: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    """Call an entry point, printing DenseErrors (meant for users) as one line instead of a traceback.
-    A run refused that way leaves no run folder behind (discard_unused_run_folder)."""
+    """Call an entry point, printing DenseErrors (meant for users) as one line instead of a traceback:
+    exit status 3 for a training run that failed (TrainingFailedError), else 2. A run refused that way
+    leaves no run folder behind (discard_unused_run_folder)."""
     from dense.install_check import import_torchvision
 
     try:
@@ -361,6 +369,8 @@ def run(function: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         single_log_stream()
         quiet_library_noise()
         return function(cfg)
+    except TrainingFailedError as error:  # the run folder holds its logs and checkpoints: kept
+        fail(one_line(error), EXIT_TRAINING_FAILED)
     except DenseError as error:
         discard_unused_run_folder(cfg)
         fail(one_line(error))

@@ -170,3 +170,60 @@ def apply_speed_options(
     if mode is not None:
         model.compile(mode=mode)
     return model
+
+
+# ---- device and precision of the entry scripts' Trainer (trainer.precision=auto) --------------------
+
+AUTO_PRECISION = "auto"
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+CUDA_ACCELERATORS = ("auto", "gpu", "cuda")
+
+
+def uses_cuda(accelerator) -> bool:
+    """Whether a Trainer with this `accelerator` runs on a CUDA GPU (Lightning's "auto" and "gpu" take
+    one when there is one)."""
+    return str(accelerator) in CUDA_ACCELERATORS and torch.cuda.is_available()
+
+
+def resolve_precision(precision, accelerator) -> str:
+    """trainer.precision: "auto" is bf16-mixed on a CUDA GPU that computes in bf16 natively (Ampere and
+    later: A100, H100, H200, RTX 30xx+; not emulated on older ones), else 32-true (CPU, older GPUs, Apple
+    MPS). Any other value is Lightning's and passes unchanged (trainer.precision=32-true opts out)."""
+    if precision != AUTO_PRECISION:
+        return precision
+    if uses_cuda(accelerator) and torch.cuda.is_bf16_supported(including_emulation=False):
+        return "bf16-mixed"
+    return "32-true"
+
+
+def apply_matmul_precision(setting, accelerator) -> str | None:
+    """float32_matmul_precision: on a CUDA run, torch.set_float32_matmul_precision(setting) ("high":
+    TF32 tensor cores for float32 matmuls, what Lightning's start-up hint asks for; "highest": full
+    float32), unless the program already chose one (a module of `imports=` called it: torch's setting is
+    no longer its default "highest"). null, or a CPU run: torch's setting is left as it is. Returns the
+    setting in force on a CUDA run, else None."""
+    if setting is not None and setting not in MATMUL_PRECISIONS:
+        raise ValueError(
+            f"float32_matmul_precision={setting!r} is not one of {', '.join(MATMUL_PRECISIONS)} (or null)"
+        )
+    if not uses_cuda(accelerator):
+        return None
+    if setting is not None and torch.get_float32_matmul_precision() == "highest":
+        torch.set_float32_matmul_precision(setting)
+    return torch.get_float32_matmul_precision()
+
+
+def describe_device(trainer, matmul_precision: str | None) -> str:
+    """One line for the start of a run: where it runs, in which precision, and how to change that."""
+    device = trainer.strategy.root_device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type.upper()
+    count = trainer.num_devices * trainer.num_nodes
+    where = f"{count} × {name}" if count > 1 else name
+    text = f"device: {where} ({device.type}), precision: {trainer.precision}"
+    if matmul_precision is not None:
+        text += f", float32 matmuls: {matmul_precision}"
+    if trainer.precision != "32-true":
+        text += " (trainer.precision=32-true: float32 throughout)"
+    elif device.type == "cuda":
+        text += " (trainer.precision=bf16-mixed: bf16 autocast, faster on tensor cores)"
+    return text

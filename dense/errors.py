@@ -76,5 +76,15 @@ class BadInputError(DenseError, ValueError):
     """A loss or metric was handed tensors it cannot use (wrong shape, NaN/inf, labels out of range)."""
 
 
-class TrainingDivergedError(DenseError, FloatingPointError):
+class TrainingFailedError(DenseError):
+    """A training run that cannot come to anything any more (the entry scripts exit with status 3)."""
+
+
+class TrainingDivergedError(TrainingFailedError, FloatingPointError):
     """The training loss became NaN or inf (raised by dense.tasks.DenseTask at its periodic check)."""
+
+
+class DeadHeadError(TrainingFailedError):
+    """The head stopped learning: a depth head predicting min_depth, where its ReLU passes no gradient, or
+    a segmentation head predicting one class everywhere, for task.dead_head_steps steps in a row (raised
+    by dense.tasks.DenseTask at its periodic check)."""

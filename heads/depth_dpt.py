@@ -14,6 +14,21 @@ Output grid: the four reassembled maps are 4h, 2h, h and ceil(h/2) (stride-2 con
 coarsest and doubles four times, then the depth head doubles once more: 32·ceil(h/2) × 32·ceil(w/2),
 which is 16h × 16w for even grids and one patch larger (16(h+1)) for odd ones. Upstream just resizes
 this to the image size; we keep that behaviour (the model resizes).
+
+Initialisation differs from upstream's in one layer, the last 1×1 conv (`conv_depth.head.4`): upstream
+keeps PyTorch's default (random weights and bias), and since the output is relu(x) + min_depth, a fresh
+head then starts with many (for some seeds all) pixels at min_depth, where the ReLU passes no gradient:
+such a head never learns (measured: 0–100 % of pixels alive depending on the seed and backbone). Here
+that conv starts with zero weights and a bias that puts every pixel at one typical depth
+(`init_output`): every pixel alive, and the first steps learn the structure around it. train.py then
+sets that depth from the data (DepthTask, task.init_depth_from_data). A loaded head (Meta's released
+files, a checkpoint) replaces all of this: its forward pass is upstream's.
+
+Training differs in one gradient: a fresh head that starts alive can still be driven below zero by
+one large step (a random ViT-S/14 at lr 1e-3 did so at the end of its warm-up, measured), and then no
+gradient reaches it again. In training mode the output ReLU therefore passes the gradient through
+where its input is negative (`output_relu`, straight-through); its value, and everything in eval mode
+(validation, prediction, export), is upstream's relu.
 """
 
 from __future__ import annotations
@@ -120,6 +135,16 @@ class FusionBlock(nn.Module):
         return self.project(x)
 
 
+def output_relu(x: torch.Tensor, straight_through: bool) -> torch.Tensor:
+    """relu(x), upstream's output nonlinearity. With `straight_through` (training) the value is the same,
+    bit for bit (x + (0 - x) = 0, x + 0 = x), but the gradient passes where x < 0 too, as if there were
+    no ReLU: a pixel at min_depth, where the ReLU would stop every gradient, is pushed back up by the
+    loss instead of staying dead for the rest of the run (module docstring)."""
+    if straight_through:
+        return x + (F.relu(x) - x).detach()
+    return F.relu(x)
+
+
 class DepthOutput(nn.Module):
     """3×3 conv to C/2, ×2 upsample, 3×3 conv to 32, ReLU, 1×1 conv to 1 (upstream's HeadDepth)."""
 
@@ -135,6 +160,15 @@ class DepthOutput(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(x)
+
+    @torch.no_grad()
+    def init_constant(self, value: float) -> None:
+        """Make the output `value` at every pixel: the last conv's weights zero, its bias `value`. Its
+        input is a ReLU's (>= 0), so the weights still get a gradient in the first step, and the layers
+        below from the second step on."""
+        last = self.head[-1]
+        last.weight.zero_()
+        last.bias.fill_(value)
 
 
 @register_head(
@@ -188,6 +222,16 @@ class DPTDepthHead(nn.Module):
         self.fusion_blocks = nn.ModuleList(FusionBlock(channels, with_skip=i > 0) for i in range(4))
         self.project = Conv(channels, channels, 3)
         self.conv_depth = DepthOutput(channels)
+        # After every other layer is built, so that their random draws are upstream's for a given seed.
+        self.init_output(max_depth / 4)
+
+    def init_output(self, depth: float) -> None:
+        """Start predicting `depth` metres at every pixel, for any input (module docstring). The default,
+        a quarter of max_depth (2.5 m for NYU's 0–10 m, 20 m for KITTI's 0–80 m), is of the order of
+        indoor and street scenes' median depths; train.py replaces it with the median depth of the first
+        training batch. Clipped to just above min_depth, where the pixels would be dead."""
+        depth = max(float(depth), self.min_depth * 1.01)
+        self.conv_depth.init_constant(depth - self.min_depth)
 
     def forward(self, features: FeatureMaps) -> torch.Tensor:
         check_features(
@@ -204,7 +248,7 @@ class DPTDepthHead(nn.Module):
             out = block(out, skip)
         out = self.conv_depth(F.relu(self.project(out)))
         # float32 output like the linear head, so the losses and the model's clamp/resize see one dtype.
-        return F.relu(out.float()) + self.min_depth
+        return output_relu(out.float(), straight_through=self.training) + self.min_depth
 
     def extra_repr(self) -> str:
         return f"readout={self.reassemble_blocks.readout}, depth=[{self.min_depth}, {self.max_depth}]"

@@ -9,6 +9,12 @@ conv commutes with bilinear resizing (the interpolation weights of each output p
 the weights and the bias pass through), and the class-token half of the conv is constant over the
 grid, i.e. a per-image bias. So: 1×1 conv on the patch grid → add the class-token bias → upsample the
 n_bins logits → nonlinearity. Same numbers, a fraction of the memory and time.
+
+Initialisation differs from upstream's in the bias of `conv_depth` only (`init_output`): upstream's
+random bias lets a fresh head predict about the middle of the range (5 m for 0–10 m) whatever the data;
+here the bias is a bump over the bins that puts the prediction of a pixel at one typical depth (its
+features then move it around that). The weights are upstream's (PyTorch's default), and a loaded head
+(Meta's released files, a checkpoint) replaces all of it.
 """
 
 from __future__ import annotations
@@ -41,6 +47,25 @@ def depth_bins(min_depth: float, max_depth: float, n_bins: int, strategy: str) -
     if strategy == "SID":
         return torch.exp(torch.linspace(math.log(min_depth), math.log(max_depth), n_bins))
     raise ValueError(f"bins_strategy must be one of {BINS_STRATEGIES}, got {strategy!r}")
+
+
+def bin_expectation(logits: torch.Tensor, bins: torch.Tensor, weighting: str) -> torch.Tensor:
+    """Bin logits B×K×H×W → depth B×1×H×W: the logits weight the bins (`weighting`, one of
+    BIN_WEIGHTINGS), the depth is the weighted mean of the bin centres."""
+    # sum_k w_k·bin_k / sum_k w_k: one division per pixel instead of one per bin. Autocast off, or
+    # it would run the einsum (a matmul) in bf16 again.
+    with torch.autocast(logits.device.type, enabled=False):
+        if weighting == "linear":
+            # AdaBins-style weights relu(l_k) + 0.1 (the 0.1 keeps every bin alive). The constant is
+            # added to the two sums instead of to all K×H×W weights: one full-size pass fewer.
+            weights = F.relu(logits)
+            numerator = torch.einsum("bkhw,k->bhw", weights, bins) + 0.1 * bins.sum()
+            denominator = weights.sum(dim=1) + 0.1 * len(bins)
+        else:
+            weights = torch.softmax(logits, dim=1) if weighting == "softmax" else torch.sigmoid(logits)
+            numerator, denominator = torch.einsum("bkhw,k->bhw", weights, bins), weights.sum(dim=1)
+        depth = numerator / denominator
+    return depth.unsqueeze(1)
 
 
 @register_head(
@@ -94,6 +119,42 @@ class LinearDepthHead(nn.Module):
         self.register_buffer(
             "bins", depth_bins(min_depth, max_depth, n_bins, bins_strategy), persistent=False
         )
+        self.init_output(max_depth / 4)
+
+    # The bump of init_output: its width over the bins, and the share of the weight it holds (the rest is
+    # the 0.1 that every bin keeps under the "linear" weighting, and what the features add).
+    BUMP_WIDTH = 1 / 16  # of the bins
+    BUMP_SHARE = 0.9
+
+    @torch.no_grad()
+    def init_output(self, depth: float) -> None:
+        """Set conv_depth's bias so that a pixel whose features add nothing to the logits predicts `depth`
+        metres: a Gaussian bump over the bins (1/16 of them wide, holding 90% of the weight under the
+        "linear" weighting), its centre placed by bisection so that the expectation over the bins is
+        `depth` (the nearest reachable value at the ends of the range). Every bin keeps its weight, so
+        the head can still move anywhere in the range."""
+        if self.conv_depth.bias.is_meta:
+            return  # a head built on the meta device (to check a checkpoint's sizes) holds no values
+        # On the CPU, from the constructor's arguments (the head may live on a GPU; under a
+        # `with torch.device(...)` block new tensors would go to that device).
+        with torch.device("cpu"):
+            bins = depth_bins(self.min_depth, self.max_depth, len(self.bins), self.bins_strategy)
+            index = torch.arange(len(bins), dtype=torch.float32)
+            width = max(len(bins) * self.BUMP_WIDTH, 1.0)
+            bump = lambda centre: torch.exp(-0.5 * ((index - centre) / width) ** 2)  # noqa: E731
+            share = self.BUMP_SHARE / (1 - self.BUMP_SHARE)
+            height = share * 0.1 * len(bins) / float(bump(len(bins) / 2).sum())
+
+            def expectation(centre: float) -> float:
+                logits = (height * bump(centre)).view(1, -1, 1, 1)
+                return float(bin_expectation(logits, bins, self.bin_weighting))
+
+            low, high = 0.0, float(len(bins) - 1)  # the expectation grows with the bump's centre
+            for _ in range(40):
+                middle = (low + high) / 2
+                low, high = (middle, high) if expectation(middle) < depth else (low, middle)
+            bias = height * bump((low + high) / 2)
+        self.conv_depth.bias.copy_(bias)
 
     def forward(self, features: FeatureMaps) -> torch.Tensor:
         check_features(
@@ -141,23 +202,7 @@ class LinearDepthHead(nn.Module):
 
     def expected_depth(self, logits: torch.Tensor) -> torch.Tensor:
         """Bin logits B×K×H×W → depth B×1×H×W: normalise over bins, expectation of the bin centres."""
-        bins = self.bins.float()
-        # sum_k w_k·bin_k / sum_k w_k: one division per pixel instead of one per bin. Autocast off, or
-        # it would run the einsum (a matmul) in bf16 again.
-        with torch.autocast(logits.device.type, enabled=False):
-            if self.bin_weighting == "linear":
-                # AdaBins-style weights relu(l_k) + 0.1 (the 0.1 keeps every bin alive). The constant is
-                # added to the two sums instead of to all K×H×W weights: one full-size pass fewer.
-                weights = F.relu(logits)
-                numerator = torch.einsum("bkhw,k->bhw", weights, bins) + 0.1 * bins.sum()
-                denominator = weights.sum(dim=1) + 0.1 * len(bins)
-            else:
-                weights = (
-                    torch.softmax(logits, dim=1) if self.bin_weighting == "softmax" else torch.sigmoid(logits)
-                )
-                numerator, denominator = torch.einsum("bkhw,k->bhw", weights, bins), weights.sum(dim=1)
-            depth = numerator / denominator
-        return depth.unsqueeze(1)
+        return bin_expectation(logits, self.bins.float(), self.bin_weighting)
 
     def extra_repr(self) -> str:
         return (

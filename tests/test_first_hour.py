@@ -385,6 +385,9 @@ def test_eval_says_where_the_metrics_went_and_counts_images_in_integers(two_step
 def test_the_progress_bar_redraws_by_time(monkeypatch):
     bar = compose_config("train").callbacks.progress_bar
     assert bar._target_ == "dense.progress.TimedProgressBar"
+    monkeypatch.setattr(
+        "dense.progress.is_terminal", lambda stream: True
+    )  # a file gets lines (test_train.py)
     progress = TimedProgressBar(refresh_seconds=float(bar.refresh_seconds))
     clock = iter([0.0, 0.3, 0.9, 1.2, 1.4, 5.0, 5.1])
     monkeypatch.setattr("dense.progress.time.monotonic", lambda: next(clock))

@@ -10,6 +10,8 @@ torch.compile(fullgraph=True, backend="eager") (tracing only, no code generation
     the test refuses any node carrying one.
 test_the_harness_catches_each_kind_of_sync shows each route failing. The old losses (value checks,
 `pred[mask]`, `if g.numel() == 0`, `int(counter)`, `bool(has_valid.any())`) fail these tests.
+The dead-head check's per-step counting (DenseTask: the task's `is_dead` and `next_dead_streak`) is
+held to the same rule; it is read only at the periodic checks (tests/test_learning.py).
 """
 
 import pytest
@@ -188,6 +190,35 @@ def test_the_whole_training_forward_is_sync_free(head, image_dtype):
         loss.sig.warm_up_counter.zero_()  # the eager call above advanced it
     traced = SyncFree(lambda x, t: loss(model(x), t)["loss"])(images, target)
     assert torch.allclose(traced, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("head", ["depth_dpt", "seg_linear"])
+def test_the_dead_head_count_is_sync_free(head):
+    """What DenseTask.training_step adds for the dead-head check, per step: is the prediction dead
+    (depth at min_depth nearly everywhere, one class everywhere), and the streak of dead steps."""
+    import dense
+    from dense.data import DenseDataModule
+    from dense.tasks import build_task
+    from dense.tasks.base import next_dead_streak
+
+    torch.manual_seed(0)
+    segmentation = head.startswith("seg")
+    model = dense.build_model("tiny14", head, **({"num_classes": 7} if segmentation else {}))
+    data = DenseDataModule(name="synthetic", task=model.task, image_size=[28, 28], num_workers=0)
+    task = build_task(model, data)
+
+    def count(prediction, streak):
+        return next_dead_streak(streak, task.is_dead(prediction))
+
+    step = SyncFree(count)
+    alive = torch.rand(2, 7, 28, 28) if segmentation else torch.rand(2, 1, 28, 28) * 5 + 1
+    dead = torch.zeros(2, 7, 28, 28) if segmentation else torch.full((2, 1, 28, 28), model.min_depth)
+    if segmentation:
+        dead[:, 3] = 1.0
+    streak = torch.zeros((), dtype=torch.long)
+    for prediction, expected in ((dead, 1), (dead, 2), (alive, 0), (dead, 1)):
+        streak = step(prediction, streak)
+        assert int(streak) == expected
 
 
 @pytest.mark.parametrize("kind", ["depth", "disparity"])

@@ -15,8 +15,11 @@ import eval as eval_script
 from tests._tiny_run import (
     LEARNING_DEPTH,
     LEARNING_RUN,
+    TINY_RUN,
     compose_config,
     metric_rows,
+    model_input,
+    predict_config,
     run_script,
     series,
     train_in_process,
@@ -26,7 +29,12 @@ from tests._tiny_run import (
 # every epoch; LEARNING_DEPTH and SEG train 24 steps = 6 epochs.
 SEG = ["head=seg_ms", "data.task=segmentation", "trainer.max_steps=24"]
 # 8 steps = 2 epochs, SigLoss warm-up over the first 6: a resume at step 4 must restore its counter too.
-RESUME = ["head=depth_linear", "trainer.max_steps=8", "task.depth_loss.warm_iter=6"]
+RESUME = [
+    "head=depth_linear",
+    "trainer.max_steps=8",
+    "task.depth_loss.warm_up=true",
+    "task.depth_loss.warm_iter=6",
+]
 
 
 def run_train(out: Path, *overrides: str):
@@ -88,11 +96,12 @@ def test_depth_head_learns(depth_run):
     rows = metric_rows(out)
     loss, rmse = series(rows, "train/loss"), series(rows, "val/rmse")
     assert len(loss) == 24 and len(rmse) == 6
-    # Measured (torch 2.9, CPU): loss 0.893 in epoch 1 → 0.814 in epoch 6 (× 0.91), val RMSE 2.468 →
-    # 2.079 m (× 0.84). A random tiny backbone gives the head little to learn from; the thresholds
-    # keep about half of each measured gain as margin.
+    # Measured (torch 2.14, CPU): loss 0.856 in epoch 1 → 0.777 in epoch 6 (× 0.91), val RMSE 1.297 →
+    # 1.233 m (× 0.95). The head starts at the first batch's median depth (issue #21; before, at the
+    # middle of the range, its RMSE went 2.468 → 2.079 m). A random tiny backbone gives the head little
+    # to learn from; the thresholds keep about half of each measured gain as margin.
     assert sum(loss[-4:]) < 0.96 * sum(loss[:4]), loss
-    assert rmse[-1] < 0.92 * rmse[0], rmse
+    assert rmse[-1] < 0.975 * rmse[0], rmse
 
 
 def test_segmentation_head_learns(tmp_path):
@@ -139,6 +148,94 @@ def test_checkpoint_rebuilds_the_trained_model(depth_run):
         assert torch.equal(rebuilt(images), expected)
 
 
+def test_best_ckpt_holds_the_weights_and_last_ckpt_what_a_resume_needs(tiny_run):
+    """best.ckpt: the head's weights, the model record and the run's configuration (what eval.py,
+    predict.py, export.py and fine-tuning read), no optimiser state; last.ckpt: everything to resume."""
+    best = torch.load(tiny_run / "checkpoints" / "best.ckpt", weights_only=True)
+    last = torch.load(tiny_run / "checkpoints" / "last.ckpt", weights_only=True)
+    for key in ("optimizer_states", "lr_schedulers", "callbacks"):
+        assert key not in best and last[key], key
+    assert best["state_dict"].keys() == last["state_dict"].keys()
+    # The head's weights, and the loss's SigLoss warm-up counter (the frozen backbone is in its own file).
+    assert {k for k in best["state_dict"] if not k.startswith("loss.")} == {
+        k for k in best["state_dict"] if k.startswith("model.head.")
+    }
+    assert best["dense_model"] == last["dense_model"] and best["hyper_parameters"] == last["hyper_parameters"]
+    assert (tiny_run / "checkpoints" / "best.ckpt").stat().st_size < (
+        tiny_run / "checkpoints" / "last.ckpt"
+    ).stat().st_size
+
+
+def test_eval_predict_and_export_take_best_and_last(tiny_run, tmp_path, monkeypatch):
+    """Both checkpoints of the tiny run come from its one validation (step 4): the same model."""
+    from PIL import Image
+
+    import export as export_script
+    import predict
+
+    image = tmp_path / "room.png"
+    Image.fromarray((torch.rand(30, 44, 3) * 255).to(torch.uint8).numpy()).save(image)
+    exported = []
+
+    def to_torch_export(model, output, uint8_input=False):  # export.py's conversion, recorded
+        exported.append(model)
+        Path(output).write_bytes(b"program")
+
+    monkeypatch.setattr(export_script, "to_torch_export", to_torch_export)
+    results = []
+    for name in ("best", "last"):
+        ckpt = tiny_run / "checkpoints" / f"{name}.ckpt"
+        metrics = eval_script.evaluate(
+            compose_config("eval", f"ckpt_path={ckpt}", "trainer=cpu", "trainer.enable_progress_bar=false",
+                           f"paths.output_dir={tmp_path / name}")
+        )  # fmt: skip
+        out = tmp_path / f"predicted-{name}"
+        assert predict.predict(predict_config(f"ckpt={ckpt}", f"input={image}", f"output={out}")) == 0
+        export_script.export(compose_config("export", f"ckpt={ckpt}", f"output={tmp_path / name}.pt2"))
+        with torch.no_grad():
+            direct = dense.load_model(ckpt).predict(model_input(image))
+            assert torch.equal(exported[-1].predict(model_input(image)), direct)
+        fine_tune = dense.build_model("tiny14", "depth_linear", head_weights=ckpt)  # the head alone
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(fine_tune.head.state_dict().values(), exported[-1].head.state_dict().values())
+        )
+        results.append((metrics, (out / "room.npy").read_bytes(), direct))
+    assert results[0][0] == results[1][0] and results[0][1] == results[1][1]
+    assert torch.equal(results[0][2], results[1][2])
+
+
+def test_best_ckpt_in_bf16_is_half_the_size_and_loads_everywhere(tmp_path):
+    task, _ = train_in_process(tmp_path, *TINY_RUN, "head=depth_dpt", "+head.options.channels=16",
+                               "task.best_ckpt_dtype=bf16")  # fmt: skip
+    best, last = tmp_path / "checkpoints" / "best.ckpt", tmp_path / "checkpoints" / "last.ckpt"
+    stored = torch.load(best, weights_only=True)["state_dict"]
+    assert {v.dtype for v in stored.values() if v.is_floating_point()} == {torch.bfloat16}
+    full = torch.load(last, weights_only=True)["state_dict"]
+    assert {v.dtype for v in full.values() if v.is_floating_point()} == {torch.float32}
+    head_bytes = sum(v.numel() * 4 for v in stored.values() if v.is_floating_point())
+    assert best.stat().st_size < head_bytes * 0.5 + 100_000  # float32 would be head_bytes
+    images = torch.randn(1, 3, 28, 42)
+    with torch.no_grad():
+        from_best, from_last = dense.load_model(best)(images), dense.load_model(last)(images)
+    torch.testing.assert_close(from_best, from_last, rtol=0.02, atol=0.02)  # bf16's 8 bits of mantissa
+    assert (
+        dense.build_model(
+            "tiny14", "depth_dpt", channels=16, head_weights=best
+        ).head.project.conv.weight.dtype
+        == torch.float32
+    )
+
+
+def test_resuming_from_best_ckpt_is_refused_in_one_line(tiny_run, tmp_path, capsys):
+    best = tiny_run / "checkpoints" / "best.ckpt"
+    with pytest.raises(SystemExit) as stop:
+        train_in_process(tmp_path, *TINY_RUN, f"ckpt_path={best}", "trainer.max_steps=8")
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "weights only" in err and "last.ckpt" in err and "head.weights=" in err, err
+
+
 def test_resume_from_last_gives_the_uninterrupted_weights(tmp_path):
     run_train(tmp_path / "a", *RESUME)
     stop = "+callbacks.stop={_target_:tests._train_probe.StopAt,step:4}"
@@ -161,6 +258,38 @@ def test_last_ckpt_follows_the_run_when_the_metric_stops_improving(tmp_path):
     best = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=True)
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert (best["global_step"], last["global_step"]) == (4, 8)
+
+
+# ---- the progress bar ---------------------------------------------------------------------------------
+
+# The tiny run with train.py's own progress bar (TINY_RUN turns both switches off).
+WITH_BAR = [o for o in TINY_RUN if "progress_bar" not in o]
+
+
+@pytest.mark.parametrize("switch", ["trainer.enable_progress_bar=false", "callbacks.progress_bar=null"])
+def test_either_switch_alone_turns_the_bar_off(tmp_path, capsys, switch):
+    task, _ = train_in_process(tmp_path, *WITH_BAR, switch)
+    assert task.trainer.progress_bar_callback is None  # neither ours nor Lightning's default
+    assert "step 4" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("terminal", [False, True], ids=["file", "terminal"])
+def test_the_bar_writes_plain_lines_when_the_output_is_not_a_terminal(
+    tmp_path, capsys, monkeypatch, terminal
+):
+    """Output redirected to a file (here: pytest's capture) gets plain lines, no carriage-return redraws or
+    escape codes; a terminal gets the bar."""
+    monkeypatch.setattr("dense.progress.is_terminal", lambda stream: terminal)
+    train_in_process(tmp_path, *WITH_BAR)
+    out = capsys.readouterr().out
+    if terminal:
+        assert "\r" in out and "Epoch 0" in out
+    else:
+        assert "\r" not in out and "\x1b" not in out, out
+        lines = [line for line in out.splitlines() if line.startswith("epoch ")]
+        # The first step, then at most one line every plain_seconds (30), and the end of training.
+        assert lines[0].startswith("epoch 0 step 1/4 (25%)") and "train/loss=" in lines[0], lines
+        assert lines[-1].startswith("epoch 0 step 4/4 (100%)") and len(lines) == 2, lines
 
 
 # ---- distributed --------------------------------------------------------------------------------------

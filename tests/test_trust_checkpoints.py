@@ -525,6 +525,30 @@ def test_resume_with_other_settings_warns(finished_run, tmp_path):
     assert "trainer.max_steps" not in text  # what a resume is for is not reported
 
 
+def test_an_identical_resume_warns_of_nothing_and_a_changed_option_of_itself(finished_run):
+    """The run's own configuration again: no warning (main warned `head.options '<a dict of 0>' → a dict
+    of 0` about the empty options section); a head option added: that option, named."""
+    import train as train_script
+    from dense import _cli
+
+    ckpt = finished_run / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(ckpt, weights_only=True)
+    model = load_model(ckpt)
+
+    def warned(*overrides: str) -> list[str]:
+        cfg = compose_config(
+            "train", f"paths.output_dir={finished_run}", *TINY_RUN, f"ckpt_path={ckpt}", *overrides
+        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train_script.warn_about_resume_changes(checkpoint, _cli.plain(cfg), model)
+        return [str(w.message) for w in caught]
+
+    assert warned() == []
+    (message,) = warned("+head.options.n_bins=128")
+    assert message.startswith("resuming with other head settings (head.options.n_bins None → 128): ignored")
+
+
 def test_resume_with_another_optimiser_is_refused(finished_run, tmp_path, capsys):
     run = run_copy(finished_run, tmp_path)
     ckpt = run / "checkpoints" / "last.ckpt"

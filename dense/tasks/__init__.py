@@ -43,14 +43,15 @@ def build_task(
     seg_loss=None,
     relative_loss=None,
     mask_loss=None,
+    init_depth_from_data: bool = False,
     depth_mode: str | None = None,
     **common,
 ) -> DenseTask:
     """The LightningModule for `model`'s task. `depth_loss` / `relative_loss` / `seg_loss` / `mask_loss`
     (seg_mask): the loss options of each task and head kind (the others are ignored); `depth_mode`:
     train.py's task.depth_mode, which must be the model's own (None: the model's, as eval.py builds it);
-    `common`: DenseTask's options
-    (optimizer, scheduler, test_*, config)."""
+    init_depth_from_data: DepthTask's (metric depth only); `common`: DenseTask's options (optimizer,
+    scheduler, test_*, dead_head_steps, best_ckpt_dtype, config)."""
     if model.task == "depth":
         if depth_mode is not None and depth_mode != model.depth_mode:
             check_depth_mode(depth_mode, "depth")
@@ -68,7 +69,7 @@ def build_task(
             return RelativeDepthTask(
                 model, loss=relative_loss, depth_target=datamodule.depth_target, **depth, **common
             )
-        return DepthTask(model, loss=depth_loss, **depth, **common)
+        return DepthTask(model, loss=depth_loss, init_depth_from_data=init_depth_from_data, **depth, **common)
     if depth_mode is not None:
         check_depth_mode(depth_mode, model.task)
     return SegmentationTask(

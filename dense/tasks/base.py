@@ -12,6 +12,9 @@ check_values=False (dense/losses.py), the ground truth of each training batch is
 before it is moved to the device (on_before_batch_transfer), and a NaN/inf loss is recorded in a
 device-side flag that is read only every `trainer.log_every_n_steps` steps, before validation and at
 the end of each training epoch (one sync each), failing the run with a one-line TrainingDivergedError.
+A dead head (a depth head at min_depth, a segmentation head predicting one class everywhere, for
+`dead_head_steps` steps in a row) is counted on the device the same way and read at the same points
+(DeadHeadError). Both are TrainingFailedErrors: train.py exits with status 3.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from dense.checkpoint import atomic_save, is_inside, restore_frozen_backbone, st
 from dense.errors import (
     BadInputError,
     ConfigError,
+    DeadHeadError,
     TrainingDivergedError,
     WeightsError,
     shown,
@@ -43,11 +47,40 @@ from dense.weights_file import load_weights_file
 
 DECAYS = ("cosine", "poly", "constant")
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-4, "weight_decay": 0.01}
+DEFAULT_DEAD_HEAD_STEPS = 100  # train.yaml's task.dead_head_steps
+# task.best_ckpt_dtype: the dtype of the weights in weights-only checkpoints (best.ckpt).
+CHECKPOINT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def next_dead_streak(streak: torch.Tensor | None, dead: torch.Tensor) -> torch.Tensor:
+    """How many training steps in a row ended with a dead prediction (`dead`: a 0-d bool tensor), counted
+    on the device: a where(), no host-device sync. `streak` None (or on another device) starts at 0."""
+    if streak is None or streak.device != dead.device:
+        streak = torch.zeros((), dtype=torch.long, device=dead.device)
+    return torch.where(dead, streak + 1, torch.zeros_like(streak))
+
+
+def check_checkpoint_dtype(value) -> torch.dtype:
+    """task.best_ckpt_dtype: fp32 | bf16."""
+    if value not in CHECKPOINT_DTYPES:
+        raise ConfigError(f"task.best_ckpt_dtype={value!r} is not one of {', '.join(CHECKPOINT_DTYPES)}")
+    return CHECKPOINT_DTYPES[value]
+
+
+def check_dead_head_steps(value) -> int:
+    """task.dead_head_steps: a whole number of steps >= 0 (0 or null: no check)."""
+    if value is None:
+        return 0
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        raise ConfigError(
+            f"task.dead_head_steps={value!r} must be a number of training steps >= 0 (0 or null: no check)"
+        )
+    return value
 
 
 def lr_schedule(
     total_steps: int,
-    warmup_steps: int = 0,
+    warmup_steps: int | str = 0,
     warmup_ratio: float = 1e-6,
     decay: str = "cosine",
     power: float = 1.0,
@@ -56,7 +89,8 @@ def lr_schedule(
 ) -> Callable[[int], float]:
     """The learning-rate factor of each optimiser step, as mmcv's iteration-based LrUpdaterHook
     (the upstream recipes): the decay (cosine or poly) runs over all `total_steps`, and during the first
-    `warmup_steps` the decayed value is scaled linearly from `warmup_ratio` up to 1.
+    `warmup_steps` the decayed value is scaled linearly from `warmup_ratio` up to 1. `warmup_steps` is a
+    number of steps, or a share of the run as a string, "5%" (rounded up: at least one step).
     decay_after_warmup: the decay starts when the warm-up ends and runs over the remaining steps, the
     warm-up rising to the full rate (PMT's WarmupCosineSchedule, tue-mps/pmt
     image/training/warmup_cosine_schedule.py; the seg_mask recipe).
@@ -67,6 +101,7 @@ def lr_schedule(
     """
     check_schedule(warmup_steps, warmup_ratio, decay, power, min_lr_ratio, decay_after_warmup)
     total_steps = max(int(total_steps), 1)
+    warmup_steps = warmup_length(warmup_steps, total_steps)
     start = warmup_steps if decay_after_warmup else 0  # where the decay begins
     span = max(total_steps - start, 1)
 
@@ -85,8 +120,15 @@ def lr_schedule(
     return factor
 
 
+def warmup_length(warmup_steps: int | str, total_steps: int) -> int:
+    """task.scheduler.warmup_steps in steps: an int as it is, "P%" as P% of `total_steps`, rounded up."""
+    if isinstance(warmup_steps, str):
+        return math.ceil(float(warmup_steps[:-1]) / 100 * total_steps)
+    return warmup_steps
+
+
 def check_schedule(
-    warmup_steps: int = 0,
+    warmup_steps: int | str = 0,
     warmup_ratio: float = 1e-6,
     decay: str | None = "cosine",
     power: float = 1.0,
@@ -98,14 +140,27 @@ def check_schedule(
         raise ConfigError(f"task.scheduler.decay_after_warmup={decay_after_warmup!r} must be true or false")
     if decay is not None and decay not in DECAYS:
         raise ConfigError(f"task.scheduler.decay={decay!r} is not one of {', '.join(DECAYS)} (or null)")
-    if not (isinstance(warmup_steps, int) and not isinstance(warmup_steps, bool) and warmup_steps >= 0):
-        raise ConfigError(f"task.scheduler.warmup_steps={warmup_steps!r} must be an integer >= 0")
+    if not (
+        isinstance(warmup_steps, int) and not isinstance(warmup_steps, bool) and warmup_steps >= 0
+    ) and not (isinstance(warmup_steps, str) and is_percentage(warmup_steps)):
+        raise ConfigError(
+            f"task.scheduler.warmup_steps={warmup_steps!r} must be a number of steps >= 0 or a share of "
+            "the run's steps in percent, e.g. '5%'"
+        )
     if not 0 < warmup_ratio <= 1:
         raise ConfigError(f"task.scheduler.warmup_ratio={warmup_ratio!r} must be in (0, 1]")
     if not 0 <= min_lr_ratio <= 1:
         raise ConfigError(f"task.scheduler.min_lr_ratio={min_lr_ratio!r} must be in [0, 1]")
     if power <= 0:
         raise ConfigError(f"task.scheduler.power={power!r} must be positive")
+
+
+def is_percentage(text: str) -> bool:
+    """ "5%", "2.5%": a percentage in [0, 100]."""
+    try:
+        return text.endswith("%") and 0 <= float(text[:-1]) <= 100
+    except ValueError:
+        return False
 
 
 def check_test_settings(
@@ -254,11 +309,16 @@ class DenseTask(L.LightningModule):
         null = the task's default (depth cosine, segmentation poly). Stepped every iteration.
     test_mode / test_crop_size / test_stride / test_scales / test_flip: how validation and test
         predict (DenseModel.predict): whole image or sliding window, multi-scale, horizontal flip.
+    dead_head_steps: stop the run (DeadHeadError) once the training predictions were dead (`is_dead`)
+        for this many steps in a row; 0 or None: never.
+    best_ckpt_dtype: "fp32" | "bf16": the dtype of the weights in a weights-only checkpoint (best.ckpt,
+        ModelCheckpoint(save_weights_only=True)); full checkpoints (last.ckpt) keep the training dtype.
     config: the run's whole configuration (plain dict), stored in the checkpoint's hyper-parameters so
         that eval.py can find the data the model was trained on.
 
     Subclasses build their loss with check_values=False (no sync per step) and implement
-    `check_target`, which on_before_batch_transfer runs on the host for every training batch.
+    `check_target`, which on_before_batch_transfer runs on the host for every training batch, and
+    `is_dead` / `dead_head_message` for the dead-head check.
     """
 
     task: ClassVar[str]
@@ -277,6 +337,8 @@ class DenseTask(L.LightningModule):
         test_stride: int | Sequence[int] | None = None,
         test_scales: Sequence[float] = (1.0,),
         test_flip: bool = False,
+        dead_head_steps: int | None = DEFAULT_DEAD_HEAD_STEPS,
+        best_ckpt_dtype: str = "fp32",
         config: Mapping | None = None,
     ):
         super().__init__()
@@ -292,6 +354,8 @@ class DenseTask(L.LightningModule):
         scheduler["decay"] = scheduler.get("decay") or self.default_decay
         check_schedule(**scheduler)
         self.model = model
+        self.dead_head_steps = check_dead_head_steps(dead_head_steps)
+        self.weights_only_dtype = check_checkpoint_dtype(best_ckpt_dtype)
         self.optimizer_config = dict(plain(optimizer) or DEFAULT_OPTIMIZER)
         self.scheduler_config = scheduler
         self.predict_options = {
@@ -316,6 +380,9 @@ class DenseTask(L.LightningModule):
         # copy before each forward, losing a NaN seen on another rank.
         self._loss_nonfinite: torch.Tensor | None = None
         self._last_divergence_check = 0  # the global step of the last check that found the loss finite
+        # Training steps in a row whose prediction was dead: a 0-d long tensor on the device, kept as the
+        # flag above (next_dead_streak) and read with it.
+        self._dead_streak: torch.Tensor | None = None
 
     # ---- optimisation --------------------------------------------------------------------------
 
@@ -340,6 +407,8 @@ class DenseTask(L.LightningModule):
             prediction = self.model(batch["image"])
         losses = self.compute_loss(prediction, batch)
         self._record_nonfinite(losses["loss"])
+        if self.dead_head_steps:
+            self._dead_streak = next_dead_streak(self._dead_streak, self.is_dead(prediction.detach()))
         size = len(batch["name"])
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=size)
         self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"}, batch_size=size)
@@ -385,21 +454,37 @@ class DenseTask(L.LightningModule):
 
     def on_train_start(self) -> None:
         self._loss_nonfinite = None  # a module fitted again starts clean
+        self._dead_streak = None
         self._last_divergence_check = self.global_step
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         every = self.trainer.log_every_n_steps or 50  # 0 turns logging off, not this check
         if (batch_idx + 1) % every == 0:
-            self._check_divergence()
+            self._check_training()
 
     def on_validation_start(self) -> None:
         # During fit, validate a diverged head? Its NaN predictions would fail in the metrics with a
         # message about the prediction; say what happened instead.
         if self.trainer.state.fn == "fit":
-            self._check_divergence()
+            self._check_training()
 
     def on_train_epoch_end(self) -> None:
+        self._check_training()
+
+    def _check_training(self) -> None:
+        """The periodic checks of the device-side records (a sync each): NaN loss, then dead head."""
         self._check_divergence()
+        self._check_dead_head()
+
+    def _check_dead_head(self) -> None:
+        """Read the dead-prediction streak; raise a one-line DeadHeadError once it reached
+        dead_head_steps (on any process: all stop together)."""
+        if not self.dead_head_steps:
+            return
+        streak = 0 if self._dead_streak is None else int(self._dead_streak)  # the sync
+        dead = self.trainer.strategy.reduce_boolean_decision(streak >= self.dead_head_steps, all=False)
+        if dead:
+            raise DeadHeadError(self.dead_head_message(max(streak, self.dead_head_steps), self.global_step))
 
     def _check_divergence(self) -> None:
         """Read the NaN/inf flag (one host-device sync), agreed over all processes so that all stop
@@ -455,6 +540,13 @@ class DenseTask(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         strip_frozen_backbone(checkpoint, self.model.config)
+        # A weights-only checkpoint (best.ckpt: for evaluation, prediction, export, fine-tuning) has no
+        # optimiser state; Lightning leaves it out there and only there.
+        if "optimizer_states" not in checkpoint and self.weights_only_dtype != torch.float32:
+            state = checkpoint["state_dict"]
+            for key, value in state.items():
+                if value.is_floating_point():
+                    state[key] = value.to(self.weights_only_dtype)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         restore_frozen_backbone(checkpoint, self.model)
@@ -492,4 +584,13 @@ class DenseTask(L.LightningModule):
         raise NotImplementedError
 
     def compute_loss(self, prediction: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def is_dead(self, prediction: torch.Tensor) -> torch.Tensor:
+        """A 0-d bool tensor (computed on the device, never read here): whether this training prediction
+        is one a head that stopped learning gives."""
+        raise NotImplementedError
+
+    def dead_head_message(self, steps: int, step: int) -> str:
+        """The one line of the DeadHeadError after `steps` dead steps in a row, up to global step `step`."""
         raise NotImplementedError

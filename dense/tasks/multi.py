@@ -28,7 +28,7 @@ from torch import nn
 
 from dense.errors import ConfigError
 from dense.multi_head import MultiHeadModel
-from dense.tasks.base import DenseTask
+from dense.tasks.base import DenseTask, next_dead_streak
 from dense.tasks.segmentation import SegmentationTask
 
 
@@ -73,6 +73,7 @@ class MultiTask(DenseTask):
         monitor = multi_monitor(first, type(parts[first]))
         self.main_metric, self.main_metric_mode = monitor.main_metric, monitor.main_metric_mode
         self.per_class_tables: dict[str, str] = {}
+        self._dead_heads: torch.Tensor | None = None  # of the last training step, one flag per head
         self.hparams.update(
             heads={
                 name: {
@@ -106,8 +107,23 @@ class MultiTask(DenseTask):
             weighted = self.loss_weights[name] * losses["loss"]
             total = weighted if total is None else total + weighted
         self._record_nonfinite(total)
+        if self.dead_head_steps:
+            # A step is dead when any head's prediction is (each by its own rule); which one: _dead_heads.
+            self._dead_heads = torch.stack(
+                [p.is_dead(predictions[n].detach()) for n, p in self.parts.items()]
+            )
+            self._dead_streak = next_dead_streak(self._dead_streak, self._dead_heads.any())
         self.log("train/loss", total, prog_bar=True, batch_size=size)
         return total
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        for part in self.parts.values():  # a fresh depth head starts at the data's median (DepthTask)
+            part.on_train_batch_start(batch, batch_idx)
+
+    def dead_head_message(self, steps: int, step: int) -> str:
+        dead = self._dead_heads.tolist() if self._dead_heads is not None else [True] * len(self.parts)
+        name, part = next((n, p) for (n, p), d in zip(self.parts.items(), dead) if d)
+        return f"head.heads.{name}: " + part.dead_head_message(steps, step)
 
     def check_batch(self, batch: dict) -> None:
         """Every head's ground truth of a (host) training batch: present, and valid for its loss."""
@@ -206,6 +222,7 @@ def build_multi_task(
     seg_loss=None,
     relative_loss=None,
     mask_loss=None,
+    init_depth_from_data: bool = False,
     depth_mode: str | None = None,
     config: Mapping | None = None,
     **common,
@@ -222,6 +239,7 @@ def build_multi_task(
             seg_loss=seg_loss,
             relative_loss=relative_loss,
             mask_loss=mask_loss,
+            init_depth_from_data=init_depth_from_data,
             depth_mode=depth_mode if part.task == "depth" else None,
             **common,
         )

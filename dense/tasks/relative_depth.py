@@ -27,6 +27,7 @@ from dense.metrics import DepthMetrics
 from dense.model import DenseModel
 from dense.plain import plain
 from dense.tasks.base import DenseTask
+from dense.tasks.depth import at_min_depth, dead_depth_head_message
 
 
 def disparity_target(target: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,3 +95,10 @@ class RelativeDepthTask(DenseTask):
     def compute_loss(self, prediction: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
         disparity, valid = disparity_target(batch[self.depth_target].float(), self.depth_target)
         return self.loss(prediction.float(), disparity, valid)
+
+    # A dead DPT head is the same here: relu(x) + min_depth at every pixel, a constant map.
+    def is_dead(self, prediction: torch.Tensor) -> torch.Tensor:
+        return at_min_depth(prediction, self.model.min_depth)
+
+    def dead_head_message(self, steps: int, step: int) -> str:
+        return dead_depth_head_message(steps, step, self.model.min_depth)

@@ -92,6 +92,10 @@ class SegmentationTask(DenseTask):
             loss=loss, mask_loss=mask_loss, metrics={"ignore_index": ignore_index, "class_names": class_names}
         )
         self.per_class_table: str | None = None  # of the last validation or test, for eval.py
+        self.class_names = class_names
+        self._last_class: torch.Tensor | None = (
+            None  # the class of the last training prediction's first pixel
+        )
 
     def target(self, batch: dict) -> torch.Tensor:
         return batch["mask"]
@@ -101,6 +105,26 @@ class SegmentationTask(DenseTask):
 
     def compute_loss(self, prediction: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
         return self.loss(prediction.float(), batch["mask"])
+
+    def is_dead(self, prediction: torch.Tensor) -> torch.Tensor:
+        """One class predicted at every pixel of the batch."""
+        classes = prediction.argmax(dim=1)
+        self._last_class = classes.flatten()[0]
+        return (classes == self._last_class).all()
+
+    def dead_head_message(self, steps: int, step: int) -> str:
+        index = int(self._last_class) if self._last_class is not None else None
+        name = (
+            f" ({self.class_names[index]})"
+            if self.class_names and index is not None and index < len(self.class_names)
+            else ""
+        )
+        return (
+            f"the segmentation head is stuck: for the last {steps} training steps (up to step {step}) it "
+            f"predicted one class, {index}{name}, at every pixel; start a new run with a lower "
+            "task.optimizer.lr, a longer task.scheduler.warmup_steps or trainer.gradient_clip_val set "
+            "(task.dead_head_steps=0: no check)"
+        )
 
     # ---- evaluation: mmseg's protocol (module docstring) -------------------------------------------
 
