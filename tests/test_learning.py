@@ -183,6 +183,8 @@ LEARNING_CASES = [
     ("seg_linear", "tiny16", 8),
     ("seg_ms", "tiny14", 9),
     ("seg_ms", "tiny16", 10),
+    ("seg_mask", "tiny14", 11),
+    ("seg_mask", "tiny16", 12),
 ]
 # Sizes only: 84×84 scenes, 48 steps of 4 images (one epoch, one validation), 8 test scenes; the DPT
 # with 32 fusion channels instead of 256 (25× less compute; its structure and initialisation unchanged).
@@ -229,7 +231,15 @@ def majority_class_miou(datamodule) -> float:
 
 @pytest.mark.parametrize("head,family,seed", LEARNING_CASES)
 def test_every_head_learns_from_the_defaults(tmp_path, caplog, head, family, seed):
-    options = ["+head.options.channels=32"] if head == "depth_dpt" else []
+    options = {
+        "depth_dpt": ["+head.options.channels=32"],
+        # 16 queries and 2 decoder blocks instead of 100 and 4; the loss on 784 sampled points per mask.
+        "seg_mask": [
+            "head.options.num_queries=16",
+            "head.options.num_blocks=2",
+            "task.mask_loss.num_points=784",
+        ],
+    }.get(head, [])
     task_name = heads.get_head_spec(head).task
     caplog.set_level("INFO")
     task, metrics = train_in_process(

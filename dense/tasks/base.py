@@ -408,7 +408,9 @@ class DenseTask(L.LightningModule):
         losses = self.compute_loss(prediction, batch)
         self._record_nonfinite(losses["loss"])
         if self.dead_head_steps:
-            self._dead_streak = next_dead_streak(self._dead_streak, self.is_dead(prediction.detach()))
+            with torch.no_grad():  # a flag, no graph (predictions may be a tensor or MaskPredictions)
+                dead = self.is_dead(prediction)
+            self._dead_streak = next_dead_streak(self._dead_streak, dead)
         size = len(batch["name"])
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=size)
         self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"}, batch_size=size)

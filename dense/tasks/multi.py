@@ -109,9 +109,8 @@ class MultiTask(DenseTask):
         self._record_nonfinite(total)
         if self.dead_head_steps:
             # A step is dead when any head's prediction is (each by its own rule); which one: _dead_heads.
-            self._dead_heads = torch.stack(
-                [p.is_dead(predictions[n].detach()) for n, p in self.parts.items()]
-            )
+            with torch.no_grad():
+                self._dead_heads = torch.stack([p.is_dead(predictions[n]) for n, p in self.parts.items()])
             self._dead_streak = next_dead_streak(self._dead_streak, self._dead_heads.any())
         self.log("train/loss", total, prog_bar=True, batch_size=size)
         return total

@@ -23,6 +23,7 @@ from dense.constants import IGNORE_INDEX
 from dense.data.transforms import denormalize_image, eval_view
 from dense.losses import SegLoss, check_labels
 from dense.mask_loss import MaskClassificationLoss
+from dense.mask_predictions import MaskPredictions
 from dense.metrics import SegMetrics
 from dense.model import DenseModel
 from dense.plain import plain
@@ -107,7 +108,9 @@ class SegmentationTask(DenseTask):
         return self.loss(prediction.float(), batch["mask"])
 
     def is_dead(self, prediction: torch.Tensor) -> torch.Tensor:
-        """One class predicted at every pixel of the batch."""
+        """One class predicted at every pixel of the batch (a mask head: by its final class scores)."""
+        if isinstance(prediction, MaskPredictions):
+            prediction = prediction.final_scores()
         classes = prediction.argmax(dim=1)
         self._last_class = classes.flatten()[0]
         return (classes == self._last_class).all()
