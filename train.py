@@ -313,11 +313,6 @@ def build_run_model(cfg: DictConfig, datamodule, spec, depth_mode: str = "metric
         # Resuming: the exact model that wrote the checkpoint (a config that asks for another one is
         # a mistake, not a wish: the optimiser state would not fit).
         checkpoint, _ = read_model_config(cfg.ckpt_path)
-        _cli.require(
-            "optimizer_states" in checkpoint,
-            f"ckpt_path={cfg.ckpt_path} holds weights only (a best.ckpt), not the optimiser state a resume "
-            f"needs: resume from the run's last.ckpt, or start a new run from its head with head.weights={cfg.ckpt_path}",
-        )
         model = model_from_checkpoint(checkpoint, cfg.ckpt_path, backbone_weights=backbone.get("weights"))
         wanted = (get_spec(backbone["name"]).name, head_names(head) if spec is None else spec.name)
         stored = (model.config["backbone"], model.config.get("head") or head_names(model.config))
@@ -325,6 +320,11 @@ def build_run_model(cfg: DictConfig, datamodule, spec, depth_mode: str = "metric
             wanted == stored,
             f"ckpt_path was trained with backbone={stored[0]} head={stored[1]}, but this run asks for "
             f"backbone={wanted[0]} head={wanted[1]}: resume with the same backbone and head",
+        )
+        _cli.require(
+            "optimizer_states" in checkpoint,
+            f"ckpt_path={cfg.ckpt_path} holds weights only (a best.ckpt), not the optimiser state a resume "
+            f"needs: resume from the run's last.ckpt, or start a new run from its head with head.weights={cfg.ckpt_path}",
         )
         warn_about_resume_changes(checkpoint, _cli.plain(cfg), model)
         return model
