@@ -1,7 +1,7 @@
 """Errors that users see (the one safe way to read a weights file is dense/weights_file.py).
 
-Every error class meant for users is defined here (dense.registry's UnknownNameError excepted: it
-belongs to the registry it describes), so that the entry scripts and library code agree on them.
+Every error class meant for users is defined here, so that the entry scripts and library code agree on
+them.
 
 Every refusal is a single line saying what was wrong and how to fix it. The entry scripts print
 `DenseError`s as that one line instead of a traceback.
@@ -70,6 +70,19 @@ class InstallError(DenseError, ImportError):
 
 class CacheError(DenseError):
     """A cache entry that cannot be used or repaired here (e.g. a read-only cache folder)."""
+
+
+class UnknownNameError(DenseError, ValueError):
+    """A name that no registered backbone, head or dataset has (dense.registry)."""
+
+
+class ExportError(DenseError, ValueError):
+    """A model that cannot be exported as asked, an output that cannot be written, a file not ours."""
+
+
+class OnnxRunError(DenseError, RuntimeError):
+    """ONNX Runtime failed on an input, or ran past the time limit, or the graph's output is not what
+    the metadata describes; the message names the file. predict.py skips that image."""
 
 
 class BadInputError(DenseError, ValueError):

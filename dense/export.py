@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from dense.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from dense.errors import DenseError, shown
+from dense.errors import ExportError, OnnxRunError, shown
 from dense.io import atomic_path
 from dense.model import DenseModel, build_model
 from dense.multi_head import MultiHeadModel, check_head_names
@@ -59,10 +59,6 @@ SEG_OUTPUTS = ("logits", "scores")
 # Batch 2 and an odd grid of non-multiples of the patch: the general side of every size branch.
 EXAMPLE_BATCH = 2
 EXAMPLE_GRID = (3, 5)
-
-
-class ExportError(DenseError, ValueError):
-    """A model that cannot be exported as asked, an output that cannot be written, a file not ours."""
 
 
 # ---- the graph --------------------------------------------------------------------------------------
@@ -654,11 +650,6 @@ def check_graph(onnx_model, metadata: dict, where: str) -> None:
 DEFAULT_TIME_LIMIT = 600.0  # seconds per image in ONNX Runtime (predict.py onnx_time_limit)
 # What ONNX Runtime says when an allocation fails (its CPU allocator, or the C++ runtime's).
 ALLOCATION_FAILURES = ("Failed to allocate memory", "bad_alloc", "bad allocation")
-
-
-class OnnxRunError(DenseError, RuntimeError):
-    """ONNX Runtime failed on an input, or ran past the time limit, or the graph's output is not what
-    the metadata describes; the message names the file. predict.py skips that image."""
 
 
 class OnnxDenseModel(DenseModel):

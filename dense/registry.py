@@ -15,13 +15,9 @@ import importlib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from dense.errors import DenseError, shown
+from dense.errors import UnknownNameError, shown
 
 T = TypeVar("T")
-
-
-class UnknownNameError(DenseError, ValueError):
-    """A name that no registered backbone, head or dataset has."""
 
 
 class Registry(Generic[T]):

@@ -16,8 +16,7 @@ import pytest
 
 import dense
 from dense.data import DATASETS, DenseDataModule, DenseDataset, RawSample
-from dense.errors import DatasetError
-from dense.registry import UnknownNameError
+from dense.errors import DatasetError, UnknownNameError
 from tests._tiny_run import ROOT
 
 PACKAGES = ("dense", "heads")

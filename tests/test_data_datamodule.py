@@ -16,8 +16,8 @@ from dense.data.base import DenseDataset
 from dense.data.datamodule import default_num_workers, seed_worker
 from dense.data.sample import RawSample
 from dense.data.transforms import GammaBrightnessColor
+from dense.errors import UnknownNameError
 from dense.ops import imagenet_normalised
-from dense.registry import UnknownNameError
 from tests._fixtures_data import (
     pattern_image,
     write_ade20k,

@@ -30,10 +30,9 @@ from dense.data.base import DenseDataset
 from dense.data.registry import DATASETS
 from dense.data.sample import DatasetInfo
 from dense.data.transforms import size_pair, to_sample
-from dense.errors import DatasetError
+from dense.errors import DatasetError, UnknownNameError
 from dense.host_memory import keep_large_allocations
 from dense.plain import plain, plain_value_problem
-from dense.registry import UnknownNameError
 
 SPLIT_SEED_OFFSETS = {"train": 0, "val": 1, "test": 2}
 # Padding between samples of different sizes: uint8 images get the mean colour, which the model
