@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 
 import dense
-import eval as eval_script
-import predict as predict_script
+from dense.cli import evaluate as eval_script
+from dense.cli.predict import run as predict_script
 from dense.data import datamodule_from_config
 from dense.errors import BadInputError, DatasetError, WeightsError
 from dense.export import ExportError, to_onnx

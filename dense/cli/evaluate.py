@@ -1,16 +1,4 @@
-"""Evaluate a checkpoint written by train.py on a data split and print the metric table.
-
-    python eval.py ckpt_path=DIR/checkpoints/best.ckpt                 # the test split of its data
-    python eval.py ckpt_path=... split=val data.root=/data/nyu         # where the data lies now
-    python eval.py ckpt_path=... data=kitti data.root=/data/kitti      # another dataset config
-    python eval.py ckpt_path=... task.test_flip=true task.test_scales=[1.0,1.32,1.73,2.28,3.0]
-    python eval.py ckpt_path=MULTI/checkpoints/best.ckpt             # a head=multi run: one table per head
-
-The model is rebuilt exactly (dense.load_model). The data config and the prediction settings
-(task.test_*) are those the checkpoint was trained with, unless overridden. The metrics are printed
-and written to the run folder as metrics.json (segmentation: plus the per-class IoU table).
-Exit status 2 with one line on stderr for a configuration mistake (a missing checkpoint, a bad split).
-"""
+"""What eval.py runs: a checkpoint's metrics on a data split, printed and written to metrics.json."""
 
 from __future__ import annotations
 
@@ -18,13 +6,10 @@ import json
 import os
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from dense import _cli
-from dense.imports import import_modules
-
-_cli.set_root_dir(__file__)
+from dense.cli import runner
+from dense.cli.imports import import_modules
 
 SPLITS = ("val", "test")
 PREDICT_KEYS = {
@@ -36,9 +21,9 @@ PREDICT_KEYS = {
 }
 
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    _cli.run(evaluate, cfg)
+    """eval.py's Hydra main: evaluate() with one-line errors and exit codes (runner.run)."""
+    runner.run(evaluate, cfg)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -54,14 +39,14 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from dense.tasks import build_task
     from dense.tasks.multi import build_multi_task, check_data_carries
 
-    with _cli.setup_errors():
+    with runner.setup_errors():
         import_modules(cfg.get("imports"))  # the user's own registered heads, backbones, datasets
-        _cli.require(
+        runner.require(
             not OmegaConf.is_missing(cfg, "ckpt_path"),
             "ckpt_path is not set: python eval.py ckpt_path=RUN/checkpoints/best.ckpt",
         )
-        _cli.absolute_paths(cfg, ("ckpt_path", "backbone_weights", "data.root"))
-        _cli.require(cfg.split in SPLITS, f"split={cfg.split} is not one of {', '.join(SPLITS)}")
+        runner.absolute_paths(cfg, ("ckpt_path", "backbone_weights", "data.root"))
+        runner.require(cfg.split in SPLITS, f"split={cfg.split} is not one of {', '.join(SPLITS)}")
         compile_mode(cfg.compile)
         checkpoint, _ = read_model_config(cfg.ckpt_path)
         stored = checkpoint.get("hyper_parameters") or {}
@@ -72,7 +57,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             task = build_multi_task(model, datamodule, **predict_options(cfg, stored.get("predict")))
             check_data_carries(task, datamodule, cfg.split)
         else:
-            _cli.require(
+            runner.require(
                 model.task == datamodule.task,
                 f"the checkpoint holds a {model.task} model but the data is set up for {datamodule.task}",
             )
@@ -127,11 +112,11 @@ def build_datamodule(cfg: DictConfig, run_config: dict):
     if cfg.data.get("name") is not None:
         return datamodule_from_config(cfg.data)
     stored = run_config.get("data") if isinstance(run_config, dict) else None
-    _cli.require(
+    runner.require(
         isinstance(stored, dict),
         f"{cfg.ckpt_path} stores no data config (not written by train.py?): choose one with data=NAME",
     )
-    overrides = {k: v for k, v in _cli.plain(cfg.data).items() if v is not None}
+    overrides = {k: v for k, v in runner.plain(cfg.data).items() if v is not None}
     if "root" not in overrides:
         check_stored_root(stored.get("root"), cfg)
     return datamodule_from_config({**stored, **overrides}, source=str(cfg.ckpt_path))
@@ -147,7 +132,7 @@ def check_stored_root(root, cfg: DictConfig) -> None:
     if root is None or not isinstance(root, str):
         return  # no root (synthetic), or a type datamodule_from_config refuses
     folders = [*trusted_folders(str(cfg.ckpt_path)), os.path.realpath(cfg.paths.data_dir)]
-    _cli.require(
+    runner.require(
         is_inside(root, folders),
         f"{cfg.ckpt_path} was trained on data.root={shown(root, 200)}, outside its run folder and paths.data_dir: "
         "a path stored in a checkpoint is not followed; give it on the command line (data.root=...)",
@@ -162,19 +147,19 @@ def predict_options(cfg: DictConfig, stored) -> dict:
 
     options = {}
     if stored is not None:
-        _cli.require(
+        runner.require(
             isinstance(stored, dict), f"{cfg.ckpt_path}: its stored prediction settings are not a mapping"
         )
         for key, value in stored.items():
             if key in PREDICT_KEYS:
                 problem = plain_value_problem(value, f"predict.{key}")
-                _cli.require(problem is None, f"{cfg.ckpt_path}: {problem}")
+                runner.require(problem is None, f"{cfg.ckpt_path}: {problem}")
                 options[PREDICT_KEYS[key]] = value
         try:
             check_test_settings(**options)
-        except _cli.ConfigError as error:
-            raise _cli.ConfigError(f"{cfg.ckpt_path}: stored {error}") from None
-    options.update({k: v for k, v in _cli.plain(cfg.task).items() if v is not None})
+        except runner.ConfigError as error:
+            raise runner.ConfigError(f"{cfg.ckpt_path}: stored {error}") from None
+    options.update({k: v for k, v in runner.plain(cfg.task).items() if v is not None})
     return options
 
 
@@ -185,7 +170,3 @@ def format_table(metrics: dict[str, float], title: str) -> str:
         shown = f"{value}" if isinstance(value, int) else f"{value:.4f}"
         lines.append(f"{key:<{width}}  {shown}")
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    _cli.main(main, __file__)

@@ -1,38 +1,27 @@
-"""Export a model as one ONNX graph (or a torch.export program) for every batch size and image size.
-
-    python export.py ckpt=RUN/checkpoints/best.ckpt output=model.onnx                  # a train.py checkpoint
-    python export.py backbone=vitl14 head=depth_dpt backbone.weights=B.pth head.weights=H.pth output=model.onnx
-    python export.py ckpt=... output=model.onnx fp16=true normalise=true              # half-size file, uint8 input
-    python export.py ckpt=... output=model.pt2                                        # torch.export.load(...)
-    python export.py ckpt=MULTI/checkpoints/best.ckpt output=multi.onnx               # head=multi: one output per head
-    python predict.py model=model.onnx input=photos/ output=results/                  # run it (ONNX Runtime)
-
-The graph holds everything DenseModel.forward does (padding, position encoding for the actual size,
-backbone, head, clamp, resize, crop) with dynamic batch, height and width, and the ONNX file carries
-what predict.py needs (task, depth range, class names, normalisation) as metadata.
-
-Exit status: 0 when the file was written; 2 when nothing could be exported (a bad option, a missing
-checkpoint, an output that cannot be written, a model that cannot be exported: one line on stderr).
-"""
+"""What export.py runs: the model as predict.py builds it, written as one ONNX graph or a torch.export program."""
 
 from __future__ import annotations
 
 import os
 import time
 
-import hydra
 from omegaconf import DictConfig
 
-from dense import _cli
+from dense.cli import runner
+from dense.cli.predict.model import build, class_names  # the model exactly as predict.py builds it
 from dense.export import ExportError, check_output, to_onnx, to_torch_export
 from dense.multi_head import MultiHeadModel
-from predict import build, class_names  # the model exactly as predict.py builds it (ckpt= or the groups)
 
 SUFFIXES = (".onnx", ".pt2")
 
 
+def main(cfg: DictConfig) -> None:
+    """export.py's Hydra main: export() with one-line errors and exit codes (runner.run)."""
+    runner.run(export, cfg)
+
+
 def export(cfg: DictConfig) -> str:
-    with _cli.setup_errors():
+    with runner.setup_errors():
         output = str(cfg.output or "")
         suffix = os.path.splitext(output)[1]
         if suffix not in SUFFIXES:
@@ -71,12 +60,3 @@ def export(cfg: DictConfig) -> str:
         f"{what}, input {source} B×3×H×W, any batch and size"
     )
     return output
-
-
-@hydra.main(version_base="1.3", config_path="configs", config_name="export")
-def main(cfg: DictConfig) -> None:
-    _cli.run(export, cfg)
-
-
-if __name__ == "__main__":
-    _cli.main(main, __file__)

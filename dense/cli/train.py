@@ -1,40 +1,20 @@
-"""Train a depth or segmentation head on a frozen DINOv2 or DINOv3 backbone (PyTorch Lightning under Hydra).
-
-    python train.py experiment=smoke hydra.run.dir=outputs/smoke   # 1-2 minutes on a CPU, no download
-    python train.py experiment=folder_depth data.root=mydata hydra.run.dir=outputs/mine   # your own folder (images/ + depth/), offline
-    python train.py experiment=folder_seg data.root=mydata hydra.run.dir=outputs/mine     # ... (images/ + masks/ + classes.txt)
-    python train.py head=depth backbone=vitg14                      # DPT depth head on a frozen ViT-g/14 (a GPU job)
-    python train.py experiment=nyu_dpt backbone=vitl14 data.root=/data/nyu
-    python train.py ckpt_path=DIR/checkpoints/last.ckpt hydra.run.dir=DIR      # resume
-    python train.py -m backbone=vits14,vitb14                       # a sweep, one job per backbone
-    python train.py experiment=multi_smoke hydra.run.dir=outputs/multi   # depth + segmentation heads on one backbone pass
-    python train.py head=multi head.heads.seg.loss_weight=0.5       # several heads: head.heads.<name>.{name,loss_weight,...}
-
-Everything of a run lands in its run folder (hydra.run.dir, default outputs/train/DATE/TIME):
-checkpoints/{best,last}.ckpt, csv/version_N/metrics.csv, .hydra/config.yaml, train.log (the loss, the test
-table). Then the maps of your images: python predict.py ckpt=outputs/mine/checkpoints/best.ckpt input=mydata/images output=outputs/mine/maps
-A configuration mistake: one line on stderr, exit status 2, and no run folder left behind.
-"""
+"""What train.py runs: set a run up from its config (checks, data, model, callbacks, Trainer), fit, test."""
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
-from dense import _cli
-from dense.imports import import_modules
-
-_cli.set_root_dir(__file__)
+from dense.cli import runner
+from dense.cli.imports import import_modules
 
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    _, metrics = _cli.run(train, cfg)
+    """train.py's Hydra main: train() with one-line errors and exit codes (runner.run)."""
+    _, metrics = runner.run(train, cfg)
     return metrics.get("best")  # what a Hydra sweeper optimises
 
 
@@ -64,9 +44,9 @@ def train(cfg: DictConfig):
 
     # The frozen backbone is in eval mode on purpose (DenseModel.train keeps it so).
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-    with _cli.setup_errors():
+    with runner.setup_errors():
         import_modules(cfg.get("imports"))  # the user's own registered heads, backbones, datasets
-        _cli.absolute_paths(cfg, USER_PATHS)
+        runner.absolute_paths(cfg, USER_PATHS)
         check_config(cfg)
         refuse_a_second_run(cfg.paths.output_dir, cfg.ckpt_path)
         L.seed_everything(cfg.seed, workers=True)
@@ -110,16 +90,16 @@ def train(cfg: DictConfig):
         logging.getLogger(__name__).info(datamodule.describe_sizes())
         # After the cache fill (which runs the backbone in cache.precision, outside the trainer).
         apply_speed_options(model, compile=cfg.compile, bf16_autocast=trainer.precision == "bf16-mixed")
-        task_options = _cli.plain(cfg.task)
+        task_options = runner.plain(cfg.task)
         if cfg.head.get("weights"):  # a loaded head keeps its own output
             task_options["init_depth_from_data"] = False
         if spec is None:
             weights = {n: e.get("loss_weight", 1.0) for n, e in multi_head_entries(cfg.head).items()}
             task = build_multi_task(
-                model, datamodule, loss_weights=weights, **task_options, config=_cli.plain(cfg)
+                model, datamodule, loss_weights=weights, **task_options, config=runner.plain(cfg)
             )
         else:
-            task = build_task(model, datamodule, **task_options, config=_cli.plain(cfg))
+            task = build_task(model, datamodule, **task_options, config=runner.plain(cfg))
 
     with warnings.catch_warnings():
         quiet_fresh_checkpoint_folders(callbacks)
@@ -162,15 +142,15 @@ def check_config(cfg: DictConfig) -> None:
     from dense.tasks.base import check_dead_head_steps, check_schedule, check_test_settings
     from dense.threads import check_threads
 
-    require = _cli.require
+    require = runner.require
     if cfg.ckpt_path is not None:
         require(Path(cfg.ckpt_path).is_file(), f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
-    check_schedule(**_cli.plain(cfg.task.scheduler))
+    check_schedule(**runner.plain(cfg.task.scheduler))
     check_dead_head_steps(cfg.task.get("dead_head_steps"))
     compile_mode(cfg.compile)
     check_threads(cfg.get("threads"))
     test_keys = ("test_mode", "test_crop_size", "test_stride", "test_scales", "test_flip")
-    check_test_settings(**{k: _cli.plain(cfg.task.get(k)) for k in test_keys if k in cfg.task})
+    check_test_settings(**{k: runner.plain(cfg.task.get(k)) for k in test_keys if k in cfg.task})
     for key in ("backbone.weights", "head.weights"):
         group, name = key.split(".")
         path = cfg[group].get(name)
@@ -184,7 +164,7 @@ def refuse_a_second_run(folder, ckpt_path) -> None:
     found = sorted(checkpoints.glob("*.ckpt")) if ckpt_path is None and checkpoints.is_dir() else []
     if found:
         last = checkpoints / "last.ckpt" if (checkpoints / "last.ckpt") in found else found[0]
-        raise _cli.ConfigError(
+        raise runner.ConfigError(
             f"{folder} already holds a run (its checkpoints {', '.join(p.name for p in found[:3])}): a new run "
             f"there would replace them; resume it with ckpt_path={last} hydra.run.dir={folder}, or choose "
             "another folder"
@@ -201,8 +181,8 @@ def refuse_a_second_run_before_hydra(arguments: list[str]) -> None:
     if values.get("hydra.run.dir") and ckpt_path in (None, "", "null"):
         try:
             refuse_a_second_run(values["hydra.run.dir"], None)
-        except _cli.ConfigError as error:
-            _cli.fail(str(error))
+        except runner.ConfigError as error:
+            runner.fail(str(error))
 
 
 def check_data_and_weights(cfg: DictConfig, datamodule) -> None:
@@ -244,7 +224,7 @@ def check_trainer(cfg: DictConfig, trainer) -> None:
     from lightning.pytorch.accelerators import CPUAccelerator
 
     if cfg.trainer.get("sync_batchnorm") and isinstance(trainer.accelerator, CPUAccelerator):
-        raise _cli.ConfigError(
+        raise runner.ConfigError(
             "trainer.sync_batchnorm=true needs GPUs (SyncBatchNorm is CUDA-only): "
             "add trainer.sync_batchnorm=false to train on the CPU"
         )
@@ -258,13 +238,13 @@ def check_head_fits_data(spec, cfg: DictConfig, datamodule) -> None:
             if cfg.data.get("task") is not None
             else ""
         )
-        raise _cli.ConfigError(
+        raise runner.ConfigError(
             f"head={cfg.head.name} is a {spec.task} head but data={cfg.data.name} is set up for "
             f"{datamodule.task}{hint}"
         )
     classes = cfg.head.get("num_classes")
     if spec.task == "segmentation" and classes is not None and classes != datamodule.num_classes:
-        raise _cli.ConfigError(
+        raise runner.ConfigError(
             f"head.num_classes={classes} but data={cfg.data.name} has {datamodule.num_classes} classes"
         )
 
@@ -303,7 +283,7 @@ def build_run_model(cfg: DictConfig, datamodule, spec, depth_mode: str = "metric
     from dense.config import model_from_config, multi_head_entries
     from dense.hashing import file_sha256, tensors_sha256
 
-    backbone, head = _cli.plain(cfg.backbone), _cli.plain(cfg.head)
+    backbone, head = runner.plain(cfg.backbone), runner.plain(cfg.head)
     # Weights paths go into checkpoints: make them absolute so they stay valid from any folder.
     for group in (backbone, head):
         if group.get("weights"):
@@ -313,7 +293,7 @@ def build_run_model(cfg: DictConfig, datamodule, spec, depth_mode: str = "metric
         # Resuming: the exact model that wrote the checkpoint (a config that asks for another one is
         # a mistake, not a wish: the optimiser state would not fit).
         checkpoint, _ = read_model_config(cfg.ckpt_path)
-        _cli.require(
+        runner.require(
             "optimizer_states" in checkpoint,
             f"ckpt_path={cfg.ckpt_path} holds weights only (a best.ckpt), not the optimiser state a resume "
             f"needs: resume from the run's last.ckpt, or start a new run from its head with head.weights={cfg.ckpt_path}",
@@ -321,12 +301,12 @@ def build_run_model(cfg: DictConfig, datamodule, spec, depth_mode: str = "metric
         model = model_from_checkpoint(checkpoint, cfg.ckpt_path, backbone_weights=backbone.get("weights"))
         wanted = (get_spec(backbone["name"]).name, head_names(head) if spec is None else spec.name)
         stored = (model.config["backbone"], model.config.get("head") or head_names(model.config))
-        _cli.require(
+        runner.require(
             wanted == stored,
             f"ckpt_path was trained with backbone={stored[0]} head={stored[1]}, but this run asks for "
             f"backbone={wanted[0]} head={wanted[1]}: resume with the same backbone and head",
         )
-        warn_about_resume_changes(checkpoint, _cli.plain(cfg), model)
+        warn_about_resume_changes(checkpoint, runner.plain(cfg), model)
         return model
 
     if spec is None:  # head=multi: each head's range or class count from the data
@@ -427,13 +407,13 @@ def warn_about_resume_changes(checkpoint: dict, current: dict, model) -> None:
     # to itself and a section filled in since shows as its new keys.
     old = {
         k: v if plain_value_problem(v, k) is None else f"<{shown(v)}>"
-        for k, v in _cli.flatten(stored).items()
+        for k, v in runner.flatten(stored).items()
         if not is_empty_section(v)
     }
-    new = {k: v for k, v in _cli.flatten(current).items() if not is_empty_section(v)}
+    new = {k: v for k, v in runner.flatten(current).items() if not is_empty_section(v)}
     target = "task.optimizer._target_"
     if target in old and old[target] != new.get(target):
-        raise _cli.ConfigError(
+        raise runner.ConfigError(
             f"{target}={new.get(target)} but the checkpoint was trained with {shown(old[target], 80)}: a resumed "
             "run restores that optimiser's state; resume with the same optimiser, or start a new run"
         )
@@ -476,11 +456,6 @@ def check_optimizer_state(checkpoint: dict, model) -> None:
         if sorted(groups) != list(range(len(params))):
             raise ValueError(f"{len(groups)} parameters for the head's {len(params)}")
     except (ValueError, TypeError, KeyError, IndexError, AttributeError) as error:
-        raise _cli.ConfigError(
+        raise runner.ConfigError(
             f"ckpt_path: its optimiser state does not fit the head ({' '.join(str(error).split())[:120]})"
         ) from None
-
-
-if __name__ == "__main__":
-    refuse_a_second_run_before_hydra(sys.argv[1:])
-    _cli.main(main, __file__)
