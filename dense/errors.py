@@ -76,6 +76,10 @@ class UnknownNameError(DenseError, ValueError):
     """A name that no registered backbone, head or dataset has (dense.registry)."""
 
 
+class ImportsError(DenseError, ValueError):
+    """A module named in imports=[...] that cannot be imported (dense/cli/imports.py)."""
+
+
 class ExportError(DenseError, ValueError):
     """A model that cannot be exported as asked, an output that cannot be written, a file not ours."""
 

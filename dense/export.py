@@ -838,29 +838,3 @@ def load_onnx_model(
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise ExportError(f"model={path}: ONNX Runtime cannot load it ({first[:200]})") from None
     return OnnxDenseModel(session, metadata, path, time_limit)
-
-
-def onnx_model_for_predict(cfg) -> OnnxDenseModel:
-    """predict.py model=FILE.onnx: the file's model, the options that cannot apply to it refused."""
-    path = str(cfg.model)
-    if cfg.ckpt is not None or cfg.head.get("weights"):
-        raise ExportError("give either model=FILE.onnx (export.py) or ckpt=/head.weights=, not both")
-    if not path.endswith(".onnx"):
-        raise ExportError(
-            f"model={path}: predict.py runs .onnx files written by export.py (ckpt=PATH for checkpoints)"
-        )
-    if cfg.precision != "fp32" or cfg.compile not in (False, None, "false"):
-        raise ExportError(
-            f"model={path} runs in ONNX Runtime as exported: leave precision=fp32 and compile=false "
-            "(fp16=true at export stores half-precision weights)"
-        )
-    limit = cfg.get("onnx_time_limit", DEFAULT_TIME_LIMIT)
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | float) or not limit > 0):
-        raise ExportError(f"onnx_time_limit={limit} must be a positive number of seconds per image, or null")
-    model = load_onnx_model(path, time_limit=None if limit is None else float(limit))
-    if model.uint8_input and any(float(s) != 1.0 for s in cfg.scales):
-        raise ExportError(
-            f"model={path} takes uint8 images (exported with normalise=true), which resized views are not: "
-            "export with normalise=false for scales other than [1.0]"
-        )
-    return model

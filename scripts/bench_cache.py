@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import train as train_script  # noqa: E402
+from dense.cli import train as train_script  # noqa: E402
 from dense.host_memory import keep_large_allocations  # noqa: E402
 
 
@@ -80,7 +80,7 @@ def main(argv=None):
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args(argv)
-    keep_large_allocations()  # as train.py does (dense._cli.main)
+    keep_large_allocations()  # as train.py does (dense.cli.runner.main)
     with tempfile.TemporaryDirectory() as tmp:
         plain = run(args, cache=False, workdir=Path(tmp))
         cached = run(args, cache=True, workdir=Path(tmp))

@@ -4,10 +4,11 @@
     python scripts/bench_predict_memory.py --images 60 --json rss.json    # what tests/test_predict_memory.py runs
 
 Writes N small random images (sizes cycling through a few odd shapes, so batches break and the model
-pads) into a temporary folder, makes a random tiny14 depth checkpoint, and runs predict.predict() — the
-function the CLI calls — in this process on the CPU. The process's RSS (psutil) is sampled after every
-written image (predict.write_depth / write_segmentation are wrapped). Prints a table of RSS at regular
-points and the growth per image after a warm-up; --json writes the raw samples.
+pads) into a temporary folder, makes a random tiny14 depth checkpoint, and runs
+dense.cli.predict.run.predict() — the function the CLI calls — in this process on the CPU. The process's
+RSS (psutil) is sampled after every written image (dense.cli.predict.writers.write_depth /
+write_segmentation are wrapped). Prints a table of RSS at regular points and the growth per image after a
+warm-up; --json writes the raw samples.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import dense  # noqa: E402
-import predict  # noqa: E402
 from dense.checkpoint import BACKBONE_PREFIX, HEAD_PREFIX, MODEL_KEY  # noqa: E402
+from dense.cli.predict import outputs, writers  # noqa: E402
+from dense.cli.predict import run as predict  # noqa: E402
 
 SIZES = [(28, 28), (30, 41), (28, 28), (17, 23)]  # H×W; repeats form batches, the rest run alone
 
@@ -65,7 +67,7 @@ def measure(n: int, task: str = "depth", batch_size: int = 4, scale: int = 1, le
     with tempfile.TemporaryDirectory() as tmp:
         images, checkpoint = make_inputs(Path(tmp), n, task, scale)
         for name in ("write_depth", "write_segmentation"):
-            original = getattr(predict, name)
+            original = getattr(writers, name)
 
             kept = []
 
@@ -76,7 +78,7 @@ def measure(n: int, task: str = "depth", batch_size: int = 4, scale: int = 1, le
                 samples.append(process.memory_info().rss)
                 traced.append(tracemalloc.get_traced_memory()[0])
 
-            setattr(predict, name, wrapped)
+            setattr(writers, name, wrapped)
         with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
             cfg = compose(
                 "predict",
@@ -96,7 +98,7 @@ def measure(n: int, task: str = "depth", batch_size: int = 4, scale: int = 1, le
         finally:
             seconds = time.perf_counter() - start
             tracemalloc.stop()
-        written = len([p for p in (Path(tmp) / "out").iterdir() if p.name != predict.RECORD])  # result files
+        written = len([p for p in (Path(tmp) / "out").iterdir() if p.name != outputs.RECORD])  # result files
     return {
         "status": status,
         "rss": samples,

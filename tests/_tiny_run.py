@@ -16,8 +16,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import dense
-import train as train_script
 from dense.checkpoint import BACKBONE_PREFIX, HEAD_PREFIX, MODEL_KEY
+from dense.cli import train as train_script
 from dense.data.transforms import image_tensor
 from dense.io import read_image
 
@@ -72,7 +72,7 @@ def compose_config(name: str, *overrides: str, return_hydra_config: bool = False
 
 
 def train_in_process(out: Path, *overrides: str):
-    """train.train (what train.py runs) on configs/train.yaml with `overrides`, writing into the run
+    """dense.cli.train.train (what train.py runs) on configs/train.yaml with `overrides`, writing into the run
     folder `out`; returns its (task, metrics)."""
     return train_script.train(compose_config("train", f"paths.output_dir={out}", *overrides))
 

@@ -18,10 +18,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-import export as export_script
 import heads
-import predict
 from dense import export
+from dense.cli import export as export_script
+from dense.cli.predict import run as predict
 from dense.model import DenseModel, build_model
 from tests import _crafted_onnx as crafted
 from tests._fixtures_data import rgb
@@ -323,7 +323,7 @@ def test_export_refusals_are_one_line(seg_onnx, tmp_path, capsys):
         overrides = (
             overrides if any(o.startswith("ckpt=") for o in overrides) else [f"ckpt={ckpt}", *overrides]
         )
-        err = one_line_exit(lambda o=overrides: export_script.main.__wrapped__(export_config(*o)), capsys)
+        err = one_line_exit(lambda o=overrides: export_script.main(export_config(*o)), capsys)
         assert message in err, err
     model = tiny_model("tiny14", "seg_linear")
     model.cast_backbone(torch.bfloat16)

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 import dense
-import eval as eval_script
-import predict as predict_script
+from dense.cli import evaluate as eval_script
+from dense.cli.predict import run as predict_script
 from dense.data import DenseDataModule, datamodule_from_config, pad_collate
 from dense.data.transforms import denormalize_image, eval_view, eval_view_size, normalize_image
 from dense.model import MS_SCALES

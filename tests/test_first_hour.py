@@ -1,6 +1,7 @@
 """The first hour of a new user (issue 17): cheap checks before heavy work, help that helps, pictures
 that can be read, quiet logs."""
 
+import ast
 import json
 import logging
 import re
@@ -16,10 +17,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 from PIL import Image
 
-import eval as eval_script
-import predict
-import train as train_script
-from dense import _cli, _help, backbone, bench, viz
+from dense import backbone, bench, viz
+from dense.cli import evaluate as eval_script
+from dense.cli import help as cli_help
+from dense.cli import runner
+from dense.cli import train as train_script
+from dense.cli.predict import model as predict_model
+from dense.cli.predict import run as predict
 from dense.data import SYNTHETIC_CLASSES
 from dense.progress import TimedProgressBar
 from tests._fixtures_data import rgb
@@ -131,7 +135,7 @@ def test_a_run_folder_with_anything_else_in_it_is_kept(tmp_path):
     hydra_cfg = compose_config("train", return_hydra_config=True)  # what HydraConfig holds in a run
     run = tmp_path / "outputs" / "train" / "2026-01-01" / "10-00-00"
     (run / ".hydra").mkdir(parents=True)
-    for name in _cli.HYDRA_BOOKKEEPING:
+    for name in runner.HYDRA_BOOKKEEPING:
         (run / ".hydra" / name).write_text("x")
     (run / "train.log").write_text("")
     with open_dict(hydra_cfg):
@@ -140,11 +144,11 @@ def test_a_run_folder_with_anything_else_in_it_is_kept(tmp_path):
     HydraConfig.instance().set_config(hydra_cfg)
     try:
         (run / "notes.txt").write_text("mine")
-        _cli.discard_unused_run_folder(cfg)
+        runner.discard_unused_run_folder(cfg)
         assert (run / "notes.txt").read_text() == "mine" and (run / ".hydra").is_dir()
         (run / "notes.txt").unlink()
         (tmp_path / "outputs" / "eval").mkdir()  # another script's runs
-        _cli.discard_unused_run_folder(cfg)
+        runner.discard_unused_run_folder(cfg)
         # The dated folder and outputs/train went with it (nothing else in them); outputs/ holds eval/.
         assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["eval"]
     finally:
@@ -155,10 +159,15 @@ def test_a_run_folder_with_anything_else_in_it_is_kept(tmp_path):
 
 
 def yaml_comment(path: Path, key: str) -> str:
-    """The trailing comment of a top-level `key:` line, read here independently of dense._help."""
+    """The trailing comment of a top-level `key:` line, read here independently of dense.cli.help."""
     match = re.search(rf"^{key}:.*?\s#\s?(.*)$", path.read_text(), re.MULTILINE)
     assert match, key
     return match.group(1).strip()
+
+
+def script_doc(script: str) -> str:
+    """The docstring of the entry script (its usage text, the top of its --help), read without running it."""
+    return ast.get_docstring(ast.parse((ROOT / f"{script}.py").read_text()), clean=False)
 
 
 def listed_keys(text: str) -> list[str]:
@@ -168,15 +177,14 @@ def listed_keys(text: str) -> list[str]:
 
 @pytest.mark.parametrize("script", ["train", "eval", "predict"])
 def test_help_shows_examples_groups_and_the_meaning_of_each_key(script):
-    module = {"train": train_script, "eval": eval_script, "predict": predict}[script]
-    text = _help.help_text(CONFIGS, script, module.__doc__, [])
+    text = cli_help.help_text(CONFIGS, script, script_doc(script), [])
     assert f"python {script}.py " in text.split("Config groups")[0]  # examples first
     assert f"python {script}.py [key=value ...] --cfg job" in text
     assert len(text.splitlines()) < 125  # Hydra's own --help: 155 lines
     keys = listed_keys(text)
     assert len(keys) >= 10
     full = compose_config(script, return_hydra_config=True)
-    leaves = _cli.flatten(OmegaConf.to_container(full, resolve=False))
+    leaves = runner.flatten(OmegaConf.to_container(full, resolve=False))
     existing = set(leaves) | {key.rsplit(".", n)[0] for key in leaves for n in range(1, key.count(".") + 1)}
     missing = [key for key in keys if key not in existing]
     assert not missing, f"--help lists keys {script}.py does not have: {missing}"
@@ -185,11 +193,11 @@ def test_help_shows_examples_groups_and_the_meaning_of_each_key(script):
 
 
 def test_help_lists_only_the_groups_a_script_uses():
-    text = _help.help_text(CONFIGS, "predict", predict.__doc__, [])
+    text = cli_help.help_text(CONFIGS, "predict", script_doc("predict"), [])
     groups = re.findall(r"^  (\w+)=\S*\s+.*\n\s+options: ", text, re.MULTILINE)
     assert groups == ["backbone", "head"]
     assert "trainer" not in text and "logger" not in text and "data." not in text
-    train_text = _help.help_text(CONFIGS, "train", train_script.__doc__, [])
+    train_text = cli_help.help_text(CONFIGS, "train", script_doc("train"), [])
     assert re.findall(r"^  (\w+)=\S*\s+.*\n\s+options: ", train_text, re.MULTILINE) == [
         "backbone",
         "head",
@@ -203,12 +211,12 @@ def test_help_lists_only_the_groups_a_script_uses():
 
 
 def test_help_shows_the_values_the_overrides_give():
-    text = _help.help_text(CONFIGS, "train", train_script.__doc__, ["experiment=smoke"])
+    text = cli_help.help_text(CONFIGS, "train", script_doc("train"), ["experiment=smoke"])
     assert "experiment=smoke" in text and "trainer.max_steps=24 " in text
 
 
 def test_predict_refuses_a_group_it_does_not_use_in_one_line(capsys):
-    status, _ = exit_status(_cli.check_group_choices, CONFIGS, "predict", ["trainer=cpu"])
+    status, _ = exit_status(runner.check_group_choices, CONFIGS, "predict", ["trainer=cpu"])
     err = capsys.readouterr().err.strip()
     assert status == 2
     assert err == "error: trainer= is not a config group of predict.py: its groups are backbone, head"
@@ -321,9 +329,9 @@ def test_segmentation_gets_a_legend_and_the_class_names(tmp_path, seg_run, capsy
 
 
 def test_released_heads_get_the_dataset_names_by_class_count(tiny_checkpoints):
-    model, names = predict.build(predict_config(f"ckpt={tiny_checkpoints['seg']}"))
+    model, names = predict_model.build(predict_config(f"ckpt={tiny_checkpoints['seg']}"))
     assert names is None  # tiny_checkpoints store no class names
-    assert predict.class_names(model, names) == [f"class {i}" for i in range(5)]
+    assert predict_model.class_names(model, names) == [f"class {i}" for i in range(5)]
 
 
 # --------------------------------------------------------------------------- 4. logs
@@ -331,7 +339,7 @@ def test_released_heads_get_the_dataset_names_by_class_count(tiny_checkpoints):
 
 @pytest.fixture(scope="module")
 def two_step_run(tmp_path_factory):
-    """A fresh 2-step depth run through the entry point's wrapper (_cli.run), and every warning and log
+    """A fresh 2-step depth run through the entry point's wrapper (runner.run), and every warning and log
     record it gave."""
     out = tmp_path_factory.mktemp("two_step")
     records: list[logging.LogRecord] = []
@@ -342,7 +350,7 @@ def two_step_run(tmp_path_factory):
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            _cli.run(
+            runner.run(
                 train_script.train,
                 compose_config("train", f"paths.output_dir={out}", *TWO_STEPS, "head=depth_linear"),
             )

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-import dense._cli as cli
+import dense.cli.runner as cli
 from dense import host_memory
 
 GLIBC = sys.platform.startswith("linux")

@@ -24,8 +24,9 @@ import dense
 import dense.losses
 import dense.metrics
 import heads
-import predict
 from dense.checkpoint import MODEL_KEY, load_model
+from dense.cli.predict import outputs
+from dense.cli.predict import run as predict
 from dense.constants import MEAN_FILL
 from dense.data import DatasetError, DepthScaleWarning, FolderDataset
 from dense.errors import WeightsError
@@ -215,7 +216,7 @@ def test_image_through_predict(tmp_path, case, depth_ckpt, capsys):
     assert depth.shape == (h, w) and depth.dtype == np.uint16 and depth.max() > 0
     assert np.isfinite(np.load(out / "x.npy")).all()
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [predict.RECORD, "x.npy", "x_depth_mm.png", "x_color.png"]
+        [outputs.RECORD, "x.npy", "x_depth_mm.png", "x_color.png"]
     )
 
 

@@ -18,7 +18,7 @@ import torch
 
 import dense
 import heads
-from dense import _cli
+from dense.cli import runner
 from dense.data import DenseDataModule, datamodule_from_config
 from dense.errors import ConfigError, DeadHeadError, TrainingFailedError
 from dense.metrics import DepthMetrics, SegMetrics
@@ -329,13 +329,13 @@ def test_the_check_can_be_turned_off_and_spares_a_live_head(tmp_path):
 
 
 def test_a_failed_run_exits_with_status_3_and_one_line(tmp_path, capsys):
-    """train.py runs train() through _cli.run: a DeadHeadError, like a TrainingDivergedError, is one line on
+    """train.py runs train() through runner.run: a DeadHeadError, like a TrainingDivergedError, is one line on
     stderr and exit status 3 (a configuration mistake is 2)."""
     task, data = dead_task("depth", dead_head_steps=2)
     trainer = small_trainer(tmp_path, max_steps=8, log_every_n_steps=2)
     with pytest.raises(SystemExit) as stop:
-        _cli.run(lambda cfg: trainer.fit(task, datamodule=data), None)
-    assert stop.value.code == _cli.EXIT_TRAINING_FAILED == 3
+        runner.run(lambda cfg: trainer.fit(task, datamodule=data), None)
+    assert stop.value.code == runner.EXIT_TRAINING_FAILED == 3
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: the depth head is dead: for the last 2 training steps") and "\n" not in err
     assert issubclass(DeadHeadError, TrainingFailedError)

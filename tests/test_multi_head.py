@@ -13,13 +13,14 @@ import pytest
 import torch
 
 import dense
-import eval as eval_script
-import export as export_script
-import predict as predict_script
 from dense.bench import multi as bench_multi
 from dense.checkpoint import MODEL_KEY, load_model
+from dense.cli import evaluate as eval_script
+from dense.cli import export as export_script
+from dense.cli.predict import run as predict_script
+from dense.data.transforms import image_tensor
 from dense.errors import WeightsError
-from dense.io import save_png
+from dense.io import read_image, save_png
 from dense.model import DenseModel
 from dense.model import build_model as build_single_head_model
 from tests._tiny_run import (
@@ -167,11 +168,11 @@ def test_predict_writes_every_head_from_one_pass(multi_run, tmp_path):
     } <= written
     model = task.model.eval()
     with torch.no_grad():
-        expected = model(predict_script.image_tensor(picture)[None])
+        expected = model(image_tensor(picture)[None])
     np.testing.assert_allclose(
         np.load(tmp_path / "maps" / "room_depth.npy"), expected["depth"][0, 0].numpy(), atol=1e-6
     )
-    labels = np.asarray(predict_script.read_image(tmp_path / "maps" / "room_seg.png"))
+    labels = np.asarray(read_image(tmp_path / "maps" / "room_seg.png"))
     labels = labels[..., 0] if labels.ndim == 3 else labels
     assert np.array_equal(labels, expected["seg"][0].argmax(0).numpy())
 

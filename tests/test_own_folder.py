@@ -16,9 +16,10 @@ import pytest
 import torch
 from hydra.core.hydra_config import HydraConfig
 
-import predict
-import train as train_script
-from dense import _cli, threads
+from dense import threads
+from dense.cli import runner
+from dense.cli import train as train_script
+from dense.cli.predict import run as predict
 from dense.data import DenseDataModule
 from dense.errors import ConfigError
 from tests._fixtures_data import write_folder
@@ -108,7 +109,7 @@ def test_a_key_set_by_a_preset_is_named_with_its_file_and_a_wrong_root_comes_fir
 
     # A wrong data.root typed on the command line is said before anything else is looked at...
     status, _ = exit_status(
-        _cli.check_data_root, ["experiment=smoke", "data=folder", "data.root=no/such/dir"]
+        runner.check_data_root, ["experiment=smoke", "data=folder", "data.root=no/such/dir"]
     )
     assert status == 2 and "data.root=no/such/dir: no such folder" in capsys.readouterr().err
     # ...and the data module checks the folder before the options, naming the layout it expects.
@@ -119,7 +120,7 @@ def test_a_key_set_by_a_preset_is_named_with_its_file_and_a_wrong_root_comes_fir
 
 
 def test_a_group_key_typed_without_its_group_gets_the_full_name(capsys):
-    status, _ = exit_status(_cli.check_keys, CONFIGS, "train", ["weights=dinov2_vitg14_pretrain.pth"])
+    status, _ = exit_status(runner.check_keys, CONFIGS, "train", ["weights=dinov2_vitg14_pretrain.pth"])
     err = capsys.readouterr().err
     assert status == 2 and "weights is not a key of the train configuration" in err
     assert "did you mean backbone.weights" in err
@@ -166,16 +167,17 @@ def test_a_torchvision_built_for_another_torch_is_one_line(tmp_path):
 def test_help_and_the_backbone_load_no_more_than_they_need():
     """--help answers before torch is imported; building a backbone imports neither Lightning, Hydra
     nor albumentations (the training stack)."""
-    help_only = (
-        "import atexit, runpy, sys; sys.argv = ['train.py', '--help']; "
+    help_only = [
+        f"import atexit, runpy, sys; sys.argv = ['{script}', '--help']; "
         "atexit.register(lambda: print('torch' in sys.modules, file=sys.stderr)); "
-        "runpy.run_path('train.py', run_name='__main__')"
-    )
+        f"runpy.run_path('{script}', run_name='__main__')"
+        for script in ("train.py", "eval.py", "predict.py", "export.py")
+    ]
     backbone_only = (
         "import sys, dense; dense.build_backbone('tiny14'); "
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'lightning', 'hydra', 'albumentations'}))"
     )
-    for code, expected in ((help_only, "False"), (backbone_only, "[]")):
+    for code, expected in [*((code, "False") for code in help_only), (backbone_only, "[]")]:
         result = subprocess.run(
             [sys.executable, "-c", code],
             cwd=ROOT,
@@ -185,5 +187,5 @@ def test_help_and_the_backbone_load_no_more_than_they_need():
             env=script_env(),
         )
         assert result.returncode == 0, result.stderr[-2000:]
-        said = (result.stderr if code is help_only else result.stdout).strip().splitlines()[-1]
-        assert said == expected, result.stderr[-2000:]
+        said = (result.stderr if code in help_only else result.stdout).strip().splitlines()[-1]
+        assert said == expected, (code, result.stderr[-2000:])

@@ -80,9 +80,9 @@ def test_float32_matmuls_are_left_alone_on_the_cpu(matmul_precision, monkeypatch
 
 
 def test_train_py_asks_for_the_resolved_precision(cuda, matmul_precision, monkeypatch, tmp_path):
-    """train.train passes the resolved precision to the Trainer: bf16-mixed on a (patched) bf16 GPU with
+    """dense.cli.train.train passes the resolved precision to the Trainer: bf16-mixed on a (patched) bf16 GPU with
     trainer=default, 32-true with the opt-out. The Trainer is stopped as it is made (no GPU to run on)."""
-    import train as train_script
+    from dense.cli import train as train_script
     from tests._tiny_run import compose_config
 
     made = []
@@ -109,7 +109,7 @@ def test_train_py_asks_for_the_resolved_precision(cuda, matmul_precision, monkey
 
 
 def test_eval_py_asks_for_the_resolved_precision(cuda, matmul_precision, monkeypatch, tmp_path, tiny_run):
-    import eval as eval_script
+    from dense.cli import evaluate as eval_script
     from tests._tiny_run import compose_config
 
     made = []

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 import dense
-import predict
+from dense.cli.predict import outputs
+from dense.cli.predict import run as predict
 from dense.constants import MEAN_FILL
 from dense.errors import ImageReadError
 from dense.io import list_images, read_image
@@ -117,7 +118,7 @@ def test_depth_scale_and_colorbar(tmp_path, tiny_checkpoints):
     assert np.abs(png / 256.0 - expected).max() <= 0.5 / 256 + 1e-6
     assert not (out / "a.npy").exists()
     assert np.asarray(Image.open(out / "a_color.png")).shape[1] > 28  # the bar beside the map
-    assert sorted(p.name for p in out.iterdir()) == [predict.RECORD, "a_color.png", "a_depth_x256.png"]
+    assert sorted(p.name for p in out.iterdir()) == [outputs.RECORD, "a_color.png", "a_depth_x256.png"]
     assert predict.predict(predict_config(*args, "colorbar=false")) == 0
     assert np.asarray(Image.open(out / "a_color.png")).shape == (28, 28, 3)  # colorbar=false: the map alone
 
@@ -254,8 +255,8 @@ def test_folder_with_bad_and_odd_images_from_the_command_line(tmp_path, tiny_che
         assert (out / f"{stem}_color.png").is_file() and (out / f"{stem}_overlay.png").is_file()
     results = sorted(f"{stem}{suffix}" for stem in sizes for suffix in (".png", "_color.png", "_overlay.png"))
     run_files = ["legend.png", "classes.json"]  # once per run: the class colours and names
-    assert sorted(p.name for p in out.iterdir()) == sorted([*results, *run_files, predict.RECORD])
-    assert sorted(json.loads((out / predict.RECORD).read_text())["files"]) == sorted(
+    assert sorted(p.name for p in out.iterdir()) == sorted([*results, *run_files, outputs.RECORD])
+    assert sorted(json.loads((out / outputs.RECORD).read_text())["files"]) == sorted(
         [*results, *run_files]
     )  # what a rerun may replace
     assert not (tmp_path / "outputs").exists()  # Hydra writes no run folder for predict.py

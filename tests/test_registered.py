@@ -131,8 +131,8 @@ def test_user_head_from_the_python_api(user_module):
 
 
 def test_user_head_through_train_and_eval(user_module, tmp_path, capsys, monkeypatch):
-    import eval as eval_script
-    import train as train_script
+    from dense.cli import evaluate as eval_script
+    from dense.cli import train as train_script
     from tests._tiny_run import QUIET_TINY_RUN, SCENES_28
 
     out = tmp_path / "run"
@@ -189,7 +189,7 @@ def test_user_head_through_train_and_eval(user_module, tmp_path, capsys, monkeyp
     ],
 )
 def test_imports_errors_are_one_line(imports, fragment, tmp_path, monkeypatch, capsys):
-    import predict as predict_script
+    from dense.cli.predict import run as predict_script
 
     (tmp_path / "broken_user_module.py").write_text("1 / 0\n")
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -17,11 +17,11 @@ import torch
 from PIL import Image
 
 import dense
-import eval as eval_script
-import predict as predict_script
+from dense.cli import evaluate as eval_script
+from dense.cli.predict import run as predict_script
 from dense.data import datamodule_from_config
-from dense.errors import BadInputError, DatasetError, WeightsError
-from dense.export import ExportError, to_onnx
+from dense.errors import BadInputError, DatasetError, ExportError, WeightsError
+from dense.export import to_onnx
 from dense.losses import ScaleShiftInvariantLoss
 from dense.metrics import DEPTH_METRIC_NAMES, DepthMetrics, align_least_squares
 from tests._fixtures_data import pattern_image, save_rgb

@@ -25,7 +25,7 @@ from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
 import dense
-import predict
+from dense.cli.predict import run as predict
 from dense.mask_loss import MaskClassificationLoss, point_sample, to_frame
 from dense.mask_predictions import MaskPredictions, semantic_scores
 from dense.metrics import SegMetrics

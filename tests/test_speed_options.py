@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 import dense
-import eval as eval_script
-import predict as predict_script
+from dense.cli import evaluate as eval_script
+from dense.cli.predict import model as predict_model
+from dense.cli.predict import run as predict_script
 from dense.config import apply_speed_options, compile_mode
 from dense.errors import DenseError
 from dense.features import FeatureMaps
@@ -236,9 +237,9 @@ def test_predict_applies_bf16_and_compile(tmp_path, compile_calls, monkeypatch):
         tmp_path / "a.png"
     )
     built = []
-    apply = predict_script.apply_speed_options
+    apply = predict_model.apply_speed_options
     monkeypatch.setattr(
-        predict_script, "apply_speed_options", lambda model, **kw: built.append(model) or apply(model, **kw)
+        predict_model, "apply_speed_options", lambda model, **kw: built.append(model) or apply(model, **kw)
     )
     cfg = predict_config(
         "backbone=tiny14",

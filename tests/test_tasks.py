@@ -308,13 +308,13 @@ def test_divergence_is_reported_before_validation_and_at_max_steps(tmp_path):
 
 
 def test_train_py_prints_the_divergence_as_one_line(tmp_path, capsys):
-    from dense import _cli
+    from dense.cli import runner
 
     task, datamodule = _depth_task()
     run = trainer(tmp_path, max_steps=2, limit_val_batches=0, log_every_n_steps=1, callbacks=[PoisonHead(0)])
     with pytest.raises(SystemExit) as stop:
-        _cli.run(lambda cfg: run.fit(task, datamodule=datamodule), None)
-    assert stop.value.code == _cli.EXIT_TRAINING_FAILED == 3  # a run that failed, not a config mistake (2)
+        runner.run(lambda cfg: run.fit(task, datamodule=datamodule), None)
+    assert stop.value.code == runner.EXIT_TRAINING_FAILED == 3  # a run that failed, not a config mistake (2)
     err = capsys.readouterr().err.strip()
     assert err == (
         "error: training diverged: the loss became NaN or inf at or before step 1; "

@@ -1,6 +1,6 @@
 """train.py and eval.py end to end: the smoke run, learning, exact resume, checkpoints, DDP, config mistakes.
 
-Small runs go through `train.train(cfg)` in-process (configs composed from the real configs/ folder);
+Small runs go through `dense.cli.train.train(cfg)` in-process (configs composed from the real configs/ folder);
 the smoke run, DDP and the command-line error paths run the scripts as users do.
 """
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import dense
-import eval as eval_script
+from dense.cli import evaluate as eval_script
 from tests._tiny_run import (
     LEARNING_DEPTH,
     LEARNING_RUN,
@@ -170,8 +170,8 @@ def test_eval_predict_and_export_take_best_and_last(tiny_run, tmp_path, monkeypa
     """Both checkpoints of the tiny run come from its one validation (step 4): the same model."""
     from PIL import Image
 
-    import export as export_script
-    import predict
+    from dense.cli import export as export_script
+    from dense.cli.predict import run as predict
 
     image = tmp_path / "room.png"
     Image.fromarray((torch.rand(30, 44, 3) * 255).to(torch.uint8).numpy()).save(image)

@@ -23,8 +23,8 @@ import pytest
 import torch
 
 import dense
-import eval as eval_script
 from dense.checkpoint import MODEL_KEY, load_model
+from dense.cli import evaluate as eval_script
 from dense.errors import WeightsError
 from dense.tasks import RunCheckpointIO
 from dense.weights_file import load_weights_file
@@ -528,8 +528,8 @@ def test_resume_with_other_settings_warns(finished_run, tmp_path):
 def test_an_identical_resume_warns_of_nothing_and_a_changed_option_of_itself(finished_run):
     """The run's own configuration again: no warning (main warned `head.options '<a dict of 0>' → a dict
     of 0` about the empty options section); a head option added: that option, named."""
-    import train as train_script
-    from dense import _cli
+    from dense.cli import runner
+    from dense.cli import train as train_script
 
     ckpt = finished_run / "checkpoints" / "last.ckpt"
     checkpoint = torch.load(ckpt, weights_only=True)
@@ -541,7 +541,7 @@ def test_an_identical_resume_warns_of_nothing_and_a_changed_option_of_itself(fin
         )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            train_script.warn_about_resume_changes(checkpoint, _cli.plain(cfg), model)
+            train_script.warn_about_resume_changes(checkpoint, runner.plain(cfg), model)
         return [str(w.message) for w in caught]
 
     assert warned() == []
@@ -642,7 +642,7 @@ def test_crafted_config_values_in_a_resumed_checkpoint_give_one_line(finished_ru
 
 
 def test_one_line_errors_show_control_characters_escaped():
-    from dense._cli import one_line as cli_one_line
+    from dense.cli.runner import one_line as cli_one_line
 
     line = cli_one_line(ValueError("evil\x1b[2K\x1b[32mok\nsecond"))
     assert "\x1b" not in line and "\\x1b[2K" in line and "\n" not in line

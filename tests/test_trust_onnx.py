@@ -22,8 +22,9 @@ import pytest
 from onnx import helper
 from PIL import Image
 
-import predict
 from dense import export
+from dense.cli.predict import outputs
+from dense.cli.predict import run as predict
 from tests import _crafted_onnx as crafted
 from tests._crafted_onnx import BOOL, FLOAT, constant, conv_to, depending_on, metadata, model_file, valid_file
 from tests._fixtures_data import rgb
@@ -190,7 +191,7 @@ def run_predict(model: Path, images: Path, out: Path, capsys, *options: str) -> 
 
 
 def recorded(out: Path) -> set[str]:
-    return set(json.loads((out / predict.RECORD).read_text())["files"])
+    return set(json.loads((out / outputs.RECORD).read_text())["files"])
 
 
 def _with_side(side_nodes, side_weights, side: str):

@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 
 import dense
-import predict
+from dense.cli.predict import outputs, writers
+from dense.cli.predict import run as predict
 from dense.data.readers import read_rgb
 from dense.errors import DenseError, ImageReadError
 from dense.io import read_image
@@ -52,7 +53,7 @@ def one_line_error(status: int, err: str) -> str:
 
 
 def recorded(out: Path) -> list[str]:
-    return sorted(json.loads((out / predict.RECORD).read_text())["files"])
+    return sorted(json.loads((out / outputs.RECORD).read_text())["files"])
 
 
 # --------------------------------------------------------------------------- one result per input
@@ -85,7 +86,7 @@ def test_inputs_whose_results_would_share_a_name_get_distinct_names(tmp_path, ti
         assert np.asarray(Image.open(out / f"{stem}_depth_mm.png")).dtype == np.uint16
         assert np.asarray(Image.open(out / f"{stem}_color.png")).shape[2] == 3  # a colour picture
     written = sorted(f"{stem}{suffix}" for stem in stems.values() for suffix in DEPTH_FILES)
-    assert sorted(p.name for p in out.iterdir()) == sorted([*written, *DEPTH_RUN_FILES, predict.RECORD])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*written, *DEPTH_RUN_FILES, outputs.RECORD])
     assert recorded(out) == sorted([*written, *DEPTH_RUN_FILES])
     assert "the results of c_jpg.png are named c_jpg_1.* (c_jpg_color.png is c.jpg's result)" in err
     assert "x_color.png are named" not in err
@@ -139,7 +140,7 @@ def test_files_predict_did_not_write_are_never_replaced(tmp_path, tiny_checkpoin
     assert recorded(folder) == ours
 
     np.save(folder / "a_1.npy", np.zeros((1, 1), np.float32))  # an earlier result, as predict.py left it...
-    predict.write_record(folder, set(ours))  # ... (its record says so)
+    outputs.write_record(folder, set(ours))  # ... (its record says so)
     status, stdout, err = run(capsys, *common)
     assert status == 0, err
     assert (
@@ -150,7 +151,7 @@ def test_files_predict_did_not_write_are_never_replaced(tmp_path, tiny_checkpoin
         np.load(folder / "a_1.npy"), expected_depth(tiny_checkpoints["depth"], folder / "a.jpg"), atol=1e-5
     )  # replaced: it was predict.py's own, unchanged since
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["a.jpg", "a.npy", "b.png", "b_color.png", *ours, predict.RECORD]
+        ["a.jpg", "a.npy", "b.png", "b_color.png", *ours, outputs.RECORD]
     )
     assert np.array_equal(np.load(folder / "a.npy"), user_npy)
 
@@ -173,8 +174,8 @@ def test_a_record_naming_a_file_predict_did_not_leave_there_does_not_make_it_rep
     mine = folder / "x.npy"
     np.save(mine, np.zeros((2, 2)))
     before = mine.read_bytes()
-    record = {"format": predict.RECORD_FORMAT, "files": {"x.npy": [mine.stat().st_size, 0, 1]}}
-    (folder / predict.RECORD).write_text(json.dumps(record))
+    record = {"format": outputs.RECORD_FORMAT, "files": {"x.npy": [mine.stat().st_size, 0, 1]}}
+    (folder / outputs.RECORD).write_text(json.dumps(record))
     status, _, err = run(capsys, f"ckpt={tiny_checkpoints['depth']}", f"input={folder}", f"output={folder}")
     assert status == 0, err
     assert mine.read_bytes() == before
@@ -201,8 +202,8 @@ def test_a_crafted_record_only_names_plain_files_in_its_folder(tmp_path, tiny_ch
         "a_depth_mm.png",
         "a.npy",
     ]
-    record = {"format": predict.RECORD_FORMAT, "files": {name: [7, 0, 0] for name in names}}
-    (out / predict.RECORD).write_text(json.dumps(record))
+    record = {"format": outputs.RECORD_FORMAT, "files": {name: [7, 0, 0] for name in names}}
+    (out / outputs.RECORD).write_text(json.dumps(record))
     status, _, err = run(capsys, f"ckpt={tiny_checkpoints['depth']}", f"input={images}", f"output={out}")
     assert status == 0, err
     assert "ignored 5 entries" in err
@@ -215,11 +216,11 @@ def test_a_crafted_record_only_names_plain_files_in_its_folder(tmp_path, tiny_ch
     assert recorded(out) == sorted([*(f"a_1{suffix}" for suffix in DEPTH_FILES), *DEPTH_RUN_FILES])
 
     for text in ("not json", json.dumps({"files": ["a_1.png"]}), json.dumps(["a_1.png"]), "[" * 100_000):
-        (out / predict.RECORD).write_text(text)
+        (out / outputs.RECORD).write_text(text)
         status, _, err = run(capsys, f"ckpt={tiny_checkpoints['depth']}", f"input={images}", f"output={out}")
         assert "is not predict.py's record" in one_line_error(status, err)
-    (out / predict.RECORD).unlink()
-    (out / predict.RECORD).symlink_to(outside)
+    (out / outputs.RECORD).unlink()
+    (out / outputs.RECORD).symlink_to(outside)
     status, _, err = run(capsys, f"ckpt={tiny_checkpoints['depth']}", f"input={images}", f"output={out}")
     assert "is not a plain file" in one_line_error(status, err)
     assert outside.read_bytes() == b"keep me"
@@ -259,7 +260,7 @@ def test_a_full_disk_stops_the_run_and_says_how_many_were_written(
     images.mkdir()
     for i in range(3):
         Image.fromarray(rgb(28, 28, seed=i)).save(images / f"img{i}.png")
-    real_save_npy = predict.save_npy
+    real_save_npy = writers.save_npy
     calls = []
 
     def save_npy_until_full(array, path):
@@ -268,7 +269,7 @@ def test_a_full_disk_stops_the_run_and_says_how_many_were_written(
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         real_save_npy(array, path)
 
-    monkeypatch.setattr(predict, "save_npy", save_npy_until_full)
+    monkeypatch.setattr(writers, "save_npy", save_npy_until_full)
     status, stdout, err = run(capsys, f"ckpt={tiny_checkpoints['depth']}", f"input={images}", f"output={out}")
     assert status == predict.EXIT_SKIPPED, err
     assert "Traceback" not in err
@@ -278,7 +279,7 @@ def test_a_full_disk_stops_the_run_and_says_how_many_were_written(
     )
     assert "wrote depth results for 1 of 3 images" in stdout
     first = sorted([*(f"img0{suffix}" for suffix in DEPTH_FILES), *DEPTH_RUN_FILES])
-    assert sorted(p.name for p in out.iterdir()) == sorted([*first, predict.RECORD])  # none of img1's files
+    assert sorted(p.name for p in out.iterdir()) == sorted([*first, outputs.RECORD])  # none of img1's files
     assert recorded(out) == first
     assert len(calls) == 2  # img2 was not tried
 
@@ -296,7 +297,7 @@ def test_result_names_too_long_for_the_disk_skip_that_image(tmp_path, tiny_check
     assert f"{long_name}: its result file names are too long for the disk; rename it" in err
     assert "wrote depth results for 1 of 2 images" in stdout
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [predict.RECORD, *(f"b{suffix}" for suffix in DEPTH_FILES), *DEPTH_RUN_FILES]
+        [outputs.RECORD, *(f"b{suffix}" for suffix in DEPTH_FILES), *DEPTH_RUN_FILES]
     )
 
 

@@ -21,9 +21,10 @@ import pytest
 import torch
 from PIL import Image
 
-import predict
-import train as train_script
 from dense.cache import CachedFeatures, CacheEntryWarning
+from dense.cli import train as train_script
+from dense.cli.predict import outputs
+from dense.cli.predict import run as predict
 from dense.data import SyntheticScenes
 from dense.model import build_model
 from tests._fixtures_data import rgb
@@ -82,8 +83,8 @@ def test_predict_killed_by_sigkill_then_rerun_replaces_exactly_its_own_files(
     assert predict.predict(config) == 0
     assert "are named" not in capsys.readouterr().err  # no input's results moved to another name
     assert results(out) == expected
-    assert sorted(json.loads((out / predict.RECORD).read_text())["files"]) == expected
-    assert not (out / predict.JOURNAL).exists()  # folded into the record
+    assert sorted(json.loads((out / outputs.RECORD).read_text())["files"]) == expected
+    assert not (out / outputs.JOURNAL).exists()  # folded into the record
 
 
 def test_a_crafted_journal_claims_no_file_of_the_user(tmp_path, tiny_checkpoints, capsys):
@@ -100,17 +101,17 @@ def test_a_crafted_journal_claims_no_file_of_the_user(tmp_path, tiny_checkpoints
         json.dumps({"name": "../elsewhere.png", "identity": [1, 2, 3]}),
         "{not json",
     ]
-    (out / predict.JOURNAL).write_text("\n".join(lines) + "\n")
+    (out / outputs.JOURNAL).write_text("\n".join(lines) + "\n")
     config = predict_config(f"ckpt={tiny_checkpoints['depth']}", f"input={images}", f"output={out}")
     assert predict.predict(config) == 0
     assert mine.read_bytes() == b"the user's own file" and (out / "a_1.npy").is_file()
     assert "ignored 2 entries" in capsys.readouterr().err
 
-    (out / predict.JOURNAL).symlink_to(tmp_path / "elsewhere")
+    (out / outputs.JOURNAL).symlink_to(tmp_path / "elsewhere")
     with pytest.raises(SystemExit) as stop:
         predict.predict(config)
     err = capsys.readouterr().err.strip()
-    assert stop.value.code == 2 and predict.JOURNAL in err and "is not a plain file" in err
+    assert stop.value.code == 2 and outputs.JOURNAL in err and "is not a plain file" in err
 
 
 # ---- a second fresh train.py run into a run's folder -------------------------------------------------------

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 import dense
-import export as export_script
-import predict
 from dense.checkpoint import MODEL_KEY, load_model
+from dense.cli import export as export_script
+from dense.cli.predict import run as predict
 from dense.errors import WeightsError
 from tests._tiny_run import TINY_RUN, compose_config, predict_config, train_in_process
 

@@ -13,13 +13,9 @@ import importlib
 import re
 from collections.abc import Sequence
 
-from dense.errors import DenseError
+from dense.errors import ImportsError
 
 MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-
-
-class ImportsError(DenseError, ValueError):
-    """A module named in imports=[...] that cannot be imported."""
 
 
 def import_modules(names) -> list[str]:

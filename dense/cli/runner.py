@@ -1,4 +1,5 @@
-"""Helpers shared by the entry scripts (train.py, eval.py): one-line errors, plain configs, set-up.
+"""What the entry scripts share (train.py, eval.py, predict.py, export.py): one-line errors, plain configs,
+set-up.
 
 A user who mistypes an option should read one line that names it, not a traceback from deep inside
 Lightning. The scripts therefore run in two phases:
@@ -24,13 +25,13 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from dense.errors import (  # ConfigError: used by the entry scripts as _cli.ConfigError
+from dense.errors import (  # ConfigError: used by dense.cli as runner.ConfigError
     ConfigError,
     DenseError,
     TrainingFailedError,
 )
 from dense.host_memory import keep_large_allocations
-from dense.plain import flatten, plain  # noqa: F401  (the entry scripts use them as _cli.flatten, _cli.plain)
+from dense.plain import flatten, plain  # noqa: F401  (dense.cli uses them as runner.flatten, runner.plain)
 
 EXIT_USAGE = 2
 EXIT_TRAINING_FAILED = 3  # the run started but cannot succeed (diverged, dead head): see TrainingFailedError
@@ -46,26 +47,21 @@ def set_root_dir(script: str) -> None:
 def main(hydra_main: Callable[[], Any], script: str) -> None:
     """Run an entry script's Hydra main, refusing first, in one line, a config-group option or a key
     that does not exist (Hydra's own messages for them span several lines), and with glibc keeping the
-    memory of large tensors (dense.host_memory)."""
-    if script not in _checked_scripts:
-        check_arguments(script)
+    memory of large tensors (dense.host_memory). The scripts import their dense.cli module (torch, for
+    predict.py and export.py) inside their Hydra main, so this answers before any of it is loaded."""
+    check_arguments(script)
     keep_large_allocations()  # CPU steps reuse the pages of large tensors: see dense/host_memory.py
     hydra_main()
-
-
-# Scripts whose command line check_arguments has answered already (predict.py calls it before its imports).
-_checked_scripts: set[str] = set()
 
 
 def check_arguments(script: str) -> None:
     """`--help`, and the command-line mistakes found without building anything (an unknown group
     option or key, a run folder holding links): answered in a second or two, since nothing here
-    imports torch. An entry script with heavy imports at its top calls this before them."""
-    _checked_scripts.add(script)
+    imports torch."""
     script_path = Path(script).resolve()
     config_dir = script_path.parent / "configs"
     if any(a in ("--help", "-h") for a in sys.argv[1:]):
-        from dense._help import help_text
+        from dense.cli.help import help_text
 
         doc = sys.modules["__main__"].__doc__ or ""
         overrides = [a for a in sys.argv[1:] if not a.startswith("-")]
@@ -127,7 +123,7 @@ def check_group_choices(config_dir: Path, config_name: str, overrides: list[str]
     """`group=option` overrides (e.g. `head=depht`) whose option file does not exist, or of a group the
     script does not use (`predict.py trainer=cpu`) → one line, exit 2. Multirun lists
     (`backbone=vits14,vitb14`) are checked item by item."""
-    from dense._help import compose
+    from dense.cli.help import compose
 
     used = None
     for override in overrides:
