@@ -4,7 +4,7 @@ The public names below are imported on first use (PEP 562), not by `import dense
 `--help` and configuration errors then come before torch's start-up, and
 `dense.build_backbone(...)` loads the backbone code alone, never Lightning, Hydra or albumentations
 (the training stack comes with `dense.data` and `dense.tasks`). The backbone registry imports
-dense.dinov3_specs, where the DINOv3 variants register themselves, at its first lookup.
+dense.backbones.dinov3.specs, where the DINOv3 variants register themselves, at its first lookup.
 """
 
 from __future__ import annotations
@@ -13,30 +13,30 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # what the names are, for readers and type checkers; nothing is imported at run time
-    import dense.dinov3_specs  # noqa: F401
-    from dense.backbone import BACKBONES, OFFICIAL_NAMES, build_backbone, list_backbones, register_backbone
+    import dense.backbones.dinov3.specs  # noqa: F401
+    from dense.backbones import BACKBONES, OFFICIAL_NAMES, build_backbone, list_backbones, register_backbone
     from dense.checkpoint import load_model
+    from dense.core.errors import DenseError, WeightsError
+    from dense.core.features import FeatureMaps, LayerSet
     from dense.data.registry import list_datasets, register_dataset
-    from dense.errors import DenseError, WeightsError
-    from dense.features import FeatureMaps, LayerSet
     from dense.model import DenseModel
     from dense.multi_head import MultiHeadModel, build_model
     from heads.registry import list_heads, register_head
 
 # Public name → the module that defines it.
 _PUBLIC = {
-    "BACKBONES": "dense.backbone",
-    "OFFICIAL_NAMES": "dense.backbone",
-    "build_backbone": "dense.backbone",
-    "list_backbones": "dense.backbone",
-    "register_backbone": "dense.backbone",
+    "BACKBONES": "dense.backbones",
+    "OFFICIAL_NAMES": "dense.backbones",
+    "build_backbone": "dense.backbones",
+    "list_backbones": "dense.backbones",
+    "register_backbone": "dense.backbones",
     "load_model": "dense.checkpoint",
     "list_datasets": "dense.data",  # the package: every built-in dataset registers on its import
     "register_dataset": "dense.data",
-    "DenseError": "dense.errors",
-    "WeightsError": "dense.errors",
-    "FeatureMaps": "dense.features",
-    "LayerSet": "dense.features",
+    "DenseError": "dense.core.errors",
+    "WeightsError": "dense.core.errors",
+    "FeatureMaps": "dense.core.features",
+    "LayerSet": "dense.core.features",
     "DenseModel": "dense.model",
     "MultiHeadModel": "dense.multi_head",
     "build_model": "dense.multi_head",  # one head (dense.model.build_model) or several (heads={...})
@@ -72,7 +72,7 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(_PUBLIC[name]), name)
         globals()[name] = value  # later look-ups skip this function
         return value
-    try:  # a submodule used as an attribute (dense.viz, dense.model.MS_SCALES) after a bare `import dense`
+    try:  # a submodule as an attribute (dense.metrics, dense.model.MS_SCALES) after a bare `import dense`
         return importlib.import_module(f"{__name__}.{name}")
     except ModuleNotFoundError as error:
         if error.name != f"{__name__}.{name}":

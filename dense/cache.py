@@ -65,11 +65,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from dense.constants import IMAGENET_MEAN, IMAGENET_STD
-from dense.errors import CacheError
-from dense.features import FeatureMaps
-from dense.hashing import file_sha256, tensor_bytes, tensors_sha256
-from dense.io import read_npy_header
+from dense.core.constants import IMAGENET_MEAN, IMAGENET_STD
+from dense.core.errors import CacheError
+from dense.core.features import FeatureMaps
+from dense.core.hashing import file_sha256, tensor_bytes, tensors_sha256
+from dense.core.io import read_npy_header
 from dense.model import DenseModel, center_padding
 
 VIEWS = ("original", "hflip")

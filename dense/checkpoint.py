@@ -18,13 +18,13 @@ import os
 import torch
 
 import heads
-from dense.backbone import BACKBONES
-from dense.errors import WeightsError, WriteError, shown
-from dense.hashing import file_sha256
+from dense.backbones import BACKBONES
+from dense.core.errors import WeightsError, WriteError, shown
+from dense.core.hashing import file_sha256
+from dense.core.plain import plain_value_problem
+from dense.core.weights_file import load_weights_file, tensor_problem
 from dense.model import DenseModel, build_model
 from dense.multi_head import SHARED_KEYS, MultiHeadModel, check_head_names, part_configs
-from dense.plain import plain_value_problem
-from dense.weights_file import load_weights_file, tensor_problem
 
 MODEL_KEY = "dense_model"
 BACKBONE_PREFIX = "model.backbone."
@@ -256,7 +256,7 @@ def multi_from_checkpoint(checkpoint: dict, where: str, backbone_weights=None) -
     """model_from_checkpoint for a multi-head checkpoint: the heads' tensors (`model.heads.<name>.*`)
     are checked against skeletons built on the meta device, then one backbone is built and each head
     assembled on it and loaded."""
-    from dense.backbone import build_backbone, get_spec
+    from dense.backbones import build_backbone, get_spec
     from dense.model import assemble, plan_head
 
     config, state = checkpoint[MODEL_KEY], checkpoint["state_dict"]
@@ -352,7 +352,7 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
     """torch.save through a temporary file renamed into place (fsync'd first): a crash never leaves
     half a checkpoint under the final name. A write that fails (a full disk, a file size limit) is a
     one-line WriteError, and the temporary file is removed."""
-    from dense.io import atomic_path
+    from dense.core.io import atomic_path
 
     try:
         with atomic_path(path) as tmp:

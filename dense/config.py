@@ -12,10 +12,10 @@ from collections.abc import Mapping
 
 import torch
 
+from dense.core.plain import plain
 from dense.model import DenseModel, build_model
 from dense.multi_head import MultiHeadModel, check_head_names
 from dense.multi_head import build_model as build_multi_model
-from dense.plain import plain
 
 BACKBONE_KEYS = {"name", "pretrained", "weights"}
 HEAD_KEYS = {

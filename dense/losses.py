@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dense.constants import IGNORE_INDEX
-from dense.errors import BadInputError
+from dense.core.constants import IGNORE_INDEX
+from dense.core.errors import BadInputError
 
 # ----------------------------------------------------------------------------------------------------
 # Input checks shared by the losses and the metrics (dense/metrics.py imports these).

@@ -14,8 +14,8 @@ import math
 import torch
 from torchmetrics import Metric
 
-from dense.constants import IGNORE_INDEX
-from dense.errors import BadInputError
+from dense.core.constants import IGNORE_INDEX
+from dense.core.errors import BadInputError
 from dense.losses import as_label_map, check_finite, check_labels
 
 DEPTH_METRIC_NAMES = ("a1", "a2", "a3", "abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog")

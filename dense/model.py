@@ -11,7 +11,7 @@
       → resize to the padded size, crop the padding away → B×1×H×W metres | B×K×H×W logits
         (a mask-classification head, seg_mask: its mask logits are resized and cropped, then combined
         with its class logits into Mask2Former's class scores B×K×H×W; in training the loss gets the
-        per-layer class and mask logits instead, dense/mask_predictions.py)
+        per-layer class and mask logits instead, dense/core/mask_predictions.py)
 
 The clamp follows upstream (dinov2/eval/depth/models/depther/encoder_decoder.py): `encode_decode`,
 the inference path, clamps; `forward_train` hands the losses the raw head output, so a DPT head
@@ -32,14 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import dense.dinov3_specs  # noqa: F401  (the DINOv3 variants register themselves)
+import dense.backbones.dinov3.specs  # noqa: F401  (the DINOv3 variants register themselves)
 import heads
-from dense.backbone import IMAGENET_MEAN, IMAGENET_STD, build_backbone, get_spec
-from dense.errors import DenseError, shown
-from dense.features import FeatureMaps
-from dense.mask_predictions import MaskPredictions
-from dense.ops import imagenet_normalised, normalisation_table, normalise_levels, resize
-from dense.weights_file import load_weights_file
+from dense.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone, get_spec
+from dense.core.errors import DenseError, shown
+from dense.core.features import FeatureMaps
+from dense.core.mask_predictions import MaskPredictions
+from dense.core.ops import imagenet_normalised, normalisation_table, normalise_levels, resize
+from dense.core.weights_file import load_weights_file
 
 DEFAULT_DEPTH_RANGE = (1e-3, 10.0)
 # What a depth model predicts: "metric" depth in metres, or "relative" disparity (larger = nearer) up to

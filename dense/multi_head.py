@@ -26,9 +26,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from dense.backbone import build_backbone, get_spec
-from dense.errors import DenseError
-from dense.features import FeatureMaps
+from dense.backbones import build_backbone, get_spec
+from dense.core.errors import DenseError
+from dense.core.features import FeatureMaps
 from dense.model import DenseModel, assemble, load_head_weights, plan_head, to_maps
 from dense.model import build_model as build_single_head_model
 

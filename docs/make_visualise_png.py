@@ -25,9 +25,9 @@ from matplotlib.patches import Patch
 from PIL import Image
 
 import dense
-from dense import viz
 from dense.data import SYNTHETIC_CLASSES, SyntheticScenes
 from dense.data.transforms import normalize_image
+from dense.tools import viz
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "outputs" / "docs"

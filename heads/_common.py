@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dense.features import FeatureMaps
+from dense.core.features import FeatureMaps
 
 
 def check_features(

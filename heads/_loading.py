@@ -13,8 +13,8 @@ from collections.abc import Mapping
 import torch
 import torch.nn as nn
 
-from dense.errors import WeightsError
-from dense.weights_file import check_state_dict, load_weights_file
+from dense.core.errors import WeightsError
+from dense.core.weights_file import check_state_dict, load_weights_file
 
 # Widths of the DINOv2 and DINOv3 ViTs (S, B, L shared); used only to put names on channel counts in messages.
 _BACKBONE_DIMS = {"ViT-S": 384, "ViT-B": 768, "ViT-L": 1024, "ViT-H+": 1280, "ViT-g": 1536, "ViT-7B": 4096}
@@ -32,7 +32,7 @@ def load_released_head(
 
     Accepts {"state_dict": {...}} (mmcv, Lightning) or a bare state dict. Keys under `prefix` are taken
     with the prefix stripped (other keys, e.g. a backbone's, are ignored); without any such key, the
-    state dict is used as it is. Raises dense.errors.WeightsError with a one-line reason.
+    state dict is used as it is. Raises dense.core.errors.WeightsError with a one-line reason.
     name: the file a mapping was read from, so that errors name it (default: the path, or
     "the given state dict").
     """

@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dense.features import FeatureMaps, LayerSet
+from dense.core.features import FeatureMaps, LayerSet
 from heads._common import check_features, pointwise_with_global
 from heads.registry import register_head
 

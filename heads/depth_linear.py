@@ -25,8 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dense.features import FeatureMaps, LayerSet
-from dense.ops import resize
+from dense.core.features import FeatureMaps, LayerSet
+from dense.core.ops import resize
 from heads._common import check_features, pointwise_with_global
 from heads.registry import register_head
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch.nn as nn
 
-from dense.features import LayerSet
-from dense.registry import Registry
+from dense.core.features import LayerSet
+from dense.core.registry import Registry
 
 TASKS = ("depth", "segmentation")
 # Options under a former name: a config (or checkpoint) written with the old name still builds.

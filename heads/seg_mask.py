@@ -13,7 +13,7 @@ frozen DINOv3 encoder, 58.5 ADE20K mIoU with ViT-L/16 at 512²) with Mask2Former
         (3-layer MLP); the patch tokens upsampled 2^upscale × (ConvTranspose 2×2, GELU, depthwise 3×3,
         LayerNorm per step); mask logits = mask embedding · upsampled pixel embedding, B×Q×(h·2^u)×(w·2^u)
 
-forward returns MaskPredictions (dense/mask_predictions.py). In training: one prediction before every
+forward returns MaskPredictions (dense/core/mask_predictions.py). In training: one prediction before every
 block and one after the last (num_blocks + 1), for the deep supervision of the loss
 (dense/mask_loss.py); in eval mode: the final prediction only. DenseModel turns the final one into
 Mask2Former's semantic scores B×K×H×W (softmax over classes without "no object" × sigmoid masks,
@@ -39,9 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dense.features import FeatureMaps, LayerSet
-from dense.mask_predictions import MaskPredictions
-from dense.ops import RopePositionEmbedding, rotate_patch_tokens
+from dense.core.features import FeatureMaps, LayerSet
+from dense.core.mask_predictions import MaskPredictions
+from dense.core.ops import RopePositionEmbedding, rotate_patch_tokens
 from heads._common import check_features
 from heads.registry import register_head
 
@@ -119,7 +119,7 @@ class MaskSegHead(nn.Module):
     """
 
     # How DenseModel's inference averages this head's outputs: Mask2Former's scores, as they are
-    # (the linear heads' "logits" are softmaxed first). dense/mask_predictions.py says why.
+    # (the linear heads' "logits" are softmaxed first). dense/core/mask_predictions.py says why.
     seg_output = "scores"
 
     def __init__(

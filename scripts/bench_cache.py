@@ -19,7 +19,7 @@ from hydra import compose, initialize_config_dir
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from dense.cli import train as train_script  # noqa: E402
-from dense.host_memory import keep_large_allocations  # noqa: E402
+from dense.core.host_memory import keep_large_allocations  # noqa: E402
 
 
 class EpochTimer(L.Callback):

@@ -29,9 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import heads  # noqa: E402
-from dense.backbone import get_spec  # noqa: E402
+from dense.backbones import get_spec  # noqa: E402
+from dense.core.plain import plain  # noqa: E402
 from dense.model import DenseModel, build_model  # noqa: E402
-from dense.plain import plain  # noqa: E402
 
 BACKBONES = ("vits14", "vitb14", "vitl14", "vitg14")
 NUM_CLASSES = 150

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from dense import export
+from dense.tools import export
 
 FLOAT, UINT8, BOOL = TensorProto.FLOAT, TensorProto.UINT8, TensorProto.BOOL
 ANY_SIZE = ("B", 3, "H", "W")

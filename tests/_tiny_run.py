@@ -18,8 +18,8 @@ from hydra import compose, initialize_config_dir
 import dense
 from dense.checkpoint import BACKBONE_PREFIX, HEAD_PREFIX, MODEL_KEY
 from dense.cli import train as train_script
+from dense.core.io import read_image
 from dense.data.transforms import image_tensor
-from dense.io import read_image
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"

@@ -20,8 +20,8 @@ import torch
 from timm.models.vision_transformer import checkpoint_filter_fn
 
 import dense
-from dense.backbone import OFFICIAL_NAMES, build_backbone, get_spec, hub_cache_path
-from dense.errors import WeightsError
+from dense.backbones import OFFICIAL_NAMES, build_backbone, get_spec, hub_cache_path
+from dense.core.errors import WeightsError
 from tests._random_weights import random_official_state_dict
 
 HERE = os.path.dirname(__file__)
@@ -242,7 +242,7 @@ def test_attributes_of_every_variant():
     [("dinov2_vitl14_reg", "vitl14_reg"), ("vitb14_reg4", "vitb14_reg"), ("DINOv2_ViTS14", "vits14")],
 )
 def test_upstream_names_are_accepted(alias, name):
-    assert dense.backbone.resolve_name(alias) == name
+    assert dense.backbones.resolve_name(alias) == name
 
 
 def test_unknown_name_lists_the_valid_ones():
@@ -399,12 +399,12 @@ def test_pretrained_uses_the_file_in_the_hub_cache(tmp_path, monkeypatch):
 
 def test_every_family_is_known_whichever_module_is_imported_first():
     """The DINOv3 variants register themselves in their own module; a caller that imports only
-    dense.backbone (not `import dense`) still finds them, in a fresh interpreter."""
+    dense.backbones (not `import dense`) still finds them, in a fresh interpreter."""
     import subprocess
     import sys
 
     code = (
-        "from dense.backbone import get_spec, list_backbones; "
+        "from dense.backbones import get_spec, list_backbones; "
         "print(get_spec('tiny16').name, 'vitl16' in list_backbones())"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from dense.backbone import get_spec
+from dense.backbones import get_spec
 from dense.bench import cli, loader, paths
 from dense.bench.case import WORKS
 from dense.bench.loop import OTHER, PHASES

@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import heads
-from dense.backbone import BACKBONES
+from dense.backbones import BACKBONES
 from tests import _tiny_run
 from tests._tiny_run import CONFIGS
 

@@ -10,14 +10,14 @@ from threadpoolctl import threadpool_info, threadpool_limits
 from torch.utils.data import DataLoader
 
 import dense.data.datamodule as datamodule_module
-from dense.constants import MEAN_FILL
+from dense.core.constants import MEAN_FILL
+from dense.core.errors import UnknownNameError
+from dense.core.ops import imagenet_normalised
 from dense.data import DATASETS, DatasetError, DenseDataModule, SyntheticScenes, pad_collate
 from dense.data.base import DenseDataset
 from dense.data.datamodule import default_num_workers, seed_worker
 from dense.data.sample import RawSample
 from dense.data.transforms import GammaBrightnessColor
-from dense.errors import UnknownNameError
-from dense.ops import imagenet_normalised
 from tests._fixtures_data import (
     pattern_image,
     write_ade20k,

@@ -5,10 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-from dense.constants import MEAN_FILL
+from dense.core.constants import MEAN_FILL
+from dense.core.ops import imagenet_normalised
 from dense.data import ADE20K, ADE20K_CLASSES, VOC_CLASSES, DatasetError, DenseDataModule, PascalVOC
 from dense.data.ade20k import reduce_zero_label
-from dense.ops import imagenet_normalised
 from tests._fixtures_data import write_ade20k, write_voc
 
 SMALL = {"crop_size": 48, "short_side": 40}  # the mmseg recipe at toy scale, to keep tests fast

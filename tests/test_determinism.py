@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from dense.weights_file import load_weights_file
+from dense.core.weights_file import load_weights_file
 from tests._tiny_run import QUIET_TINY_RUN, SCENES_28, start_script
 
 TINY = [

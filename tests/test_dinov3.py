@@ -24,16 +24,16 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from dense._vit_dinov3 import RopePositionEmbedding, rotate_patch_tokens
-from dense.backbone import BACKBONES, build_backbone, get_spec, resolve_name
-from dense.dinov3_specs import (
+from dense.backbones import BACKBONES, build_backbone, get_spec, resolve_name
+from dense.backbones.dinov3.specs import (
     DINOV3_ACCESS_URL,
     DINOV3_NAMES,
     OFFICIAL_DINOV3_NAMES,
     check_dinov3_compatible,
     dinov3_hub_cache_path,
 )
-from dense.errors import WeightsError
+from dense.backbones.dinov3.vit import RopePositionEmbedding, rotate_patch_tokens
+from dense.core.errors import WeightsError
 from tests._random_weights import official_shapes, seeded_state_dict
 
 HERE = os.path.dirname(__file__)
@@ -490,7 +490,7 @@ def test_pretrained_without_the_file_says_where_to_request_it(tmp_path, monkeypa
 def test_entry_scripts_early_check_says_where_to_request_the_file(tmp_path, monkeypatch):
     # train.py and predict.py check the official file before building anything (check_official_weights):
     # for DINOv3 that is the gated-download line at once, with no network request.
-    from dense.backbone import check_official_weights
+    from dense.backbones import check_official_weights
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
 

@@ -1,4 +1,4 @@
-"""dense.export, export.py and predict.py model=FILE.onnx: one dynamic graph equal to PyTorch.
+"""dense.tools.export, export.py and predict.py model=FILE.onnx: one dynamic graph equal to PyTorch.
 
 Exporting is slow (about 10 s of CPU for torch.export and 15 s more for the ONNX conversion of a tiny
 model), so each model is exported once and checked at many sizes. The default suite exports three:
@@ -19,10 +19,10 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 import heads
-from dense import export
 from dense.cli import export as export_script
 from dense.cli.predict import run as predict
 from dense.model import DenseModel, build_model
+from dense.tools import export
 from tests import _crafted_onnx as crafted
 from tests._fixtures_data import rgb
 from tests._tiny_run import ROOT, one_line_exit, write_checkpoint

@@ -27,10 +27,10 @@ from PIL import Image
 import dense
 from dense.cli import evaluate as eval_script
 from dense.cli.predict import run as predict_script
+from dense.core.ops import imagenet_normalised
 from dense.data import DenseDataModule, datamodule_from_config, pad_collate
 from dense.data.transforms import denormalize_image, eval_view, eval_view_size, normalize_image
 from dense.model import MS_SCALES
-from dense.ops import imagenet_normalised
 from dense.tasks import build_task
 from tests._fixtures_data import VOC_PALETTE, save_labels, save_rgb
 from tests._tiny_run import QUIET_TINY_RUN, compose_config, predict_config, train_in_process

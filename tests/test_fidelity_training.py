@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 import dense
 from dense.cache import forward_cached
+from dense.core.errors import BadInputError, DatasetError
 from dense.data import DenseDataModule
 from dense.data.kitti import KITTIEigen
 from dense.data.nyu import NYUDepthV2
@@ -32,7 +33,6 @@ from dense.data.transforms import (
     photometric_distortion,
 )
 from dense.data.voc import PascalVOC
-from dense.errors import BadInputError, DatasetError
 from dense.losses import DepthLoss, GradientLoss
 from dense.tasks import build_task
 from tests._fixtures_data import write_kitti, write_nyu_mat, write_voc

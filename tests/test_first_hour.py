@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 from PIL import Image
 
-from dense import backbone, bench, viz
+from dense import backbones, bench
 from dense.cli import evaluate as eval_script
 from dense.cli import help as cli_help
 from dense.cli import runner
@@ -26,6 +26,7 @@ from dense.cli.predict import model as predict_model
 from dense.cli.predict import run as predict
 from dense.data import SYNTHETIC_CLASSES
 from dense.progress import TimedProgressBar
+from dense.tools import viz
 from tests._fixtures_data import rgb
 from tests._tiny_run import (
     CONFIGS,
@@ -56,12 +57,12 @@ def offline(monkeypatch, tmp_path):
     def no_network(*args, **kwargs):
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
-    monkeypatch.setattr(backbone.urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(backbones.urllib.request, "urlopen", no_network)
     monkeypatch.setattr(
-        backbone.torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("a download started")
+        backbones.torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("a download started")
     )
     monkeypatch.setattr(
-        backbone.Dinov2Spec, "create", lambda self: pytest.fail(f"the {self.name} backbone was built")
+        backbones.Dinov2Spec, "create", lambda self: pytest.fail(f"the {self.name} backbone was built")
     )
 
 
@@ -97,16 +98,16 @@ def test_the_data_layout_is_checked_before_the_weights(offline, tmp_path, capsys
 
 def test_weights_in_the_hub_cache_need_no_network(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    spec = backbone.get_spec("vitg14")
+    spec = backbones.get_spec("vitg14")
     monkeypatch.setattr(
-        backbone.urllib.request, "urlopen", lambda *a, **k: pytest.fail("the network was asked")
+        backbones.urllib.request, "urlopen", lambda *a, **k: pytest.fail("the network was asked")
     )
     cached = tmp_path / "hub" / "checkpoints" / "dinov2_vitg14_pretrain.pth"
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"PK")
-    backbone.check_official_weights(spec)  # no error, no request
-    with pytest.raises(backbone.WeightsError, match="test variant"):
-        backbone.check_official_weights(backbone.get_spec("tiny14"))
+    backbones.check_official_weights(spec)  # no error, no request
+    with pytest.raises(backbones.WeightsError, match="test variant"):
+        backbones.check_official_weights(backbones.get_spec("tiny14"))
 
 
 def test_a_refused_run_leaves_no_run_folder(tmp_path):

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 import dense
-from dense.errors import WeightsError
-from dense.features import FeatureMaps, LayerSet
+from dense.core.errors import WeightsError
+from dense.core.features import FeatureMaps, LayerSet
 from heads import DPTDepthHead, LinearDepthHead, LinearSegHead, build_head, get_head_spec, load_released_head
 
 REFERENCE = Path(__file__).parent / "reference"
@@ -458,7 +458,7 @@ def test_wrong_seg_head_size_is_one_clear_line(tmp_path):
         (
             lambda: b"<html>404 Not Found</html>",
             "head.pth",
-        ),  # dense.errors words this one poorly (see report)
+        ),  # dense.core.errors words this one poorly (see report)
         (lambda: b"", "empty"),
         (None, "holds no state dict of tensors"),
     ],

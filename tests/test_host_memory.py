@@ -1,4 +1,5 @@
-"""dense.host_memory: the entry scripts make glibc keep the memory of large tensors (faster CPU steps)."""
+"""dense.core.host_memory: the entry scripts make glibc keep the memory of large tensors (faster CPU
+steps)."""
 
 import subprocess
 import sys
@@ -7,7 +8,7 @@ import textwrap
 import pytest
 
 import dense.cli.runner as cli
-from dense import host_memory
+from dense.core import host_memory
 
 GLIBC = sys.platform.startswith("linux")
 

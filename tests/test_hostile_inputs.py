@@ -3,7 +3,7 @@ what is wrong (or is a documented skip), nothing crashes deep inside, no code in
 no partial output is left behind.
 
 Images go through both readers users meet: the datasets (FolderDataset, via dense.data.readers.read_rgb)
-and predict.py (dense.io.read_image) — the two must agree. Config mistakes run `train.py` as users do.
+and predict.py (dense.core.io.read_image) — the two must agree. Config mistakes run `train.py` as users do.
 The case counts in docs/README_failures.md are the parametrised cases of this file.
 """
 
@@ -27,11 +27,11 @@ import heads
 from dense.checkpoint import MODEL_KEY, load_model
 from dense.cli.predict import outputs
 from dense.cli.predict import run as predict
-from dense.constants import MEAN_FILL
+from dense.core.constants import MEAN_FILL
+from dense.core.errors import WeightsError
+from dense.core.io import read_image
+from dense.core.weights_file import load_weights_file
 from dense.data import DatasetError, DepthScaleWarning, FolderDataset
-from dense.errors import WeightsError
-from dense.io import read_image
-from dense.weights_file import load_weights_file
 from tests._fixtures_data import rgb
 from tests._tiny_run import predict_config, run_script
 
@@ -160,7 +160,7 @@ def write_folder_dataset(root: Path, image_name: str, writer) -> tuple[np.ndarra
     expected = writer(path)
     try:
         h, w = read_image(path).shape[:2]
-    except dense.errors.DenseError:
+    except dense.core.errors.DenseError:
         h, w = 4, 4
     np.save(root / "depth" / "x.npy", np.ones((h, w), np.float32))
     (root / "train.txt").write_text("x\n")

@@ -21,7 +21,7 @@ import lightning as L
 import pytest
 import torch
 
-from dense.weights_file import load_weights_file
+from dense.core.weights_file import load_weights_file
 from tests._tiny_run import QUIET_TINY_RUN, SCENES_28, run_script, start_script
 
 # 16 training scenes in batches of 4: 4 steps an epoch; 12 steps = 3 epochs, validated after each.

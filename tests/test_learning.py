@@ -19,8 +19,8 @@ import torch
 import dense
 import heads
 from dense.cli import runner
+from dense.core.errors import ConfigError, DeadHeadError, TrainingFailedError
 from dense.data import DenseDataModule, datamodule_from_config
-from dense.errors import ConfigError, DeadHeadError, TrainingFailedError
 from dense.metrics import DepthMetrics, SegMetrics
 from dense.tasks import build_task
 from tests._tiny_run import QUIET_TINY_RUN, train_in_process

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dense.errors import BadInputError
+from dense.core.errors import BadInputError
 from dense.losses import DepthLoss, GradientLoss, SegLoss, SigLoss
 
 EPS = 1e-3  # upstream's eps, added inside both logs

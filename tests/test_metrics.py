@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dense.errors import BadInputError
+from dense.core.errors import BadInputError
 from dense.metrics import DepthMetrics, SegMetrics, crop_mask
 
 ln = math.log

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import dense
-from dense.backbone import get_spec
-from dense.errors import WeightsError
+from dense.backbones import get_spec
+from dense.core.errors import WeightsError
 from dense.model import MS_SCALES, build_model, center_padding
 from tests._random_weights import REFERENCE, seeded_state_dict
 

@@ -18,9 +18,9 @@ from dense.checkpoint import MODEL_KEY, load_model
 from dense.cli import evaluate as eval_script
 from dense.cli import export as export_script
 from dense.cli.predict import run as predict_script
+from dense.core.errors import WeightsError
+from dense.core.io import read_image, save_png
 from dense.data.transforms import image_tensor
-from dense.errors import WeightsError
-from dense.io import read_image, save_png
 from dense.model import DenseModel
 from dense.model import build_model as build_single_head_model
 from tests._tiny_run import (

@@ -19,7 +19,7 @@ import torch
 import torch._dynamo
 from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 
-from dense.features import FeatureMaps
+from dense.core.features import FeatureMaps
 from dense.losses import DepthLoss, ScaleShiftInvariantLoss, SegLoss
 from dense.tasks.relative_depth import disparity_target
 

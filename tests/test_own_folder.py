@@ -16,12 +16,12 @@ import pytest
 import torch
 from hydra.core.hydra_config import HydraConfig
 
-from dense import threads
 from dense.cli import runner
 from dense.cli import train as train_script
 from dense.cli.predict import run as predict
+from dense.core import threads
+from dense.core.errors import ConfigError
 from dense.data import DenseDataModule
-from dense.errors import ConfigError
 from tests._fixtures_data import write_folder
 from tests._tiny_run import CONFIGS, ROOT, compose_config, predict_config, script_env
 
@@ -159,7 +159,7 @@ def test_a_torchvision_built_for_another_torch_is_one_line(tmp_path):
     )  # fmt: skip
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("dense.errors.InstallError: torchvision ") and "does not fit torch " in last
+    assert last.startswith("dense.core.errors.InstallError: torchvision ") and "does not fit torch " in last
     assert "pip install --force-reinstall" in last and "download.pytorch.org/whl/cpu" in last
     assert "_meta_registrations" not in result.stderr  # torchvision's own traceback is not shown
 

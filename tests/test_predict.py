@@ -1,4 +1,4 @@
-"""predict.py and dense.io: reading any image, the result files, round trips, and bad inputs."""
+"""predict.py and dense.core.io: reading any image, the result files, round trips, and bad inputs."""
 
 import json
 
@@ -10,9 +10,9 @@ from PIL import Image
 import dense
 from dense.cli.predict import outputs
 from dense.cli.predict import run as predict
-from dense.constants import MEAN_FILL
-from dense.errors import ImageReadError
-from dense.io import list_images, read_image
+from dense.core.constants import MEAN_FILL
+from dense.core.errors import ImageReadError
+from dense.core.io import list_images, read_image
 from tests._fixtures_data import rgb
 from tests._tiny_run import ROOT, model_input, predict_config, run_script, write_checkpoint
 

@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 import dense
 import dense.checkpoint
 import heads
-from dense.backbone import BACKBONES
+from dense.backbones import BACKBONES
 from tests.testers import TINY_BACKBONES, BackboneTester, HeadTester
 
 HEADS = dense.list_heads()

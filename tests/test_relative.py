@@ -19,11 +19,11 @@ from PIL import Image
 import dense
 from dense.cli import evaluate as eval_script
 from dense.cli.predict import run as predict_script
+from dense.core.errors import BadInputError, DatasetError, ExportError, WeightsError
 from dense.data import datamodule_from_config
-from dense.errors import BadInputError, DatasetError, ExportError, WeightsError
-from dense.export import to_onnx
 from dense.losses import ScaleShiftInvariantLoss
 from dense.metrics import DEPTH_METRIC_NAMES, DepthMetrics, align_least_squares
+from dense.tools.export import to_onnx
 from tests._fixtures_data import pattern_image, save_rgb
 from tests._tiny_run import (
     LEARNING_RUN,

@@ -26,8 +26,8 @@ from scipy.optimize import linear_sum_assignment
 
 import dense
 from dense.cli.predict import run as predict
+from dense.core.mask_predictions import MaskPredictions, semantic_scores
 from dense.mask_loss import MaskClassificationLoss, point_sample, to_frame
-from dense.mask_predictions import MaskPredictions, semantic_scores
 from dense.metrics import SegMetrics
 from dense.tasks import lr_schedule
 from tests._fixtures_data import write_folder

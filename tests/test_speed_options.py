@@ -21,10 +21,10 @@ from dense.cli import evaluate as eval_script
 from dense.cli.predict import model as predict_model
 from dense.cli.predict import run as predict_script
 from dense.config import apply_speed_options, compile_mode
-from dense.errors import DenseError
-from dense.features import FeatureMaps
+from dense.core.errors import DenseError
+from dense.core.features import FeatureMaps
+from dense.core.ops import resize
 from dense.model import to_maps
-from dense.ops import resize
 from tests._random_weights import seeded_state_dict
 from tests._tiny_run import QUIET_TINY_RUN, SCENES_28, compose_config, predict_config, train_in_process
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import dense
+from dense.core.errors import ConfigError
 from dense.data import DenseDataModule
-from dense.errors import ConfigError
 from dense.tasks import DepthTask, RunCheckpointIO, SegmentationTask, build_task, lr_schedule
 
 SMALL_DATA = {
@@ -214,7 +214,7 @@ def test_nan_depth_in_a_training_batch_stops_the_run_with_one_line(tmp_path):
     bad["depth"][2, 0, 5, 7] = float("nan")
 
     # Lightning hands the hook the CPU batch (before the transfer), in a real fit.
-    with pytest.raises(dense.errors.BadInputError) as info:
+    with pytest.raises(dense.core.errors.BadInputError) as info:
         trainer(tmp_path, max_steps=2, limit_val_batches=0).fit(task, train_dataloaders=_loader(batch, bad))
     message = _single_line(info.value)
     assert "DepthTask training batch: the depth contains NaN values" in message
@@ -227,7 +227,7 @@ def test_nan_depth_in_a_training_batch_stops_the_run_with_one_line(tmp_path):
     task.trainer = SimpleNamespace(training=True)
     assert task.on_before_batch_transfer(batch, 0) is batch
     bad["depth"][0, 0, 0, 0] = float("inf")
-    with pytest.raises(dense.errors.BadInputError, match=r"NaN and inf values \(sample .*, .*\)"):
+    with pytest.raises(dense.core.errors.BadInputError, match=r"NaN and inf values \(sample .*, .*\)"):
         task.on_before_batch_transfer(bad, 0)
 
 
@@ -242,7 +242,7 @@ def test_out_of_range_labels_in_a_training_batch_stop_the_run(tmp_path):
 
     bad = {**batch, "mask": batch["mask"].clone()}
     bad["mask"][1, 4, 4] = datamodule.num_classes
-    with pytest.raises(dense.errors.BadInputError) as info:
+    with pytest.raises(dense.core.errors.BadInputError) as info:
         trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(task, train_dataloaders=_loader(bad))
     message = _single_line(info.value)
     assert f"labels [{datamodule.num_classes}] outside [0, {datamodule.num_classes - 1}]" in message
@@ -271,9 +271,9 @@ def test_a_nan_loss_stops_the_run_at_the_next_periodic_check(tmp_path):
     task, datamodule = _depth_task()
     # NaN loss from step 3 on; checks every 2 steps: step 2 (finite), step 4 (NaN since step 3).
     run = trainer(tmp_path, max_steps=8, limit_val_batches=0, log_every_n_steps=2, callbacks=[PoisonHead(2)])
-    with pytest.raises(dense.errors.TrainingDivergedError) as info:
+    with pytest.raises(dense.core.errors.TrainingDivergedError) as info:
         run.fit(task, datamodule=datamodule)
-    assert isinstance(info.value, dense.errors.DenseError)  # train.py prints it as one line
+    assert isinstance(info.value, dense.core.errors.DenseError)  # train.py prints it as one line
     assert _single_line(info.value) == (
         "training diverged: the loss became NaN or inf at or before step 4 (it was finite up to step 2); "
         "lower task.optimizer.lr, or check the data"
@@ -285,7 +285,7 @@ def test_divergence_is_not_checked_every_step_but_at_the_epoch_end(tmp_path):
     task, datamodule = _depth_task()
     # NaN from step 1 on; log_every_n_steps=50 > the 2 steps of an epoch: the epoch-end check finds it.
     run = trainer(tmp_path, max_steps=8, limit_val_batches=0, log_every_n_steps=50, callbacks=[PoisonHead(0)])
-    with pytest.raises(dense.errors.TrainingDivergedError, match="at or before step 2; lower"):
+    with pytest.raises(dense.core.errors.TrainingDivergedError, match="at or before step 2; lower"):
         run.fit(task, datamodule=datamodule)
     assert run.global_step == 2
 
@@ -297,13 +297,13 @@ def test_divergence_is_reported_before_validation_and_at_max_steps(tmp_path):
     run = trainer(
         tmp_path, max_steps=8, val_check_interval=1, log_every_n_steps=50, callbacks=[PoisonHead(0)]
     )
-    with pytest.raises(dense.errors.TrainingDivergedError, match="at or before step 1; lower"):
+    with pytest.raises(dense.core.errors.TrainingDivergedError, match="at or before step 1; lower"):
         run.fit(task, datamodule=datamodule)
 
     task, datamodule = _depth_task()
     # max_steps=1 ends the run in the middle of the first epoch: still checked.
     run = trainer(tmp_path, max_steps=1, limit_val_batches=0, log_every_n_steps=50, callbacks=[PoisonHead(0)])
-    with pytest.raises(dense.errors.TrainingDivergedError, match="at or before step 1; lower"):
+    with pytest.raises(dense.core.errors.TrainingDivergedError, match="at or before step 1; lower"):
         run.fit(task, datamodule=datamodule)
 
 

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from dense.cache import CachedFeatures, CacheEntryWarning, EntryFolder
+from dense.core.hashing import file_sha256
 from dense.data import SyntheticScenes
-from dense.hashing import file_sha256
 from dense.model import build_model
 
 N = 4

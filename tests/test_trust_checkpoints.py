@@ -25,9 +25,9 @@ import torch
 import dense
 from dense.checkpoint import MODEL_KEY, load_model
 from dense.cli import evaluate as eval_script
-from dense.errors import WeightsError
+from dense.core.errors import WeightsError
+from dense.core.weights_file import load_weights_file
 from dense.tasks import RunCheckpointIO
-from dense.weights_file import load_weights_file
 from tests._tiny_run import QUIET_TINY_RUN, ROOT, TINY_RUN, compose_config, run_script, train_in_process
 
 # TINY_RUN: 4 steps = 1 epoch of the 16 scenes of SCENES_28; the finished run (conftest's `tiny_run`) ends there.

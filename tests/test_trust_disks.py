@@ -21,7 +21,7 @@ import torch
 
 from dense.cache import CachedFeatures, CacheError, EntryFolder
 from dense.checkpoint import atomic_save
-from dense.errors import WriteError
+from dense.core.errors import WriteError
 from tests._tiny_run import TINY_RUN, train_in_process
 from tests.test_trust_cache import seeded_model, tiny_scenes
 

@@ -28,8 +28,8 @@ import scipy.io
 import torch
 
 from dense.cache import CachedFeatures, CacheEntryWarning, cache_key
+from dense.core.errors import CacheError
 from dense.data import DatasetError, FolderDataset, KITTIEigen, NYUDepthV2, PascalVOC, SyntheticScenes
-from dense.errors import CacheError
 from dense.model import build_model
 from tests._fixtures_data import (
     pattern_image,

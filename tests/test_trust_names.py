@@ -1,7 +1,7 @@
 """Trust, round 3 (issue 23), class 5: names and links.
 
 - The registries (backbones, heads, datasets) give a name one form on registration and on lookup alike
-  (stripped, lower case: dense.registry.Registry.key): `MyViT` can be chosen, `Tiny14` is refused at
+  (stripped, lower case: dense.core.registry.Registry.key): `MyViT` can be chosen, `Tiny14` is refused at
   registration instead of silently resolving to the built-in tiny14, and names that are not strings are
   refused.
 - The folder dataset reads only files inside its real root: a linked image, depth file, depth folder or
@@ -18,10 +18,10 @@ from torch import nn
 
 import dense
 import heads
-from dense.backbone import BACKBONES, get_spec, register_backbone
+from dense.backbones import BACKBONES, get_spec, register_backbone
+from dense.core.features import LayerSet
 from dense.data import DATASETS, DatasetError, FolderDataset, register_dataset
 from dense.data.synthetic import SyntheticScenes
-from dense.features import LayerSet
 from heads import HEADS, register_head
 from tests._fixtures_data import write_folder
 

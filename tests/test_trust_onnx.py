@@ -1,7 +1,7 @@
 """Trust, round 3 (issue 23), class 1: an ONNX file is data, bounded, checked and refused in one line.
 
-- On load (dense.export.check_graph, before ONNX Runtime sees the file): a graph export.py could not
-  have written (control flow, operators outside dense.export.ONNX_OPS or of another domain, functions,
+- On load (dense.tools.export.check_graph, before ONNX Runtime sees the file): a graph export.py could not
+  have written (control flow, operators outside dense.tools.export.ONNX_OPS or of another domain, functions,
   external data, another input or output than the metadata's) is refused, naming the file.
 - At run time (predict.py model=FILE.onnx): a run past onnx_time_limit is stopped (RunOptions.terminate)
   and that image skipped, exit 3; ONNX Runtime's failures are one line per image (an allocation that
@@ -22,9 +22,9 @@ import pytest
 from onnx import helper
 from PIL import Image
 
-from dense import export
 from dense.cli.predict import outputs
 from dense.cli.predict import run as predict
+from dense.tools import export
 from tests import _crafted_onnx as crafted
 from tests._crafted_onnx import BOOL, FLOAT, constant, conv_to, depending_on, metadata, model_file, valid_file
 from tests._fixtures_data import rgb

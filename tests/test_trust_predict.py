@@ -1,4 +1,4 @@
-"""Issue 12, predict.py and dense.io: one result per input, nothing of the user's overwritten, no silent
+"""Issue 12, predict.py and dense.core.io: one result per input, nothing of the user's overwritten, no silent
 NaN, bounded images, and one line (not a traceback) for an output folder that cannot be used."""
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from PIL import Image
 import dense
 from dense.cli.predict import outputs, writers
 from dense.cli.predict import run as predict
+from dense.core.errors import DenseError, ImageReadError
+from dense.core.io import read_image
 from dense.data.readers import read_rgb
-from dense.errors import DenseError, ImageReadError
-from dense.io import read_image
 from tests._fixtures_data import rgb
 from tests._tiny_run import model_input, predict_config, write_checkpoint
 

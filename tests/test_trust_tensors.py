@@ -1,6 +1,6 @@
 """Trust, round 3 (issue 23), class 2: tensors that are not plain dense tensors.
 
-A weights file or checkpoint is data, and so is every tensor in it. One check (dense.errors.
+A weights file or checkpoint is data, and so is every tensor in it. One check (dense.core.errors.
 tensor_problem) sees every tensor read from a file before it is used: dense strided layout, values on
 the CPU (not the `meta` device), not quantized, a model's dtype; against the model's own tensor also its
 rank, kind of dtype and shape. The refusal is one WeightsError line naming the file and the key, in
@@ -20,7 +20,7 @@ import dense
 from dense.checkpoint import MODEL_KEY, load_model
 from dense.cli import export as export_script
 from dense.cli.predict import run as predict
-from dense.errors import WeightsError
+from dense.core.errors import WeightsError
 from tests._tiny_run import TINY_RUN, compose_config, predict_config, train_in_process
 
 
@@ -151,7 +151,7 @@ def test_predict_and_export_refuse_a_crafted_checkpoint(tiny_checkpoints, tmp_pa
     torch.save(checkpoint, path)
     images = tmp_path / "in"
     images.mkdir()
-    dense.io.save_png(torch.zeros(14, 14, 3, dtype=torch.uint8).numpy(), images / "a.png")
+    dense.core.io.save_png(torch.zeros(14, 14, 3, dtype=torch.uint8).numpy(), images / "a.png")
     config = predict_config(f"ckpt={path}", f"input={images}", f"output={tmp_path / 'out'}")
     err = exit_line(capsys, lambda: predict.predict(config))
     assert str(path) in err and "pos_embed" in err and "meta device" in err

@@ -1,4 +1,4 @@
-"""dense.viz: depth colouring, palettes, overlays, figures and the PCA picture."""
+"""dense.tools.viz: depth colouring, palettes, overlays, figures and the PCA picture."""
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from dense import viz
 from dense.data.transforms import normalize_image
+from dense.tools import viz
 
 
 def luminance(rgb: np.ndarray) -> np.ndarray:

@@ -14,8 +14,8 @@ import torch
 
 import dense
 import heads
-from dense.backbone import get_spec
-from dense.mask_predictions import MaskPredictions
+from dense.backbones import get_spec
+from dense.core.mask_predictions import MaskPredictions
 
 # One tiny backbone per family: patch 14 (learned position embedding) and patch 16 (RoPE).
 TINY_BACKBONES = ("tiny14", "tiny16")

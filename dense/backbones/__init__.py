@@ -1,6 +1,6 @@
 """The backbone registry, and the 8 DINOv2 backbones (ViT-S/B/L/g, patch 14, with and without 4
 registers) plus tiny test variants. The DINOv3 family registers itself the same way in
-dense/dinov3_specs.py.
+dense/backbones/dinov3/specs.py.
 
 Every variant is a spec (a BackboneSpec subclass) registered by `register_backbone` where it is
 defined; `build_backbone(name, pretrained=False, weights=None)` builds any of them and
@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 import torch
 
-from dense._vit import DinoVisionTransformer
-from dense.errors import WeightsError
-from dense.features import LayerSet
-from dense.registry import Registry
-from dense.weights_file import check_state_dict, load_weights_file
+from dense.backbones.dinov2.vit import DinoVisionTransformer
+from dense.core.errors import WeightsError
+from dense.core.features import LayerSet
+from dense.core.registry import Registry
+from dense.core.weights_file import check_state_dict, load_weights_file
 
 DINOV2_BASE_URL = "https://dl.fbaipublicfiles.com/dinov2"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -70,16 +70,17 @@ class BackboneSpec:
         return self
 
 
-# The DINOv3 variants register themselves in dense/dinov3_specs.py, loaded at the first lookup.
+# The DINOv3 variants register themselves in dense/backbones/dinov3/specs.py, loaded at the first lookup.
 BACKBONES: Registry[BackboneSpec] = Registry(
-    "backbone", "backbone.name", "dense.register_backbone", builtins=("dense.dinov3_specs",)
+    "backbone", "backbone.name", "dense.register_backbone", builtins=("dense.backbones.dinov3.specs",)
 )
 
 
 def register_backbone(spec: BackboneSpec, aliases: tuple[str, ...] = ()) -> BackboneSpec:
     """Register a backbone variant under `spec.name` (and `aliases`, e.g. upstream's spellings) and
-    return it. Called where each variant is defined (the spec tables here and in dense/dinov3_specs.py);
-    a variant of your own is a BackboneSpec subclass instance registered the same way."""
+    return it. Called where each variant is defined (the spec tables here and in
+    dense/backbones/dinov3/specs.py); a variant of your own is a BackboneSpec subclass instance registered
+    the same way."""
     return BACKBONES.add(spec.name, spec, tuple(aliases))
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from dense.backbone import get_spec
+from dense.backbones import get_spec
 from dense.bench.case import LOOP, PRECISIONS, REFERENCES, WORKS, Case
 from dense.bench.generated import FORMATS
 from dense.bench.measure import release, run_case

@@ -2,7 +2,7 @@
 
     python -m dense.bench.layout [--batch 8] [--size 224] [--repeat 5]
 
-1. The bilinear resize of many-channel logits (what dense.ops.resize is for).
+1. The bilinear resize of many-channel logits (what dense.core.ops.resize is for).
 2. Each head's forward + backward on ViT-S/14 feature maps laid out NCHW and channels-last (what
    dense.model.to_maps gives), with the largest difference between the two outputs.
 Random weights and inputs; milliseconds per call, median of --repeat calls after one warm-up.
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from dense.bench.measure import median_ms
-from dense.features import FeatureMaps
+from dense.core.features import FeatureMaps
 from dense.model import build_model
 
 CPU = torch.device("cpu")

@@ -144,7 +144,7 @@ def main() -> None:
         print(json.dumps(run_one(args)))
         return
 
-    from dense.export import to_onnx
+    from dense.tools.export import to_onnx
 
     if args.tensorrt:
         if shutil.which("trtexec") is None:  # before the export, which takes minutes for a big model

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dense.backbone import BackboneSpec
-from dense.dinov3_specs import Dinov3Spec
-from dense.features import FeatureMaps
+from dense.backbones import BackboneSpec
+from dense.backbones.dinov3.specs import Dinov3Spec
+from dense.core.features import FeatureMaps
 from dense.model import DenseModel
 from heads import LinearDepthHead
 

@@ -33,7 +33,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
     from dense.checkpoint import model_from_checkpoint, read_model_config
     from dense.config import apply_matmul_precision, apply_speed_options, compile_mode, resolve_precision
-    from dense.io import atomic_path
+    from dense.core.io import atomic_path
     from dense.multi_head import MultiHeadModel
     from dense.progress import TimedProgressBar
     from dense.tasks import build_task
@@ -127,7 +127,7 @@ def check_stored_root(root, cfg: DictConfig) -> None:
     own data folder (paths.data_dir, where configs/data look): a path stored in a file never leads
     elsewhere. Anything else needs data.root on the command line."""
     from dense.checkpoint import is_inside, trusted_folders
-    from dense.errors import shown
+    from dense.core.errors import shown
 
     if root is None or not isinstance(root, str):
         return  # no root (synthetic), or a type datamodule_from_config refuses
@@ -142,7 +142,7 @@ def check_stored_root(root, cfg: DictConfig) -> None:
 def predict_options(cfg: DictConfig, stored) -> dict:
     """The task.test_* settings: the checkpoint's (checked, naming the file), with the non-null ones of
     the command line on top."""
-    from dense.plain import plain_value_problem
+    from dense.core.plain import plain_value_problem
     from dense.tasks.base import check_test_settings
 
     options = {}

@@ -9,9 +9,9 @@ from omegaconf import DictConfig
 
 from dense.cli import runner
 from dense.cli.predict.model import build, class_names  # the model exactly as predict.py builds it
-from dense.errors import ExportError
-from dense.export import check_output, to_onnx, to_torch_export
+from dense.core.errors import ExportError
 from dense.multi_head import MultiHeadModel
+from dense.tools.export import check_output, to_onnx, to_torch_export
 
 SUFFIXES = (".onnx", ".pt2")
 

@@ -126,7 +126,7 @@ def shown_values(config) -> dict[str, str]:
     """Every leaf key's value as written (interpolations unresolved), short enough for a column."""
     from omegaconf import OmegaConf
 
-    from dense.plain import flatten
+    from dense.core.plain import flatten
 
     shown = {}
     for key, raw in flatten(OmegaConf.to_container(config, resolve=False)).items():

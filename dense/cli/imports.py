@@ -13,7 +13,7 @@ import importlib
 import re
 from collections.abc import Sequence
 
-from dense.errors import ImportsError
+from dense.core.errors import ImportsError
 
 MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 

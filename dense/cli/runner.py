@@ -9,7 +9,7 @@ Lightning. The scripts therefore run in two phases:
 - the run itself (fit/test) lets real bugs keep their traceback; only `DenseError`s (our errors
   meant for users: a corrupt image, a bad checkpoint) are printed as one line there.
 Either way the exit status is EXIT_USAGE (2), as predict.py. A training run that failed on its own
-(a loss turned NaN, a dead head: dense.errors.TrainingFailedError) exits with EXIT_TRAINING_FAILED (3),
+(a loss turned NaN, a dead head: dense.core.errors.TrainingFailedError) exits with EXIT_TRAINING_FAILED (3),
 its one line saying what to change.
 """
 
@@ -25,13 +25,13 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from dense.errors import (  # ConfigError: used by dense.cli as runner.ConfigError
+from dense.core.errors import (  # ConfigError: used by dense.cli as runner.ConfigError
     ConfigError,
     DenseError,
     TrainingFailedError,
 )
-from dense.host_memory import keep_large_allocations
-from dense.plain import flatten, plain  # noqa: F401  (dense.cli uses them as runner.flatten, runner.plain)
+from dense.core.host_memory import keep_large_allocations
+from dense.core.plain import flatten, plain  # noqa: F401  (dense.cli uses runner.flatten, runner.plain)
 
 EXIT_USAGE = 2
 EXIT_TRAINING_FAILED = 3  # the run started but cannot succeed (diverged, dead head): see TrainingFailedError
@@ -47,10 +47,10 @@ def set_root_dir(script: str) -> None:
 def main(hydra_main: Callable[[], Any], script: str) -> None:
     """Run an entry script's Hydra main, refusing first, in one line, a config-group option or a key
     that does not exist (Hydra's own messages for them span several lines), and with glibc keeping the
-    memory of large tensors (dense.host_memory). The scripts import their dense.cli module (torch, for
+    memory of large tensors (dense.core.host_memory). The scripts import their dense.cli module (torch, for
     predict.py and export.py) inside their Hydra main, so this answers before any of it is loaded."""
     check_arguments(script)
-    keep_large_allocations()  # CPU steps reuse the pages of large tensors: see dense/host_memory.py
+    keep_large_allocations()  # CPU steps reuse the pages of large tensors: see dense/core/host_memory.py
     hydra_main()
 
 
@@ -358,7 +358,7 @@ def run(function: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Call an entry point, printing DenseErrors (meant for users) as one line instead of a traceback:
     exit status 3 for a training run that failed (TrainingFailedError), else 2. A run refused that way
     leaves no run folder behind (discard_unused_run_folder)."""
-    from dense.install_check import import_torchvision
+    from dense.core.install_check import import_torchvision
 
     try:
         import_torchvision()  # before Lightning (single_log_stream) imports it: a broken install in one line

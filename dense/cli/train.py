@@ -37,10 +37,10 @@ def train(cfg: DictConfig):
         multi_head_entries,
         resolve_precision,
     )
+    from dense.core.threads import use_cpu_threads
     from dense.data import datamodule_from_config
     from dense.tasks import RunCheckpointIO, build_task, check_depth_mode, task_class
     from dense.tasks.multi import build_multi_task, multi_run_checks
-    from dense.threads import use_cpu_threads
 
     # The frozen backbone is in eval mode on purpose (DenseModel.train keeps it so).
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
@@ -139,8 +139,8 @@ def check_config(cfg: DictConfig) -> None:
     """Values Hydra cannot check (types are free in YAML), refused before anything is built. (The data
     keys are checked where the datamodule is built: dense.data.datamodule_from_config.)"""
     from dense.config import compile_mode
+    from dense.core.threads import check_threads
     from dense.tasks.base import check_dead_head_steps, check_schedule, check_test_settings
-    from dense.threads import check_threads
 
     require = runner.require
     if cfg.ckpt_path is not None:
@@ -190,7 +190,7 @@ def check_data_and_weights(cfg: DictConfig, datamodule) -> None:
     the file lists of the splits the run reads (a wrong data.root fails here, not after a 4 GB download;
     DenseDataModule caches them, so this costs nothing later) and the official backbone weights (in the
     torch hub cache, or reachable: a large backbone is slow to build before a download can fail)."""
-    from dense.backbone import check_official_weights, get_spec
+    from dense.backbones import check_official_weights, get_spec
 
     splits = ["val", *(["test"] if cfg.test else [])]
     if not cfg.cache.features:  # the cached train split is built with its cache (use_feature_cache)
@@ -278,10 +278,10 @@ def build_run_model(cfg: DictConfig, datamodule, spec, depth_mode: str = "metric
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     import heads
-    from dense.backbone import get_spec
+    from dense.backbones import get_spec
     from dense.checkpoint import atomic_save, backbone_is_stored, model_from_checkpoint, read_model_config
     from dense.config import model_from_config, multi_head_entries
-    from dense.hashing import file_sha256, tensors_sha256
+    from dense.core.hashing import file_sha256, tensors_sha256
 
     backbone, head = runner.plain(cfg.backbone), runner.plain(cfg.head)
     # Weights paths go into checkpoints: make them absolute so they stay valid from any folder.
@@ -358,9 +358,9 @@ def head_names(head: dict) -> dict[str, str]:
 def holds_tensors(path: Path, digest: str) -> bool:
     """Whether `path` exists and holds the state dict whose tensors_sha256 is `digest` (a file of that
     name written by an earlier run with the same seed; anything else under the name is replaced)."""
-    from dense.errors import WeightsError
-    from dense.hashing import tensors_sha256
-    from dense.weights_file import load_weights_file
+    from dense.core.errors import WeightsError
+    from dense.core.hashing import tensors_sha256
+    from dense.core.weights_file import load_weights_file
 
     if not path.is_file():
         return False
@@ -395,8 +395,8 @@ def warn_about_resume_changes(checkpoint: dict, current: dict, model) -> None:
     fail on it deep inside the restore."""
     import warnings
 
-    from dense.errors import shown
-    from dense.plain import plain_value_problem
+    from dense.core.errors import shown
+    from dense.core.plain import plain_value_problem
 
     check_optimizer_state(checkpoint, model)
     stored = (checkpoint.get("hyper_parameters") or {}).get("config")
@@ -437,7 +437,7 @@ def check_optimizer_state(checkpoint: dict, model) -> None:
     """The stored optimiser state has one entry per head parameter, each moment of its shape."""
     import torch
 
-    from dense.weights_file import tensor_problem
+    from dense.core.weights_file import tensor_problem
 
     states = checkpoint.get("optimizer_states")
     if states is None:

@@ -1,4 +1,4 @@
-"""Errors that users see (the one safe way to read a weights file is dense/weights_file.py).
+"""Errors that users see (the one safe way to read a weights file is dense/core/weights_file.py).
 
 Every error class meant for users is defined here, so that the entry scripts and library code agree on
 them.
@@ -73,7 +73,7 @@ class CacheError(DenseError):
 
 
 class UnknownNameError(DenseError, ValueError):
-    """A name that no registered backbone, head or dataset has (dense.registry)."""
+    """A name that no registered backbone, head or dataset has (dense.core.registry)."""
 
 
 class ImportsError(DenseError, ValueError):

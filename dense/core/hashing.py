@@ -17,7 +17,7 @@ import os
 
 import torch
 
-from dense.io import atomic_path
+from dense.core.io import atomic_path
 
 _CHUNK = 1 << 24
 

@@ -4,7 +4,8 @@ pip can end with torch and torchvision from different builds (e.g. torch from Py
 PyTorch's CPU index, installed by two commands). torchvision then fails at import with a long
 traceback ending in `RuntimeError: operator torchvision::nms does not exist`, which names neither the
 versions nor the fix. `import_torchvision` turns that into one line. It is called before the first
-import of anything that imports torchvision (timm in dense/_vit.py, Lightning in the entry scripts).
+import of anything that imports torchvision (timm in dense/backbones/dinov2/vit.py, Lightning in the
+entry scripts).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import re
 from importlib import metadata
 
-from dense.errors import InstallError
+from dense.core.errors import InstallError
 
 # CPU wheels of torch and torchvision (README, "Set-up").
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"

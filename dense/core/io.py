@@ -20,8 +20,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from dense.constants import IMAGE_SUFFIXES, MEAN_FILL
-from dense.errors import ImageReadError
+from dense.core.constants import IMAGE_SUFFIXES, MEAN_FILL
+from dense.core.errors import ImageReadError
 
 # More than the datasets read: predict.py takes whatever people have lying around.
 INPUT_SUFFIXES = tuple(sorted({*IMAGE_SUFFIXES, ".gif", ".jp2", ".ppm", ".pgm", ".pbm", ".tga"}))

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dense.constants import IMAGENET_MEAN, IMAGENET_STD
+from dense.core.constants import IMAGENET_MEAN, IMAGENET_STD
 
 
 def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from dense.errors import shown
+from dense.core.errors import shown
 
 PLAIN_SCALARS = (type(None), bool, int, float, str)
 

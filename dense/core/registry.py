@@ -15,7 +15,7 @@ import importlib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from dense.errors import UnknownNameError, shown
+from dense.core.errors import UnknownNameError, shown
 
 T = TypeVar("T")
 
@@ -25,8 +25,8 @@ class Registry(Generic[T]):
     dataclass for backbones and heads, a class for datasets.
 
     `builtins`: modules of the project that register entries of this kind where they are defined
-    (dense.dinov3_specs for the DINOv3 backbones); imported at the first lookup, so that a name is found
-    whichever module the caller imported first, and `import dense` stays cheap. Fixed names written in
+    (dense.backbones.dinov3.specs for the DINOv3 backbones); imported at the first lookup, so that a name
+    is found whichever module the caller imported first, and `import dense` stays cheap. Fixed names written in
     the code, never read from a file."""
 
     def __init__(self, kind: str, option: str, decorator: str, builtins: tuple[str, ...] = ()):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from dense.errors import ConfigError
+from dense.core.errors import ConfigError
 
 
 def usable_cores() -> int:

@@ -1,6 +1,7 @@
 """The one safe way to read a weights file or checkpoint (torch.load with weights_only=True, sizes
 bounded before inflating) and the one check every tensor read from a file passes before it is used.
-Kept apart from dense/errors.py, which stays importable without torch (fast `--help` and config errors)."""
+Kept apart from dense/core/errors.py, which stays importable without torch (fast `--help` and config
+errors)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections.abc import Mapping
 
 import torch
 
-from dense.errors import WeightsError, shown
+from dense.core.errors import WeightsError, shown
 
 # torch.save stores the members of its zip archive uncompressed, so they add up to about the file's size.
 # A member that inflates far beyond it (a few hundred KB of deflated zeros declaring 512 MiB) is refused

@@ -6,8 +6,8 @@ image (uint8 HWC) + target (depth metres | class ids) â†’ dataset reads files â†
 Importing this package registers the built-in datasets (`list_datasets()`).
 """
 
-from dense.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
-from dense.errors import DatasetError
+from dense.core.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from dense.core.errors import DatasetError
 
 from .ade20k import ADE20K, ADE20K_CLASSES
 from .base import DenseDataset

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from dense.constants import IGNORE_INDEX, IMAGE_SUFFIXES
+from dense.core.constants import IGNORE_INDEX, IMAGE_SUFFIXES
+from dense.core.errors import DatasetError
 from dense.data.readers import resolve_root
 from dense.data.registry import register_dataset
 from dense.data.segmentation import SegmentationFiles
-from dense.errors import DatasetError
 
 ADE20K_CLASSES = (
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",

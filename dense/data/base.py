@@ -25,6 +25,7 @@ from typing import ClassVar
 import albumentations as A
 from torch.utils.data import Dataset
 
+from dense.core.errors import DatasetError
 from dense.data.checks import (
     DepthRangeWarning,
     DepthScaleWarning,
@@ -35,7 +36,6 @@ from dense.data.checks import (
 from dense.data.readers import unreadable
 from dense.data.sample import DatasetInfo, RawSample
 from dense.data.transforms import compose, to_sample
-from dense.errors import DatasetError
 
 # "multi": depth and segmentation targets both (train.py head=multi; synthetic and folder data).
 TASK_NAMES = ("depth", "segmentation", "multi")

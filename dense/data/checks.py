@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from dense.constants import IGNORE_INDEX
+from dense.core.constants import IGNORE_INDEX
+from dense.core.errors import DatasetError
 from dense.data.sample import RawSample
-from dense.errors import DatasetError
 
 
 class DepthScaleWarning(UserWarning):

@@ -25,14 +25,14 @@ from threadpoolctl import threadpool_limits
 from torch.utils.data import DataLoader, default_collate, get_worker_info
 
 from dense.cache import CachedFeatures
-from dense.constants import IGNORE_INDEX, MEAN_FILL
+from dense.core.constants import IGNORE_INDEX, MEAN_FILL
+from dense.core.errors import DatasetError, UnknownNameError
+from dense.core.host_memory import keep_large_allocations
+from dense.core.plain import plain, plain_value_problem
 from dense.data.base import DenseDataset
 from dense.data.registry import DATASETS
 from dense.data.sample import DatasetInfo
 from dense.data.transforms import size_pair, to_sample
-from dense.errors import DatasetError, UnknownNameError
-from dense.host_memory import keep_large_allocations
-from dense.plain import plain, plain_value_problem
 
 SPLIT_SEED_OFFSETS = {"train": 0, "val": 1, "test": 2}
 # Padding between samples of different sizes: uint8 images get the mean colour, which the model

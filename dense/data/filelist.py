@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dense.core.errors import DatasetError
 from dense.data.base import DenseDataset
 from dense.data.readers import read_depth_png, read_rgb, read_text
 from dense.data.sample import RawSample
 from dense.data.transforms import COLOR_AUG_FORMS
-from dense.errors import DatasetError
 
 
 def read_pair_list(

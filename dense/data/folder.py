@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dense.constants import IGNORE_INDEX, IMAGE_SUFFIXES
+from dense.core.constants import IGNORE_INDEX, IMAGE_SUFFIXES
+from dense.core.errors import DatasetError
 from dense.data.base import SPLITS, DenseDataset
 from dense.data.filelist import read_depth_pair
 from dense.data.readers import (
@@ -44,7 +45,6 @@ from dense.data.readers import (
 from dense.data.registry import register_dataset
 from dense.data.sample import DatasetInfo, RawSample
 from dense.data.transforms import NO_DISPARITY, SegRecipe, depth_train, size_pair
-from dense.errors import DatasetError
 
 LAYOUT = (
     "images/<stem>.jpg|png plus depth/<stem>.png|npy (task depth), disparity/<stem>.png|npy and optional "

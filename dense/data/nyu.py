@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dense.core.errors import DatasetError
 from dense.data.filelist import DepthFileList
 from dense.data.readers import (
     MAX_LIST_BYTES,
@@ -33,7 +34,6 @@ from dense.data.readers import (
 from dense.data.registry import register_dataset
 from dense.data.sample import RawSample
 from dense.data.transforms import nyu_train, size_pair
-from dense.errors import DatasetError
 
 MAT_FILE = "nyu_depth_v2_labeled.mat"
 SPLITS_FILE = "splits.mat"

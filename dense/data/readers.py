@@ -14,12 +14,12 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
-from dense.errors import DatasetError, ImageReadError
-from dense.io import MAX_PIXELS, read_image, read_npy_header
+from dense.core.errors import DatasetError, ImageReadError
+from dense.core.io import MAX_PIXELS, read_image, read_npy_header
 
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Any PIL-readable image → uint8 H×W×3 RGB, exactly as predict.py reads it (dense.io.read_image):
+    """Any PIL-readable image → uint8 H×W×3 RGB, exactly as predict.py reads it (dense.core.io.read_image):
     EXIF orientation applied, 16-bit scaled rather than clipped, transparency composited onto the
     ImageNet mean, palette/CMYK/grey converted. Errors are DatasetErrors naming the file."""
     check_regular(path, "image", "an image file")  # read_image would block on a FIFO
@@ -98,7 +98,7 @@ def read_lines(path: str | os.PathLike, what: str) -> list[str]:
 
 
 def check_pixels(name: str, height: int, width: int) -> None:
-    """Refuse an image or array (`name`: what and which file) of more than dense.io.MAX_PIXELS pixels,
+    """Refuse an image or array (`name`: what and which file) of more than dense.core.io.MAX_PIXELS pixels,
     from its header, before it is decoded: the memory it takes is in pixels, not in file size."""
     if height * width > MAX_PIXELS:
         raise DatasetError(

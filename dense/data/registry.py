@@ -4,7 +4,7 @@ chooses it (DenseDataModule). A user's own dataset registers the same way, in a 
 
 from __future__ import annotations
 
-from dense.registry import Registry
+from dense.core.registry import Registry
 
 DATASETS: Registry[type] = Registry("dataset", "data.name", "dense.register_dataset")
 

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
+from dense.core.errors import DatasetError
 from dense.data.base import DenseDataset
 from dense.data.readers import check_pixels
 from dense.data.registry import register_dataset
 from dense.data.sample import RawSample
 from dense.data.scenes import RENDERER_VERSION, SYNTHETIC_CLASSES, Scene, render_scene
 from dense.data.transforms import depth_train, size_pair
-from dense.errors import DatasetError
 
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 MAX_SCENES = 10**8  # per split: a count read from a checkpoint's config is bounded

@@ -22,9 +22,9 @@ import torch
 from albumentations.augmentations.crops.transforms import BaseCrop
 from albumentations.core.transforms_interface import DualTransform, ImageOnlyTransform
 
-from dense.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, MEAN_FILL
-from dense.errors import RecipeError
-from dense.ops import IMAGENET_TABLE
+from dense.core.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, MEAN_FILL
+from dense.core.errors import RecipeError
+from dense.core.ops import IMAGENET_TABLE
 
 # Depth, disparity and the validity map are "mask" targets: nearest interpolation, no pixel (colour)
 # transforms.
@@ -36,7 +36,7 @@ NO_DISPARITY = -1.0  # a relative disparity's "no value" (0 is a real disparity:
 
 
 # Per channel, the normalised value of each of the 256 uint8 levels: a table lookup costs less than
-# float arithmetic on an H×W×3 array. The same table normalises uint8 batches on the device (dense.ops).
+# float arithmetic on an H×W×3 array. The same table normalises uint8 batches on the device (dense.core.ops).
 _NORMALIZE_LUT = IMAGENET_TABLE.numpy()
 
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
+from dense.core.errors import DatasetError
 from dense.data.readers import read_lines, read_text, resolve_root
 from dense.data.registry import register_dataset
 from dense.data.segmentation import SegmentationFiles
-from dense.errors import DatasetError
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

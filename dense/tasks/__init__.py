@@ -7,7 +7,7 @@ ignore index, segmentation test scale) from the datamodule.
 
 from __future__ import annotations
 
-from dense.errors import ConfigError
+from dense.core.errors import ConfigError
 from dense.model import DEPTH_MODES, DenseModel
 from dense.tasks.base import DenseTask, RunCheckpointIO, lr_schedule
 from dense.tasks.depth import DepthTask

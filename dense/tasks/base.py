@@ -33,7 +33,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from dense.cache import forward_cached
 from dense.checkpoint import atomic_save, is_inside, restore_frozen_backbone, strip_frozen_backbone
-from dense.errors import (
+from dense.core.errors import (
     BadInputError,
     ConfigError,
     DeadHeadError,
@@ -41,9 +41,9 @@ from dense.errors import (
     WeightsError,
     shown,
 )
+from dense.core.plain import plain
+from dense.core.weights_file import load_weights_file
 from dense.model import DenseModel, check_inference_settings
-from dense.plain import plain
-from dense.weights_file import load_weights_file
 
 DECAYS = ("cosine", "poly", "constant")
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-4, "weight_decay": 0.01}
@@ -187,7 +187,7 @@ class RunCheckpointIO(TorchCheckpointIO):
       rename. Lightning's default serialises to memory and lets fsspec write a temporary file in the
       system temp folder, then *moves* it: across file systems that move is a plain copy, so a run
       killed at that moment could leave a truncated last.ckpt.
-    - Reads are local files only, through dense.weights_file.load_weights_file (weights_only=True, sizes
+    - Reads are local files only, through dense.core.weights_file.load_weights_file (weights_only=True, sizes
       bounded), whatever Lightning asks for. Lightning itself would load a URL with weights_only=False.
     - The callbacks' state stored in a checkpoint (ModelCheckpoint's best/last/kth paths, best_k_models,
       dirpath) keeps only paths inside those folders; anything else is dropped, with a warning. Lightning

@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
+from dense.core.plain import plain
 from dense.losses import DepthLoss, check_finite
 from dense.metrics import DepthMetrics
 from dense.model import DenseModel
-from dense.plain import plain
 from dense.tasks.base import DenseTask
 
 log = logging.getLogger(__name__)

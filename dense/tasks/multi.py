@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dense.errors import ConfigError
+from dense.core.errors import ConfigError
 from dense.multi_head import MultiHeadModel
 from dense.tasks.base import DenseTask, next_dead_streak
 from dense.tasks.segmentation import SegmentationTask

@@ -21,11 +21,11 @@ from collections.abc import Mapping
 
 import torch
 
-from dense.errors import ConfigError
+from dense.core.errors import ConfigError
+from dense.core.plain import plain
 from dense.losses import ScaleShiftInvariantLoss, check_finite
 from dense.metrics import DepthMetrics
 from dense.model import DenseModel
-from dense.plain import plain
 from dense.tasks.base import DenseTask
 from dense.tasks.depth import at_min_depth, dead_depth_head_message
 

@@ -19,14 +19,14 @@ from typing import Any
 
 import torch
 
-from dense.constants import IGNORE_INDEX
+from dense.core.constants import IGNORE_INDEX
+from dense.core.mask_predictions import MaskPredictions
+from dense.core.plain import plain
 from dense.data.transforms import denormalize_image, eval_view
 from dense.losses import SegLoss, check_labels
 from dense.mask_loss import MaskClassificationLoss
-from dense.mask_predictions import MaskPredictions
 from dense.metrics import SegMetrics
 from dense.model import DenseModel
-from dense.plain import plain
 from dense.tasks.base import DenseTask
 
 

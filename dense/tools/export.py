@@ -37,12 +37,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from dense.core.errors import ExportError, OnnxRunError, shown
+from dense.core.io import atomic_path
+from dense.core.ops import imagenet_normalised
 from dense.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from dense.errors import ExportError, OnnxRunError, shown
-from dense.io import atomic_path
 from dense.model import DenseModel, build_model
 from dense.multi_head import MultiHeadModel, check_head_names
-from dense.ops import imagenet_normalised
 
 METADATA_KEY = "dense"
 FORMAT = "dense export v1"
@@ -443,7 +443,7 @@ def graph_operators(onnx_model) -> set[str]:
 def derivation_cases() -> list[tuple[str, str, bool]]:
     """(backbone, head, uint8 input) of derive_onnx_ops: every registered head on tiny14 (DINOv2) and
     tiny16 (DINOv3), every other tiny variant with one head, and uint8 input on both families."""
-    from dense.backbone import BACKBONES, list_backbones
+    from dense.backbones import BACKBONES, list_backbones
     from heads import list_heads
 
     families = ("tiny14", "tiny16")

@@ -16,7 +16,7 @@ import matplotlib
 import numpy as np
 import torch
 
-from dense.constants import IGNORE_INDEX
+from dense.core.constants import IGNORE_INDEX
 from dense.data.transforms import denormalize_image
 
 # magma reversed: near is bright, far is dark, and lightness changes monotonically with depth, so the

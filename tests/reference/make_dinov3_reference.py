@@ -10,7 +10,7 @@ DINOV3_REPO=/tmp/dinov3-src DINOV3_COMMIT=$(git -C MIRROR rev-parse HEAD) (what 
 
 Upstream needs only torch to build its ViTs (no xformers, no weights).
 
-dinov3_tiny.pt: for the four tiny configurations of dense/dinov3_specs.py, upstream's own
+dinov3_tiny.pt: for the four tiny configurations of dense/backbones/dinov3/specs.py, upstream's own
 `DinoVisionTransformer` is built with the hub functions' shared options (dinov3/hub/backbones.py:
 RoPE base 100, "separate" coordinates, rescale_coords=2, fp32 RoPE, LayerScale 1e-5, "layernormbf16",
 4 storage tokens, mask_k_bias) and the tiny sizes, initialised by its `init_weights()` (which sets the

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dense.install_check import import_torchvision
+from dense.core.install_check import import_torchvision
 
 import_torchvision()  # timm imports torchvision: a torchvision built for another torch is named in one line
 from timm.layers import trunc_normal_  # noqa: E402

@@ -19,8 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dense._vit_dinov3 import Dinov3VisionTransformer, ffn_hidden_features
-from dense.backbone import (
+from dense.backbones import (
     BACKBONES,
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -29,7 +28,8 @@ from dense.backbone import (
     read_backbone_state,
     register_backbone,
 )
-from dense.errors import WeightsError
+from dense.backbones.dinov3.vit import Dinov3VisionTransformer, ffn_hidden_features
+from dense.core.errors import WeightsError
 
 DINOV3_BASE_URL = "https://dl.fbaipublicfiles.com/dinov3"
 DINOV3_ACCESS_URL = "https://ai.meta.com/resources/models-and-libraries/dinov3-downloads/"

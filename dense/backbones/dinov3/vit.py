@@ -1,7 +1,7 @@
 """The DINOv3 vision transformer: our own compact layers whose parameter and buffer names are the keys
 of Meta's released files, so they load with `load_state_dict(strict=True)` and no translation.
 
-What differs from DINOv2 (dense/_vit.py), as Meta's code builds it (facebookresearch/dinov3,
+What differs from DINOv2 (dense/backbones/dinov2/vit.py), as Meta's code builds it (facebookresearch/dinov3,
 dinov3/models/vision_transformer.py and dinov3/layers/):
 - patch 16 and no learned position embedding: rotary embeddings (RoPE) on the patch tokens' queries
   and keys, with a fixed `rope_embed.periods` buffer;
@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dense._vit import DinoVisionTransformer, LayerScale, Mlp, PatchEmbed, Tokens
-from dense.ops import RopePositionEmbedding, rotate_patch_tokens
+from dense.backbones.dinov2.vit import DinoVisionTransformer, LayerScale, Mlp, PatchEmbed, Tokens
+from dense.core.ops import RopePositionEmbedding, rotate_patch_tokens
 
 # The ffn_layer names of upstream's hub functions and the multiple their SwiGLU hidden width is
 # rounded up to (dinov3/models/vision_transformer.py, ffn_layer_dict; dinov3/layers/ffn_layers.py).

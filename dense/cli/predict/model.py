@@ -8,14 +8,14 @@ import os
 import torch
 from omegaconf import DictConfig
 
-from dense.backbone import check_official_weights, get_spec
+from dense.backbones import check_official_weights, get_spec
 from dense.checkpoint import model_from_checkpoint, read_model_config
 from dense.config import apply_speed_options, model_from_config
+from dense.core.errors import ConfigError, ExportError
 from dense.data import ADE20K_CLASSES, VOC_CLASSES
-from dense.errors import ConfigError, ExportError
-from dense.export import DEFAULT_TIME_LIMIT, OnnxDenseModel, load_onnx_model
 from dense.model import DenseModel
 from dense.multi_head import MultiHeadModel
+from dense.tools.export import DEFAULT_TIME_LIMIT, OnnxDenseModel, load_onnx_model
 
 
 def prepare_model(

@@ -6,11 +6,11 @@ import matplotlib
 import torch
 from omegaconf import DictConfig
 
-from dense import viz
 from dense.cli import runner
 from dense.config import compile_mode
-from dense.errors import ConfigError
+from dense.core.errors import ConfigError
 from dense.model import check_inference_settings
+from dense.tools import viz
 
 
 def check_options(cfg: DictConfig) -> None:

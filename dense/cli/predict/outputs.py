@@ -15,8 +15,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from dense.errors import ConfigError
-from dense.io import atomic_path
+from dense.core.errors import ConfigError
+from dense.core.io import atomic_path
 
 # The output folder's record of the result files predict.py wrote in it: a hidden JSON file of plain
 # file names. A rerun may replace exactly these; every other file there is the user's.
@@ -25,7 +25,7 @@ RECORD_FORMAT = "dense predict.py results v2"
 RECORD_MAX_BYTES = 64 * 2**20  # a million names; anything larger is not a record of ours
 RESULT_SUFFIXES = (".png", ".npy", ".json")
 # Kept current while a run writes: one JSON line per result file (its name and identity), appended just
-# before the file appears under its name (dense.io.announcing_writes). Folded into the record when a
+# before the file appears under its name (dense.core.io.announcing_writes). Folded into the record when a
 # run starts and ends; a run killed in between (SIGKILL, power loss) leaves it, so the rerun still
 # knows every file it wrote.
 JOURNAL = ".dense-predict.journal"
@@ -178,7 +178,7 @@ def write_record(output: Path, names: set[str]) -> None:
 
 
 class Journal:
-    """The run's journal in `output` (JOURNAL), told by dense.io.announcing_writes of every file about to
+    """The run's journal in `output` (JOURNAL), told by dense.core.io.announcing_writes of every file about to
     appear: a file of the output folder gets a line with its name and identity, in one append."""
 
     def __init__(self, output: Path):

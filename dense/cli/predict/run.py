@@ -14,7 +14,6 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from dense import viz
 from dense.cli import runner
 from dense.cli.imports import import_modules
 from dense.cli.predict.model import class_names, depth_colour_range, num_classes, prepare_model
@@ -31,12 +30,13 @@ from dense.cli.predict.outputs import (
     write_record,
 )
 from dense.cli.predict.writers import UINT16_MAX, describe_colours, write_results, write_run_files
+from dense.core.errors import ConfigError, OnnxRunError
+from dense.core.io import INPUT_SUFFIXES, ImageReadError, announcing_writes, list_images, read_image
 from dense.data.transforms import eval_view, image_tensor
-from dense.errors import ConfigError, OnnxRunError
-from dense.export import OnnxDenseModel
-from dense.io import INPUT_SUFFIXES, ImageReadError, announcing_writes, list_images, read_image
 from dense.model import DenseModel
 from dense.multi_head import MultiHeadModel
+from dense.tools import viz
+from dense.tools.export import OnnxDenseModel
 
 EXIT_SKIPPED = 3
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-from dense import viz
 from dense.cli.predict.outputs import RELATIVE_SUFFIX, Layout, MultiLayout, depth_png_suffix, is_plain_file
-from dense.io import atomic_path, save_npy, save_png
+from dense.core.io import atomic_path, save_npy, save_png
 from dense.model import DenseModel
+from dense.tools import viz
 
 UINT16_MAX = 65535
 

@@ -1,0 +1,1 @@
+"""The DINOv3 family: vit.py is its vision transformer, specs.py its registered variants."""

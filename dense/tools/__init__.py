@@ -1,0 +1,1 @@
+"""Tools over the library: viz.py (depth colouring, palettes, overlays, figures) and export.py (ONNX)."""
