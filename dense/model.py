@@ -249,6 +249,12 @@ class DenseModel(nn.Module):
 
     # ---- the pipeline, one step per method ------------------------------------------------------
 
+    @property
+    def default_lr(self) -> float:
+        """The learning rate its head trains at when the run sets none (the head's registration)."""
+        name = self.config.get("head")
+        return heads.get_head_spec(name).default_lr if name else heads.registry.DEFAULT_LR
+
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """Images as the backbone takes them, normalised with its own mean/std (before padding, so that
         the padding is the backbone's mean colour, as upstream pads normalised images with zeros):

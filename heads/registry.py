@@ -26,11 +26,15 @@ from dense.core.registry import Registry
 TASKS = ("depth", "segmentation")
 # Options under a former name: a config (or checkpoint) written with the old name still builds.
 RENAMED_OPTIONS = {"norm_strategy": "bin_weighting"}
+# The learning rate a head trains at when task.optimizer.lr is null: small heads trained from scratch on
+# frozen features take 1e-3 (upstream's segmentation recipes); a head registers another where it needs it.
+DEFAULT_LR = 1e-3
 
 
 @dataclass(frozen=True)
 class HeadSpec:
-    """One registered head. `layer_set` is the default set of blocks; `aliases` other names for it."""
+    """One registered head. `layer_set` is the default set of blocks; `aliases` other names for it;
+    `default_lr` its learning rate when the run sets none."""
 
     name: str
     task: str
@@ -39,6 +43,7 @@ class HeadSpec:
     norm: bool
     use_cls_token: bool
     aliases: tuple[str, ...] = field(default=())
+    default_lr: float = DEFAULT_LR
 
     @property
     def num_layers(self) -> int:
@@ -63,6 +68,7 @@ def register_head(
     norm: bool,
     use_cls_token: bool,
     aliases: tuple[str, ...] = (),
+    default_lr: float = DEFAULT_LR,
 ):
     """Class decorator: register a head under `name` (and `aliases`). See the module docstring."""
     if task not in TASKS:
@@ -72,7 +78,9 @@ def register_head(
     aliases = tuple(aliases)
 
     def make_spec(head_class) -> HeadSpec:
-        return HeadSpec(name, task, head_class, layer_set, bool(norm), bool(use_cls_token), aliases)
+        return HeadSpec(
+            name, task, head_class, layer_set, bool(norm), bool(use_cls_token), aliases, float(default_lr)
+        )
 
     return HEADS.decorator_for(name, make_spec, aliases)
 

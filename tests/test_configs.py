@@ -41,7 +41,7 @@ def test_the_default_recipe_trains():
     norm clipped at 1, SigLoss without its variance-free warm-up (the depth head starts at the data's
     median depth instead), dead heads stopped after 100 steps, bf16 on a bf16 GPU, TF32 matmuls."""
     cfg = compose_config("train")
-    assert (cfg.task.optimizer.lr, cfg.task.optimizer.weight_decay) == (1e-3, 0.01)
+    assert (cfg.task.optimizer.lr, cfg.task.optimizer.weight_decay) == (None, 0.01)  # each head its own
     assert (cfg.task.scheduler.warmup_steps, cfg.trainer.gradient_clip_val) == ("5%", 1.0)
     assert cfg.task.depth_loss.warm_up is False and cfg.task.init_depth_from_data is True
     assert (cfg.task.dead_head_steps, cfg.task.best_ckpt_dtype) == (100, "fp32")

@@ -11,6 +11,7 @@ import dense
 from dense.core.errors import ConfigError
 from dense.data import DenseDataModule
 from dense.tasks import DepthTask, RunCheckpointIO, SegmentationTask, build_task, lr_schedule
+from dense.tasks.multi import build_multi_task
 
 SMALL_DATA = {
     "image_size": [42, 56],
@@ -320,3 +321,27 @@ def test_train_py_prints_the_divergence_as_one_line(tmp_path, capsys):
         "error: training diverged: the loss became NaN or inf at or before step 1; "
         "lower task.optimizer.lr, or check the data"
     )
+
+
+def test_each_head_trains_at_its_registered_lr_unless_the_run_sets_one():
+    """task.optimizer.lr=null (train.yaml): the DPT at upstream's 1e-4 (dinov2's DPT depth configs), the
+    small heads at 1e-3; a head=multi run gives each head its own in a group of its own; a set lr wins."""
+
+    def initial_lrs(task) -> list[float]:
+        optimizer, _ = task.optimizer_and_schedule(10)
+        return [group["initial_lr"] for group in optimizer.param_groups]
+
+    assert initial_lrs(DepthTask(dense.build_model("tiny14", "depth_dpt"))) == [1e-4]
+    assert initial_lrs(DepthTask(dense.build_model("tiny14", "depth_linear"))) == [1e-3]
+    assert initial_lrs(SegmentationTask(dense.build_model("tiny14", "seg_linear", num_classes=3))) == [1e-3]
+    chosen = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 5e-4}
+    assert initial_lrs(DepthTask(dense.build_model("tiny14", "depth_dpt"), optimizer=chosen)) == [5e-4]
+
+    datamodule = DenseDataModule(name="synthetic", task="multi", **SMALL_DATA)
+    model = dense.build_model("tiny14", heads={"depth": "depth_dpt", "seg": "seg_linear"}, num_classes=7)
+    task = build_multi_task(model, datamodule)
+    assert initial_lrs(task) == [1e-4, 1e-3]
+    optimizer, _ = task.optimizer_and_schedule(10)
+    heads = [set(map(id, model.heads[name].parameters())) for name in ("depth", "seg")]
+    assert [set(map(id, group["params"])) for group in optimizer.param_groups] == heads
+    assert initial_lrs(build_multi_task(model, datamodule, optimizer=chosen)) == [5e-4, 5e-4]

@@ -46,7 +46,8 @@ from dense.core.weights_file import load_weights_file
 from dense.model import DenseModel, check_inference_settings
 
 DECAYS = ("cosine", "poly", "constant")
-DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-4, "weight_decay": 0.01}
+# No lr: the head's own (DenseModel.default_lr) unless the config sets one.
+DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "_partial_": True, "weight_decay": 0.01}
 DEFAULT_DEAD_HEAD_STEPS = 100  # train.yaml's task.dead_head_steps
 # task.best_ckpt_dtype: the dtype of the weights in weights-only checkpoints (best.ckpt).
 CHECKPOINT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -304,7 +305,8 @@ class DenseTask(L.LightningModule):
 
     model: the DenseModel (its backbone is frozen and stays so).
     optimizer: a Hydra `_partial_` config of the optimiser class (default AdamW); bound to the head's
-        parameters in configure_optimizers, so the backbone can never enter the optimiser.
+        parameters in configure_optimizers, so the backbone can never enter the optimiser. Its lr null
+        or absent: the head's registered `default_lr` (1e-4 the DPT, as upstream; 1e-3 the others).
     scheduler: keys of `lr_schedule` (warmup_steps, warmup_ratio, decay, power, min_lr_ratio); decay
         null = the task's default (depth cosine, segmentation poly). Stepped every iteration.
     test_mode / test_crop_size / test_stride / test_scales / test_flip: how validation and test
@@ -396,8 +398,16 @@ class DenseTask(L.LightningModule):
         from hydra.utils import instantiate
 
         # Only the head: the frozen backbone's parameters are never handed to the optimiser.
-        optimizer = instantiate(self.optimizer_config, _partial_=True)(self.model.head.parameters())
+        settings = {k: v for k, v in self.optimizer_config.items() if not (k == "lr" and v is None)}
+        optimizer = instantiate(settings, _partial_=True)(self.parameter_groups())
         return optimizer, LambdaLR(optimizer, lr_schedule(total_steps, **self.scheduler_config))
+
+    def parameter_groups(self) -> list[dict]:
+        """The head's parameters at task.optimizer.lr, or at its head's default when that is null."""
+        lr = self.optimizer_config.get("lr")
+        return [
+            {"params": list(self.model.head.parameters()), "lr": self.model.default_lr if lr is None else lr}
+        ]
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if "patches" in batch:  # features read from the cache (dense/cache.py): no backbone to run

@@ -115,6 +115,14 @@ class MultiTask(DenseTask):
         self.log("train/loss", total, prog_bar=True, batch_size=size)
         return total
 
+    def parameter_groups(self) -> list[dict]:
+        """One group per head, each at task.optimizer.lr or, when that is null, its own head's default."""
+        lr = self.optimizer_config.get("lr")
+        return [
+            {"params": list(part.model.head.parameters()), "lr": part.model.default_lr if lr is None else lr}
+            for part in self.parts.values()
+        ]
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         for part in self.parts.values():  # a fresh depth head starts at the data's median (DepthTask)
             part.on_train_batch_start(batch, batch_idx)
