@@ -24,7 +24,7 @@ from dense.backbones import OFFICIAL_NAMES, build_backbone, get_spec, hub_cache_
 from dense.core.errors import WeightsError
 from tests._random_weights import random_official_state_dict
 
-HERE = os.path.dirname(__file__)
+HERE = os.path.dirname(os.path.dirname(__file__))  # tests/
 REFERENCE = os.path.join(HERE, "reference")
 
 

@@ -10,7 +10,7 @@ Independent references, all runnable in CI:
 - the facts of upstream's hub, layer sets and README, written out below.
 
 The full-size parity against upstream (S, S+, B, L; H+ and the 7B's width) needs a copy of
-upstream: `DINOV3_REPO=/path/to/dinov3 pytest -m slow tests/test_dinov3.py`.
+upstream: `DINOV3_REPO=/path/to/dinov3 pytest -m slow tests/backbones/test_dinov3.py`.
 """
 
 import dataclasses
@@ -36,7 +36,7 @@ from dense.backbones.dinov3.vit import RopePositionEmbedding, rotate_patch_token
 from dense.core.errors import WeightsError
 from tests._random_weights import official_shapes, seeded_state_dict
 
-HERE = os.path.dirname(__file__)
+HERE = os.path.dirname(os.path.dirname(__file__))  # tests/
 REFERENCE = os.path.join(HERE, "reference")
 TINY_NAMES = ["tiny16", "tiny16_swiglu", "tiny16_untied", "tiny16_clsnorm"]
 

@@ -21,6 +21,8 @@ from dense.core.hashing import file_sha256
 from dense.data import SyntheticScenes
 from dense.model import build_model
 
+pytestmark = pytest.mark.trust  # the trust audit: `python -m pytest -m trust`
+
 N = 4
 
 

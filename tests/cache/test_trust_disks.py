@@ -23,7 +23,9 @@ from dense.cache import CachedFeatures, CacheError, EntryFolder
 from dense.checkpoint import atomic_save
 from dense.core.errors import WriteError
 from tests._tiny_run import TINY_RUN, train_in_process
-from tests.test_trust_cache import seeded_model, tiny_scenes
+from tests.cache.test_trust_cache import seeded_model, tiny_scenes
+
+pytestmark = pytest.mark.trust  # the trust audit: `python -m pytest -m trust`
 
 
 def no_space(*args, **kwargs):

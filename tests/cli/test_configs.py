@@ -54,7 +54,7 @@ def test_the_default_recipe_trains():
 
 def test_every_backbone_and_head_option_composes():
     assert set(options("backbone")) == set(BACKBONES)
-    # head=multi: several heads (configs/head/multi.yaml, tests/test_multi_head.py), each a head group's keys
+    # head=multi: several heads (configs/head/multi.yaml, tests/model/test_multi_head.py), each a head group's keys
     assert set(options("head")) == set(heads.list_heads(with_aliases=True)) | {"multi"}
     for name in options("backbone"):
         assert compose_config("train", f"backbone={name}").backbone.name == name
@@ -130,7 +130,7 @@ def test_experiment_recipes(name):
 
 # What every experiment composed to before the shared recipes of configs/recipe/ (main at 233beac, made
 # by tests/reference/make_experiment_reference.py from that commit's config files).
-BEFORE_RECIPES = json.loads((Path(__file__).parent / "reference" / "experiments.json").read_text())[
+BEFORE_RECIPES = json.loads((Path(__file__).parents[1] / "reference" / "experiments.json").read_text())[
     "experiments"
 ]
 # Defaults changed on purpose since then, in every data config alike (not by the recipes): (then, now).
@@ -288,8 +288,8 @@ def test_mask_experiments_follow_pmts_config(name):
 
 
 def test_every_experiment_is_tested():
-    own_folder = {"folder_depth", "folder_seg"}  # tests/test_own_folder.py runs them
-    multi = {"multi_smoke"}  # tests/test_multi_head.py
+    own_folder = {"folder_depth", "folder_seg"}  # tests/cli/test_own_folder.py runs them
+    multi = {"multi_smoke"}  # tests/model/test_multi_head.py
     assert set(options("experiment")) == (
         set(RECIPES) | set(DINOV3_RECIPES) | set(MASK_RECIPES) | {"smoke"} | own_folder | multi
     )

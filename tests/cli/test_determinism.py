@@ -1,6 +1,6 @@
 """Determinism (issue 7): the same seed gives bit-identical head weights and logged values on the CPU
 across two independent `python train.py` processes (that another seed gives other weights is
-tests/test_data_datamodule.py's and test_train.py's business; a third run here would cost 10+ s).
+tests/data/test_datamodule.py's and test_train.py's business; a third run here would cost 10+ s).
 
 On a GPU this is not promised: see docs/README_failures.md (cuDNN algorithm choice and atomic-add
 reductions, e.g. the backward of bilinear upsampling, vary between runs unless `trainer.deterministic=true`,

@@ -38,6 +38,8 @@ from tests._tiny_run import (
     run_script,
 )
 
+pytestmark = pytest.mark.first_hour  # the first_hour audit: `python -m pytest -m first_hour`
+
 # 2 steps of an epoch of 4: training stops before its first validation.
 TWO_STEPS = [*QUIET_TINY_RUN, *SCENES_28, "trainer.max_steps=2"]
 

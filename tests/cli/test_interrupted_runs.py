@@ -39,7 +39,7 @@ TINY = [
 STEPS_PER_EPOCH = 4
 
 
-# ---- callbacks loaded by the killed runs (importable as tests.test_interrupted_runs.*) -----------------
+# ---- callbacks loaded by the killed runs (importable as tests.cli.test_interrupted_runs.*) -----------------
 
 
 class HangAtStep(L.Callback):
@@ -154,7 +154,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, uninterru
     run_dir, marker = tmp_path / "run", tmp_path / "killed"
     # Step 6 of 12: half-way through the second epoch; last.ckpt is the one of step 4 (end of epoch 1).
     run_and_kill(
-        run_dir, marker, f"{{_target_:tests.test_interrupted_runs.HangAtStep,step:6,marker:{marker}}}"
+        run_dir, marker, f"{{_target_:tests.cli.test_interrupted_runs.HangAtStep,step:6,marker:{marker}}}"
     )
     last = run_dir / "checkpoints" / "last.ckpt"
     assert load_weights_file(last)["global_step"] == STEPS_PER_EPOCH
@@ -166,7 +166,9 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, uninterru
 def test_sigkill_while_writing_last_ckpt_keeps_the_previous_one(tmp_path, uninterrupted):
     run_dir, marker = tmp_path / "run", tmp_path / "killed"
     checkpoints = run_dir / "checkpoints"
-    callback = f"{{_target_:tests.test_interrupted_runs.HangInsideCheckpointWrite,step:8,marker:{marker}}}"
+    callback = (
+        f"{{_target_:tests.cli.test_interrupted_runs.HangInsideCheckpointWrite,step:8,marker:{marker}}}"
+    )
     run_and_kill(run_dir, marker, callback)  # killed half-way through writing the step-8 last.ckpt
 
     # last.ckpt is still the complete step-4 checkpoint; the half-written bytes are only in a temporary

@@ -25,6 +25,8 @@ from dense.data import DenseDataModule
 from tests._fixtures_data import write_folder
 from tests._tiny_run import CONFIGS, ROOT, compose_config, predict_config, script_env
 
+pytestmark = pytest.mark.first_hour  # the first_hour audit: `python -m pytest -m first_hour`
+
 STEMS = [f"img{i:02d}" for i in range(10)]
 # The documented command with a tiny backbone instead of the preset's ViT-S/14 (the test's only change
 # besides the paths), and a cheaper schedule: 2 epochs of 2 steps.

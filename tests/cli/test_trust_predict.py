@@ -26,6 +26,8 @@ from dense.data.readers import read_rgb
 from tests._fixtures_data import rgb
 from tests._tiny_run import model_input, predict_config, write_checkpoint
 
+pytestmark = pytest.mark.trust  # the trust audit: `python -m pytest -m trust`
+
 DEPTH_FILES = ("_depth_mm.png", ".npy", "_color.png")
 DEPTH_RUN_FILES: list[str] = []  # depth writes no file once per run (each picture carries its colour bar)
 

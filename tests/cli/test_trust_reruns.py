@@ -4,7 +4,7 @@
   without its start-up cost) and rerun over the same folder replaces exactly its own earlier files: each
   result is in the journal (.dense-predict.journal) before it appears under its name.
 - A second fresh train.py run into a folder that holds a run is refused in one line, before Hydra writes
-  into it (the in-process case is tests/test_trust_checkpoints.py's second-run test).
+  into it (the in-process case is tests/model/test_trust_checkpoints.py's second-run test).
 - Feature-cache files swapped between two entries of the same shapes are found (each file names its
   entry) and the entry refilled, never read.
 """
@@ -29,7 +29,9 @@ from dense.data import SyntheticScenes
 from dense.model import build_model
 from tests._fixtures_data import rgb
 from tests._tiny_run import predict_config
-from tests.test_trust_cache import assert_reads_true_features, seeded_model
+from tests.cache.test_trust_cache import assert_reads_true_features, seeded_model
+
+pytestmark = pytest.mark.trust  # the trust audit: `python -m pytest -m trust`
 
 # ---- predict.py killed with SIGKILL -----------------------------------------------------------------------
 

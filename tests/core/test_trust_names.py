@@ -25,6 +25,8 @@ from dense.data.synthetic import SyntheticScenes
 from heads import HEADS, register_head
 from tests._fixtures_data import write_folder
 
+pytestmark = pytest.mark.trust  # the trust audit: `python -m pytest -m trust`
+
 
 @pytest.fixture
 def registries():

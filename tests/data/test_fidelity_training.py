@@ -38,6 +38,8 @@ from dense.tasks import build_task
 from tests._fixtures_data import write_kitti, write_nyu_mat, write_voc
 from tests._tiny_run import compose_config
 
+pytestmark = pytest.mark.fidelity  # the fidelity audit: `python -m pytest -m fidelity`
+
 # ==================================================================================================
 # §3  Training sees the raw depth; only inference clamps
 # ==================================================================================================

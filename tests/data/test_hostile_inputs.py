@@ -35,6 +35,8 @@ from dense.data import DatasetError, DepthScaleWarning, FolderDataset
 from tests._fixtures_data import rgb
 from tests._tiny_run import predict_config, run_script
 
+pytestmark = pytest.mark.hostile  # the hostile audit: `python -m pytest -m hostile`
+
 
 def one_line(message: str) -> str:
     message = str(message)

@@ -44,6 +44,8 @@ from tests._fixtures_data import (
     write_voc,
 )
 
+pytestmark = pytest.mark.trust  # the trust audit: `python -m pytest -m trust`
+
 SIZE = 28  # fixture images (where the format allows): the backbone runs fast on them
 
 

@@ -41,6 +41,8 @@ from tests._fixtures_data import (
     write_voc,
 )
 
+pytestmark = pytest.mark.trust  # the trust audit: `python -m pytest -m trust`
+
 SIZE, N = 28, 4
 MESSAGE_LIMIT = 2000  # what a child sends back of an error message (its length is sent too)
 

@@ -14,8 +14,9 @@ import dense
 from dense.core.errors import WeightsError
 from dense.core.features import FeatureMaps, LayerSet
 from heads import DPTDepthHead, LinearDepthHead, LinearSegHead, build_head, get_head_spec, load_released_head
+from tests.testers import small_options, tensor_heads
 
-REFERENCE = Path(__file__).parent / "reference"
+REFERENCE = Path(__file__).parents[1] / "reference"
 DIM = 16  # tiny feature width for the forward tests
 
 
@@ -257,15 +258,6 @@ def test_seg_head_equals_batchnorm_and_conv_on_concat(num_layers, grids):
 # Every registered head: forward + backward, fp32 and bf16 autocast, rectangular grids
 
 
-TINY_OPTIONS = {
-    "depth_linear": {},
-    "depth_linear4": {},
-    "depth_dpt": {"channels": 16},
-    "seg_linear": {"num_classes": 5},
-    "seg_ms": {"num_classes": 5},
-}
-
-
 def expected_grid(name: str, h: int, w: int) -> tuple[int, int]:
     task_scale = {"depth_linear": 4, "depth_linear4": 4, "seg_linear": 1, "seg_ms": 1}
     if name == "depth_dpt":
@@ -273,13 +265,15 @@ def expected_grid(name: str, h: int, w: int) -> tuple[int, int]:
     return task_scale[name] * h, task_scale[name] * w
 
 
-@pytest.mark.parametrize("name", ["depth_linear", "depth_linear4", "depth_dpt", "seg_linear", "seg_ms"])
+# Every registered head with a tensor output (seg_mask's MaskPredictions: tests/testers.py), at the small
+# sizes registered with it (HeadSpec.test_options).
+@pytest.mark.parametrize("name", tensor_heads())
 @pytest.mark.parametrize("grid", [(3, 5), (4, 2)])
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16"])
 def test_forward_backward(name, grid, autocast):
     torch.manual_seed(0)
     spec = get_head_spec(name)
-    head = build_head(name, DIM, **TINY_OPTIONS[name]).train()
+    head = build_head(name, DIM, **small_options(name, num_classes=5)).train()
     feats = features(spec.num_layers, grid, cls=spec.use_cls_token)
     for p in feats.patches:
         p.requires_grad_(True)
@@ -326,6 +320,27 @@ def test_a_head_registered_twice_is_refused():
         )(LinearDepthHead)
     with pytest.raises(ValueError, match="layer_set must be a dense.LayerSet"):
         dense.register_head("x", task="depth", layer_set="last", norm=False, use_cls_token=False)
+
+
+def test_a_head_declares_its_test_sizes_at_registration():
+    """The per-head tests build each head with `small_options` (tests/testers.py): its registered
+    test_options, read-only, options of its own constructor, none of them a change outside the tests."""
+    assert dict(get_head_spec("depth_dpt").test_options) == {"channels": 32}
+    assert dict(get_head_spec("seg_mask").test_options) == {"num_queries": 16, "num_blocks": 2}
+    assert dict(get_head_spec("depth_linear").test_options) == {}
+    with pytest.raises(TypeError):
+        get_head_spec("depth_dpt").test_options["channels"] = 8  # type: ignore[index]
+    assert build_head("depth_dpt", DIM).project.conv.out_channels == 256  # the default is the head's own
+    with pytest.raises(ValueError, match="head x: test_options has no option.s. nope"):
+        dense.register_head(
+            "x",
+            task="depth",
+            layer_set=LayerSet.LAST,
+            norm=False,
+            use_cls_token=True,
+            test_options={"nope": 1},
+        )(LinearDepthHead)
+    assert "x" not in dense.list_heads()
 
 
 def test_former_option_name_still_builds():

@@ -40,7 +40,7 @@ def test_head_bf16_and_state_dict(head, backbone):
 
 
 def test_compile_one_case():
-    # Inductor itself is tested on the backbones (tests/test_dinov3.py, tests/test_speed_options.py).
+    # Inductor itself is tested on the backbones (tests/backbones/test_dinov3.py, tests/model/test_speed_options.py).
     HeadTester("seg_linear", "tiny16").check_compile(backend="eager", fullgraph=True)
 
 
@@ -108,7 +108,7 @@ def forget(module: str) -> None:
 def compose_config(config_name: str, overrides: list[str]):
     from pathlib import Path
 
-    configs = Path(__file__).resolve().parents[1] / "configs"
+    configs = Path(__file__).resolve().parents[2] / "configs"
     with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
         return compose(config_name, overrides=overrides)
 

@@ -10,8 +10,9 @@ from dense.backbones import get_spec
 from dense.core.errors import WeightsError
 from dense.model import MS_SCALES, build_model, center_padding
 from tests._random_weights import REFERENCE, seeded_state_dict
+from tests.testers import small_options, tensor_heads
 
-HEAD_NAMES = ["depth_linear", "depth_linear4", "depth_dpt", "seg_linear", "seg_ms"]
+HEAD_NAMES = tensor_heads()  # every registered head with a tensor output, at its registered test sizes
 TINY = ["tiny14", "tiny14_reg", "tiny14_swiglu"]
 
 
@@ -184,8 +185,7 @@ def test_uint8_images_give_what_their_imagenet_normalised_copy_gives(head):
 @pytest.mark.parametrize("head", HEAD_NAMES)
 @pytest.mark.parametrize("size", [(56, 56), (42, 70), (45, 61)])
 def test_every_head_on_every_backbone(backbone, head, size):
-    options = {"num_classes": 4} if head.startswith("seg") else {}
-    model = build_model(backbone, head, **options)
+    model = build_model(backbone, head, **small_options(head, num_classes=4))
     model.train()
     image = torch.randn(2, 3, *size)
     out = model(image)

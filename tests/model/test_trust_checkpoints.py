@@ -30,6 +30,8 @@ from dense.core.weights_file import load_weights_file
 from dense.tasks import RunCheckpointIO
 from tests._tiny_run import QUIET_TINY_RUN, ROOT, TINY_RUN, compose_config, run_script, train_in_process
 
+pytestmark = pytest.mark.trust  # the trust audit: `python -m pytest -m trust`
+
 # TINY_RUN: 4 steps = 1 epoch of the 16 scenes of SCENES_28; the finished run (conftest's `tiny_run`) ends there.
 
 

@@ -23,6 +23,8 @@ from dense.cli.predict import run as predict
 from dense.core.errors import WeightsError
 from tests._tiny_run import TINY_RUN, compose_config, predict_config, train_in_process
 
+pytestmark = pytest.mark.trust  # the trust audit: `python -m pytest -m trust`
+
 
 def _quantized(tensor: torch.Tensor) -> torch.Tensor:
     with warnings.catch_warnings():

@@ -35,6 +35,8 @@ from dense.tasks import build_task
 from tests._fixtures_data import VOC_PALETTE, save_labels, save_rgb
 from tests._tiny_run import QUIET_TINY_RUN, compose_config, predict_config, train_in_process
 
+pytestmark = pytest.mark.fidelity  # the fidelity audit: `python -m pytest -m fidelity`
+
 IGNORE = 255
 SHORT = 28  # the test-time short side of these tests (eval_short_side); upstream's is 512
 

@@ -6,7 +6,7 @@
 - A few dozen steps of train.py's defaults (only sizes, steps and the tiny backbone chosen) learn, for
   every registered head on both backbone families, each case with its own seed.
 - A dead head (depth at min_depth, one class everywhere) stops the run with one line and exit status 3,
-  read from device-side counters at the periodic checks (tests/test_no_sync.py shows the counting makes
+  read from device-side counters at the periodic checks (tests/tasks/test_no_sync.py shows the counting makes
   no sync).
 """
 
@@ -197,6 +197,7 @@ LEARNING_SIZES = [
     "data.num_val=4",
     "data.num_test=8",
     "trainer.max_steps=48",
+    "task.mask_loss.num_points=784",  # a mask-classification head's loss on 784 sampled points per mask
 ]
 
 
@@ -231,15 +232,9 @@ def majority_class_miou(datamodule) -> float:
 
 @pytest.mark.parametrize("head,family,seed", LEARNING_CASES)
 def test_every_head_learns_from_the_defaults(tmp_path, caplog, head, family, seed):
-    options = {
-        "depth_dpt": ["+head.options.channels=32"],
-        # 16 queries and 2 decoder blocks instead of 100 and 4; the loss on 784 sampled points per mask.
-        "seg_mask": [
-            "head.options.num_queries=16",
-            "head.options.num_blocks=2",
-            "task.mask_loss.num_points=784",
-        ],
-    }.get(head, [])
+    # The head's registered test sizes (HeadSpec.test_options): the DPT with 32 fusion channels, seg_mask
+    # with 16 queries and 2 decoder blocks instead of 100 and 6.
+    options = [f"++head.options.{k}={v}" for k, v in heads.get_head_spec(head).test_options.items()]
     task_name = heads.get_head_spec(head).task
     caplog.set_level("INFO")
     task, metrics = train_in_process(

@@ -11,7 +11,7 @@ torch.compile(fullgraph=True, backend="eager") (tracing only, no code generation
 test_the_harness_catches_each_kind_of_sync shows each route failing. The old losses (value checks,
 `pred[mask]`, `if g.numel() == 0`, `int(counter)`, `bool(has_valid.any())`) fail these tests.
 The dead-head check's per-step counting (DenseTask: the task's `is_dead` and `next_dead_streak`) is
-held to the same rule; it is read only at the periodic checks (tests/test_learning.py).
+held to the same rule; it is read only at the periodic checks (tests/tasks/test_learning.py).
 """
 
 import pytest

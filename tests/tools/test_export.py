@@ -26,8 +26,9 @@ from dense.tools import export
 from tests import _crafted_onnx as crafted
 from tests._fixtures_data import rgb
 from tests._tiny_run import ROOT, one_line_exit, write_checkpoint
+from tests.testers import small_options
 
-HEADS = ["depth_linear", "depth_dpt", "seg_linear", "seg_mask"]
+HEADS = heads.list_heads()  # each built at its registered test sizes (HeadSpec.test_options)
 BACKBONES = ["tiny14", "tiny14_reg", "tiny14_swiglu", "tiny16"]
 # Batch 1 and 3, sides below, at and between patch multiples; the export example is 2×35×69 (14) / 2×40×79 (16).
 SIZES = [(1, 14, 14), (3, 17, 50), (2, 28, 42), (1, 9, 13), (1, 64, 33)]
@@ -35,10 +36,8 @@ SIZES = [(1, 14, 14), (3, 17, 50), (2, 28, 42), (1, 9, 13), (1, 64, 33)]
 
 def tiny_model(backbone: str, head: str, seed: int = 0) -> DenseModel:
     torch.manual_seed(seed)
-    options = {"num_classes": 5} if heads.get_head_spec(head).task == "segmentation" else {}
-    if head == "seg_mask":  # a small decoder: the same ops, fewer copies of them to export
-        options.update(num_queries=8, num_blocks=2)
-    model = build_model(backbone, head, **options).eval()
+    # seg_mask: a small decoder, the same ops, fewer copies of them to export; the DPT: 32 fusion channels.
+    model = build_model(backbone, head, **small_options(head, num_classes=5)).eval()
     if hasattr(model.head, "conv_seg"):  # class scores that vary across the image (the init is near uniform)
         torch.nn.init.normal_(model.head.conv_seg.weight, std=1.0)
     return model
@@ -68,7 +67,7 @@ def run_at_sizes(model: DenseModel, run, uint8: bool = False) -> None:
 
 def onnx_runner(path: Path):
     # Every graph the suite exports uses only the operators predict.py accepts (the slow
-    # tests/test_trust_onnx.py re-derives the whole set).
+    # tests/tools/test_trust_onnx.py re-derives the whole set).
     assert export.graph_operators(onnx.load(path)) <= export.ONNX_OPS
     model = export.load_onnx_model(path)
     session, name = model.session, model.input_name
@@ -181,8 +180,10 @@ def test_export_py_writes_the_checkpoints_program(tmp_path, capsys):
 
 
 # Every head on every backbone family, through ONNX Runtime and .pt2. Each case costs 20-90 s of CPU, so
-# the default suite runs two of them, which with the four exports above give every head (DPT included)
-# and every family (DINOv3 and SwiGLU through ONNX too) at least once; `pytest -m slow` runs all sixteen.
+# the default suite runs two of them, which with the four exports above give every head (DPT included; the
+# linear heads' four-layer forms depth_linear4 and seg_ms are the same ops) and every family (DINOv3 and
+# SwiGLU through ONNX too) at least once; `pytest -m slow` runs all of them (every registered head × the
+# four backbones).
 IN_EVERY_RUN = {("depth_dpt", "tiny16"), ("depth_linear", "tiny14_swiglu")}
 MATRIX = [
     pytest.param(head, backbone, marks=() if (head, backbone) in IN_EVERY_RUN else pytest.mark.slow)

@@ -30,6 +30,8 @@ from tests._crafted_onnx import BOOL, FLOAT, constant, conv_to, depending_on, me
 from tests._fixtures_data import rgb
 from tests._tiny_run import predict_config
 
+pytestmark = pytest.mark.trust  # the trust audit: `python -m pytest -m trust`
+
 # ---- refused on load -----------------------------------------------------------------------------------
 
 
