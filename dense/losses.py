@@ -14,7 +14,7 @@ exactly that (the published models were trained with it), form="correct" the per
 No host-device sync on the training path: the loss bodies use no boolean-mask indexing (its output
 size depends on the data, so it syncs), no Python `if` on tensor values and no `.item()`/`int()`;
 masked statistics are weighted sums with the float mask and edge cases are picked with torch.where.
-tests/test_no_sync.py holds them to it: it traces them with torch.compile(fullgraph=True) and refuses
+tests/tasks/test_no_sync.py holds them to it: it traces them with torch.compile(fullgraph=True) and refuses
 a graph break or any value in the graph that only the data determine.
 """
 
@@ -355,7 +355,7 @@ class ScaleShiftInvariantLoss(nn.Module):
                pixels of that map (the gist's normalisation; the paper's eq. 11 writes 1/M)
         loss = ssi + grad_weight·grad   (alpha = 0.5, 4 scales: the paper's and the gist's values)
     and the batch loss is the mean over the images that have a valid pixel (0 without any, on the graph).
-    Where the gist and the paper differ, the paper is followed (tests/test_relative.py checks both):
+    Where the gist and the paper differ, the paper is followed (tests/tasks/test_relative.py checks both):
       * the gist's trim does nothing: `torch.sort(res)[:k]` slices the (values, indices) pair, not
         the values, so it sums every |r|. trim=0 computes exactly that; the default 0.2 is the paper's;
       * the gist takes the median over all pixels with invalid ones as 0; here, over the valid pixels;

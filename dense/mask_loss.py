@@ -30,7 +30,7 @@ Host-device syncs. The loss is built to need exactly one per call: the Hungarian
 CPU (as upstream's), so the cost matrices of every layer and image, and which classes each image
 holds, go to the host together in one transfer (`to_host`); the matched indices come back in one.
 Everything before (`matching_costs`) and after (`layer_losses`) is free of syncs
-(tests/test_no_sync.py traces both with fullgraph=True and counts the transfers of a whole call).
+(tests/tasks/test_no_sync.py traces both with fullgraph=True and counts the transfers of a whole call).
 Upstream makes one transfer per layer and image, and reads the mask count with .item().
 """
 

@@ -7,7 +7,10 @@
 The registration states what the model needs to know about the head: its task, the blocks it reads by
 default (a LayerSet, which each backbone turns into its own block indices), whether those features
 pass through the backbone's final LayerNorm (`norm`; upstream: depth no, segmentation yes) and
-whether it reads class tokens. The constructor takes the embedding width, then its options: the model
+whether it reads class tokens. `test_options` are the head's options for the test suite: sizes small
+enough for a CPU (the DPT's fusion channels, the mask head's queries and blocks), which every per-head
+test (tests/testers.py, tests/heads, tests/tasks, ...) builds it with; they change nothing outside the
+tests. The constructor takes the embedding width, then its options: the model
 always passes `num_layers` (how many feature maps it will get) and `use_cls_token`; a head that
 supports only some values refuses the others there, in one line.
 """
@@ -15,7 +18,9 @@ supports only some values refuses the others there, in one line.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import torch.nn as nn
@@ -34,7 +39,8 @@ DEFAULT_LR = 1e-3
 @dataclass(frozen=True)
 class HeadSpec:
     """One registered head. `layer_set` is the default set of blocks; `aliases` other names for it;
-    `default_lr` its learning rate when the run sets none."""
+    `default_lr` its learning rate when the run sets none; `test_options` the small sizes the test suite
+    builds it with (module docstring)."""
 
     name: str
     task: str
@@ -44,6 +50,7 @@ class HeadSpec:
     use_cls_token: bool
     aliases: tuple[str, ...] = field(default=())
     default_lr: float = DEFAULT_LR
+    test_options: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def num_layers(self) -> int:
@@ -69,6 +76,7 @@ def register_head(
     use_cls_token: bool,
     aliases: tuple[str, ...] = (),
     default_lr: float = DEFAULT_LR,
+    test_options: Mapping[str, Any] | None = None,
 ):
     """Class decorator: register a head under `name` (and `aliases`). See the module docstring."""
     if task not in TASKS:
@@ -76,11 +84,24 @@ def register_head(
     if not isinstance(layer_set, LayerSet):
         raise ValueError(f"head {name}: layer_set must be a dense.LayerSet, got {layer_set!r}")
     aliases = tuple(aliases)
+    test_options = MappingProxyType(dict(test_options or {}))  # read-only: every test reads the same sizes
 
     def make_spec(head_class) -> HeadSpec:
-        return HeadSpec(
-            name, task, head_class, layer_set, bool(norm), bool(use_cls_token), aliases, float(default_lr)
+        spec = HeadSpec(
+            name,
+            task,
+            head_class,
+            layer_set,
+            bool(norm),
+            bool(use_cls_token),
+            aliases,
+            float(default_lr),
+            test_options,
         )
+        unknown = sorted(set(test_options) - set(spec.options))
+        if unknown:
+            raise ValueError(f"head {name}: test_options has no option(s) {', '.join(unknown)}")
+        return spec
 
     return HEADS.decorator_for(name, make_spec, aliases)
 

@@ -1,6 +1,6 @@
 """The same tests for every registered head and backbone (smp's tester classes, in our shape).
 
-tests/test_registered.py parametrises these over `dense.list_heads()` and `dense.list_backbones()`, so a
+tests/heads/test_registered.py parametrises these over `dense.list_heads()` and `dense.list_backbones()`, so a
 newly registered head or backbone is tested without editing any test: a head on the tiny backbones of
 both families, a tiny backbone by a forward pass, a full-size one by its key names and shapes (built on
 the meta device, no memory allocated).
@@ -19,10 +19,25 @@ from dense.core.mask_predictions import MaskPredictions
 
 # One tiny backbone per family: patch 14 (learned position embedding) and patch 16 (RoPE).
 TINY_BACKBONES = ("tiny14", "tiny16")
-# Options a head cannot do without (segmentation: how many classes); a user's head gets the same.
-REQUIRED_OPTIONS = {"segmentation": {"num_classes": 3}}
-# Built-in heads made small enough for the suite (the DPT's 256 fusion channels cost seconds on a CPU).
-SMALL_OPTIONS = {"depth_dpt": {"channels": 16}, "seg_mask": {"num_queries": 8, "num_blocks": 2}}
+
+
+def small_options(head: str, num_classes: int = 3) -> dict:
+    """What the suite builds `head` with: the option a head of its task cannot do without (segmentation:
+    how many classes; a user's head gets the same) and the small sizes registered with it
+    (`@register_head(..., test_options=...)`: the DPT's 256 fusion channels cost seconds on a CPU)."""
+    spec = heads.get_head_spec(head)
+    required = {"num_classes": num_classes} if spec.task == "segmentation" else {}
+    return {**required, **spec.test_options}
+
+
+def tensor_heads() -> list[str]:
+    """The registered heads whose output is a tensor (depth or class logits); a mask-classification head
+    (seg_output "scores", seg_mask) answers MaskPredictions in training, tested by HeadTester."""
+    return [
+        n
+        for n in heads.list_heads()
+        if getattr(heads.get_head_spec(n).head_class, "seg_output", "logits") == "logits"
+    ]
 
 
 class HeadTester:
@@ -32,7 +47,7 @@ class HeadTester:
     def __init__(self, head: str, backbone: str):
         self.spec = heads.get_head_spec(head)
         self.backbone = backbone
-        self.options = {**REQUIRED_OPTIONS.get(self.spec.task, {}), **SMALL_OPTIONS.get(self.spec.name, {})}
+        self.options = small_options(self.spec.name)
 
     def build(self, seed: int = 0) -> dense.DenseModel:
         torch.manual_seed(seed)

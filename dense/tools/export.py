@@ -420,7 +420,7 @@ def to_onnx(
 # derive_onnx_ops: every registered head on a tiny backbone of each family, every tiny variant, float
 # and uint8 input, float32 and float16 weights. predict.py refuses a file with any other operator
 # (control flow such as Loop, If or Scan, another domain): it was not written by export.py.
-# tests/test_trust_onnx.py checks the graphs the suite exports against it; `pytest -m slow` re-derives it
+# tests/tools/test_trust_onnx.py checks the graphs the suite exports against it; `pytest -m slow` re-derives it
 # (17 exports, 5 min on 2 cores; torch 2.14.1, onnx 1.23).
 ONNX_OPS = frozenset(
     """

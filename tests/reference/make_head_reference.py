@@ -7,7 +7,7 @@ store, per head, an mmcv-style checkpoint plus the test cases, in one file:
      "meta": {"head": ..., "embed_dim": ..., ...},         # how to build the same head with ours
      "cases": [{"patches": [B×D×h×w, ...], "cls_tokens": [B×D, ...], "output": B×1×H×W}, ...]}
 
-tests/test_heads.py loads each file through heads.load_released_head (so the key names must match
+tests/heads/test_heads.py loads each file through heads.load_released_head (so the key names must match
 upstream's exactly) and checks our head's output against "output".
 
 How the tensors were made:
