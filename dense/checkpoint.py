@@ -7,7 +7,8 @@ A checkpoint is a Lightning checkpoint (a plain dict, loadable with weights_only
   backbone once to `checkpoints/backbone_init.pth` and points its checkpoints at it, so it never takes
   the stored path; a LightningModule used outside train.py does.)
 - "dense_model": the build_model arguments (backbone, head, weights source, layers, head options),
-  so a checkpoint always rebuilds the exact model that wrote it.
+  so a checkpoint always rebuilds the exact model that wrote it; of a segmentation head, also the names
+  and palette of its classes (the dataset's), for predict.py and the notebooks (not build arguments).
 """
 
 from __future__ import annotations
@@ -94,6 +95,78 @@ MODEL_CONFIG_TYPES = {
 }
 
 
+# What a segmentation record says of its classes besides the build arguments: one name and one
+# [r, g, b] per class (the training dataset's, dense/tasks/segmentation.py record_classes).
+CLASS_KEYS = ("class_names", "palette")
+MAX_CLASS_NAME = 200  # characters: a name is a label in a legend, not a payload
+
+
+def build_arguments(config: dict) -> dict:
+    """A stored single-head record without its class names and palette: what build_model takes."""
+    return {k: v for k, v in config.items() if k not in CLASS_KEYS}
+
+
+def check_classes(config: dict, where: str) -> None:
+    """A record's class names and palette, as train.py writes them: lists of one entry per class
+    (num_classes), names short strings, colours [r, g, b] of ints 0–255. Anything else is refused in
+    one line: a crafted checkpoint must not make predict.py draw with what it did not expect."""
+    count = config.get("num_classes")
+    for key in CLASS_KEYS:
+        if key not in config:
+            continue
+        value = config[key]
+        if (
+            not isinstance(value, list)
+            or isinstance(count, bool)
+            or not isinstance(count, int)
+            or len(value) != count
+        ):
+            raise WeightsError(
+                f"{where}: {MODEL_KEY}.{key} is {shown(value)}, not a list of one entry for each of its "
+                f"{shown(count)} classes"
+            )
+        for index, item in enumerate(value):
+            if key == "class_names":
+                fits = isinstance(item, str) and len(item) <= MAX_CLASS_NAME
+            else:
+                fits = (
+                    isinstance(item, list)
+                    and len(item) == 3
+                    and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in item)
+                )
+            if not fits:
+                wanted = (
+                    f"a name of at most {MAX_CLASS_NAME} characters"
+                    if key == "class_names"
+                    else "[r, g, b] of ints 0–255"
+                )
+                raise WeightsError(f"{where}: {MODEL_KEY}.{key}[{index}] is {shown(item)}, not {wanted}")
+
+
+def stored_classes(checkpoint: dict, head: str | None = None) -> dict:
+    """What a checkpoint says of its (or its head `head`'s) classes: {"class_names", "palette"}, either
+    absent. The model record's (dense_model, checked by read_model_config); a checkpoint written before
+    it held them: the names train.py stored in hyper_parameters.metrics (of a multi-head checkpoint,
+    hyper_parameters.heads.<head>.metrics), when they are a list of short strings, else none."""
+    record = checkpoint[MODEL_KEY] if head is None else checkpoint[MODEL_KEY]["heads"][head]
+    stored = {k: record[k] for k in CLASS_KEYS if k in record}
+    if "class_names" in stored:
+        return stored
+    hparams = checkpoint.get("hyper_parameters") or {}
+    if head is not None:
+        entries = hparams.get("heads") if isinstance(hparams, dict) else None
+        hparams = entries.get(head) if isinstance(entries, dict) else None
+    metrics = hparams.get("metrics") if isinstance(hparams, dict) else None
+    names = metrics.get("class_names") if isinstance(metrics, dict) else None
+    if (
+        isinstance(names, list)
+        and names
+        and all(isinstance(n, str) and len(n) <= MAX_CLASS_NAME for n in names)
+    ):
+        stored["class_names"] = names
+    return stored
+
+
 def check_model_config(config, where: str) -> None:
     if not isinstance(config, dict) or not config:
         raise WeightsError(
@@ -116,7 +189,7 @@ def check_model_config(config, where: str) -> None:
             )
     options = set(heads.get_head_spec(config["head"]).options)
     for key, value in config.items():
-        if key not in MODEL_CONFIG_TYPES and key not in options:
+        if key not in MODEL_CONFIG_TYPES and key not in options and key not in CLASS_KEYS:
             raise WeightsError(
                 f"{where}: '{MODEL_KEY}' has the key {shown(key)}, which is no option of the model"
             )
@@ -129,6 +202,7 @@ def check_model_config(config, where: str) -> None:
             not isinstance(value, expected) or isinstance(value, bool) and bool not in expected
         ):
             raise WeightsError(f"{where}: {MODEL_KEY}.{key}={shown(value)} has the wrong type")
+    check_classes(config, where)
 
 
 def check_multi_config(config: dict, where: str) -> None:
@@ -224,7 +298,7 @@ def model_from_checkpoint(
     anything of that size is allocated.
     """
     where = os.fspath(path)
-    config = dict(checkpoint[MODEL_KEY])
+    config = build_arguments(checkpoint[MODEL_KEY])
     state = checkpoint["state_dict"]
     stored = any(k.startswith(BACKBONE_PREFIX) for k in state)
     if "heads" in config:
@@ -264,7 +338,7 @@ def multi_from_checkpoint(checkpoint: dict, where: str, backbone_weights=None) -
     entries = part_configs(config)
     plans = {}
     for name, entry in entries.items():
-        options = {k: v for k, v in entry.items() if k not in (*SHARED_KEYS, "head")}
+        options = {k: v for k, v in build_arguments(entry).items() if k not in (*SHARED_KEYS, "head")}
         try:
             plans[name] = plan_head(get_spec(entry["backbone"]), entry["head"], **options)
         except (ValueError, TypeError, KeyError) as error:
@@ -306,7 +380,7 @@ def multi_from_checkpoint(checkpoint: dict, where: str, backbone_weights=None) -
         if config.get("backbone_sha256") is not None:
             part.config["backbone_sha256"] = config["backbone_sha256"]
     model = MultiHeadModel(parts)
-    model.config = {**config}
+    model.config = {**config, "heads": {n: build_arguments(e) for n, e in config["heads"].items()}}
     if not stored:
         model.config["backbone_weights"] = weights
     return model.eval()

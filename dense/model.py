@@ -128,8 +128,114 @@ def to_maps(patch_tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return patch_tokens.reshape(B, h, w, -1).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
 
 
-class DenseModel(nn.Module):
-    """Backbone + head + padding + resizing + inference modes. Build it with `build_model`.
+class InferenceModes:
+    """The inference modes (whole image, sliding windows, scales, flip) around a model's raw forward, for
+    DenseModel and for an exported ONNX file run by predict.py (dense/tools/export.py OnnxDenseModel),
+    which holds no backbone or head. What they need of the class: calling it on B×3×h×w images gives
+    the raw output at that size (depth B×1×h×w, class logits or scores B×K×h×w), and its `task` and
+    `seg_output`."""
+
+    task: str
+    seg_output: str
+
+    @torch.no_grad()
+    def predict(
+        self,
+        images: torch.Tensor,
+        mode: str = "whole",
+        *,
+        crop_size: int | tuple[int, int] | None = None,
+        stride: int | tuple[int, int] | None = None,
+        scales: Sequence[float] = (1.0,),
+        flip: bool = False,
+    ) -> torch.Tensor:
+        """Inference: depth B×1×H×W (metres) or class probabilities B×K×H×W (softmax; seg_mask:
+        Mask2Former's class scores, see seg_output).
+
+        mode "whole": the image at once; "slide": overlapping crop_size windows every `stride` pixels,
+        averaged where they overlap (upstream's slide_inference). `scales` resizes this image tensor by
+        each ratio (e.g. MS_SCALES) to round(ratio × side), bilinear, and `flip` adds horizontally flipped
+        copies; all are resized back to H×W and averaged (`predict_views`). The segmentation evaluation
+        (validation, test, eval.py, predict.py) makes its views from the uint8 original with mmseg's
+        size rule instead (dense.data.transforms.eval_view) and hands them to `predict_views`.
+        """
+        size = tuple(images.shape[-2:])
+        if images.dtype == torch.uint8 and any(float(s) != 1.0 for s in scales):
+            images = imagenet_normalised(images)  # resized views need floats: the float contract
+        views = (resize(images, (max(1, round(size[0] * s)), max(1, round(size[1] * s)))) for s in scales)
+        return self.predict_views(views, size, mode, crop_size=crop_size, stride=stride, flip=flip)
+
+    @torch.no_grad()
+    def predict_views(
+        self,
+        views: Iterable[torch.Tensor],
+        size: tuple[int, int],
+        mode: str = "whole",
+        *,
+        crop_size: int | tuple[int, int] | None = None,
+        stride: int | tuple[int, int] | None = None,
+        flip: bool = False,
+    ) -> torch.Tensor:
+        """The average over prepared views of the same images (each B×3×h×w, any h×w; read once, so a
+        generator keeps one view in memory at a time): depth B×1×H×W or probabilities B×K×H×W at `size`.
+
+        Each view is predicted whole or by sliding windows (`mode`, at the view's own size), and with
+        `flip` also its horizontally flipped copy (flipped back); each output is resized to `size`
+        (bilinear, align_corners=False), segmentation logits are softmaxed there, and all are averaged.
+        That is mmseg's aug_test (mmseg/models/segmentors/encoder_decoder.py: whole_inference and
+        slide_inference resize the view's logits to ori_shape, inference softmaxes and flips back,
+        aug_test averages the probabilities). Class scores (seg_output "scores", seg_mask) are averaged
+        without a softmax, as Mask2Former's test-time augmentation sums them.
+        """
+        check_inference_settings(mode, crop_size, stride, flip=flip)
+        size = (int(size[0]), int(size[1]))
+        total = None
+        count = 0
+        for scaled in views:
+            for flipped in (False, True) if flip else (False,):
+                view = scaled.flip(-1) if flipped else scaled
+                if mode == "slide":
+                    out = self.slide_inference(
+                        view, _pair(crop_size), _pair(stride or _two_thirds(crop_size))
+                    )
+                else:
+                    out = self(view)
+                if flipped:
+                    out = out.flip(-1)
+                out = resize(out.float(), size)
+                if self.task == "segmentation" and self.seg_output == "logits":
+                    out = out.softmax(dim=1)
+                total = out if total is None else total + out
+                count += 1
+        if total is None:
+            raise ValueError("predict_views needs at least one view")
+        return total / count
+
+    def slide_inference(
+        self, images: torch.Tensor, crop: tuple[int, int], stride: tuple[int, int]
+    ) -> torch.Tensor:
+        """Raw outputs (depth or logits) of overlapping windows, averaged; windows are clipped to the image."""
+        B, _, H, W = images.shape
+        (crop_h, crop_w), (stride_h, stride_w) = crop, stride
+        rows = max(H - crop_h + stride_h - 1, 0) // stride_h + 1
+        cols = max(W - crop_w + stride_w - 1, 0) // stride_w + 1
+        total = count = None
+        for r in range(rows):
+            for c in range(cols):
+                y2, x2 = min(r * stride_h + crop_h, H), min(c * stride_w + crop_w, W)
+                y1, x1 = max(y2 - crop_h, 0), max(x2 - crop_w, 0)
+                out = self(images[:, :, y1:y2, x1:x2]).float()
+                if total is None:
+                    total = out.new_zeros(B, out.shape[1], H, W)
+                    count = out.new_zeros(1, 1, H, W)
+                total[:, :, y1:y2, x1:x2] += out
+                count[:, :, y1:y2, x1:x2] += 1
+        return total / count
+
+
+class DenseModel(nn.Module, InferenceModes):
+    """Backbone + head + padding + resizing, and the inference modes (InferenceModes). Build it with
+    `build_model`.
 
     The backbone is frozen: no gradients, never in the optimiser, always in eval mode (even after
     `model.train()`), so training a head cannot change it.
@@ -335,102 +441,6 @@ class DenseModel(nn.Module):
             raise ValueError(f"expected images of shape B×3×H×W, got {tuple(images.shape)}")
         features, padding = self.image_features(images)
         return self.forward_head(features, padding, tuple(images.shape[-2:]))
-
-    # ---- inference modes ---------------------------------------------------------------------
-
-    @torch.no_grad()
-    def predict(
-        self,
-        images: torch.Tensor,
-        mode: str = "whole",
-        *,
-        crop_size: int | tuple[int, int] | None = None,
-        stride: int | tuple[int, int] | None = None,
-        scales: Sequence[float] = (1.0,),
-        flip: bool = False,
-    ) -> torch.Tensor:
-        """Inference: depth B×1×H×W (metres) or class probabilities B×K×H×W (softmax; seg_mask:
-        Mask2Former's class scores, see seg_output).
-
-        mode "whole": the image at once; "slide": overlapping crop_size windows every `stride` pixels,
-        averaged where they overlap (upstream's slide_inference). `scales` resizes this image tensor by
-        each ratio (e.g. MS_SCALES) to round(ratio × side), bilinear, and `flip` adds horizontally flipped
-        copies; all are resized back to H×W and averaged (`predict_views`). The segmentation evaluation
-        (validation, test, eval.py, predict.py) makes its views from the uint8 original with mmseg's
-        size rule instead (dense.data.transforms.eval_view) and hands them to `predict_views`.
-        """
-        size = tuple(images.shape[-2:])
-        if images.dtype == torch.uint8 and any(float(s) != 1.0 for s in scales):
-            images = imagenet_normalised(images)  # resized views need floats: the float contract
-        views = (resize(images, (max(1, round(size[0] * s)), max(1, round(size[1] * s)))) for s in scales)
-        return self.predict_views(views, size, mode, crop_size=crop_size, stride=stride, flip=flip)
-
-    @torch.no_grad()
-    def predict_views(
-        self,
-        views: Iterable[torch.Tensor],
-        size: tuple[int, int],
-        mode: str = "whole",
-        *,
-        crop_size: int | tuple[int, int] | None = None,
-        stride: int | tuple[int, int] | None = None,
-        flip: bool = False,
-    ) -> torch.Tensor:
-        """The average over prepared views of the same images (each B×3×h×w, any h×w; read once, so a
-        generator keeps one view in memory at a time): depth B×1×H×W or probabilities B×K×H×W at `size`.
-
-        Each view is predicted whole or by sliding windows (`mode`, at the view's own size), and with
-        `flip` also its horizontally flipped copy (flipped back); each output is resized to `size`
-        (bilinear, align_corners=False), segmentation logits are softmaxed there, and all are averaged.
-        That is mmseg's aug_test (mmseg/models/segmentors/encoder_decoder.py: whole_inference and
-        slide_inference resize the view's logits to ori_shape, inference softmaxes and flips back,
-        aug_test averages the probabilities). Class scores (seg_output "scores", seg_mask) are averaged
-        without a softmax, as Mask2Former's test-time augmentation sums them.
-        """
-        check_inference_settings(mode, crop_size, stride, flip=flip)
-        size = (int(size[0]), int(size[1]))
-        total = None
-        count = 0
-        for scaled in views:
-            for flipped in (False, True) if flip else (False,):
-                view = scaled.flip(-1) if flipped else scaled
-                if mode == "slide":
-                    out = self.slide_inference(
-                        view, _pair(crop_size), _pair(stride or _two_thirds(crop_size))
-                    )
-                else:
-                    out = self(view)
-                if flipped:
-                    out = out.flip(-1)
-                out = resize(out.float(), size)
-                if self.task == "segmentation" and self.seg_output == "logits":
-                    out = out.softmax(dim=1)
-                total = out if total is None else total + out
-                count += 1
-        if total is None:
-            raise ValueError("predict_views needs at least one view")
-        return total / count
-
-    def slide_inference(
-        self, images: torch.Tensor, crop: tuple[int, int], stride: tuple[int, int]
-    ) -> torch.Tensor:
-        """Raw outputs (depth or logits) of overlapping windows, averaged; windows are clipped to the image."""
-        B, _, H, W = images.shape
-        (crop_h, crop_w), (stride_h, stride_w) = crop, stride
-        rows = max(H - crop_h + stride_h - 1, 0) // stride_h + 1
-        cols = max(W - crop_w + stride_w - 1, 0) // stride_w + 1
-        total = count = None
-        for r in range(rows):
-            for c in range(cols):
-                y2, x2 = min(r * stride_h + crop_h, H), min(c * stride_w + crop_w, W)
-                y1, x1 = max(y2 - crop_h, 0), max(x2 - crop_w, 0)
-                out = self(images[:, :, y1:y2, x1:x2]).float()
-                if total is None:
-                    total = out.new_zeros(B, out.shape[1], H, W)
-                    count = out.new_zeros(1, 1, H, W)
-                total[:, :, y1:y2, x1:x2] += out
-                count[:, :, y1:y2, x1:x2] += 1
-        return total / count
 
 
 def _pair(value) -> tuple[int, int]:

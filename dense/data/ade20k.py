@@ -21,6 +21,7 @@ import numpy as np
 
 from dense.core.constants import IGNORE_INDEX, IMAGE_SUFFIXES
 from dense.core.errors import DatasetError
+from dense.data.palettes import ADE20K_PALETTE
 from dense.data.readers import resolve_root
 from dense.data.registry import register_dataset
 from dense.data.segmentation import SegmentationFiles
@@ -78,6 +79,7 @@ def paired_files(
 class ADE20K(SegmentationFiles):
     layout = LAYOUT
     class_names = ADE20K_CLASSES
+    palette = ADE20K_PALETTE
 
     def find_items(self, root, split: str) -> list[tuple[str, Path, Path]]:
         sub = SPLIT_DIRS[split]

@@ -92,6 +92,7 @@ class DenseDataset(Dataset):
 
     fixed_task: ClassVar[str | None] = None  # None: the config chooses (synthetic, folder)
     class_names: ClassVar[tuple[str, ...]] = ()
+    palette: ClassVar[Sequence[Sequence[int]]] = ()  # one (r, g, b) per class; empty: the generic palette
     min_depth: ClassVar[float] = 1e-3
     max_depth: ClassVar[float] = 10.0
     eval_crop: ClassVar[str | None] = None
@@ -148,6 +149,7 @@ class DenseDataset(Dataset):
         return DatasetInfo(
             task=cls.check_task(task),
             class_names=tuple(cls.class_names),
+            palette=tuple(tuple(int(c) for c in row) for row in cls.palette),
             min_depth=cls.min_depth,
             max_depth=cls.max_depth,
             eval_crop=cls.eval_crop,

@@ -214,6 +214,10 @@ class DenseDataModule(L.LightningDataModule):
         return self.info.class_names
 
     @property
+    def palette(self) -> list[list[int]]:
+        return self.info.class_colours
+
+    @property
     def ignore_index(self) -> int:
         return IGNORE_INDEX
 

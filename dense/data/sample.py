@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dense.data.palettes import generic_palette
+
 
 @dataclass
 class DatasetInfo:
@@ -14,6 +16,8 @@ class DatasetInfo:
 
     task: str
     class_names: tuple[str, ...] = ()
+    # One (r, g, b) per class, the dataset's own colours (ADE20K's, VOC's); empty: the generic palette.
+    palette: tuple[tuple[int, int, int], ...] = ()
     min_depth: float = 1e-3
     max_depth: float = 10.0
     eval_crop: str | None = None  # "eigen" (NYU), "garg" (KITTI) or None
@@ -27,6 +31,12 @@ class DatasetInfo:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def class_colours(self) -> list[list[int]]:
+        """One [r, g, b] per class, as a checkpoint stores it: the dataset's palette, else the generic one."""
+        rows = self.palette or generic_palette(self.num_classes)
+        return [[int(c) for c in row] for row in rows[: self.num_classes]]
 
 
 @dataclass

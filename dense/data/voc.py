@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 
 from dense.core.errors import DatasetError
+from dense.data.palettes import voc_palette
 from dense.data.readers import read_lines, read_text, resolve_root
 from dense.data.registry import register_dataset
 from dense.data.segmentation import SegmentationFiles
@@ -60,6 +61,7 @@ def read_aug_id_list(path: Path) -> list[str]:
 class PascalVOC(SegmentationFiles):
     layout = LAYOUT
     class_names = VOC_CLASSES
+    palette = voc_palette(len(VOC_CLASSES))
 
     def __init__(self, root=None, split: str = "train", *, use_aug: bool = False, **common):
         self.use_aug = use_aug  # read by find_items, which the base constructor calls

@@ -78,6 +78,7 @@ def build_task(
         mask_loss=mask_loss,
         ignore_index=datamodule.ignore_index,
         class_names=datamodule.class_names,
+        palette=datamodule.palette,
         eval_scale=datamodule.eval_scale,
         **common,
     )

@@ -32,7 +32,13 @@ from packaging.version import InvalidVersion, Version
 from torch.optim.lr_scheduler import LambdaLR
 
 from dense.cache import forward_cached
-from dense.checkpoint import atomic_save, is_inside, restore_frozen_backbone, strip_frozen_backbone
+from dense.checkpoint import (
+    MODEL_KEY,
+    atomic_save,
+    is_inside,
+    restore_frozen_backbone,
+    strip_frozen_backbone,
+)
 from dense.core.errors import (
     BadInputError,
     ConfigError,
@@ -552,6 +558,7 @@ class DenseTask(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         strip_frozen_backbone(checkpoint, self.model.config)
+        self.record_classes(checkpoint[MODEL_KEY])
         # A weights-only checkpoint (best.ckpt: for evaluation, prediction, export, fine-tuning) has no
         # optimiser state; Lightning leaves it out there and only there.
         if "optimizer_states" not in checkpoint and self.weights_only_dtype != torch.float32:
@@ -559,6 +566,10 @@ class DenseTask(L.LightningModule):
             for key, value in state.items():
                 if value.is_floating_point():
                     state[key] = value.to(self.weights_only_dtype)
+
+    def record_classes(self, record: dict) -> None:
+        """Add what the task knows of its classes to the checkpoint's model record (`dense_model`):
+        a segmentation task, their names and palette (dense/checkpoint.py checks them when read)."""
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         restore_frozen_backbone(checkpoint, self.model)

@@ -86,6 +86,12 @@ class MultiTask(DenseTask):
             }
         )
 
+    def record_classes(self, record: dict) -> None:
+        # Copies: the record's head entries are the model's own config dicts (strip_frozen_backbone).
+        record["heads"] = {name: dict(entry) for name, entry in record["heads"].items()}
+        for name, part in self.parts.items():
+            part.record_classes(record["heads"][name])
+
     def setup(self, stage: str) -> None:
         # The parts read the trainer (training or not, the rank printing the per-class table).
         for part in self.parts.values():

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from dense.core.constants import IGNORE_INDEX
+from dense.core.errors import BadInputError
 from dense.core.mask_predictions import MaskPredictions
 from dense.core.plain import plain
 from dense.data.transforms import denormalize_image, eval_view
@@ -50,6 +51,8 @@ class SegmentationTask(DenseTask):
         dice_weight, no_object_weight, num_points, oversample_ratio, importance_sample_ratio); it
         makes one host-device sync per step, for the Hungarian matching. Ignore pixels belong to no mask.
     class_names: for the per-class IoU table printed at the end of a test (and by eval.py).
+    palette: one [r, g, b] per class (the dataset's); with the names, stored in the checkpoint's model
+        record for predict.py and the notebooks.
     eval_scale: the test-time scale (long side, short side) the evaluation views are made at, e.g.
         (2048, 512) (the datamodule's `eval_scale`, from data.eval_short_side); None: each image at its
         own size. The ratios (test_scales), flip and whole/slide mode are the common test_* settings.
@@ -70,6 +73,7 @@ class SegmentationTask(DenseTask):
         mask_loss: Mapping | None = None,
         ignore_index: int = IGNORE_INDEX,
         class_names: Sequence[str] | None = None,
+        palette: Sequence[Sequence[int]] | None = None,
         eval_scale: Sequence[int] | None = None,
         **common,
     ):
@@ -77,6 +81,9 @@ class SegmentationTask(DenseTask):
         self.eval_scale = None if eval_scale is None else (int(eval_scale[0]), int(eval_scale[1]))
         num_classes = model.num_classes
         class_names = list(class_names) if class_names else None
+        palette = [[int(c) for c in row] for row in palette] if palette else None
+        if palette is not None and len(palette) != num_classes:
+            raise BadInputError(f"SegmentationTask: {len(palette)} palette colours for {num_classes} classes")
         loss = dict(plain(loss) or {})
         mask_loss = dict(plain(mask_loss) or {})
         self.ignore_index = ignore_index
@@ -93,10 +100,16 @@ class SegmentationTask(DenseTask):
             loss=loss, mask_loss=mask_loss, metrics={"ignore_index": ignore_index, "class_names": class_names}
         )
         self.per_class_table: str | None = None  # of the last validation or test, for eval.py
-        self.class_names = class_names
+        self.class_names, self.palette = class_names, palette
         self._last_class: torch.Tensor | None = (
             None  # the class of the last training prediction's first pixel
         )
+
+    def record_classes(self, record: dict) -> None:
+        if self.class_names:
+            record["class_names"] = list(self.class_names)
+        if self.palette:
+            record["palette"] = [list(row) for row in self.palette]
 
     def target(self, batch: dict) -> torch.Tensor:
         return batch["mask"]

@@ -41,7 +41,7 @@ from dense.core.errors import ExportError, OnnxRunError, shown
 from dense.core.io import atomic_path
 from dense.core.ops import imagenet_normalised
 from dense.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from dense.model import DenseModel, build_model
+from dense.model import DenseModel, InferenceModes, build_model
 from dense.multi_head import MultiHeadModel, check_head_names
 
 METADATA_KEY = "dense"
@@ -652,12 +652,13 @@ DEFAULT_TIME_LIMIT = 600.0  # seconds per image in ONNX Runtime (predict.py onnx
 ALLOCATION_FAILURES = ("Failed to allocate memory", "bad_alloc", "bad allocation")
 
 
-class OnnxDenseModel(DenseModel):
-    """An exported ONNX file behind DenseModel's interface: `forward` runs the graph in ONNX Runtime,
-    so DenseModel's inference modes (whole, slide, scales, flip) run around it as around the model.
+class OnnxDenseModel(InferenceModes):
+    """An exported ONNX file as predict.py runs it: calling it runs the graph in ONNX Runtime (`forward`),
+    and the inference modes (whole, slide, scales, flip: InferenceModes) run around that as around a
+    DenseModel's forward.
 
-    It holds no backbone or head: what predict.py reads of a model (task, depth range, classes) comes
-    from the file's metadata. Inputs are uint8 or ImageNet-normalised float32, as for DenseModel: each
+    It holds no backbone or head, and is no torch module (no weights of its own to move or train): what
+    predict.py reads of a model (task, depth range, classes) comes from the file's metadata. Inputs are uint8 or ImageNet-normalised float32, as for DenseModel: each
     is handed to the graph in the form it takes (uint8 as it is to a graph that normalises it itself,
     floats turned back into the uint8 images they came from; uint8 normalised for a float32 graph).
 
@@ -669,7 +670,6 @@ class OnnxDenseModel(DenseModel):
     """
 
     def __init__(self, session, metadata: dict, path: str, time_limit: float | None = DEFAULT_TIME_LIMIT):
-        nn.Module.__init__(self)
         self.session = session
         self.metadata = metadata
         self.path = path
@@ -685,8 +685,8 @@ class OnnxDenseModel(DenseModel):
         self.class_names = metadata["class_names"]
         self._seg_output = metadata["seg_output"]
         self.input_name = session.get_inputs()[0].name
-        self.register_buffer("mean", torch.tensor(metadata["mean"]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(metadata["std"]).view(1, 3, 1, 1), persistent=False)
+        self.mean = torch.tensor(metadata["mean"]).view(1, 3, 1, 1)
+        self.std = torch.tensor(metadata["std"]).view(1, 3, 1, 1)
 
     @property
     def patch_size(self) -> int:
@@ -708,9 +708,6 @@ class OnnxDenseModel(DenseModel):
     def channels(self) -> int:
         return 1 if self.task == "depth" else self.metadata["num_classes"]
 
-    def train(self, mode: bool = True):
-        return nn.Module.train(self, False)  # a fixed graph: always inference
-
     @contextlib.contextmanager
     def time_budget(self, images: int) -> Iterator[None]:
         """Every forward call inside the block shares one deadline: time_limit seconds per image."""
@@ -722,6 +719,9 @@ class OnnxDenseModel(DenseModel):
             yield
         finally:
             self._deadline = None
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:  # what the inference modes call
+        return self.forward(images)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or images.shape[1] != 3:

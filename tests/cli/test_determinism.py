@@ -2,7 +2,7 @@
 across two independent `python train.py` processes (that another seed gives other weights is
 tests/data/test_datamodule.py's and test_train.py's business; a third run here would cost 10+ s).
 
-On a GPU this is not promised: see docs/README_failures.md (cuDNN algorithm choice and atomic-add
+On a GPU this is not promised: see the README's Failure modes (cuDNN algorithm choice and atomic-add
 reductions, e.g. the backward of bilinear upsampling, vary between runs unless `trainer.deterministic=true`,
 which makes PyTorch use deterministic kernels or raise where none exists).
 """

@@ -333,7 +333,7 @@ def test_segmentation_gets_a_legend_and_the_class_names(tmp_path, seg_run, capsy
 
 def test_released_heads_get_the_dataset_names_by_class_count(tiny_checkpoints):
     model, names = predict_model.build(predict_config(f"ckpt={tiny_checkpoints['seg']}"))
-    assert names is None  # tiny_checkpoints store no class names
+    assert names == {}  # tiny_checkpoints store no class names
     assert predict_model.class_names(model, names) == [f"class {i}" for i in range(5)]
 
 

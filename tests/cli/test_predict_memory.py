@@ -4,7 +4,7 @@ Runs scripts/bench_predict_memory.py (predict.predict, the CLI's function, in a 
 CPU) over 60 random images of 112×112 … 120×164 pixels with a tiny14 depth checkpoint, sampling after
 every written image both the Python/numpy heap (tracemalloc: exact) and the process RSS (psutil: what
 the OS sees, noisy by a few MiB because of the allocator). The full-size benchmark is the same script
-with 1,000 images (numbers in docs/README_failures.md).
+with 1,000 images (numbers in the README's Failure modes).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ no partial output is left behind.
 
 Images go through both readers users meet: the datasets (FolderDataset, via dense.data.readers.read_rgb)
 and predict.py (dense.core.io.read_image) — the two must agree. Config mistakes run `train.py` as users do.
-The case counts in docs/README_failures.md are the parametrised cases of this file.
+The case counts in the README's Failure modes table are the parametrised cases of this file.
 """
 
 from __future__ import annotations

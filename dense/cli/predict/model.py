@@ -5,35 +5,35 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 
 from dense.backbones import check_official_weights, get_spec
-from dense.checkpoint import model_from_checkpoint, read_model_config
+from dense.checkpoint import model_from_checkpoint, read_model_config, stored_classes
 from dense.config import apply_speed_options, model_from_config
 from dense.core.errors import ConfigError, ExportError
 from dense.data import ADE20K_CLASSES, VOC_CLASSES
 from dense.model import DenseModel
 from dense.multi_head import MultiHeadModel
+from dense.tools import viz
 from dense.tools.export import DEFAULT_TIME_LIMIT, OnnxDenseModel, load_onnx_model
 
 
-def prepare_model(
-    cfg: DictConfig, device: torch.device
-) -> tuple[DenseModel | OnnxDenseModel, list[str] | dict | None]:
-    """predict.py's model, on `device` with the speed options (precision, compile), and the class
-    names it stores (None: none; a multi-head model: per head)."""
+def prepare_model(cfg: DictConfig, device: torch.device) -> tuple[DenseModel | OnnxDenseModel, dict]:
+    """predict.py's model, on `device` with the speed options (precision, compile), and what it stores
+    of its classes (stored_classes; a multi-head model: per head)."""
     if cfg.get("model") is not None:  # a file written by export.py, run by ONNX Runtime
         model = onnx_model(cfg)
-        return model, model.class_names
+        return model, {"class_names": model.class_names} if model.class_names else {}
     model, stored_names = build(cfg)
     model = apply_speed_options(model.to(device), compile=cfg.compile, bf16_autocast=cfg.precision == "bf16")
     return model, stored_names
 
 
-def build(cfg: DictConfig) -> tuple[DenseModel, list[str] | None]:
+def build(cfg: DictConfig) -> tuple[DenseModel, dict]:
     """From a train.py checkpoint (ckpt=) or from the backbone/head groups (Meta's released heads); with
-    the class names a checkpoint stores (None: none stored)."""
+    what a checkpoint stores of its classes (stored_classes; {}: nothing)."""
     if cfg.ckpt is not None:
         if cfg.head.get("weights"):
             raise ConfigError(
@@ -44,8 +44,8 @@ def build(cfg: DictConfig) -> tuple[DenseModel, list[str] | None]:
         checkpoint, _ = read_model_config(cfg.ckpt)
         model = model_from_checkpoint(checkpoint, cfg.ckpt, backbone_weights=cfg.backbone.get("weights"))
         if isinstance(model, MultiHeadModel):
-            return model, {name: stored_class_names(checkpoint, name) for name in model.names}
-        return model, stored_class_names(checkpoint)
+            return model, {name: stored_classes(checkpoint, name) for name in model.names}
+        return model, stored_classes(checkpoint)
     if not cfg.head.get("weights"):
         # A head without weights is random: its maps would look like results and mean nothing.
         raise ConfigError(
@@ -58,32 +58,42 @@ def build(cfg: DictConfig) -> tuple[DenseModel, list[str] | None]:
         raise ConfigError(f"backbone weights not found: {cfg.backbone.weights}")
     if cfg.backbone.get("pretrained") and not cfg.backbone.get("weights"):
         check_official_weights(get_spec(cfg.backbone.name))  # in a second, before the backbone is built
-    return model_from_config(cfg.backbone, cfg.head).eval(), None
+    return model_from_config(cfg.backbone, cfg.head).eval(), {}
 
 
-def stored_class_names(checkpoint: dict, head: str | None = None) -> list[str] | None:
-    """The class names train.py stored with a segmentation checkpoint (hyper_parameters.metrics; of a
-    multi-head checkpoint, hyper_parameters.heads.<head>.metrics), when they are what it writes: a list
-    of short strings. The checkpoint is data: anything else is ignored."""
-    stored = checkpoint.get("hyper_parameters") or {}
-    if head is not None:
-        entries = stored.get("heads") if isinstance(stored, dict) else None
-        stored = entries.get(head) if isinstance(entries, dict) else None
-    metrics = stored.get("metrics") if isinstance(stored, dict) else None
-    names = metrics.get("class_names") if isinstance(metrics, dict) else None
-    if isinstance(names, list) and names and all(isinstance(n, str) and len(n) <= 200 for n in names):
-        return names
-    return None
+# The datasets whose names predict.py assumes for a checkpoint that stores none, by class count.
+KNOWN_CLASSES = {len(ADE20K_CLASSES): ("ADE20K", ADE20K_CLASSES), len(VOC_CLASSES): ("VOC", VOC_CLASSES)}
 
 
-def class_names(model: DenseModel, stored: list[str] | None) -> list[str]:
-    """The names of the model's classes: the checkpoint's, else ADE20K's for 150 classes and VOC's for 21
-    (as palette=auto), else "class N"."""
+def segmentation_classes(
+    model: DenseModel, stored: dict, palette: str = "auto"
+) -> tuple[list[str], np.ndarray, str]:
+    """The names and palette (K×3 uint8) of the model's classes, and where they come from (for the log).
+    Names: the checkpoint's, else ADE20K's for 150 classes and VOC's for 21, else "class N". Palette:
+    palette=auto the checkpoint's, else as viz.get_palette(palette=...) chooses."""
     count = num_classes(model)
-    if stored is not None and len(stored) == count:
-        return stored
-    known = {len(ADE20K_CLASSES): ADE20K_CLASSES, len(VOC_CLASSES): VOC_CLASSES}.get(count)
-    return list(known) if known else [f"class {i}" for i in range(count)]
+    names = stored.get("class_names")
+    if names is not None and len(names) == count:
+        names_from = "the checkpoint's names"
+    elif count in KNOWN_CLASSES:
+        dataset, names = KNOWN_CLASSES[count]
+        names_from = f"{dataset}'s names ({count} classes; the model stores none)"
+    else:
+        names = [f"class {i}" for i in range(count)]
+        names_from = "names 'class N' (the model stores none)"
+    colours = stored.get("palette")
+    if palette == "auto" and colours is not None and len(colours) == count:
+        table, palette_from = np.array(colours, dtype=np.uint8), "the checkpoint's palette"
+    else:
+        table = viz.get_palette(count, palette)
+        chosen = {150: "ade20k", 21: "voc"}.get(count, "generic") if palette == "auto" else palette
+        palette_from = f"the {chosen} palette (palette={palette})"
+    return list(names), table, f"classes: {names_from}, {palette_from}"
+
+
+def class_names(model: DenseModel, stored: dict) -> list[str]:
+    """The names of the model's classes (segmentation_classes)."""
+    return segmentation_classes(model, stored)[0]
 
 
 def depth_colour_range(cfg: DictConfig, model: DenseModel) -> tuple[float, float] | None:

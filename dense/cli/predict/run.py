@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from dense.cli import runner
 from dense.cli.imports import import_modules
-from dense.cli.predict.model import class_names, depth_colour_range, num_classes, prepare_model
+from dense.cli.predict.model import depth_colour_range, prepare_model, segmentation_classes
 from dense.cli.predict.options import check_options, resolve_device
 from dense.cli.predict.outputs import (
     Journal,
@@ -35,7 +35,6 @@ from dense.core.io import INPUT_SUFFIXES, ImageReadError, announcing_writes, lis
 from dense.data.transforms import eval_view, image_tensor
 from dense.model import DenseModel
 from dense.multi_head import MultiHeadModel
-from dense.tools import viz
 from dense.tools.export import OnnxDenseModel
 
 EXIT_SKIPPED = 3
@@ -226,10 +225,10 @@ def predict(cfg: DictConfig) -> int:
             layout, palette, classes, colours = multi_settings(model, cfg, stored_names)
         else:
             layout = run_layout(cfg, model.task, relative)
-            palette = (
-                viz.get_palette(num_classes(model), cfg.palette) if model.task == "segmentation" else None
-            )
-            classes = class_names(model, stored_names) if model.task == "segmentation" else None
+            palette = classes = None
+            if model.task == "segmentation":
+                classes, palette, source = segmentation_classes(model, stored_names, cfg.palette)
+                print(source)
             colours = depth_colour_range(cfg, model) if model.task == "depth" else None
         stems, notes, run_names = assign_stems(paths, output, existing, ours, layout)
         # Written first (it keeps the earlier results' identities), so that a folder that cannot take it
@@ -324,12 +323,9 @@ def multi_settings(model: MultiHeadModel, cfg: DictConfig, stored_names: dict) -
         tuple((n, run_layout(cfg, p.task, p.depth_mode == "relative")) for n, p in parts.items())
     )
     segmentation = {n for n, p in parts.items() if p.task == "segmentation"}
-    palette = {
-        n: viz.get_palette(num_classes(p), cfg.palette) if n in segmentation else None
-        for n, p in parts.items()
-    }
-    classes = {
-        n: class_names(p, stored_names.get(n)) if n in segmentation else None for n, p in parts.items()
-    }
+    palette, classes = dict.fromkeys(parts), dict.fromkeys(parts)
+    for n in segmentation:
+        classes[n], palette[n], source = segmentation_classes(parts[n], stored_names[n], cfg.palette)
+        print(f"head {n}: {source}")
     colours = {n: depth_colour_range(cfg, p) if p.task == "depth" else None for n, p in parts.items()}
     return layout, palette, classes, colours
