@@ -127,7 +127,7 @@ def check_classes(config: dict, where: str) -> None:
             )
         for index, item in enumerate(value):
             if key == "class_names":
-                fits = isinstance(item, str) and len(item) <= MAX_CLASS_NAME
+                fits = is_class_name(item)
             else:
                 fits = (
                     isinstance(item, list)
@@ -136,11 +136,18 @@ def check_classes(config: dict, where: str) -> None:
                 )
             if not fits:
                 wanted = (
-                    f"a name of at most {MAX_CLASS_NAME} characters"
+                    f"a printable name of at most {MAX_CLASS_NAME} characters"
                     if key == "class_names"
                     else "[r, g, b] of ints 0–255"
                 )
                 raise WeightsError(f"{where}: {MODEL_KEY}.{key}[{index}] is {shown(item)}, not {wanted}")
+
+
+def is_class_name(value) -> bool:
+    """A class name a checkpoint may carry: a short string with no control or format characters (a
+    crafted name must not move the cursor, end a line or reverse the text in a log, a legend or
+    classes.json)."""
+    return isinstance(value, str) and len(value) <= MAX_CLASS_NAME and value.isprintable()
 
 
 def stored_classes(checkpoint: dict, head: str | None = None) -> dict:
@@ -158,11 +165,7 @@ def stored_classes(checkpoint: dict, head: str | None = None) -> dict:
         hparams = entries.get(head) if isinstance(entries, dict) else None
     metrics = hparams.get("metrics") if isinstance(hparams, dict) else None
     names = metrics.get("class_names") if isinstance(metrics, dict) else None
-    if (
-        isinstance(names, list)
-        and names
-        and all(isinstance(n, str) and len(n) <= MAX_CLASS_NAME for n in names)
-    ):
+    if isinstance(names, list) and names and all(is_class_name(n) for n in names):
         stored["class_names"] = names
     return stored
 

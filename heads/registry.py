@@ -26,6 +26,7 @@ from typing import Any
 import torch.nn as nn
 
 from dense.core.features import LayerSet
+from dense.core.plain import learning_rate_problem
 from dense.core.registry import Registry
 
 TASKS = ("depth", "segmentation")
@@ -84,6 +85,9 @@ def register_head(
     if not isinstance(layer_set, LayerSet):
         raise ValueError(f"head {name}: layer_set must be a dense.LayerSet, got {layer_set!r}")
     aliases = tuple(aliases)
+    problem = learning_rate_problem(default_lr)
+    if problem:
+        raise ValueError(f"head {name}: default_lr {problem}")
     test_options = MappingProxyType(dict(test_options or {}))  # read-only: every test reads the same sizes
 
     def make_spec(head_class) -> HeadSpec:

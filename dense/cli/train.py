@@ -48,6 +48,8 @@ def train(cfg: DictConfig):
         import_modules(cfg.get("imports"))  # the user's own registered heads, backbones, datasets
         runner.absolute_paths(cfg, USER_PATHS)
         check_config(cfg)
+        if cfg.ckpt_path is None:  # a resume first compares it with the checkpoint's (build_run_model)
+            check_optimizer(runner.plain(cfg.task.optimizer))
         refuse_a_second_run(cfg.paths.output_dir, cfg.ckpt_path)
         L.seed_everything(cfg.seed, workers=True)
         datamodule = datamodule_from_config(cfg.data)
@@ -83,6 +85,8 @@ def train(cfg: DictConfig):
             logging.getLogger(__name__).info(use_cpu_threads(cfg.get("threads")))
         check_data_and_weights(cfg, datamodule)
         model = build_run_model(cfg, datamodule, spec, depth_mode)
+        if cfg.ckpt_path is not None:
+            check_optimizer(runner.plain(cfg.task.optimizer))
         if cfg.cache.features:
             datamodule.use_feature_cache(
                 model, cfg.cache.dir, batch_size=cfg.cache.batch_size, precision=cfg.cache.precision
@@ -388,6 +392,29 @@ RESUME_SECTIONS = (
 RESUME_UNREPORTED = {"data.num_workers", "data.pin_memory", "data.persistent_workers", "head.weights"}
 
 
+def check_optimizer(optimizer: dict) -> None:
+    """task.optimizer, built once on a stand-in parameter before anything else: Lightning builds the real
+    one deep inside fit, where a key the class does not take (SGD has no betas) is a long traceback."""
+    import torch
+    from hydra.utils import instantiate
+
+    from dense.core.plain import learning_rate_problem
+
+    lr = optimizer.get("lr")
+    if lr is not None and learning_rate_problem(lr, zero=True):
+        raise runner.ConfigError(
+            f"task.optimizer.lr: {learning_rate_problem(lr, zero=True)}; null: the head's own rate"
+        )
+    settings = {k: v for k, v in optimizer.items() if not (k == "lr" and v is None)}
+    try:
+        instantiate(settings, _partial_=True)([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 1e-3}])
+    except Exception as error:  # an unknown class, a key it does not take, a value it refuses
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise runner.ConfigError(
+            f"task.optimizer: {message} (another optimiser class takes other keys: drop one with ~task.optimizer.KEY)"
+        ) from None
+
+
 def warn_about_resume_changes(checkpoint: dict, current: dict, model) -> None:
     """A resumed run whose optimiser, head, data, schedule or loss settings differ from those stored in
     the checkpoint: say what changed and what becomes of it (one warning per section). Another
@@ -411,6 +438,11 @@ def warn_about_resume_changes(checkpoint: dict, current: dict, model) -> None:
         if not is_empty_section(v)
     }
     new = {k: v for k, v in runner.flatten(current).items() if not is_empty_section(v)}
+    # lr null is the head's own rate: compare the rates that train, not the spelling
+    default_lr = getattr(model, "default_lr", None)
+    for side in (old, new):
+        if default_lr is not None and "task.optimizer.lr" in side and side["task.optimizer.lr"] is None:
+            side["task.optimizer.lr"] = default_lr
     target = "task.optimizer._target_"
     if target in old and old[target] != new.get(target):
         raise runner.ConfigError(

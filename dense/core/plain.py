@@ -3,6 +3,7 @@ torch.load(weights_only=True)) and the check that a value read back from one is 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -52,3 +53,15 @@ def flatten(config: dict, max_depth: int = 8) -> dict[str, Any]:
             else:
                 flat[name] = value
     return flat
+
+
+def learning_rate_problem(value, zero: bool = False) -> str | None:
+    """Why `value` is not a learning rate (a positive finite number, not a bool; 0 too when `zero`: a
+    run that keeps its head still, as a check of where it starts), or None when it is one. Checked where
+    a rate is set (task.optimizer.lr, a head's default_lr), so that a negative, NaN or a string is
+    refused in one line before a run climbs the loss or fails deep inside."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"{value!r} is not a number"
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        return f"{value!r} is not a {'non-negative' if zero else 'positive'} finite number"
+    return None

@@ -47,7 +47,7 @@ from dense.core.errors import (
     WeightsError,
     shown,
 )
-from dense.core.plain import plain
+from dense.core.plain import learning_rate_problem, plain
 from dense.core.weights_file import load_weights_file
 from dense.model import DenseModel, check_inference_settings
 
@@ -365,6 +365,11 @@ class DenseTask(L.LightningModule):
         self.dead_head_steps = check_dead_head_steps(dead_head_steps)
         self.weights_only_dtype = check_checkpoint_dtype(best_ckpt_dtype)
         self.optimizer_config = dict(plain(optimizer) or DEFAULT_OPTIMIZER)
+        lr = self.optimizer_config.get("lr")
+        if lr is not None and learning_rate_problem(lr, zero=True):
+            raise ConfigError(
+                f"task.optimizer.lr: {learning_rate_problem(lr, zero=True)}; null: the head's own rate"
+            )
         self.scheduler_config = scheduler
         self.predict_options = {
             "mode": test_mode,

@@ -124,9 +124,13 @@ class MultiTask(DenseTask):
     def parameter_groups(self) -> list[dict]:
         """One group per head, each at task.optimizer.lr or, when that is null, its own head's default."""
         lr = self.optimizer_config.get("lr")
-        return [
-            {"params": list(part.model.head.parameters()), "lr": part.model.default_lr if lr is None else lr}
-            for part in self.parts.values()
+        return [  # named: the LR monitor logs lr-<Optimizer>/<head>
+            {
+                "params": list(part.model.head.parameters()),
+                "lr": part.model.default_lr if lr is None else lr,
+                "name": name,
+            }
+            for name, part in self.parts.items()
         ]
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:

@@ -536,9 +536,12 @@ def check_metadata(metadata: dict, where: str) -> dict:
         if count is None or not 1 <= count <= MAX_CLASSES:
             raise refuse(f"a segmentation model needs num_classes between 1 and {MAX_CLASSES}")
         if names is not None and (
-            len(names) != count or not all(isinstance(n, str) and len(n) <= MAX_NAME_CHARS for n in names)
+            len(names) != count
+            or not all(isinstance(n, str) and len(n) <= MAX_NAME_CHARS and n.isprintable() for n in names)
         ):
-            raise refuse(f"class_names must be {count} names of at most {MAX_NAME_CHARS} characters")
+            raise refuse(
+                f"class_names must be {count} printable names of at most {MAX_NAME_CHARS} characters"
+            )
     return metadata
 
 

@@ -100,6 +100,8 @@ def test_an_old_checkpoint_says_which_names_and_palette_it_gets(seg_checkpoint, 
         ({"palette": [[0, 0]] * 7}, "palette[0] is"),  # not r, g, b
         ({"class_names": ["a"] * 6 + [7]}, "class_names[6] is"),
         ({"class_names": ["x" * 201] * 7}, "class_names[0] is"),
+        ({"class_names": ["a"] * 6 + ["\x1b[31mred\nerror: fake"]}, "class_names[6] is"),  # escapes
+        ({"class_names": ["\u202eevil"] + ["a"] * 6}, "class_names[0] is"),  # right-to-left override
     ],
 )
 def test_a_crafted_palette_or_names_is_refused_in_one_line(seg_checkpoint, tmp_path, capsys, record, message):

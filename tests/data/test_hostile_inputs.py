@@ -579,6 +579,12 @@ CONFIG_ERRORS = {
     "unknown_group_option": (["head=nope"], "head=nope is not an option of configs/head/: choose one of"),
     "wrong_type": (["data.batch_size=abc"], "data.batch_size='abc' must be a positive integer"),
     "negative_batch_size": (["data.batch_size=-3"], "data.batch_size=-3 must be a positive integer"),
+    # Lightning builds the optimiser deep inside fit; train.py builds it first, for this one line
+    "optimizer_keys": (
+        ["task.optimizer._target_=torch.optim.SGD"],
+        "task.optimizer: SGD.__init__() got an unexpected",
+    ),
+    "learning_rate": (["task.optimizer.lr=-1"], "task.optimizer.lr: -1 is not a non-negative finite number"),
     "head_task_mismatch": (
         ["head=seg_linear", "data=nyu"],
         "head=seg_linear is a segmentation head but data=nyu",

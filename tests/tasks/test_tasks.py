@@ -345,3 +345,20 @@ def test_each_head_trains_at_its_registered_lr_unless_the_run_sets_one():
     heads = [set(map(id, model.heads[name].parameters())) for name in ("depth", "seg")]
     assert [set(map(id, group["params"])) for group in optimizer.param_groups] == heads
     assert initial_lrs(build_multi_task(model, datamodule, optimizer=chosen)) == [5e-4, 5e-4]
+    assert [group["name"] for group in optimizer.param_groups] == ["depth", "seg"]  # lr-AdamW/depth, ...
+
+
+@pytest.mark.parametrize("lr", [-1e-3, float("nan"), float("inf"), True, "1e-2"])
+def test_a_learning_rate_that_cannot_train_is_refused(lr):
+    optimizer = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": lr}
+    with pytest.raises(ConfigError, match="task.optimizer.lr: .* not a"):
+        DepthTask(dense.build_model("tiny14", "depth_linear"), optimizer=optimizer)
+    with pytest.raises(ValueError, match="head my_head_lr: default_lr .* not a"):
+        dense.register_head(
+            "my_head_lr",
+            task="depth",
+            layer_set=dense.LayerSet.LAST,
+            norm=False,
+            use_cls_token=False,
+            default_lr=lr,
+        )(torch.nn.Identity)
