@@ -398,14 +398,9 @@ def check_optimizer(optimizer: dict) -> None:
     import torch
     from hydra.utils import instantiate
 
-    from dense.core.plain import learning_rate_problem
+    from dense.tasks.base import optimizer_settings
 
-    lr = optimizer.get("lr")
-    if lr is not None and learning_rate_problem(lr, zero=True):
-        raise runner.ConfigError(
-            f"task.optimizer.lr: {learning_rate_problem(lr, zero=True)}; null: the head's own rate"
-        )
-    settings = {k: v for k, v in optimizer.items() if not (k == "lr" and v is None)}
+    settings = optimizer_settings(optimizer)
     try:
         instantiate(settings, _partial_=True)([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 1e-3}])
     except Exception as error:  # an unknown class, a key it does not take, a value it refuses

@@ -67,6 +67,16 @@ def next_dead_streak(streak: torch.Tensor | None, dead: torch.Tensor) -> torch.T
     return torch.where(dead, streak + 1, torch.zeros_like(streak))
 
 
+def optimizer_settings(optimizer: Mapping) -> dict:
+    """task.optimizer as the optimiser class takes it: a null lr left out (each parameter group then
+    carries its head's rate), a set one checked first (one line for a negative, NaN or text rate)."""
+    lr = optimizer.get("lr")
+    problem = None if lr is None else learning_rate_problem(lr, zero=True)
+    if problem:
+        raise ConfigError(f"task.optimizer.lr: {problem}; null: the head's own rate")
+    return {k: v for k, v in optimizer.items() if not (k == "lr" and v is None)}
+
+
 def check_checkpoint_dtype(value) -> torch.dtype:
     """task.best_ckpt_dtype: fp32 | bf16."""
     if value not in CHECKPOINT_DTYPES:
@@ -365,11 +375,7 @@ class DenseTask(L.LightningModule):
         self.dead_head_steps = check_dead_head_steps(dead_head_steps)
         self.weights_only_dtype = check_checkpoint_dtype(best_ckpt_dtype)
         self.optimizer_config = dict(plain(optimizer) or DEFAULT_OPTIMIZER)
-        lr = self.optimizer_config.get("lr")
-        if lr is not None and learning_rate_problem(lr, zero=True):
-            raise ConfigError(
-                f"task.optimizer.lr: {learning_rate_problem(lr, zero=True)}; null: the head's own rate"
-            )
+        optimizer_settings(self.optimizer_config)  # its lr checked now, not when fit starts
         self.scheduler_config = scheduler
         self.predict_options = {
             "mode": test_mode,
@@ -409,16 +415,19 @@ class DenseTask(L.LightningModule):
         from hydra.utils import instantiate
 
         # Only the head: the frozen backbone's parameters are never handed to the optimiser.
-        settings = {k: v for k, v in self.optimizer_config.items() if not (k == "lr" and v is None)}
-        optimizer = instantiate(settings, _partial_=True)(self.parameter_groups())
+        optimizer = instantiate(optimizer_settings(self.optimizer_config), _partial_=True)(
+            self.parameter_groups()
+        )
         return optimizer, LambdaLR(optimizer, lr_schedule(total_steps, **self.scheduler_config))
 
     def parameter_groups(self) -> list[dict]:
-        """The head's parameters at task.optimizer.lr, or at its head's default when that is null."""
+        """The head's parameters at its learning rate (`learning_rate_for`)."""
+        return [{"params": list(self.model.head.parameters()), "lr": self.learning_rate_for(self.model)}]
+
+    def learning_rate_for(self, model: DenseModel) -> float:
+        """task.optimizer.lr, or the default of `model`'s head when that is null."""
         lr = self.optimizer_config.get("lr")
-        return [
-            {"params": list(self.model.head.parameters()), "lr": self.model.default_lr if lr is None else lr}
-        ]
+        return model.default_lr if lr is None else lr
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if "patches" in batch:  # features read from the cache (dense/cache.py): no backbone to run

@@ -123,11 +123,10 @@ class MultiTask(DenseTask):
 
     def parameter_groups(self) -> list[dict]:
         """One group per head, each at task.optimizer.lr or, when that is null, its own head's default."""
-        lr = self.optimizer_config.get("lr")
         return [  # named: the LR monitor logs lr-<Optimizer>/<head>
             {
                 "params": list(part.model.head.parameters()),
-                "lr": part.model.default_lr if lr is None else lr,
+                "lr": self.learning_rate_for(part.model),
                 "name": name,
             }
             for name, part in self.parts.items()
