@@ -38,6 +38,12 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
     }
 
 
+@pytest.fixture
+def depth_ckpt(tiny_checkpoints) -> Path:
+    """tiny14 depth_linear (0.001-10 m), random backbone stored inside."""
+    return tiny_checkpoints["depth"]
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """A run folder of train.py (in-process) trained to its end (TINY_RUN: max_steps=4):
