@@ -1,4 +1,4 @@
-"""Where a DPT head training step spends its time (BENCHMARKS.md, "What holds the DPT training step back").
+"""Where a DPT head training step spends its time (benchmarks/BENCHMARKS.md, "What holds the DPT training step back").
 
     python -m benchmarks.profile_dpt [--device cuda] [--backbone vitl14] [--size 416x544] [--batch 8]
         [--parts split,upsample,matrices,compile,kernels]
