@@ -325,7 +325,7 @@ class DenseModel(nn.Module, InferenceModes):
         resize, crop) stays eager: it is cheap and its shapes change with every image size.
 
         Why not the head in training: its compiled backward was slower than eager everywhere we
-        measured, while in inference the compiled head gains (BENCHMARKS.md, "GPU targets", has the
+        measured, while in inference the compiled head gains (benchmarks/BENCHMARKS.md, "GPU targets", has the
         numbers).
 
         Nothing is registered as a submodule, so state_dict keys do not change and checkpoints

@@ -6,7 +6,7 @@ again, and the kernel zero-fills each 4 KiB page at its first touch (a page faul
 allocates such tensors at every step: the linear depth head's 256 bin logits at 64×64 for a batch of 8
 are exactly 32 MiB, and so are their ReLU, gradient and mask. On 2 cores that step spent most of its
 time in page faults: head forward + backward 55 ms with glibc's defaults, 20 ms with the thresholds
-below, and epoch 2+ on the feature cache 0.69 → 0.39 s (BENCHMARKS.md, "Frozen-feature cache").
+below, and epoch 2+ on the feature cache 0.69 → 0.39 s (benchmarks/BENCHMARKS.md, "Frozen-feature cache").
 
 So the entry scripts raise both thresholds to 256 MiB: tensors up to that size are carved from the
 heap and their pages are reused, and up to 256 MiB of freed memory stays with the process instead of

@@ -20,7 +20,7 @@ intersections run only on rays that pass an object's bounding sphere (numpy is s
 float64 layouts). Shadow rays start at the light, so every ray bundle has a single origin. No step
 calls a BLAS matrix product (a loader worker runs numpy on one thread: dense.data.datamodule), and
 most of the time goes into numpy passes over image-sized arrays: about 10 ms a scene at 224×224 and
-30–40 ms at 416×544 on one core (BENCHMARKS.md, "Data loading").
+30–40 ms at 416×544 on one core (benchmarks/BENCHMARKS.md, "Data loading").
 """
 
 from __future__ import annotations

@@ -19,7 +19,9 @@ from dense.core.errors import DatasetError, UnknownNameError
 from dense.data import DATASETS, DenseDataModule, DenseDataset, RawSample
 from tests._tiny_run import ROOT
 
-PACKAGES = ("dense", "heads")
+PACKAGES = ("dense", "heads", "benchmarks")
+# Files run by path (`python benchmarks/scripts/bench_cache.py`), as the entry scripts are: no package's modules.
+SCRIPT_FOLDERS = ("benchmarks/scripts",)
 
 # Every module of dense/ and heads/ belongs to one layer: a folder ("dense.core" also covers dense.core.*)
 # or one of the few modules left on dense's top floor. "dense" is the package's __init__ alone.
@@ -42,9 +44,9 @@ LAYER_OF = {
     "dense.progress": "tasks",
     "dense.run_log": "tasks",
     "dense.tools": "tools",
-    "dense.bench": "tools",
     "dense": "api",  # the package's face: dense/__init__.py hands on the public names
     "dense.cli": "entry",  # what the entry scripts (train.py, eval.py, predict.py, export.py) run
+    "benchmarks": "bench",  # beside the package: the bench harness (python -m benchmarks)
 }
 
 # What each layer may import: its own layer and those listed. Nothing else, lazily or not.
@@ -62,6 +64,8 @@ MAY_IMPORT = {
     "tools": {"core", "io", "backbones", "heads", "model", "cache", "data", "tasks"},
     "api": {"core", "io", "backbones", "heads", "model", "cache", "data", "tasks", "tools"},
     "entry": {"core", "io", "backbones", "heads", "model", "cache", "data", "tasks", "tools", "api"},
+    # The bench measures the library as a user's code would; what drives the entry scripts stays a script.
+    "bench": {"core", "io", "backbones", "heads", "model", "cache", "data", "tasks", "tools", "api"},
 }
 
 
@@ -69,6 +73,8 @@ def module_files() -> dict[str, Path]:
     files = {}
     for package in PACKAGES:
         for path in sorted((ROOT / package).rglob("*.py")):
+            if any(path.is_relative_to(ROOT / folder) for folder in SCRIPT_FOLDERS):
+                continue
             parts = path.relative_to(ROOT).with_suffix("").parts
             files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return files
@@ -185,6 +191,39 @@ def test_only_dense_cli_imports_dense_cli(graph):
         if layer(target) == "entry" and layer(name) != "entry"
     )
     assert not wrong, "\n".join(wrong)
+
+
+def library_imports_of_the_bench(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(
+        f"{name} imports {target}"
+        for name, targets in graph.items()
+        for target in targets
+        if layer(target) == "bench" and layer(name) != "bench"
+    )
+
+
+def test_the_library_never_imports_the_bench(graph):
+    """benchmarks/ is not installed with dense: nothing of dense/ or heads/ may need it."""
+    assert any(name.startswith("benchmarks.") for name in graph)  # the bench is in the graph
+    assert "dense.tasks" in graph["benchmarks.paths"] and "benchmarks.case" in graph["benchmarks.paths"]
+    assert not library_imports_of_the_bench(graph)
+    # Control: a library module that imported the bench would be caught.
+    assert library_imports_of_the_bench({**graph, "dense.model": {"benchmarks.cli"}}) == [
+        "dense.model imports benchmarks.cli"
+    ]
+
+
+def test_the_bench_scripts_drive_the_library_and_the_entry_only():
+    """benchmarks/scripts/ may use dense.cli (they run train.py's and predict.py's logic), which no module
+    of the bench package may; they are files run by path, so no module imports them."""
+    assert "entry" not in MAY_IMPORT["bench"] and layer("benchmarks.cli") == "bench"
+    modules = set(module_files())
+    scripts = sorted((ROOT / "benchmarks" / "scripts").glob("*.py"))
+    assert scripts and not any(f"benchmarks.scripts.{path.stem}" in modules for path in scripts)
+    for path in scripts:
+        imported = imports_of(path.stem, path, modules)
+        allowed = MAY_IMPORT["entry"] | {"entry"}
+        assert imported and all(layer(name) in allowed for name in imported), (path.name, imported)
 
 
 def test_the_entry_scripts_are_thin():

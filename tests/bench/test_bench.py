@@ -1,5 +1,5 @@
 """The benchmark runs (so that it does not rot) and reports what it promises. No speed is asserted:
-speed is measured by `python -m dense.bench` and recorded in BENCHMARKS.md, never by a timed test."""
+speed is measured by `python -m benchmarks` and recorded in benchmarks/BENCHMARKS.md, never by a timed test."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 
+from benchmarks import cli, loader, paths
+from benchmarks.case import WORKS
+from benchmarks.loop import OTHER, PHASES
+from benchmarks.references import Unavailable, build_upstream_dinov3
 from dense.backbones import get_spec
-from dense.bench import cli, loader, paths
-from dense.bench.case import WORKS
-from dense.bench.loop import OTHER, PHASES
-from dense.bench.references import Unavailable, build_upstream_dinov3
 from dense.losses import DepthLoss
 from dense.model import DenseModel
 from dense.tasks import DepthTask

@@ -17,7 +17,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 from PIL import Image
 
-from dense import backbones, bench
+import benchmarks as bench
+from dense import backbones
 from dense.cli import evaluate as eval_script
 from dense.cli import help as cli_help
 from dense.cli import runner

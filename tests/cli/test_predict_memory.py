@@ -1,8 +1,8 @@
 """Load (issue 7): predict.py over a folder runs in bounded memory — no growth per image.
 
-Runs scripts/bench_predict_memory.py (predict.predict, the CLI's function, in a fresh process on the
-CPU) over 60 random images of 112×112 … 120×164 pixels with a tiny14 depth checkpoint, sampling after
-every written image both the Python/numpy heap (tracemalloc: exact) and the process RSS (psutil: what
+Runs benchmarks/scripts/bench_predict_memory.py (predict.predict, the CLI's function, in a fresh process
+on the CPU) over 60 random images of 112×112 … 120×164 pixels with a tiny14 depth checkpoint, sampling
+after every written image both the Python/numpy heap (tracemalloc: exact) and the process RSS (psutil: what
 the OS sees, noisy by a few MiB because of the allocator). The full-size benchmark is the same script
 with 1,000 images (numbers in the README's Failure modes).
 """
@@ -28,7 +28,7 @@ WARMUP = 20
 def test_predict_memory_does_not_grow_per_image(tmp_path):
     out = tmp_path / "rss.json"
     result = run_script(
-        "scripts/bench_predict_memory.py",
+        "benchmarks/scripts/bench_predict_memory.py",
         "--images",
         "60",
         "--scale",

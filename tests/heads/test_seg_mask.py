@@ -423,9 +423,9 @@ def test_the_recipe_schedule_is_pmts_warmup_then_cosine():
 
 
 def test_the_segmentation_bench_runs_every_head_on_one_backbone(tmp_path, capsys):
-    """python -m dense.bench.segmentation (BENCHMARKS.md's img/s at 512²) runs and reports every head;
+    """python -m benchmarks.segmentation (benchmarks/BENCHMARKS.md's img/s at 512²) runs and reports every head;
     no speed is asserted."""
-    from dense.bench import segmentation
+    from benchmarks import segmentation
 
     out = tmp_path / "bench.json"
     argv = ["--backbone", "tiny16", "--size", "40", "--iters", "1", "--warmup", "0", "--json", str(out)]

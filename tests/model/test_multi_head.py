@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import dense
-from dense.bench import multi as bench_multi
+from benchmarks import multi as bench_multi
 from dense.checkpoint import MODEL_KEY, load_model
 from dense.cli import evaluate as eval_script
 from dense.cli import export as export_script

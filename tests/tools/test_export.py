@@ -391,7 +391,7 @@ def test_predict_onnx_option_mistakes(seg_onnx, images, tmp_path, capsys):
 
 def test_tensorrt_command_builds_a_shape_profile_from_our_input():
     """The GPU script's TensorRT step: trtexec gets the graph's input name with min/opt/max shapes."""
-    from dense.bench.onnx import tensorrt_command
+    from benchmarks.onnx import tensorrt_command
 
     command = tensorrt_command("/x/m.onnx", (1, 3, 224, 224), (16, 3, 480, 640), (16, 3, 640, 640))
     assert command[0] == "trtexec" and "--onnx=/x/m.onnx" in command and "--fp16" in command

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# The Python packages that `python -m dense.bench` (the train and loop works: the LightningModule, the
+# The Python packages that `python -m benchmarks` (the train and loop works: the LightningModule, the
 # datamodule, the recipes) needs and the GPU machine's image lacks, as wheels in .whl/ (git-ignored), for
-# scripts/bench_gpu.sh, which installs them there when the device call carries the folder:
-#   here, once:   bash scripts/device_wheels.sh       (about 8 MB; needs pip and a package index)
+# benchmarks/scripts/bench_gpu.sh, which installs them there when the device call carries the folder:
+#   here, once:   bash benchmarks/scripts/device_wheels.sh       (about 8 MB; needs pip and a package index)
 #   device call:  carry [".upstream", ".upstream_dinov3", ".whl"]
 # The image has torch, timm, lightning, torchmetrics, opencv-python-headless, threadpoolctl, scipy and PyYAML
-# (BENCHMARKS.md, "Running it"); these are the rest, for its Python 3.12 on x86-64.
+# (benchmarks/BENCHMARKS.md, "Running it"); these are the rest, for its Python 3.12 on x86-64.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."  # the clone's root
 PYTHON=${PYTHON:-python3}
 exclude=$(git rev-parse --git-path info/exclude)
 grep -qx '/.whl/' "$exclude" 2>/dev/null || echo /.whl/ >> "$exclude"

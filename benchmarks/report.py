@@ -39,7 +39,8 @@ def machine_info(devices: list[str]) -> dict:
         info["gpu_memory_bytes"] = torch.cuda.get_device_properties(0).total_memory
         info["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
     try:
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        # the clone's root: benchmarks/ sits there
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         commit = subprocess.run(
             ["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
         )

@@ -1,11 +1,11 @@
 """How many training samples per second the data pipeline delivers, per number of loader workers.
 
-    python -m dense.bench.loader [--data synthetic,nyu,ade20k] [--workers 0,1,2] [--batches 24]
+    python -m benchmarks.loader [--data synthetic,nyu,ade20k] [--workers 0,1,2] [--batches 24]
         [--repeat 3] [--batch-size 8] [--size 416x544] [--json out.json]
 
 Each dataset at its training size, through DenseDataModule's train loader (its recipe, its worker set-up,
 persistent workers): synthetic scenes rendered at --size (default 416×544, the NYU recipe's crop); NYU
-and ADE20K in their on-disk formats, written into a temporary folder first (dense.bench.generated:
+and ADE20K in their on-disk formats, written into a temporary folder first (benchmarks.generated:
 480×640 frames cropped to 416×544; 512×683 images rescaled and cropped to 512×512). With 0 workers the
 main process loads: the cost of one core.
 
@@ -29,9 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from dense.bench.cli import _list, _size
-from dense.bench.generated import FORMATS, generated_data
-from dense.bench.report import format_machine, machine_info
+from benchmarks.cli import _list, _size
+from benchmarks.generated import FORMATS, generated_data
+from benchmarks.report import format_machine, machine_info
 from dense.data import DenseDataModule
 
 DATA = ("synthetic", *FORMATS)
@@ -90,7 +90,7 @@ def measure(options: dict, workers: int, batch_size: int, batches: int) -> tuple
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m dense.bench.loader", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.loader", description=__doc__.splitlines()[0])
     option = parser.add_argument
     option("--data", type=_list(str, DATA), default=list(DATA), help=f"{', '.join(DATA)} (default: all)")
     option("--workers", type=_list(int), default=[0, 1, 2], help="loader worker counts (default: 0,1,2)")

@@ -1,7 +1,7 @@
-"""`python -m dense.bench.multi`: one backbone pass feeding several heads (MultiHeadModel) against the
+"""`python -m benchmarks.multi`: one backbone pass feeding several heads (MultiHeadModel) against the
 single-head models run one after the other (each its own backbone pass), same weights, same input.
 
-    python -m dense.bench.multi --backbone vits14 --heads depth=depth_dpt,seg=seg_linear \\
+    python -m benchmarks.multi --backbone vits14 --heads depth=depth_dpt,seg=seg_linear \\
         --size 224x224 --batch 4 --work predict,train --device cpu --iters 10 --warmup 2 --json out.json
 
 Works:
@@ -13,7 +13,7 @@ Works:
 
 Timing: warm-up calls, then the two paths are timed round-robin (call i of each, then call i+1), each
 call ended by a device synchronisation; img/s = batch ÷ the median call. Memory: the peak a call adds
-on top of what is allocated before it (dense.bench.measure.measure_memory: CUDA max_memory_allocated,
+on top of what is allocated before it (benchmarks.measure.measure_memory: CUDA max_memory_allocated,
 on the CPU the peak RSS growth). The model weights are held by both paths and not counted. Random
 weights: the speed does not depend on them.
 """
@@ -28,9 +28,9 @@ from collections.abc import Callable
 
 import torch
 
-from dense.bench.cli import _list, _size
-from dense.bench.measure import measure_memory, timed_call
-from dense.bench.report import machine_info
+from benchmarks.cli import _list, _size
+from benchmarks.measure import measure_memory, timed_call
+from benchmarks.report import machine_info
 from dense.multi_head import MultiHeadModel, build_model
 
 WORKS = ("predict", "train")
@@ -54,10 +54,10 @@ def _heads(text: str) -> dict[str, str]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m dense.bench.multi",
+        prog="python -m benchmarks.multi",
         description="img/s and peak memory of one multi-head model (one backbone pass for all heads) against "
         "its single-head models run one after the other (one backbone pass each).",
-        epilog="Example: python -m dense.bench.multi --backbone vitl14 --heads depth=depth_dpt,seg=seg_linear "
+        epilog="Example: python -m benchmarks.multi --backbone vitl14 --heads depth=depth_dpt,seg=seg_linear "
         "--size 480x640 --batch 16 --precision bf16 --device cuda --json multi.json",
     )
     option = parser.add_argument

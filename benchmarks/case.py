@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 WORKS = ("backbone", "head", "predict", "train")  # timed call by call, ours against references
-LOOP = "loop"  # train.py's loop in a Lightning Trainer, ours alone (dense/bench/loop.py)
+LOOP = "loop"  # train.py's loop in a Lightning Trainer, ours alone (benchmarks/loop.py)
 REFERENCES = ("timm", "naive", "upstream")
 PRECISIONS = ("fp32", "bf16")
 

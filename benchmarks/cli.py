@@ -1,4 +1,4 @@
-"""`python -m dense.bench`: the options, and every combination of them run as a case."""
+"""`python -m benchmarks`: the options, and every combination of them run as a case."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from typing import Any
 
 import torch
 
+from benchmarks.case import LOOP, PRECISIONS, REFERENCES, WORKS, Case
+from benchmarks.generated import FORMATS
+from benchmarks.measure import release, run_case
+from benchmarks.report import format_case, format_machine, machine_info
 from dense.backbones import get_spec
-from dense.bench.case import LOOP, PRECISIONS, REFERENCES, WORKS, Case
-from dense.bench.generated import FORMATS
-from dense.bench.measure import release, run_case
-from dense.bench.report import format_case, format_machine, machine_info
 from heads import get_head_spec
 
 
@@ -46,10 +46,10 @@ def _on_off(text: str) -> bool:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m dense.bench",
+        prog="python -m benchmarks",
         description="Throughput, TFLOP/s and peak memory of ours against timm, a naive head and upstream. "
         "Each option takes a comma-separated list; every combination is run.",
-        epilog="Example: python -m dense.bench --backbone vitl14 --head depth_dpt --size 480x640 --batch 16 "
+        epilog="Example: python -m benchmarks --backbone vitl14 --head depth_dpt --size 480x640 --batch 16 "
         "--precision fp32,bf16 --compile off,on --device cuda --json bench.json",
     )
     option = parser.add_argument

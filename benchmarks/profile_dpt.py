@@ -1,6 +1,6 @@
-"""Where a DPT head training step spends its time (BENCHMARKS.md, "What holds the DPT training step back").
+"""Where a DPT head training step spends its time (benchmarks/BENCHMARKS.md, "What holds the DPT training step back").
 
-    python -m dense.bench.profile_dpt [--device cuda] [--backbone vitl14] [--size 416x544] [--batch 8]
+    python -m benchmarks.profile_dpt [--device cuda] [--backbone vitl14] [--size 416x544] [--batch 8]
         [--parts split,upsample,matrices,compile,kernels]
 
 bf16 autocast, the frozen backbone's weights in bf16 (as train.py runs with trainer.precision=bf16-mixed),
@@ -26,7 +26,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from dense.bench.measure import median_ms
+from benchmarks.measure import median_ms
 from dense.model import build_model
 
 

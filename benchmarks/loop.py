@@ -1,7 +1,7 @@
 """The `loop` work: what train.py delivers, as against the training step alone (the `train` work).
 
 The real DenseDataModule (--data: synthetic scenes at the case's size, or NYU / ADE20K in their on-disk
-formats generated into a temporary folder, dense.bench.generated, cropped to the case's size; --workers:
+formats generated into a temporary folder, benchmarks.generated, cropped to the case's size; --workers:
 the datamodule's default when not given), the real LightningModule (dense.tasks.build_task) and a
 Lightning Trainer with what train.py's default configs give it (a CSV logger, the learning-rate monitor,
 the timed progress bar, logging every 50 steps; no validation, no checkpoints) for
@@ -38,8 +38,8 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.profilers import Profiler
 
-from dense.bench.case import Case
-from dense.bench.generated import generated_data
+from benchmarks.case import Case
+from benchmarks.generated import generated_data
 from dense.config import apply_speed_options
 from dense.data import DenseDataModule
 from dense.model import DenseModel

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU measurements of issue 6 (BENCHMARKS.md, "GPU targets"), ours and upstream in the same run, issue
-# 15's DINOv3 steps (8-10), issue 16's TensorRT engine (11), issue 22's loop beside the step (12-15),
+# The GPU measurements of issue 6 (benchmarks/BENCHMARKS.md, "GPU targets"), ours and upstream in the same
+# run, issue 15's DINOv3 steps (8-10), issue 16's TensorRT engine (11), issue 22's loop beside the step (12-15),
 # issue 26's segmentation heads (seg) and issue 27's multi-head model (multi).
 #
 # Run from the repository root. Made for one call of the device tool (one H100; 15 minutes of device
@@ -9,13 +9,13 @@
 #                 mkdir -p .upstream && cp -r /path/to/dinov2/. .upstream/      # a facebookresearch/dinov2 checkout
 #                 echo /.upstream_dinov3/ >> .git/info/exclude                  # and for steps 8-10, DINOv3's package:
 #                 mkdir -p .upstream_dinov3 && git -C /path/to/dinov3 archive HEAD dinov3 | tar -x -C .upstream_dinov3
-#                 bash scripts/device_wheels.sh                                 # the packages the image lacks, in .whl/
-#   device call:  command "bash scripts/bench_gpu.sh", carry [".upstream", ".upstream_dinov3", ".whl"], timeout_s 600
-# Elsewhere: `OUT=somewhere UPSTREAM=/path/to/dinov2 UPSTREAM_DINOV3=/path/to/dinov3 bash scripts/bench_gpu.sh`.
-# A subset (e.g. to split the work over two calls if one runs out of time): STEPS="3 4" bash scripts/bench_gpu.sh
+#                 bash benchmarks/scripts/device_wheels.sh                      # the packages the image lacks, in .whl/
+#   device call:  command "bash benchmarks/scripts/bench_gpu.sh", carry [".upstream", ".upstream_dinov3", ".whl"], timeout_s 600
+# Elsewhere: `OUT=somewhere UPSTREAM=/path/to/dinov2 UPSTREAM_DINOV3=/path/to/dinov3 bash benchmarks/scripts/bench_gpu.sh`.
+# A subset (e.g. to split the work over two calls if one runs out of time): STEPS="3 4" bash benchmarks/scripts/bench_gpu.sh
 # On the H100 (2026-11-26) steps 1-4 took 87 s and steps 5-7 200 s (compiling); both fit one call.
 # Not run yet: steps 8-10 (DINOv3 ViT-L/16 and 7B/16) and 12-15 (issue 22). One device call for all of them:
-#   command "STEPS='8 9 10 12 13 14 15' bash scripts/bench_gpu.sh", carry [".upstream", ".upstream_dinov3", ".whl"],
+#   command "STEPS='8 9 10 12 13 14 15' bash benchmarks/scripts/bench_gpu.sh", carry [".upstream", ".upstream_dinov3", ".whl"],
 #   timeout_s 600. Each command is bounded by STEP_TIMEOUT seconds (default 90), so that a stuck one cannot
 #   take the others' time. Estimated (not measured: no device was lent): 8-10 about 2.5 minutes, 12-15 about
 #   5; if the call runs out, the steps not reached go to a second call (e.g. STEPS="14 15").
@@ -36,7 +36,7 @@ UPSTREAM_DINOV3=${UPSTREAM_DINOV3:-.upstream_dinov3}
 PYTHON=${PYTHON:-python3}
 STEP_TIMEOUT=${STEP_TIMEOUT:-90}
 mkdir -p "$OUT"
-# The packages the image lacks (hydra, albumentations and theirs: scripts/device_wheels.sh), when carried.
+# The packages the image lacks (hydra, albumentations and theirs: benchmarks/scripts/device_wheels.sh), when carried.
 if compgen -G ".whl/*.whl" > /dev/null; then
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=$PYTHONPATH:/tmp/site || echo "FAILED: installing .whl/"
@@ -47,8 +47,8 @@ up3=()
 if [ -f "$UPSTREAM_DINOV3/dinov3/hub/backbones.py" ]; then up3=(--upstream "$UPSTREAM_DINOV3")
 else echo "no DINOv3 package at $UPSTREAM_DINOV3: DINOv3 steps ours alone"; fi
 bench() {
-  timeout "$STEP_TIMEOUT" "$PYTHON" -m dense.bench --device cuda --precision bf16 --iters 10 --warmup 3 "$@" \
-    || echo "FAILED (exit $?): dense.bench $*"
+  timeout "$STEP_TIMEOUT" "$PYTHON" -m benchmarks --device cuda --precision bf16 --iters 10 --warmup 3 "$@" \
+    || echo "FAILED (exit $?): benchmarks $*"
 }
 STEPS=${STEPS:-1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 seg multi}
 step() { [[ " $STEPS " == *" $1 "* ]]; }  # is step $1 asked for?
@@ -94,8 +94,8 @@ step() { [[ " $STEPS " == *" $1 "* ]]; }  # is step $1 asked for?
     --json "$OUT/10_dinov3_vit7b16_dpt_train.json"
   # 11. Issue 16: a TensorRT engine built from our ONNX file (ViT-L/14 + DPT, shape profile 1x3x224x224 to
   #     16x3x640x640, fp16), timed at batch 16, 480x640: compare with step 7 (PyTorch bf16 + compile, same shape).
-  step 11 && { "$PYTHON" -m dense.bench.onnx --backbone vitl14 --head depth_dpt --batch 16 --height 480 --width 640 \
-    --tensorrt "$OUT/11_vitl14_dpt.onnx" || echo "FAILED (exit $?): dense.bench.onnx --tensorrt"; }
+  step 11 && { "$PYTHON" -m benchmarks.onnx --backbone vitl14 --head depth_dpt --batch 16 --height 480 --width 640 \
+    --tensorrt "$OUT/11_vitl14_dpt.onnx" || echo "FAILED (exit $?): benchmarks.onnx --tensorrt"; }
   # 12. Issue 22: train.py's loop (DenseDataModule with the default worker count, DepthTask, a Lightning Trainer,
   #     bf16-mixed) beside our training step, ViT-L/14 + DPT, 416x544, batch 8, synthetic scenes, eager; then the
   #     step alone with compile=true. Targets: loop >= 90% of the step; the step >= 180 img/s. Before: step 129
@@ -111,28 +111,28 @@ step() { [[ " $STEPS " == *" $1 "* ]]; }  # is step $1 asked for?
   step 13 && bench --backbone vitg14 --head depth_dpt --size 416x544 --batch 8 --work train --reference none \
     --compile off,on --json "$OUT/13_vitg_dpt_train_416.json"
   # 14. The loader on this machine's cores: samples/s per worker count, synthetic 416x544, NYU and ADE20K recipes.
-  step 14 && { timeout "$STEP_TIMEOUT" "$PYTHON" -m dense.bench.loader --workers 0,1,4,15 --repeat 2 --batches 12 \
-    --json "$OUT/14_loader.json" || echo "FAILED (exit $?): dense.bench.loader"; }
+  step 14 && { timeout "$STEP_TIMEOUT" "$PYTHON" -m benchmarks.loader --workers 0,1,4,15 --repeat 2 --batches 12 \
+    --json "$OUT/14_loader.json" || echo "FAILED (exit $?): benchmarks.loader"; }
   # 15. Where the DPT step's time goes (ViT-L/14, 416x544, batch 8): backbone against head, and the head's x2
   #     upsample NCHW, channels-last and as two matrix products (a candidate the head does not use yet).
-  step 15 && { timeout "$STEP_TIMEOUT" "$PYTHON" -m dense.bench.profile_dpt --backbone vitl14 --parts split,upsample,matrices \
-    || echo "FAILED (exit $?): dense.bench.profile_dpt"; }
+  step 15 && { timeout "$STEP_TIMEOUT" "$PYTHON" -m benchmarks.profile_dpt --backbone vitl14 --parts split,upsample,matrices \
+    || echo "FAILED (exit $?): benchmarks.profile_dpt"; }
   # ---- seg (issue 26, seg_mask): segmentation img/s at 512², the unit EoMT and PMT publish ------------------
-  # python -m dense.bench.segmentation: seg_linear, seg_ms and seg_mask (100 queries, 6 blocks) on every size,
+  # python -m benchmarks.segmentation: seg_linear, seg_ms and seg_mask (100 queries, 6 blocks) on every size,
   # batch 1, bf16 (backbone weights cast, autocast). (a) eager, DINOv3 S/B/L/H+/7B and DINOv2 S/B/L/g;
   # (b) compiled (DenseModel.compile), ViT-L/16: PMT-L reports 128 img/s on an H100 (torch.compile
   # max-autotune, model_zoo/image/dinov3.md). STEPS="seg" runs this block alone.
-  step seg && { timeout "$STEP_TIMEOUT" "$PYTHON" -m dense.bench.segmentation --device cuda --precision bf16 --batch 1 --iters 20 --warmup 3 \
+  step seg && { timeout "$STEP_TIMEOUT" "$PYTHON" -m benchmarks.segmentation --device cuda --precision bf16 --batch 1 --iters 20 --warmup 3 \
     --backbone vits16,vitb16,vitl16,vith16plus,vit7b16,vits14,vitb14,vitl14,vitg14 \
-    --json "$OUT/seg_512_bf16.json" || echo "FAILED (exit $?): dense.bench.segmentation eager"; }
-  step seg && { timeout "$STEP_TIMEOUT" "$PYTHON" -m dense.bench.segmentation --device cuda --precision bf16 --compile on --batch 1 --iters 20 \
+    --json "$OUT/seg_512_bf16.json" || echo "FAILED (exit $?): benchmarks.segmentation eager"; }
+  step seg && { timeout "$STEP_TIMEOUT" "$PYTHON" -m benchmarks.segmentation --device cuda --precision bf16 --compile on --batch 1 --iters 20 \
     --warmup 3 --backbone vitl16 --json "$OUT/seg_512_bf16_compiled.json" \
-    || echo "FAILED (exit $?): dense.bench.segmentation compiled"; }
+    || echo "FAILED (exit $?): benchmarks.segmentation compiled"; }
   # ---- end of seg -------------------------------------------------------------------------------------------
   # multi. Issue 27: one backbone pass feeding depth_dpt + seg_linear (MultiHeadModel) against the two single-head
   #     models one after the other, ViT-L/14, batch 16, 480x640, bf16: inference and a training step (img/s, peak memory).
-  step multi && { timeout "$STEP_TIMEOUT" "$PYTHON" -m dense.bench.multi --device cuda --precision bf16 --backbone vitl14 \
+  step multi && { timeout "$STEP_TIMEOUT" "$PYTHON" -m benchmarks.multi --device cuda --precision bf16 --backbone vitl14 \
     --heads depth=depth_dpt,seg=seg_linear --size 480x640 --batch 16 --iters 10 --warmup 3 \
-    --json "$OUT/multi_vitl14.json" || echo "FAILED (exit $?): dense.bench.multi"; }
+    --json "$OUT/multi_vitl14.json" || echo "FAILED (exit $?): benchmarks.multi"; }
   :  # a step left out is not a failure (each step's own errors are in the log)
 } 2>&1 | tee "$OUT/log.txt"

@@ -1,8 +1,8 @@
 """Sizes of the checkpoints train.py writes, per head and backbone size: best.ckpt (weights only), the same
 in bf16 (task.best_ckpt_dtype=bf16) and last.ckpt (everything a resume needs).
 
-    python scripts/checkpoint_sizes.py                     # vits14 vitb14 vitl14 vitg14 × every head
-    python scripts/checkpoint_sizes.py --backbones vitl14 --heads depth_dpt
+    python benchmarks/scripts/checkpoint_sizes.py                     # vits14 vitb14 vitl14 vitg14 × every head
+    python benchmarks/scripts/checkpoint_sizes.py --backbones vitl14 --heads depth_dpt
 
 Measured, not computed: each head is built for the backbone's width and layers with random weights and
 trained for one step by Lightning, and the files are what its ModelCheckpoint callbacks write with
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import heads  # noqa: E402

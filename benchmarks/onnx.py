@@ -1,7 +1,7 @@
 """ONNX Runtime (CPU) against PyTorch (CPU) for the same model and input: images per second and peak memory.
 
-    python -m dense.bench.onnx                                      # vits14 + depth_dpt, 1×3×224×308
-    python -m dense.bench.onnx --backbone vitb14 --head seg_linear --batch 4 --height 518 --width 518
+    python -m benchmarks.onnx                                      # vits14 + depth_dpt, 1×3×224×308
+    python -m benchmarks.onnx --backbone vitb14 --head seg_linear --batch 4 --height 518 --width 518
 
 Random weights (seeded: both runtimes get the same model); no download. The model is exported once,
 then each runtime is timed in its own process so that its peak resident memory (VmHWM: the
@@ -160,7 +160,7 @@ def main() -> None:
         export_s = time.perf_counter() - start
         results = []
         for runtime in ("torch", "onnx"):
-            command = [sys.executable, "-m", "dense.bench.onnx", "--run", runtime, "--onnx", path]
+            command = [sys.executable, "-m", "benchmarks.onnx", "--run", runtime, "--onnx", path]
             for key in ("backbone", "head", "batch", "height", "width", "warmup", "iters"):
                 command += [f"--{key}", str(getattr(args, key))]
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout

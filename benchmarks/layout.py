@@ -1,6 +1,6 @@
 """Channels-last (NHWC) against the usual NCHW layout for what the heads do on the CPU.
 
-    python -m dense.bench.layout [--batch 8] [--size 224] [--repeat 5]
+    python -m benchmarks.layout [--batch 8] [--size 224] [--repeat 5]
 
 1. The bilinear resize of many-channel logits (what dense.core.ops.resize is for).
 2. Each head's forward + backward on ViT-S/14 feature maps laid out NCHW and channels-last (what
@@ -13,7 +13,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from dense.bench.measure import median_ms
+from benchmarks.measure import median_ms
 from dense.core.features import FeatureMaps
 from dense.model import build_model
 

@@ -1,6 +1,6 @@
 """Speed and memory of the frozen-backbone pipeline, measured against reference implementations.
 
-    python -m dense.bench --backbone vits14 --head depth_linear4 --size 224x224 --batch 4 \\
+    python -m benchmarks --backbone vits14 --head depth_linear4 --size 224x224 --batch 4 \\
         --precision fp32,bf16 --compile off,on --device cpu --iters 10 --warmup 2 --json out.json
 
 Every option takes a comma-separated list and the bench runs every combination (a "case"). Per case it
@@ -13,7 +13,7 @@ measures four kinds of work, and on request (--work ...,loop) a fifth:
               (DepthTask / SegmentationTask: the model on uint8 images, SigLoss + GradientLoss or the
               segmentation loss, the NaN flag) with its optimiser and schedule; the references compute
               the same loss on their output
-    loop      train.py's loop (dense/bench/loop.py): the real DenseDataModule (--data), the task and a
+    loop      train.py's loop (benchmarks/loop.py): the real DenseDataModule (--data), the task and a
               Lightning Trainer for a few dozen steps; img/s beside the train work's, and where each
               step's time goes (loader wait, host checks, host→device copy, the step, the rest)
 
@@ -45,18 +45,21 @@ before the call; CPU the growth of the resident set (VmHWM after resetting it th
 the bytes the path itself holds (its modules' parameters and buffers, its optimiser state): every path
 of a case lives on the device at once, so the device-wide number would count the others' weights.
 
-The room: `cli` (options, the loop over cases; `python -m dense.bench` runs it), `case` (what one case
-and one timed path are), `references` (the reference implementations and how each is built), `paths`
-(the timed calls of one case, one function per work), `measure` (timing, memory, one case's results),
-`report` (the machine and the tables), `loop` (the loop work), `generated` (NYU and ADE20K files
-written in their formats for the loop and the loader). Beside them, benches of single questions, each
-`python -m dense.bench.NAME --help`: `loader` (samples/s per number of loader workers), `layout` (NCHW
-against channels-last), `profile_dpt` (where a DPT training step spends its time), `onnx`.
-scripts/bench_cache.py and bench_predict_memory.py stay scripts: they drive train.py or predict.py,
-which a module of the package must not import (imports go one way: the entry scripts use the library,
-never the reverse).
+The room, beside the package (`benchmarks/` at the clone's root; not installed with dense: run it from
+the root, where `python -m benchmarks` finds it): `cli` (options, the loop over cases; `python -m
+benchmarks` runs it), `case` (what one case and one timed path are), `references` (the reference
+implementations and how each is built), `paths` (the timed calls of one case, one function per work),
+`measure` (timing, memory, one case's results), `report` (the machine and the tables), `loop` (the loop
+work), `generated` (NYU and ADE20K files written in their formats for the loop and the loader). Beside
+them, benches of single questions, each `python -m benchmarks.NAME --help`: `loader` (samples/s per
+number of loader workers), `layout` (NCHW against channels-last), `profile_dpt` (where a DPT training
+step spends its time), `segmentation`, `multi`, `onnx`. benchmarks/scripts/ holds what stays a script:
+bench_cache.py and bench_predict_memory.py drive train.py or predict.py, which a module of the package
+must not import (imports go one way: the entry scripts use the library, never the reverse);
+checkpoint_sizes.py; bench_gpu.sh (and device_wheels.sh, the wheels it installs) runs the GPU
+measurements. benchmarks/results/ holds the recorded runs, benchmarks/BENCHMARKS.md what they say.
 """
 
-from dense.bench.cli import main, parse_args
+from benchmarks.cli import main, parse_args
 
 __all__ = ["main", "parse_args"]

@@ -15,10 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dense.backbones import BackboneSpec, get_spec
-from dense.backbones.dinov3.specs import Dinov3Spec
-from dense.bench.case import WORKS, Case, Path
-from dense.bench.references import (
+from benchmarks.case import WORKS, Case, Path
+from benchmarks.references import (
     NaiveLinearDepthHead,
     TimmDenseModel,
     Unavailable,
@@ -27,6 +25,8 @@ from dense.bench.references import (
     build_upstream_dinov3,
     timm_intermediates,
 )
+from dense.backbones import BackboneSpec, get_spec
+from dense.backbones.dinov3.specs import Dinov3Spec
 from dense.core.ops import imagenet_normalised
 from dense.model import DenseModel, build_model
 from dense.tasks import TASKS, DenseTask

@@ -1,7 +1,7 @@
 """Epoch time of a linear head with and without the frozen-feature cache (issue target: epoch 2+ on
 the cache ≥ 10× faster; ViT-S/14, synthetic data, 224×224).
 
-    python scripts/bench_cache.py [--backbone vits14] [--images 64] [--epochs 3] [--head depth_linear]
+    python benchmarks/scripts/bench_cache.py [--backbone vits14] [--images 64] [--epochs 3] [--head depth_linear]
 
 Random backbone weights (no download); validation and test are off so only training is timed.
 Prints one line per epoch and the ratio of the mean epoch-2+ times.
@@ -16,7 +16,7 @@ from pathlib import Path
 import lightning as L
 from hydra import compose, initialize_config_dir
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from dense.cli import train as train_script  # noqa: E402
 from dense.core.host_memory import keep_large_allocations  # noqa: E402

@@ -1,7 +1,7 @@
 """Resident memory of predict.py over a folder of small images: does it grow per image?
 
-    python scripts/bench_predict_memory.py                       # 1,000 images, prints RSS over time
-    python scripts/bench_predict_memory.py --images 60 --json rss.json    # what tests/cli/test_predict_memory.py runs
+    python benchmarks/scripts/bench_predict_memory.py                       # 1,000 images, prints RSS over time
+    python benchmarks/scripts/bench_predict_memory.py --images 60 --json rss.json    # what tests/cli/test_predict_memory.py runs
 
 Writes N small random images (sizes cycling through a few odd shapes, so batches break and the model
 pads) into a temporary folder, makes a random tiny14 depth checkpoint, and runs
@@ -27,7 +27,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import dense  # noqa: E402

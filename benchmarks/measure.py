@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from dense.bench.case import LOOP, WORKS, Case, Path
-from dense.bench.loop import run_loop
-from dense.bench.paths import build_ours, build_paths
+from benchmarks.case import LOOP, WORKS, Case, Path
+from benchmarks.loop import run_loop
+from benchmarks.paths import build_ours, build_paths
 from dense.model import center_padding
 
 

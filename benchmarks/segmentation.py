@@ -1,8 +1,8 @@
 """Segmentation inference speed at the unit EoMT and PMT publish: images per second at 512², per head
 (seg_linear, seg_ms, seg_mask) on each backbone.
 
-    python -m dense.bench.segmentation                                    # CPU: DINOv2 S/B/L/g, DINOv3 S/B/L/H+
-    python -m dense.bench.segmentation --backbone vitl16 --device cuda --precision bf16 --compile on --batch 1
+    python -m benchmarks.segmentation                                    # CPU: DINOv2 S/B/L/g, DINOv3 S/B/L/H+
+    python -m benchmarks.segmentation --backbone vitl16 --device cuda --precision bf16 --compile on --batch 1
 
 What is timed is DenseModel.forward on a batch of random 512×512 images (pad to the patch multiple: 518
 for patch 14; backbone; head; resize; seg_mask's Mask2Former scores), in inference mode, with random
@@ -30,8 +30,8 @@ import sys
 import torch
 
 import heads
-from dense.bench.measure import timed_call
-from dense.bench.report import machine_info
+from benchmarks.measure import timed_call
+from benchmarks.report import machine_info
 from dense.model import DenseModel, build_model
 
 HEADS = ("seg_linear", "seg_ms", "seg_mask")
@@ -94,7 +94,7 @@ def bench_model(model: DenseModel, images: torch.Tensor, args, device: torch.dev
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m dense.bench.segmentation", description=__doc__.splitlines()[0]
+        prog="python -m benchmarks.segmentation", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--backbone", default=",".join(CPU_BACKBONES), help="comma-separated backbones")
     parser.add_argument("--head", default=",".join(HEADS), help="comma-separated segmentation heads")

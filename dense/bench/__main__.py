@@ -1,5 +1,0 @@
-import sys
-
-from dense.bench.cli import main
-
-sys.exit(main())
