@@ -36,11 +36,6 @@ LAYER_OF = {
     "dense.cache": "cache",
     "dense.data": "data",
     "dense.tasks": "tasks",
-    "dense.losses": "tasks",
-    "dense.mask_loss": "tasks",
-    "dense.metrics": "tasks",
-    "dense.progress": "tasks",
-    "dense.run_log": "tasks",
     "dense.tools": "tools",
     "dense.bench": "tools",
     "dense": "api",  # the package's face: dense/__init__.py hands on the public names

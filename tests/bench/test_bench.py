@@ -13,9 +13,9 @@ from dense.bench import cli, loader, paths
 from dense.bench.case import WORKS
 from dense.bench.loop import OTHER, PHASES
 from dense.bench.references import Unavailable, build_upstream_dinov3
-from dense.losses import DepthLoss
 from dense.model import DenseModel
 from dense.tasks import DepthTask
+from dense.tasks.losses import DepthLoss
 
 RESULT_FIELDS = {
     "work",

@@ -25,7 +25,7 @@ from dense.cli import train as train_script
 from dense.cli.predict import model as predict_model
 from dense.cli.predict import run as predict
 from dense.data import SYNTHETIC_CLASSES
-from dense.progress import TimedProgressBar
+from dense.tasks.progress import TimedProgressBar
 from dense.tools import viz
 from tests._fixtures_data import rgb
 from tests._tiny_run import (
@@ -395,15 +395,15 @@ def test_eval_says_where_the_metrics_went_and_counts_images_in_integers(two_step
 
 def test_the_progress_bar_redraws_by_time(monkeypatch):
     bar = compose_config("train").callbacks.progress_bar
-    assert bar._target_ == "dense.progress.TimedProgressBar"
+    assert bar._target_ == "dense.tasks.progress.TimedProgressBar"
     monkeypatch.setattr(
-        "dense.progress.is_terminal", lambda stream: True
+        "dense.tasks.progress.is_terminal", lambda stream: True
     )  # a file gets lines (test_train.py)
     progress = TimedProgressBar(refresh_seconds=float(bar.refresh_seconds))
     clock = iter([0.0, 0.3, 0.9, 1.2, 1.4, 5.0, 5.1])
-    monkeypatch.setattr("dense.progress.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("dense.tasks.progress.time.monotonic", lambda: next(clock))
     # Batches 1..7 of 100 at those times: the first, then once a second (a slow batch: at once).
     drawn = [progress._should_update(n, 100) for n in range(1, 8)]
     assert drawn == [True, False, False, True, False, True, False]
-    monkeypatch.setattr("dense.progress.time.monotonic", lambda: 5.2)
+    monkeypatch.setattr("dense.tasks.progress.time.monotonic", lambda: 5.2)
     assert progress._should_update(100, 100)  # the last batch always
