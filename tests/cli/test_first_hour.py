@@ -18,6 +18,7 @@ from omegaconf import OmegaConf, open_dict
 from PIL import Image
 
 from dense import backbones, bench
+from dense.backbones.dinov2 import specs as dinov2_specs
 from dense.cli import evaluate as eval_script
 from dense.cli import help as cli_help
 from dense.cli import runner
@@ -59,12 +60,12 @@ def offline(monkeypatch, tmp_path):
     def no_network(*args, **kwargs):
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
-    monkeypatch.setattr(backbones.urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(dinov2_specs.urllib.request, "urlopen", no_network)
     monkeypatch.setattr(
-        backbones.torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("a download started")
+        dinov2_specs.torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("a download started")
     )
     monkeypatch.setattr(
-        backbones.Dinov2Spec, "create", lambda self: pytest.fail(f"the {self.name} backbone was built")
+        dinov2_specs.Dinov2Spec, "create", lambda self: pytest.fail(f"the {self.name} backbone was built")
     )
 
 
@@ -102,7 +103,7 @@ def test_weights_in_the_hub_cache_need_no_network(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     spec = backbones.get_spec("vitg14")
     monkeypatch.setattr(
-        backbones.urllib.request, "urlopen", lambda *a, **k: pytest.fail("the network was asked")
+        dinov2_specs.urllib.request, "urlopen", lambda *a, **k: pytest.fail("the network was asked")
     )
     cached = tmp_path / "hub" / "checkpoints" / "dinov2_vitg14_pretrain.pth"
     cached.parent.mkdir(parents=True)
