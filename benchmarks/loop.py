@@ -43,8 +43,8 @@ from benchmarks.generated import generated_data
 from dense.config import apply_speed_options
 from dense.data import DenseDataModule
 from dense.model import DenseModel
-from dense.progress import TimedProgressBar
 from dense.tasks import build_task
+from dense.tasks.progress import TimedProgressBar
 
 PHASES = ("loader wait", "host checks", "host→device", "step")
 OTHER = "other"

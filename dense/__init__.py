@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # what the names are, for readers and type checkers; nothing 
     from dense.data.registry import list_datasets, register_dataset
     from dense.model import DenseModel
     from dense.multi_head import MultiHeadModel, build_model
+    from dense.tasks.metrics import align_least_squares
     from heads.registry import list_heads, register_head
 
 # Public name → the module that defines it.
@@ -42,6 +43,7 @@ _PUBLIC = {
     "build_model": "dense.multi_head",  # one head (dense.model.build_model) or several (heads={...})
     "list_heads": "heads",  # the package: every built-in head registers on its import
     "register_head": "heads",
+    "align_least_squares": "dense.tasks.metrics",  # relative depth's scale and shift (loads the training stack)
 }
 
 __all__ = [
@@ -53,6 +55,7 @@ __all__ = [
     "LayerSet",
     "MultiHeadModel",
     "WeightsError",
+    "align_least_squares",
     "build_backbone",
     "build_model",
     "list_backbones",
@@ -72,7 +75,7 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(_PUBLIC[name]), name)
         globals()[name] = value  # later look-ups skip this function
         return value
-    try:  # a submodule as an attribute (dense.metrics, dense.model.MS_SCALES) after a bare `import dense`
+    try:  # a submodule as an attribute (dense.tasks, dense.model.MS_SCALES) after a bare `import dense`
         return importlib.import_module(f"{__name__}.{name}")
     except ModuleNotFoundError as error:
         if error.name != f"{__name__}.{name}":

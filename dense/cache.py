@@ -571,6 +571,44 @@ class CachedFeatures(Dataset):
         return item
 
 
+def use_feature_cache(
+    datamodule,
+    model: DenseModel,
+    directory: str,
+    *,
+    batch_size: int = 16,
+    device: str | None = None,
+    precision: str = "fp32",
+) -> None:
+    """Train on the frozen backbone's cached features instead of images: `datamodule`'s train split
+    (a DenseDataModule, through its wrap_train_set hook) becomes CachedFeatures of it, filled when the
+    split is built.
+
+    The train split is then read without its augmentation recipe (cached views must be
+    deterministic); each image is cached as it is and flipped, and every read picks one of the
+    two. Validation and test still run on images, through DenseModel.predict.
+    """
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+    def cached(dataset: Dataset) -> CachedFeatures:
+        return CachedFeatures(
+            dataset,
+            model,
+            directory,
+            random_flip=True,
+            batch_size=batch_size,
+            device=device,
+            precision=precision,
+        )
+
+    datamodule.wrap_train_set(
+        cached,
+        augment=False,
+        description="training on the cached backbone features of the "
+        f"{datamodule.name} train split's whole images",
+    )
+
+
 def batch_features(batch: dict, dtype: torch.dtype = torch.float32) -> FeatureMaps:
     """The FeatureMaps of a collated batch of cached items (B×L×D×h×w → L maps of B×D×h×w)."""
     # Channels-last, as DenseModel.extract_features gives them (dense.model.to_maps).

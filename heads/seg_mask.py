@@ -15,7 +15,7 @@ frozen DINOv3 encoder, 58.5 ADE20K mIoU with ViT-L/16 at 512²) with Mask2Former
 
 forward returns MaskPredictions (dense/core/mask_predictions.py). In training: one prediction before every
 block and one after the last (num_blocks + 1), for the deep supervision of the loss
-(dense/mask_loss.py); in eval mode: the final prediction only. DenseModel turns the final one into
+(dense/tasks/mask_loss.py); in eval mode: the final prediction only. DenseModel turns the final one into
 Mask2Former's semantic scores B×K×H×W (softmax over classes without "no object" × sigmoid masks,
 summed over queries) at the image size, so evaluation, prediction, sliding windows, scales, flips and
 export see a B×K×H×W output as from the linear heads.

@@ -35,9 +35,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from dense.config import apply_matmul_precision, apply_speed_options, compile_mode, resolve_precision
     from dense.core.io import atomic_path
     from dense.multi_head import MultiHeadModel
-    from dense.progress import TimedProgressBar
     from dense.tasks import build_task
     from dense.tasks.multi import build_multi_task, check_data_carries
+    from dense.tasks.progress import TimedProgressBar
 
     with runner.setup_errors():
         import_modules(cfg.get("imports"))  # the user's own registered heads, backbones, datasets

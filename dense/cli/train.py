@@ -29,6 +29,7 @@ def train(cfg: DictConfig):
     from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 
     import heads
+    from dense.cache import use_feature_cache
     from dense.config import (
         apply_matmul_precision,
         apply_speed_options,
@@ -88,8 +89,12 @@ def train(cfg: DictConfig):
         if cfg.ckpt_path is not None:
             check_optimizer(runner.plain(cfg.task.optimizer))
         if cfg.cache.features:
-            datamodule.use_feature_cache(
-                model, cfg.cache.dir, batch_size=cfg.cache.batch_size, precision=cfg.cache.precision
+            use_feature_cache(
+                datamodule,
+                model,
+                cfg.cache.dir,
+                batch_size=cfg.cache.batch_size,
+                precision=cfg.cache.precision,
             )
         logging.getLogger(__name__).info(datamodule.describe_sizes())
         # After the cache fill (which runs the backbone in cache.precision, outside the trainer).

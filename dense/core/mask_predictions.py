@@ -11,7 +11,7 @@ mask2former/maskformer_model.py, semantic_inference). The scores are already pro
 inference averages them over windows, scales and flips as they are, as Mask2Former's test-time
 augmentation sums them (mask2former/test_time_augmentation.py).
 
-The structure passes from the head to DenseModel, and in training on to the loss (dense/mask_loss.py):
+The structure passes from the head to DenseModel, and in training on to the loss (dense/tasks/mask_loss.py):
     class_logits  per prediction, B×Q×(K+1)
     mask_logits   per prediction, B×Q×h×w on the head's own grid, which covers the PADDED image
     image_box     (x0, y0, width, height): where the image lies in that grid, as fractions of it

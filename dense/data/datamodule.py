@@ -14,6 +14,7 @@ import inspect
 import math
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -22,9 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
-from torch.utils.data import DataLoader, default_collate, get_worker_info
+from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 
-from dense.cache import CachedFeatures
 from dense.core.constants import IGNORE_INDEX, MEAN_FILL
 from dense.core.errors import DatasetError, UnknownNameError
 from dense.core.host_memory import keep_large_allocations
@@ -65,7 +65,7 @@ def pad_collate(batch: list[dict]) -> dict:
     image 0, depth 0 (no measurement), mask 255 (ignore), so the metrics skip the padding. The batch's
     `image_size` (B×2, height and width before padding) tells each image's own size, at which the
     segmentation evaluation predicts and scores it."""
-    if "image" not in batch[0]:  # cached features (dense/cache.py): one fixed size
+    if "image" not in batch[0]:  # a wrapped train set's features (the feature cache's): one fixed size
         return default_collate(batch)
     image_sizes = torch.tensor([tuple(s["image"].shape[-2:]) for s in batch], dtype=torch.long)
     sizes = {tuple(s["image"].shape[-2:]) for s in batch}
@@ -172,33 +172,24 @@ class DenseDataModule(L.LightningDataModule):
         self.augment, self.seed, self.drop_last = augment, 0 if seed is None else int(seed), drop_last
         self.info: DatasetInfo = self.dataset_cls.describe(root=root, task=task, **options)
         self._datasets: dict[str, DenseDataset] = {}
-        self.feature_cache: dict | None = None
+        self.train_set_wrapper: Callable[[Dataset], Dataset] | None = None
+        self.train_set_description: str | None = None
 
-    def use_feature_cache(
-        self,
-        model,
-        directory: str,
-        *,
-        batch_size: int = 16,
-        device: str | None = None,
-        precision: str = "fp32",
+    def wrap_train_set(
+        self, wrapper: Callable[[Dataset], Dataset], *, augment: bool = True, description: str | None = None
     ) -> None:
-        """Train on the frozen backbone's cached features (dense/cache.py) instead of images.
+        """Build the train split as `wrapper(dataset)`: what the entry does to train on something made
+        from the images (dense.cache.use_feature_cache: the frozen backbone's cached features).
 
-        The train split is then read without its augmentation recipe (cached views must be
-        deterministic); each image is cached as it is and flipped, and every read picks one of the
-        two. Validation and test still run on images, through DenseModel.predict.
+        augment=False reads the train split without its augmentation recipe (a wrapper that stores
+        samples needs them deterministic); `description` is then describe_sizes()'s line, which does
+        not build the wrapped split to describe it. Validation and test are not wrapped.
         """
         if "train" in self._datasets:
-            raise RuntimeError("use_feature_cache must be called before the train split is built")
-        self.augment = False
-        self.feature_cache = {
-            "model": model,
-            "directory": directory,
-            "batch_size": batch_size,
-            "device": device or ("cuda" if torch.cuda.is_available() else "cpu"),
-            "precision": precision,
-        }
+            raise RuntimeError("wrap_train_set must be called before the train split is built")
+        if not augment:
+            self.augment = False
+        self.train_set_wrapper, self.train_set_description = wrapper, description
 
     # ---- what the model, task and metrics read
     @property
@@ -256,11 +247,8 @@ class DenseDataModule(L.LightningDataModule):
                 seed=self.seed + SPLIT_SEED_OFFSETS[split],
                 **self.options,
             )
-            if split == "train" and self.feature_cache is not None:
-                options = dict(self.feature_cache)
-                dataset = CachedFeatures(
-                    dataset, options.pop("model"), options.pop("directory"), random_flip=True, **options
-                )
+            if split == "train" and self.train_set_wrapper is not None:
+                dataset = self.train_set_wrapper(dataset)
             self._datasets[split] = dataset
         return self._datasets[split]
 
@@ -268,8 +256,10 @@ class DenseDataModule(L.LightningDataModule):
         """One line on the sizes the model sees: the first training sample as read and after the train
         recipe, the segmentation recipe's rescale and crop, and the evaluation size. The user's images
         may be far smaller (or larger) than a recipe made for another dataset expects: a run says so."""
-        if self.feature_cache is not None:  # the train split is the cache's (built when it is filled)
-            return f"training on the cached backbone features of the {self.name} train split's whole images"
+        if (
+            self.train_set_description is not None
+        ):  # the wrapper's train split (the cache's: built when filled)
+            return self.train_set_description
         train = self.dataset("train")
         raw = train.read(0)
         height, width = raw.image.shape[:2]

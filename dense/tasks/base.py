@@ -8,7 +8,7 @@ The LightningModule holds the DenseModel as `self.model`, so checkpoint keys are
 on save unless the backbone cannot be rebuilt otherwise).
 
 The training step makes no host-device sync (GPU → CPU wait) of its own: the losses are built with
-check_values=False (dense/losses.py), the ground truth of each training batch is checked on the host
+check_values=False (dense/tasks/losses.py), the ground truth of each training batch is checked on the host
 before it is moved to the device (on_before_batch_transfer), and a NaN/inf loss is recorded in a
 device-side flag that is read only every `trainer.log_every_n_steps` steps, before validation and at
 the end of each training epoch (one sync each), failing the run with a one-line TrainingDivergedError.

@@ -9,10 +9,10 @@ from typing import Any
 import torch
 
 from dense.core.plain import plain
-from dense.losses import DepthLoss, check_finite
-from dense.metrics import DepthMetrics
 from dense.model import DenseModel
 from dense.tasks.base import DenseTask
+from dense.tasks.losses import DepthLoss, check_finite
+from dense.tasks.metrics import DepthMetrics
 
 log = logging.getLogger(__name__)
 # A depth prediction is dead when at least this share of its pixels sits at min_depth (relu(x) = 0 there:

@@ -23,11 +23,11 @@ import torch
 
 from dense.core.errors import ConfigError
 from dense.core.plain import plain
-from dense.losses import ScaleShiftInvariantLoss, check_finite
-from dense.metrics import DepthMetrics
 from dense.model import DenseModel
 from dense.tasks.base import DenseTask
 from dense.tasks.depth import at_min_depth, dead_depth_head_message
+from dense.tasks.losses import ScaleShiftInvariantLoss, check_finite
+from dense.tasks.metrics import DepthMetrics
 
 
 def disparity_target(target: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:

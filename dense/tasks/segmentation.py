@@ -24,11 +24,11 @@ from dense.core.errors import BadInputError
 from dense.core.mask_predictions import MaskPredictions
 from dense.core.plain import plain
 from dense.data.transforms import denormalize_image, eval_view
-from dense.losses import SegLoss, check_labels
-from dense.mask_loss import MaskClassificationLoss
-from dense.metrics import SegMetrics
 from dense.model import DenseModel
 from dense.tasks.base import DenseTask
+from dense.tasks.losses import SegLoss, check_labels
+from dense.tasks.mask_loss import MaskClassificationLoss
+from dense.tasks.metrics import SegMetrics
 
 
 def image_sizes(batch: dict) -> list[tuple[int, int]]:
@@ -45,9 +45,9 @@ class SegmentationTask(DenseTask):
     loss: SegLoss weights (ce_weight, dice_weight, lovasz_weight); pixels equal to `ignore_index`
         (255) count for neither the loss nor the metrics. The loss is built with check_values=False
         (no host-device sync per step): the labels of each training batch are checked on the host
-        instead (check_target). CE and Dice make no sync; smp's Lovasz does (dense/losses.py).
+        instead (check_target). CE and Dice make no sync; smp's Lovasz does (dense/tasks/losses.py).
     mask_loss: for a mask-classification head (seg_mask, whose training output is MaskPredictions),
-        the options of Mask2Former's loss instead (dense/mask_loss.py: class_weight, mask_weight,
+        the options of Mask2Former's loss instead (dense/tasks/mask_loss.py: class_weight, mask_weight,
         dice_weight, no_object_weight, num_points, oversample_ratio, importance_sample_ratio); it
         makes one host-device sync per step, for the Hungarian matching. Ignore pixels belong to no mask.
     class_names: for the per-class IoU table printed at the end of a test (and by eval.py).

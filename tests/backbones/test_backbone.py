@@ -20,7 +20,8 @@ import torch
 from timm.models.vision_transformer import checkpoint_filter_fn
 
 import dense
-from dense.backbones import OFFICIAL_NAMES, build_backbone, get_spec, hub_cache_path
+from dense.backbones import OFFICIAL_NAMES, build_backbone, get_spec
+from dense.backbones.dinov2.specs import hub_cache_path
 from dense.core.errors import WeightsError
 from tests._random_weights import random_official_state_dict
 

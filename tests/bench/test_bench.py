@@ -13,9 +13,9 @@ from benchmarks.case import WORKS
 from benchmarks.loop import OTHER, PHASES
 from benchmarks.references import Unavailable, build_upstream_dinov3
 from dense.backbones import get_spec
-from dense.losses import DepthLoss
 from dense.model import DenseModel
 from dense.tasks import DepthTask
+from dense.tasks.losses import DepthLoss
 
 RESULT_FIELDS = {
     "work",

@@ -8,8 +8,8 @@ from torch.utils.data import DataLoader, Dataset
 from dense.cache import CachedFeatures, cache_key, forward_cached
 from dense.data import SyntheticScenes
 from dense.data.scenes import RENDERER_VERSION
-from dense.losses import SigLoss
 from dense.model import DenseModel, build_model
+from dense.tasks.losses import SigLoss
 from tests._tiny_run import LEARNING_DEPTH, LEARNING_RUN, metric_rows, series, train_in_process
 
 

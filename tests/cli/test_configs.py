@@ -136,6 +136,11 @@ BEFORE_RECIPES = json.loads((Path(__file__).parents[1] / "reference" / "experime
 # Defaults changed on purpose since then, in every data config alike (not by the recipes): (then, now).
 CHANGED_SINCE = {
     "data.num_workers": (4, None),  # issue 22: null follows the machine (dense.data.default_num_workers)
+    # issue 25: the progress bar lives in the tasks room now
+    "callbacks.progress_bar._target_": (
+        "dense.progress.TimedProgressBar",
+        "dense.tasks.progress.TimedProgressBar",
+    ),
 }
 
 

@@ -19,6 +19,7 @@ from PIL import Image
 
 import benchmarks as bench
 from dense import backbones
+from dense.backbones.dinov2 import specs as dinov2_specs
 from dense.cli import evaluate as eval_script
 from dense.cli import help as cli_help
 from dense.cli import runner
@@ -26,7 +27,7 @@ from dense.cli import train as train_script
 from dense.cli.predict import model as predict_model
 from dense.cli.predict import run as predict
 from dense.data import SYNTHETIC_CLASSES
-from dense.progress import TimedProgressBar
+from dense.tasks.progress import TimedProgressBar
 from dense.tools import viz
 from tests._fixtures_data import rgb
 from tests._tiny_run import (
@@ -60,12 +61,12 @@ def offline(monkeypatch, tmp_path):
     def no_network(*args, **kwargs):
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
-    monkeypatch.setattr(backbones.urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(dinov2_specs.urllib.request, "urlopen", no_network)
     monkeypatch.setattr(
-        backbones.torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("a download started")
+        dinov2_specs.torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("a download started")
     )
     monkeypatch.setattr(
-        backbones.Dinov2Spec, "create", lambda self: pytest.fail(f"the {self.name} backbone was built")
+        dinov2_specs.Dinov2Spec, "create", lambda self: pytest.fail(f"the {self.name} backbone was built")
     )
 
 
@@ -103,7 +104,7 @@ def test_weights_in_the_hub_cache_need_no_network(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     spec = backbones.get_spec("vitg14")
     monkeypatch.setattr(
-        backbones.urllib.request, "urlopen", lambda *a, **k: pytest.fail("the network was asked")
+        dinov2_specs.urllib.request, "urlopen", lambda *a, **k: pytest.fail("the network was asked")
     )
     cached = tmp_path / "hub" / "checkpoints" / "dinov2_vitg14_pretrain.pth"
     cached.parent.mkdir(parents=True)
@@ -396,15 +397,15 @@ def test_eval_says_where_the_metrics_went_and_counts_images_in_integers(two_step
 
 def test_the_progress_bar_redraws_by_time(monkeypatch):
     bar = compose_config("train").callbacks.progress_bar
-    assert bar._target_ == "dense.progress.TimedProgressBar"
+    assert bar._target_ == "dense.tasks.progress.TimedProgressBar"
     monkeypatch.setattr(
-        "dense.progress.is_terminal", lambda stream: True
+        "dense.tasks.progress.is_terminal", lambda stream: True
     )  # a file gets lines (test_train.py)
     progress = TimedProgressBar(refresh_seconds=float(bar.refresh_seconds))
     clock = iter([0.0, 0.3, 0.9, 1.2, 1.4, 5.0, 5.1])
-    monkeypatch.setattr("dense.progress.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("dense.tasks.progress.time.monotonic", lambda: next(clock))
     # Batches 1..7 of 100 at those times: the first, then once a second (a slow batch: at once).
     drawn = [progress._should_update(n, 100) for n in range(1, 8)]
     assert drawn == [True, False, False, True, False, True, False]
-    monkeypatch.setattr("dense.progress.time.monotonic", lambda: 5.2)
+    monkeypatch.setattr("dense.tasks.progress.time.monotonic", lambda: 5.2)
     assert progress._should_update(100, 100)  # the last batch always

@@ -279,7 +279,7 @@ def test_the_bar_writes_plain_lines_when_the_output_is_not_a_terminal(
 ):
     """Output redirected to a file (here: pytest's capture) gets plain lines, no carriage-return redraws or
     escape codes; a terminal gets the bar."""
-    monkeypatch.setattr("dense.progress.is_terminal", lambda stream: terminal)
+    monkeypatch.setattr("dense.tasks.progress.is_terminal", lambda stream: terminal)
     train_in_process(tmp_path, *WITH_BAR)
     out = capsys.readouterr().out
     if terminal:

@@ -33,8 +33,8 @@ from dense.data.transforms import (
     photometric_distortion,
 )
 from dense.data.voc import PascalVOC
-from dense.losses import DepthLoss, GradientLoss
 from dense.tasks import build_task
+from dense.tasks.losses import DepthLoss, GradientLoss
 from tests._fixtures_data import write_kitti, write_nyu_mat, write_voc
 from tests._tiny_run import compose_config
 

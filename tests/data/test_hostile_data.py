@@ -22,8 +22,8 @@ from PIL import Image
 
 import dense
 import dense.core.errors
-import dense.losses
-import dense.metrics
+import dense.tasks.losses
+import dense.tasks.metrics
 from dense.core.io import read_image
 from dense.data import DatasetError, DepthScaleWarning, FolderDataset
 from tests._fixtures_data import rgb
@@ -126,10 +126,10 @@ def test_all_invalid_depth_is_a_documented_skip(tmp_path):
     NaN, and the metrics count it in n_skipped instead of averaging it in."""
     sample = depth_folder(tmp_path, np.zeros((H, W), np.float32))[0]
     assert not sample["depth"].any()
-    loss = dense.losses.DepthLoss(max_depth=10.0)
+    loss = dense.tasks.losses.DepthLoss(max_depth=10.0)
     value = loss(torch.rand(1, 1, H, W) + 0.5, sample["depth"][None])["loss"]
     assert torch.isfinite(value) and float(value) == 0.0
-    metrics = dense.metrics.DepthMetrics(min_depth=1e-3, max_depth=10.0)
+    metrics = dense.tasks.metrics.DepthMetrics(min_depth=1e-3, max_depth=10.0)
     metrics.update(torch.rand(1, 1, H, W) + 0.5, sample["depth"][None])
     result = metrics.compute()
     assert int(result["n_skipped"]) == 1 and int(result["n_images"]) == 0

@@ -27,9 +27,9 @@ from scipy.optimize import linear_sum_assignment
 import dense
 from dense.cli.predict import run as predict
 from dense.core.mask_predictions import MaskPredictions, semantic_scores
-from dense.mask_loss import MaskClassificationLoss, point_sample, to_frame
-from dense.metrics import SegMetrics
 from dense.tasks import lr_schedule
+from dense.tasks.mask_loss import MaskClassificationLoss, point_sample, to_frame
+from dense.tasks.metrics import SegMetrics
 from tests._fixtures_data import write_folder
 from tests._tiny_run import (
     CONFIGS,

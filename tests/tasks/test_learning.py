@@ -21,8 +21,8 @@ import heads
 from dense.cli import runner
 from dense.core.errors import ConfigError, DeadHeadError, TrainingFailedError
 from dense.data import DenseDataModule, datamodule_from_config
-from dense.metrics import DepthMetrics, SegMetrics
 from dense.tasks import build_task
+from dense.tasks.metrics import DepthMetrics, SegMetrics
 from tests._tiny_run import QUIET_TINY_RUN, train_in_process
 
 # The frozen backbone is in eval mode on purpose (train.py silences Lightning's note; these tests build

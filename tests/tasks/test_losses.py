@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from dense.core.errors import BadInputError
-from dense.losses import DepthLoss, GradientLoss, SegLoss, SigLoss
+from dense.tasks.losses import DepthLoss, GradientLoss, SegLoss, SigLoss
 
 EPS = 1e-3  # upstream's eps, added inside both logs
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dense.core.errors import BadInputError
-from dense.metrics import DepthMetrics, SegMetrics, crop_mask
+from dense.tasks.metrics import DepthMetrics, SegMetrics, crop_mask
 
 ln = math.log
 log10 = math.log10

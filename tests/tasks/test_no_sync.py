@@ -20,7 +20,7 @@ import torch._dynamo
 from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 
 from dense.core.features import FeatureMaps
-from dense.losses import DepthLoss, ScaleShiftInvariantLoss, SegLoss
+from dense.tasks.losses import DepthLoss, ScaleShiftInvariantLoss, SegLoss
 from dense.tasks.relative_depth import disparity_target
 
 
@@ -151,7 +151,7 @@ def test_depth_loss_without_any_valid_pixel_is_sync_free():
 
 
 # smp's LovaszLoss is NOT sync-free (it skips absent classes with `if fg.sum() == 0` and selects pixels
-# with boolean masks), so only cross-entropy and Dice are held to this; dense/losses.py SegLoss says so.
+# with boolean masks), so only cross-entropy and Dice are held to this; dense/tasks/losses.py SegLoss says so.
 @pytest.mark.parametrize("weights", [{}, {"dice_weight": 0.5}, {"ce_weight": 0.0, "dice_weight": 1.0}])
 def test_seg_loss_training_path_is_sync_free(weights):
     gen = torch.Generator().manual_seed(0)
@@ -251,7 +251,7 @@ def test_relative_loss_training_path_is_sync_free(kind):
 
 def _mask_setup(seed=0):
     import dense
-    from dense.mask_loss import MaskClassificationLoss
+    from dense.tasks.mask_loss import MaskClassificationLoss
 
     torch.manual_seed(seed)
     options = {

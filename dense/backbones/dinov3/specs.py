@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dense.backbones import (
+from dense.backbones.base import (
     BACKBONES,
     IMAGENET_MEAN,
     IMAGENET_STD,

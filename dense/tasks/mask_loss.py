@@ -45,7 +45,7 @@ from torch import nn
 from dense.core.constants import IGNORE_INDEX
 from dense.core.errors import BadInputError
 from dense.core.mask_predictions import MaskPredictions
-from dense.losses import as_label_map, check_finite, check_label_dtype, check_labels
+from dense.tasks.losses import as_label_map, check_finite, check_label_dtype, check_labels
 
 # A cost that is NaN or inf (a diverged head) is matched as this instead, so that the step goes on and
 # the NaN loss reaches the trainer's divergence check rather than failing inside scipy.

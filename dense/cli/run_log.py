@@ -10,7 +10,7 @@ import time
 
 from lightning.pytorch.callbacks import Callback
 
-LOGGER = "dense.run_log"
+LOGGER = "dense.run_log"  # the name train.log shows on its lines: the module was dense/run_log.py
 
 
 def file_handlers() -> list[logging.Handler]:

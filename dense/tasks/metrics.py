@@ -16,7 +16,7 @@ from torchmetrics import Metric
 
 from dense.core.constants import IGNORE_INDEX
 from dense.core.errors import BadInputError
-from dense.losses import as_label_map, check_finite, check_labels
+from dense.tasks.losses import as_label_map, check_finite, check_labels
 
 DEPTH_METRIC_NAMES = ("a1", "a2", "a3", "abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog")
 

@@ -28,7 +28,7 @@ from dense.core.constants import IGNORE_INDEX
 from dense.core.errors import BadInputError
 
 # ----------------------------------------------------------------------------------------------------
-# Input checks shared by the losses and the metrics (dense/metrics.py imports these).
+# Input checks shared by the losses and the metrics (dense/tasks/metrics.py imports these).
 # Shape and dtype checks read only metadata and always run. The checks that look at values
 # (check_finite, check_labels) cost one device sync each when the tensor is on an accelerator: fine
 # for standalone use and for the metrics, but not in every training step. The losses therefore take
