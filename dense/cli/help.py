@@ -94,6 +94,9 @@ def compose(config_dir: Path, config_name: str, overrides: list[str] | None = No
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
 
+    from dense.cli import schema
+
+    schema.register()
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
         try:
             config = hydra_compose(config_name, overrides=overrides or [], return_hydra_config=True)
