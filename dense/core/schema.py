@@ -25,11 +25,15 @@ from typing import Any
 REQUIRED = "???"  # OmegaConf's MISSING: the YAML file must set it
 
 
-def doc(text: str, default: Any = None, *, factory: typing.Callable[[], Any] | None = None) -> Any:
-    """A field with its one-line meaning (what `--help` prints)."""
+def doc(
+    text: str, default: Any = None, *, factory: typing.Callable[[], Any] | None = None, shown: bool = True
+) -> Any:
+    """A field with its one-line meaning. `--help` lists the shown fields of the groups a script uses
+    (a nested group's fields below its own line); shown=False keeps a rarely changed key out of it."""
+    metadata = {"doc": text, "shown": shown}
     if factory is not None:
-        return field(default_factory=factory, metadata={"doc": text})
-    return field(default=default, metadata={"doc": text})
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 # ---- backbone ------------------------------------------------------------------------------------
@@ -40,7 +44,9 @@ class BackboneConfig:
     """configs/backbone/*.yaml: the frozen backbone (dense.backbones)."""
 
     name: str = doc(
-        "a registered backbone: DINOv2 vit*14, DINOv3 vit*16, tiny14*/tiny16* test variants", REQUIRED
+        "a registered backbone: DINOv2 vit*14, DINOv3 vit*16, tiny14*/tiny16* test variants",
+        REQUIRED,
+        shown=False,
     )
     pretrained: bool = doc("official weights (downloaded to the torch hub cache when online)", True)
     weights: str | None = doc("a local backbone weights file instead of the official one (takes precedence)")
@@ -54,13 +60,21 @@ class HeadConfig:
     """configs/head/*.yaml: one head (heads/). null: upstream's default for this head and backbone."""
 
     name: str = doc(
-        "a registered head: depth_dpt, depth_linear, depth_linear4, seg_linear, seg_ms, seg_mask", REQUIRED
+        "a registered head: depth_dpt, depth_linear, depth_linear4, seg_linear, seg_ms, seg_mask",
+        REQUIRED,
+        shown=False,
     )
     weights: str | None = doc("initial head weights: Meta's released head file or a train.py checkpoint")
-    layers: list[int] | None = doc("backbone blocks the head reads, e.g. [5,11,17,23] (null: upstream's)")
-    norm: bool | None = doc("the backbone's final norm on the features (null: upstream's)")
-    use_cls_token: bool | None = doc("the class token beside the patch features (null: upstream's)")
-    min_depth: float | None = doc("depth heads: metres (null: the dataset's range; 10 m without data)")
+    layers: list[int] | None = doc(
+        "backbone blocks the head reads, e.g. [5,11,17,23] (null: upstream's)", shown=False
+    )
+    norm: bool | None = doc("the backbone's final norm on the features (null: upstream's)", shown=False)
+    use_cls_token: bool | None = doc(
+        "the class token beside the patch features (null: upstream's)", shown=False
+    )
+    min_depth: float | None = doc(
+        "depth heads: metres; null: the dataset's range (NYU 0.001–10 m, KITTI 0.001–80 m; 10 m without data)"
+    )
     max_depth: float | None = doc("depth heads: metres (null: the dataset's range; NYU 10 m, KITTI 80 m)")
     num_classes: int | None = doc("segmentation heads: classes (null: the dataset's)")
     options: dict[str, Any] = doc("the head's own options (heads/<name>.py), e.g. num_queries", factory=dict)
@@ -94,22 +108,26 @@ DATAMODULE_TARGET = "dense.data.DenseDataModule"
 class DataConfig:
     """The keys every data config has: the DataModule's own (dense.data.DenseDataModule)."""
 
-    _target_: str = doc("read as plain values for this class, never instantiated", DATAMODULE_TARGET)
-    name: str = doc("a registered dataset format: synthetic, nyu, kitti, ade20k, voc, folder", REQUIRED)
+    _target_: str = doc(
+        "read as plain values for this class, never instantiated", DATAMODULE_TARGET, shown=False
+    )
+    name: str = doc(
+        "a registered dataset format: synthetic, nyu, kitti, ade20k, voc, folder", REQUIRED, shown=False
+    )
     root: str | None = doc("the folder that holds the dataset")
     task: str | None = doc("depth | segmentation | multi (datasets that carry both)")
     batch_size: int = doc("training images per step", 8)
     val_batch_size: int | None = doc("validation and test images per step (null: batch_size)")
     num_workers: int | None = doc("loader processes (null: one per core, less one per GPU, at most 16)")
     pin_memory: bool | None = doc(
-        "pinned host memory for the copies to the GPU (null: when CUDA is available)"
+        "pinned host memory for the copies to the GPU (null: when CUDA is available)", shown=False
     )
     persistent_workers: bool = doc(
-        "keep the loader workers between epochs (no re-spawn before each epoch)", True
+        "keep the loader workers between epochs (no re-spawn before each epoch)", True, shown=False
     )
     augment: bool = doc("augment the train split (the format's recipe)", True)
-    seed: int | None = doc("shuffle order, loader workers, augmentation (train.py: its seed)", 0)
-    drop_last: bool = doc("drop the last incomplete training batch", True)
+    seed: int | None = doc("shuffle order, loader workers, augmentation (train.py: its seed)", 0, shown=False)
+    drop_last: bool = doc("drop the last incomplete training batch", True, shown=False)
 
 
 @dataclass
@@ -129,11 +147,11 @@ class SyntheticData(DataConfig):
     """configs/data/synthetic.yaml: procedurally rendered rooms (dense/data/synthetic.py)."""
 
     image_size: Any = doc("H, W (multiples of 14 avoid padding in the model)", factory=lambda: [224, 224])
-    num_train: int = doc("scenes in the train split", 2000)
-    num_val: int = doc("scenes in the val split", 200)
-    num_test: int = doc("scenes in the test split", 200)
-    base_seed: int = doc("which scenes: (base_seed, split, index) seeds each one", 0)
-    shadows: bool = doc("render the objects' shadows", True)
+    num_train: int = doc("scenes in the train split", 2000, shown=False)
+    num_val: int = doc("scenes in the val split", 200, shown=False)
+    num_test: int = doc("scenes in the test split", 200, shown=False)
+    base_seed: int = doc("which scenes: (base_seed, split, index) seeds each one", 0, shown=False)
+    shadows: bool = doc("render the objects' shadows", True, shown=False)
 
 
 @dataclass
@@ -177,7 +195,10 @@ class VocData(SegmentationRecipe, DataConfig):
 class FolderData(SegmentationRecipe, DataConfig):
     """configs/data/folder.yaml: your own images (dense/data/folder.py)."""
 
-    depth_target: str = doc("depth (root/depth, metres) | disparity (root/disparity: relative maps)", "depth")
+    depth_target: str = doc(
+        "depth (root/depth, metres) | disparity (root/disparity + root/valid: relative maps, task.depth_mode=relative)",
+        "depth",
+    )
     depth_scale: float = doc("PNG depth: value / depth_scale = metres (.npy is read as metres)", 1000.0)
     min_depth: float = doc("depth: metres", 0.001)
     max_depth: float = doc("depth: metres", 10.0)
@@ -210,48 +231,52 @@ class SchedulerConfig:
     warmup_steps: Any = doc(
         'linear warm-up from warmup_ratio × lr: steps, or a share of the run ("5%")', "5%"
     )
-    warmup_ratio: float = doc("the warm-up's first rate, a share of lr", 1.0e-6)
+    warmup_ratio: float = doc("the warm-up's first rate, a share of lr", 1.0e-6, shown=False)
     decay: str | None = doc("cosine | poly | constant (null: cosine for depth, poly for segmentation)")
-    power: float = doc("poly exponent", 1.0)
+    power: float = doc("poly exponent", 1.0, shown=False)
     min_lr_ratio: float = doc("the decay ends at min_lr_ratio × lr", 0.0)
     decay_after_warmup: bool = doc(
-        "true: the decay starts after the warm-up (PMT's), not at step 0 (mmcv's)", False
+        "true: the decay starts after the warm-up (PMT's), not at step 0 (mmcv's)", False, shown=False
     )
 
 
 @dataclass
 class DepthLossConfig:
-    sig_weight: float = doc("SigLoss weight", 1.0)
-    grad_weight: float = doc("GradientLoss weight", 0.5)
+    sig_weight: float = doc("SigLoss weight", 1.0, shown=False)
+    grad_weight: float = doc("GradientLoss weight", 0.5, shown=False)
     warm_up: bool = doc("upstream's recipes: true (SigLoss' variance term after warm_iter steps)", False)
-    warm_iter: int = doc("steps without SigLoss' variance term (warm_up: true)", 100)
-    gradient: str = doc("correct: per-image GradientLoss | toolbox: upstream's batched indexing", "correct")
+    warm_iter: int = doc("steps without SigLoss' variance term (warm_up: true)", 100, shown=False)
+    gradient: str = doc(
+        "correct: per-image GradientLoss | toolbox: upstream's batched indexing", "correct", shown=False
+    )
     max_depth: float | None = doc("ground truth above it does not count (null: every gt > 0 counts)")
 
 
 @dataclass
 class RelativeLossConfig:
     trim: float = doc("drop the largest residuals per image (the paper's L_ssitrim; 0: untrimmed)", 0.2)
-    grad_weight: float = doc("alpha, the multi-scale gradient-matching term's weight", 0.5)
-    scales: int = doc("gradient-matching scales (maps subsampled by 1, 2, 4, 8)", 4)
+    grad_weight: float = doc("alpha, the multi-scale gradient-matching term's weight", 0.5, shown=False)
+    scales: int = doc("gradient-matching scales (maps subsampled by 1, 2, 4, 8)", 4, shown=False)
 
 
 @dataclass
 class SegLossConfig:
-    ce_weight: float = doc("cross-entropy weight (ignore 255)", 1.0)
-    dice_weight: float = doc("Dice weight (smp)", 0.0)
-    lovasz_weight: float = doc("Lovasz weight (smp)", 0.0)
+    ce_weight: float = doc("cross-entropy weight (ignore 255)", 1.0, shown=False)
+    dice_weight: float = doc("Dice weight (smp)", 0.0, shown=False)
+    lovasz_weight: float = doc("Lovasz weight (smp)", 0.0, shown=False)
 
 
 @dataclass
 class MaskLossConfig:
-    class_weight: float = doc("cross-entropy of each query's class", 2.0)
-    no_object_weight: float = doc('the "no object" class\' weight in that cross-entropy', 0.1)
-    mask_weight: float = doc("BCE of the matched masks", 5.0)
-    dice_weight: float = doc("Dice of the matched masks", 5.0)
-    num_points: int = doc("points sampled a mask", 12544)
-    oversample_ratio: float = doc("candidates for the uncertain points, × num_points", 3.0)
-    importance_sample_ratio: float = doc("share of the points taken among the most uncertain", 0.75)
+    class_weight: float = doc("cross-entropy of each query's class", 2.0, shown=False)
+    no_object_weight: float = doc('the "no object" class\' weight in that cross-entropy', 0.1, shown=False)
+    mask_weight: float = doc("BCE of the matched masks", 5.0, shown=False)
+    dice_weight: float = doc("Dice of the matched masks", 5.0, shown=False)
+    num_points: int = doc("points sampled a mask", 12544, shown=False)
+    oversample_ratio: float = doc("candidates for the uncertain points, × num_points", 3.0, shown=False)
+    importance_sample_ratio: float = doc(
+        "share of the points taken among the most uncertain", 0.75, shown=False
+    )
 
 
 @dataclass
@@ -279,7 +304,7 @@ class TaskConfig:
     )
     test_mode: str = doc("whole | slide", "whole")
     test_crop_size: Any = doc("slide window, e.g. 512")
-    test_stride: Any = doc("slide stride (null: 2/3 of the window)")
+    test_stride: Any = doc("slide stride (null: 2/3 of the window)", shown=False)
     test_scales: list[float] = doc(
         "image ratios averaged (upstream ms: [1.0, 1.32, 1.73, 2.28, 3.0])", factory=lambda: [1.0]
     )
@@ -300,8 +325,8 @@ class TaskConfig:
 class PredictConfig:
     """configs/predict.yaml: predict.py's own keys (the backbone and head groups have theirs)."""
 
-    backbone: Any = doc("the backbone group (without ckpt)")
-    head: Any = doc("the head group (without ckpt)")
+    backbone: Any = doc("", shown=False)  # the backbone group (listed as a group)
+    head: Any = doc("", shown=False)  # the head group (listed as a group)
     ckpt: str | None = doc("checkpoint written by train.py")
     model: str | None = doc("instead of ckpt: an ONNX file written by export.py, run by ONNX Runtime")
     input: str | None = doc("an image file or a folder of images (not recursive)")
@@ -379,16 +404,19 @@ def field_names(schema: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(schema))
 
 
-def field_docs(schema: type, prefix: str = "") -> dict[str, str]:
-    """{dotted key: its doc}, nested dataclasses' fields included (`task.scheduler.decay`)."""
+def field_docs(schema: type, prefix: str = "", shown_only: bool = False) -> dict[str, str]:
+    """{dotted key: its doc}, nested dataclasses' fields included (`task.scheduler.decay`);
+    shown_only: the fields `--help` lists."""
     docs = {}
     hints = type_hints(schema)
     for f in dataclasses.fields(schema):
+        if shown_only and not f.metadata.get("shown", True):
+            continue
         key = f"{prefix}{f.name}"
         if f.metadata.get("doc"):
             docs[key] = f.metadata["doc"]
         if dataclasses.is_dataclass(hints[f.name]):
-            docs.update(field_docs(hints[f.name], key + "."))
+            docs.update(field_docs(hints[f.name], key + ".", shown_only))
     return docs
 
 
