@@ -182,6 +182,12 @@ def check_keys(config_dir: Path, config_name: str, arguments: list[str]) -> None
     wrong_type = re.match(r"Error merging override (.+)", message or "")
     if wrong_type is not None and error.__cause__ is not None:
         fail(type_error_line(wrong_type.group(1), error.__cause__))
+    set_by_a_file = re.match(
+        r"In '([\w/]+)': ConfigKeyError raised while composing config:\s*Key '\w+' not in '(\w+)'\s*full_key: ([\w.]+)",
+        message or "",
+    )
+    if set_by_a_file is not None:  # a preset sets a key the chosen group option's schema lacks
+        fail(key_of_another_option_line(*set_by_a_file.groups()))
     existing = re.match(r"Could not append to config. An item is already at '([^']+)'", message or "")
     if existing is not None:
         key = existing.group(1)
@@ -236,6 +242,27 @@ def type_error_line(override: str, cause: BaseException) -> str:
     if kind:
         return f"{override}: {key} takes {kind}{where}"
     return f"{override}: {text.splitlines()[0].strip()}{where}"
+
+
+def key_of_another_option_line(source: str, schema_name: str, key: str) -> str:
+    """One line for a config file (a preset: experiment=smoke) that sets a key the schema of the chosen
+    group option lacks (data.image_size, a synthetic-scenes key, with data=folder)."""
+    from dense.core.schema import DATA_SCHEMAS
+
+    formats = {cls.__name__: name for name, cls in DATA_SCHEMAS.items()}
+    what = (
+        f"the {formats[schema_name]} dataset"
+        if schema_name in formats
+        else key.rpartition(".")[0] or "the configuration"
+    )
+    group, _, option = source.rpartition("/")
+    setter = f"{group}={option} (configs/{source}.yaml)" if group else f"configs/{source}.yaml"
+    return (
+        f"{key} is not an option of {what} ({schema_name} in dense/core/schema.py): {key} was set by {setter}, "
+        f"made for other options; choose a preset made for yours (experiment=folder_depth, folder_seg for your own folder)"
+        if group == "experiment"
+        else f"{key} is not an option of {what} ({schema_name} in dense/core/schema.py): {key} was set by {setter}"
+    )
 
 
 def nested_keys_named(config: dict, name: str) -> list[str]:
