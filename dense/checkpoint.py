@@ -20,6 +20,7 @@ import torch
 
 import heads
 from dense.backbones import BACKBONES
+from dense.core import schema
 from dense.core.errors import WeightsError, WriteError, shown
 from dense.core.hashing import file_sha256
 from dense.core.plain import plain_value_problem
@@ -77,22 +78,10 @@ def read_model_config(path: str | os.PathLike) -> tuple[dict, dict]:
     return checkpoint, checkpoint[MODEL_KEY]
 
 
-# The dense_model keys that are not head options, with their types. The other keys must be options of
-# the stored head (HeadSpec.options) or its depth range: nothing else reaches build_model (a stored
-# `head_weights` would make it open a path).
-MODEL_CONFIG_TYPES = {
-    "backbone": str,
-    "head": str,
-    "pretrained": bool,
-    "backbone_weights": (str, type(None)),
-    "backbone_sha256": (str, type(None)),
-    "layers": list,
-    "norm": bool,
-    "use_cls_token": bool,
-    "min_depth": (int, float),
-    "max_depth": (int, float),
-    "depth_mode": str,  # "relative" (absent: metric); its value is checked by build_model
-}
+# The dense_model keys that are not head options, with their types: schema.ModelRecord. The other keys
+# must be options of the stored head (HeadSpec.options) or its depth range: nothing else reaches
+# build_model (a stored `head_weights` would make it open a path).
+RECORD_KEYS = set(schema.field_names(schema.ModelRecord))
 
 
 # What a segmentation record says of its classes besides the build arguments: one name and one
@@ -192,18 +181,14 @@ def check_model_config(config, where: str) -> None:
             )
     options = set(heads.get_head_spec(config["head"]).options)
     for key, value in config.items():
-        if key not in MODEL_CONFIG_TYPES and key not in options and key not in CLASS_KEYS:
+        if key not in RECORD_KEYS and key not in options:
             raise WeightsError(
                 f"{where}: '{MODEL_KEY}' has the key {shown(key)}, which is no option of the model"
             )
         problem = plain_value_problem(value, f"{MODEL_KEY}.{key}")
         if problem:
             raise WeightsError(f"{where}: {problem}")
-        expected = MODEL_CONFIG_TYPES.get(key)
-        expected = expected if isinstance(expected, tuple) or expected is None else (expected,)
-        if expected is not None and (
-            not isinstance(value, expected) or isinstance(value, bool) and bool not in expected
-        ):
+        if schema.type_problem({key: value}, schema.ModelRecord, required=False):
             raise WeightsError(f"{where}: {MODEL_KEY}.{key}={shown(value)} has the wrong type")
     check_classes(config, where)
 

@@ -1,9 +1,8 @@
 """From the `backbone` and `head` config groups (configs/backbone, configs/head) to a DenseModel, and
 the speed switches (`compile`, bf16) applied to it.
 
-Used by train.py, eval.py and predict.py alike, so the same keys mean the same thing everywhere:
-backbone.{name, pretrained, weights}, head.{name, weights, layers, norm, use_cls_token, min_depth,
-max_depth, num_classes, options}, compile.
+Used by train.py, eval.py and predict.py alike, so the same keys mean the same thing everywhere: the
+fields of BackboneConfig, HeadConfig and MultiHeadConfig (dense/core/schema.py), and compile.
 """
 
 from __future__ import annotations
@@ -12,30 +11,28 @@ from collections.abc import Mapping
 
 import torch
 
+from dense.core import schema
 from dense.core.plain import plain
 from dense.model import DenseModel, build_model
 from dense.multi_head import MultiHeadModel, check_head_names
 from dense.multi_head import build_model as build_multi_model
 
-BACKBONE_KEYS = {"name", "pretrained", "weights"}
-HEAD_KEYS = {
-    "name",
-    "weights",
-    "layers",
-    "norm",
-    "use_cls_token",
-    "min_depth",
-    "max_depth",
-    "num_classes",
-    "options",
-}
+# The groups' keys are their schemas' fields (dense/core/schema.py): Hydra checks the configs composed
+# from the YAML files; these sets check the same groups when they come another way (a user's own YAML
+# file without a schema, a test's dict).
+BACKBONE_KEYS = set(schema.field_names(schema.BackboneConfig))
+HEAD_KEYS = set(schema.field_names(schema.HeadConfig))
+# The head keys that are build_model's options (the others: which head, its weights, its own options).
+HEAD_BUILD_KEYS = tuple(
+    k for k in schema.field_names(schema.HeadConfig) if k not in ("name", "weights", "options")
+)
 
 
 # head=multi (configs/head/multi.yaml): several heads on one backbone pass. The group holds
 # `heads: {name: {name: <registered head>, loss_weight: 1.0, <HEAD_KEYS>}}`.
 MULTI = "multi"
-MULTI_KEYS = {"name", "heads"}
-MULTI_ENTRY_KEYS = HEAD_KEYS | {"loss_weight"}
+MULTI_KEYS = set(schema.field_names(schema.MultiHeadConfig))
+MULTI_ENTRY_KEYS = set(schema.field_names(schema.MultiHeadEntry))
 
 
 def is_multi(head: Mapping) -> bool:
@@ -96,7 +93,7 @@ def model_from_config(backbone: Mapping, head: Mapping, depth_mode: str = "metri
                 f"unknown key(s) {', '.join(f'{group}.{k}' for k in unknown)}; valid: {sorted(known)}"
             )
     options = dict(head.get("options") or {})
-    for key in ("layers", "norm", "use_cls_token", "min_depth", "max_depth", "num_classes"):
+    for key in HEAD_BUILD_KEYS:
         if head.get(key) is not None:
             options[key] = head[key]
     return build_model(
@@ -123,7 +120,7 @@ def multi_model_from_config(backbone: Mapping, head: Mapping, depth_mode: str = 
     heads = {}
     for name, entry in multi_head_entries(head).items():
         options = dict(entry.get("options") or {})
-        for key in ("layers", "norm", "use_cls_token", "min_depth", "max_depth", "num_classes"):
+        for key in HEAD_BUILD_KEYS:
             if entry.get(key) is not None:
                 options[key] = entry[key]
         if entry.get("weights"):

@@ -11,10 +11,13 @@ import pytest
 import torch
 
 import dense
+from dense.cli import schema
 from tests._tiny_run import TINY_RUN, train_in_process, write_checkpoint
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # The config groups' YAML files name their schemas: Hydra finds them in the ConfigStore.
+    schema.register()
     # pytest-xdist runs one worker per core: torch's default of a thread per core in each worker would
     # put several threads on every core, which tiny models only pay for in switching.
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))

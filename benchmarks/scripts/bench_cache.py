@@ -18,6 +18,7 @@ from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from dense.cli import schema  # noqa: E402
 from dense.cli import train as train_script  # noqa: E402
 from dense.core.host_memory import keep_large_allocations  # noqa: E402
 
@@ -54,6 +55,7 @@ def run(args, cache: bool, workdir: Path) -> list[float]:
     ]
     if args.head.startswith("seg"):
         overrides.append("data.task=segmentation")
+    schema.register()  # the config groups' files name their schemas
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     timer = EpochTimer()

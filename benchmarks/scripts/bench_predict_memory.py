@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 import dense  # noqa: E402
 from dense.checkpoint import BACKBONE_PREFIX, HEAD_PREFIX, MODEL_KEY  # noqa: E402
+from dense.cli import schema  # noqa: E402
 from dense.cli.predict import outputs, writers  # noqa: E402
 from dense.cli.predict import run as predict  # noqa: E402
 
@@ -79,6 +80,7 @@ def measure(n: int, task: str = "depth", batch_size: int = 4, scale: int = 1, le
                 traced.append(tracemalloc.get_traced_memory()[0])
 
             setattr(writers, name, wrapped)
+        schema.register()  # the config groups' files name their schemas
         with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
             cfg = compose(
                 "predict",

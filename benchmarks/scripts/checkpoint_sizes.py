@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 import heads  # noqa: E402
 from dense.backbones import get_spec  # noqa: E402
+from dense.cli import schema  # noqa: E402
 from dense.core.plain import plain  # noqa: E402
 from dense.model import DenseModel, build_model  # noqa: E402
 
@@ -97,6 +98,7 @@ def measure(backbone: str, head: str) -> dict[str, int]:
         torch.manual_seed(0)
         model = head_model(backbone, head)
         with tempfile.TemporaryDirectory() as folder:
+            schema.register()  # the config groups' files name their schemas
             with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
                 overrides = [f"paths.output_dir={folder}", f"backbone={backbone}", f"head={head}"]
                 config = plain(compose("train", overrides=overrides))  # stored in the checkpoints

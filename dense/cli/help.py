@@ -2,9 +2,11 @@
 
 Hydra's own `--help` prints the whole composed configuration without a word of what the keys mean. Ours
 prints what the script does and its common commands (the script's docstring), its config groups with
-their options, and its main keys with their one-line meaning: the trailing `# comment` of the key in the
-YAML file that defines it. A key gets into the help by getting a comment, so the help cannot list a key
-that does not exist or miss a meaning that the config states.
+their options, and its main keys with their one-line meaning: the `doc` of the key's field in its
+group's schema (dense/core/schema.py), or else the trailing `# comment` of the key in the YAML file that
+defines it (a YAML comment also says what a file's own value means: it wins over the schema's doc). A
+key gets into the help by a shown field or a comment, so the help cannot list a key that does not exist
+or miss a meaning that the config states.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from dense.cli.schema import SCHEMAS
+from dense.core.schema import field_docs
 
 # `key: value   # comment`, `- group: option   # comment` (defaults lists); the comment needs a space before #.
 _KEY_LINE = re.compile(
@@ -33,12 +38,14 @@ class YamlComments:
     keys: dict[str, str]
     groups: dict[str, str]
     parents: list[str]  # defaults-list entries of the same group (`- default`): the files it extends
+    schemas: list[tuple[str, str]]  # `- schema/<name>@<package>` entries: (name, package)
 
 
 def read_comments(path: Path) -> YamlComments:
     keys: dict[str, str] = {}
     groups: dict[str, str] = {}
     parents: list[str] = []
+    schemas: list[tuple[str, str]] = []
     stack: list[tuple[int, str]] = []  # (indent, key) of the mappings the line is in
     in_defaults = False
     for line in path.read_text().splitlines():
@@ -47,7 +54,10 @@ def read_comments(path: Path) -> YamlComments:
         if in_defaults and line.lstrip().startswith("- "):
             entry = line.strip()[2:].split("#", 1)
             name, comment = entry[0].strip(), entry[1].strip() if len(entry) > 1 else ""
-            if ":" in name and not name.startswith("override "):
+            typed = re.fullmatch(r"schema/(\w+)@(\w+)", name)
+            if typed:
+                schemas.append((typed[1], typed[2]))
+            elif ":" in name and not name.startswith("override "):
                 groups[name.split(":", 1)[0].strip()] = comment
             elif re.fullmatch(r"[\w.]+", name) and name != "_self_":
                 parents.append(name)
@@ -64,7 +74,7 @@ def read_comments(path: Path) -> YamlComments:
             keys[dotted] = match["comment"].strip()
         if not match["value"]:
             stack.append((indent, match["key"]))
-    return YamlComments(keys, groups, parents)
+    return YamlComments(keys, groups, parents, schemas)
 
 
 def group_comments(config_dir: Path, group: str, option: str) -> dict[str, str]:
@@ -77,7 +87,11 @@ def group_comments(config_dir: Path, group: str, option: str) -> dict[str, str]:
     comments = read_comments(path)
     found: dict[str, str] = {}
     for parent in comments.parents:
-        found.update(group_comments(config_dir, group, parent))
+        typed = SCHEMAS.get((group, parent))
+        if typed is not None:
+            found.update(field_docs(typed, f"{group}.", shown_only=True))
+        else:
+            found.update(group_comments(config_dir, group, parent))
     found.update({f"{group}.{key}": text for key, text in comments.keys.items()})
     return found
 
@@ -94,6 +108,9 @@ def compose(config_dir: Path, config_name: str, overrides: list[str] | None = No
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
 
+    from dense.cli import schema
+
+    schema.register()
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
         try:
             config = hydra_compose(config_name, overrides=overrides or [], return_hydra_config=True)
@@ -108,11 +125,14 @@ def compose(config_dir: Path, config_name: str, overrides: list[str] | None = No
 def documented_keys(config_dir: Path, config_name: str, chosen: dict[str, str | None]) -> dict[str, str]:
     """Every key with a comment: the primary config's (not its own hydra: block, which is set-up), then
     those of the chosen option of each group."""
+    primary = read_comments(config_dir / f"{config_name}.yaml")
     keys = {
-        key: text
-        for key, text in read_comments(config_dir / f"{config_name}.yaml").keys.items()
-        if not key.startswith("hydra.") and key != "hydra"
+        key: text for key, text in primary.keys.items() if not key.startswith("hydra.") and key != "hydra"
     }
+    for name, package in primary.schemas:
+        prefix = "" if package == "_here_" else f"{package}."
+        for key, text in field_docs(SCHEMAS[("schema", name)], prefix, shown_only=True).items():
+            keys.setdefault(key, text)
     shown = SHOWN_GROUP_KEYS.get(config_name, {})
     for group, option in chosen.items():
         if option is not None and (config_dir / group).is_dir():
@@ -141,6 +161,31 @@ def shown_values(config) -> dict[str, str]:
     return shown
 
 
+def in_config_order(
+    keys: dict[str, str], values: dict[str, str], groups, primary: Path
+) -> list[tuple[str, str]]:
+    """The documented keys, the script's own first (in the order of its file, `primary`) and then group
+    by group (in the defaults list's order, each in the order of the composed configuration): a schema's
+    doc and a YAML comment of the same block follow the file."""
+    import yaml
+
+    from dense.core.plain import flatten
+
+    own = list(flatten(yaml.safe_load(primary.read_text()) or {}))
+    composed = list(values)
+    blocks = [None, *groups]
+
+    def position(item: tuple[str, str]) -> tuple[int, int]:
+        key = item[0]
+        group = key.split(".", 1)[0]
+        block = blocks.index(group) if group in blocks else 0
+        order = composed if block else own
+        found = (i for i, leaf in enumerate(order) if leaf == key or leaf.startswith(key + "."))
+        return block, next(found, len(order))
+
+    return sorted(keys.items(), key=position)
+
+
 def help_text(config_dir: Path, config_name: str, script_doc: str, overrides: list[str]) -> str:
     """The whole `--help` of the script `config_name`.py (values shown with `overrides` applied)."""
     config, chosen = compose(config_dir, config_name, overrides)
@@ -160,7 +205,9 @@ def help_text(config_dir: Path, config_name: str, script_doc: str, overrides: li
         lines.append(f"  {'':<{VALUE_WIDTH}}  options: {', '.join(choices)}")
     lines += ["", "Main keys (key=value as set now, and what it means):"]
     values = shown_values(config)
-    for key, meaning in documented_keys(config_dir, config_name, chosen).items():
+    for key, meaning in in_config_order(
+        documented_keys(config_dir, config_name, chosen), values, chosen, config_dir / f"{config_name}.yaml"
+    ):
         value = values.get(key)  # None: a mapping (its keys are below it)
         name = f"{key}.*" if value is None else f"{key}={value}"
         if len(name) > VALUE_WIDTH:

@@ -49,6 +49,9 @@ def main(hydra_main: Callable[[], Any], script: str) -> None:
     that does not exist (Hydra's own messages for them span several lines), and with glibc keeping the
     memory of large tensors (dense.core.host_memory). The scripts import their dense.cli module (torch, for
     predict.py and export.py) inside their Hydra main, so this answers before any of it is loaded."""
+    from dense.cli import schema
+
+    schema.register()  # before anything composes the configuration: the groups' YAML files name them
     check_arguments(script)
     keep_large_allocations()  # CPU steps reuse the pages of large tensors: see dense/core/host_memory.py
     hydra_main()
@@ -153,21 +156,38 @@ def check_keys(config_dir: Path, config_name: str, arguments: list[str]) -> None
     from hydra.errors import ConfigCompositionException
     from omegaconf import OmegaConf
 
+    from dense.cli import schema
+
+    schema.register()
     if any(a.startswith("-") and a not in ("-m", "--multirun") for a in arguments):
         return
     multirun = any(a in ("-m", "--multirun") for a in arguments)
     # Sweeps (a=1,2) cannot be composed; their keys are checked by Hydra when the jobs start.
     overrides = [a for a in arguments if not a.startswith("-") and not (multirun and "," in a)]
 
-    def compose_error(chosen: list[str]) -> str | None:
+    def composition_error(chosen: list[str]) -> ConfigCompositionException | None:
         try:
             with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
                 compose(config_name, overrides=chosen)
         except ConfigCompositionException as error:
-            return str(error)
+            return error
         return None
 
-    message = compose_error(overrides)
+    def compose_error(chosen: list[str]) -> str | None:
+        error = composition_error(chosen)
+        return None if error is None else str(error)
+
+    error = composition_error(overrides)
+    message = None if error is None else str(error)
+    wrong_type = re.match(r"Error merging override (.+)", message or "")
+    if wrong_type is not None and error.__cause__ is not None:
+        fail(type_error_line(wrong_type.group(1), error.__cause__))
+    set_by_a_file = re.match(
+        r"In '([\w/]+)': ConfigKeyError raised while composing config:\s*Key '\w+' not in '(\w+)'\s*full_key: ([\w.]+)",
+        message or "",
+    )
+    if set_by_a_file is not None:  # a preset sets a key the chosen group option's schema lacks
+        fail(key_of_another_option_line(*set_by_a_file.groups()))
     existing = re.match(r"Could not append to config. An item is already at '([^']+)'", message or "")
     if existing is not None:
         key = existing.group(1)
@@ -196,6 +216,53 @@ def check_keys(config_dir: Path, config_name: str, arguments: list[str]) -> None
             if nested:
                 hint = f" (did you mean {' or '.join(nested)}?)"
     fail(f"{key} is not a key of the {config_name} configuration{hint}; to add a new key write +{override}")
+
+
+# OmegaConf's names of the types a schema field takes (its "could not be converted to ..." message).
+TYPE_WORDS = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false", "String": "a string"}
+
+
+def type_error_line(override: str, cause: BaseException) -> str:
+    """One line for an override whose value does not have its key's type in the group's schema
+    (dense/core/schema.py), from OmegaConf's several-line ValidationError."""
+    import re
+
+    key = override.lstrip("+~").split("=", 1)[0]
+    text = str(cause)
+    schema = re.search(r"object_type=(\w+)", text)
+    where = f" ({schema.group(1)} in dense/core/schema.py)" if schema else ""
+    converted = re.search(r"could not be converted to (\w+)", text)
+    kind = TYPE_WORDS.get(converted.group(1)) if converted else None
+    if "is not a valid bool" in text:
+        kind = TYPE_WORDS["Boolean"]
+    elif "is not a ListConfig" in text:
+        kind = "a list, e.g. [1.0,2.0]"
+    elif "is not a DictConfig" in text:
+        kind = "a mapping"
+    if kind:
+        return f"{override}: {key} takes {kind}{where}"
+    return f"{override}: {text.splitlines()[0].strip()}{where}"
+
+
+def key_of_another_option_line(source: str, schema_name: str, key: str) -> str:
+    """One line for a config file (a preset: experiment=smoke) that sets a key the schema of the chosen
+    group option lacks (data.image_size, a synthetic-scenes key, with data=folder)."""
+    from dense.core.schema import DATA_SCHEMAS
+
+    formats = {cls.__name__: name for name, cls in DATA_SCHEMAS.items()}
+    what = (
+        f"the {formats[schema_name]} dataset"
+        if schema_name in formats
+        else key.rpartition(".")[0] or "the configuration"
+    )
+    group, _, option = source.rpartition("/")
+    setter = f"{group}={option} (configs/{source}.yaml)" if group else f"configs/{source}.yaml"
+    return (
+        f"{key} is not an option of {what} ({schema_name} in dense/core/schema.py): {key} was set by {setter}, "
+        f"made for other options; choose a preset made for yours (experiment=folder_depth, folder_seg for your own folder)"
+        if group == "experiment"
+        else f"{key} is not an option of {what} ({schema_name} in dense/core/schema.py): {key} was set by {setter}"
+    )
 
 
 def nested_keys_named(config: dict, name: str) -> list[str]:

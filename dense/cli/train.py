@@ -48,7 +48,7 @@ def train(cfg: DictConfig):
     with runner.setup_errors():
         import_modules(cfg.get("imports"))  # the user's own registered heads, backbones, datasets
         runner.absolute_paths(cfg, USER_PATHS)
-        check_config(cfg)
+        validate(cfg)
         if cfg.ckpt_path is None:  # a resume first compares it with the checkpoint's (build_run_model)
             check_optimizer(runner.plain(cfg.task.optimizer))
         refuse_a_second_run(cfg.paths.output_dir, cfg.ckpt_path)
@@ -144,9 +144,10 @@ def train(cfg: DictConfig):
 USER_PATHS = ("ckpt_path", "backbone.weights", "head.weights", "data.root", "cache.dir")
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Values Hydra cannot check (types are free in YAML), refused before anything is built. (The data
-    keys are checked where the datamodule is built: dense.data.datamodule_from_config.)"""
+def validate(cfg: DictConfig) -> None:
+    """train.py's semantic checks, before anything is built: what the schemas (dense/core/schema.py:
+    keys and types, checked by Hydra while composing) cannot say (files that exist, ranges, a schedule
+    that fits). The data keys are checked where the datamodule is built (datamodule_from_config)."""
     from dense.config import compile_mode
     from dense.core.threads import check_threads
     from dense.tasks.base import check_dead_head_steps, check_schedule, check_test_settings

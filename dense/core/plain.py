@@ -41,17 +41,20 @@ def plain_value_problem(value, key: str) -> str | None:
 
 def flatten(config: dict, max_depth: int = 8) -> dict[str, Any]:
     """{"a": {"b": 1}} → {"a.b": 1}; lists stay values. Mappings nested deeper than `max_depth` stay
-    values too (a config read from a file may be nested thousands deep)."""
+    values too (a config read from a file may be nested thousands deep). In the mappings' order (what
+    --help lists follows the files), without recursion."""
     flat = {}
-    pending = [("", config, 0)]
-    while pending:
-        prefix, mapping, depth = pending.pop()
-        for key, value in mapping.items():
+    stack = [("", iter(config.items()), 0)]
+    while stack:
+        prefix, items, depth = stack[-1]
+        for key, value in items:
             name = f"{prefix}{key}"
             if isinstance(value, dict) and value and depth < max_depth:
-                pending.append((name + ".", value, depth + 1))
-            else:
-                flat[name] = value
+                stack.append((name + ".", iter(value.items()), depth + 1))
+                break
+            flat[name] = value
+        else:
+            stack.pop()
     return flat
 
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 
+from dense.core import schema
 from dense.core.constants import IGNORE_INDEX, MEAN_FILL
 from dense.core.errors import DatasetError, UnknownNameError
 from dense.core.host_memory import keep_large_allocations
@@ -331,21 +332,9 @@ class DenseDataModule(L.LightningDataModule):
 
 # The `_target_` our data configs carry (configs/data/*.yaml). It is not instantiated: it only says
 # which class the keys belong to. Any other `_target_` is refused.
-DATAMODULE_TARGET = "dense.data.DenseDataModule"
-# DenseDataModule's own keys and the types they take (None: the key may be null).
-MODULE_KEYS: dict[str, tuple] = {
-    "name": (str,),
-    "root": (str, None),
-    "task": (str, None),
-    "batch_size": (int,),
-    "val_batch_size": (int, None),
-    "num_workers": (int, None),
-    "pin_memory": (bool, None),
-    "persistent_workers": (bool,),
-    "augment": (bool,),
-    "seed": (int, None),
-    "drop_last": (bool,),
-}
+DATAMODULE_TARGET = schema.DATAMODULE_TARGET
+# DenseDataModule's own keys are typed by schema.DataConfig and a format's options by its schema
+# (schema.DATA_SCHEMAS); the options of a dataset registered elsewhere by its constructor's defaults.
 LOADER_MINIMUMS = {"batch_size": 1, "val_batch_size": 1, "num_workers": 0}
 # Bounds on what a config (possibly a checkpoint's) may ask for: processes and images per step.
 LOADER_MAXIMUMS = {"batch_size": 65536, "val_batch_size": 65536, "num_workers": 256}
@@ -403,6 +392,8 @@ def datamodule_from_config(config, source: str | None = None) -> DenseDataModule
     except UnknownNameError as error:
         raise UnknownNameError(f"{prefix}{error}") from None
     parameters = {p.name: p for p in dataset_cls._parameters()}
+    format_schema = schema.DATA_SCHEMAS.get(values.get("name", "synthetic"), schema.DataConfig)
+    known = set(schema.field_names(format_schema))
     for key, value in values.items():
         if key in LOADER_MINIMUMS:
             minimum = LOADER_MINIMUMS[key]
@@ -416,7 +407,11 @@ def datamodule_from_config(config, source: str | None = None) -> DenseDataModule
                     f"{prefix}data.{key}={value!r} must be {kind} (at most {LOADER_MAXIMUMS[key]})"
                 )
             continue
-        types = MODULE_KEYS.get(key) or (_option_types(parameters[key]) if key in parameters else None)
+        if key in known:
+            if schema.type_problem({key: value}, format_schema, required=False):
+                raise DatasetError(f"{prefix}data.{key}={value!r} has the wrong type")
+            continue
+        types = _option_types(parameters[key]) if key in parameters else None
         if types is None:
             continue  # an unknown option: DenseDataModule names it and the valid ones
         if not _fits(value, types):

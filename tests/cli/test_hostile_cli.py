@@ -72,7 +72,7 @@ def run_train(tmp_path: Path, *overrides: str, tiny=TINY):
 
 CONFIG_ERRORS = {
     "unknown_group_option": (["head=nope"], "head=nope is not an option of configs/head/: choose one of"),
-    "wrong_type": (["data.batch_size=abc"], "data.batch_size='abc' must be a positive integer"),
+    "wrong_type": (["data.batch_size=abc"], "data.batch_size=abc: data.batch_size takes an integer"),
     "negative_batch_size": (["data.batch_size=-3"], "data.batch_size=-3 must be a positive integer"),
     # Lightning builds the optimiser deep inside fit; train.py builds it first, for this one line
     "optimizer_keys": (

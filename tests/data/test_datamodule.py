@@ -32,8 +32,16 @@ DATA_CONFIGS = CONFIGS / "data"
 TINY_SYNTHETIC = {"image_size": [28, 42], "num_train": 6, "num_val": 3, "num_test": 2}
 
 
-def load_config(name: str, **overrides):
+def data_file(name: str):
+    """A data config file's keys as written, without its defaults list (which names its schema,
+    data/schema_<name>: Hydra's business, not the DataModule's)."""
     cfg = OmegaConf.load(DATA_CONFIGS / f"{name}.yaml")
+    assert list(cfg.pop("defaults")) == [f"schema_{name}", "_self_"], name
+    return cfg
+
+
+def load_config(name: str, **overrides):
+    cfg = data_file(name)
     for key, value in overrides.items():
         OmegaConf.update(cfg, key, value, force_add=True)
     return cfg
@@ -57,7 +65,7 @@ def test_every_dataset_has_a_config_whose_keys_the_datamodule_accepts():
     }
     for name in DATASETS:
         cls = DATASETS.get(name)
-        cfg = OmegaConf.load(DATA_CONFIGS / f"{name}.yaml")
+        cfg = data_file(name)
         assert cfg._target_ == "dense.data.DenseDataModule" and cfg.name == name
         assert set(cfg) - generic <= set(cls.option_names()), name
 
@@ -213,7 +221,7 @@ def test_loader_workers_stay_alive_between_epochs():
     leaves their number to the machine; the loaders get it, validation starts no more workers than it
     has batches, and pinned memory follows CUDA's presence."""
     for name in DATASETS:
-        cfg = OmegaConf.load(DATA_CONFIGS / f"{name}.yaml")
+        cfg = data_file(name)
         assert cfg.persistent_workers is True and cfg.num_workers is None and cfg.pin_memory is None, name
     datamodule = DenseDataModule(
         name="synthetic",

@@ -37,6 +37,9 @@ def export_configs(commit: str, into: Path) -> Path:
 
 
 def compose_experiment(configs: Path, name: str) -> dict:
+    from dense.cli import schema
+
+    schema.register()  # the YAML files of later commits name their group schemas
     with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
         cfg = compose("train", overrides=[f"experiment={name}"], return_hydra_config=True)
     config = OmegaConf.to_container(cfg, resolve=False)

@@ -22,13 +22,14 @@ import pytest
 from onnx import helper
 from PIL import Image
 
+from dense.cli import runner
 from dense.cli.predict import outputs
 from dense.cli.predict import run as predict
 from dense.tools import export
 from tests import _crafted_onnx as crafted
 from tests._crafted_onnx import BOOL, FLOAT, constant, conv_to, depending_on, metadata, model_file, valid_file
 from tests._fixtures_data import rgb
-from tests._tiny_run import predict_config
+from tests._tiny_run import CONFIGS, predict_config
 
 pytestmark = pytest.mark.trust  # the trust audit: `python -m pytest -m trust`
 
@@ -293,7 +294,14 @@ def test_depth_is_clamped_to_the_metadata_range(tmp_path, images, capsys, value,
 
 def test_onnx_time_limit_must_be_positive(tmp_path, images, capsys):
     path = valid_file(tmp_path / "m.onnx")
-    for limit in ("0", "-1", "abc"):
+    # Not a number at all: refused by predict.py's schema (PredictConfig) before anything loads.
+    with pytest.raises(SystemExit) as stop:
+        runner.check_keys(CONFIGS, "predict", ["onnx_time_limit=abc"])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and err.startswith(
+        "error: onnx_time_limit=abc: onnx_time_limit takes a number"
+    )
+    for limit in ("0", "-1"):
         with pytest.raises(SystemExit) as stop:
             predict.predict(
                 predict_config(

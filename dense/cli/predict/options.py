@@ -13,7 +13,9 @@ from dense.model import check_inference_settings
 from dense.tools import viz
 
 
-def check_options(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig) -> None:
+    """What the schema (dense/core/schema.py PredictConfig: keys and types, checked by Hydra) cannot
+    say: required keys, ranges, names that need code (a colour map, a palette), before anything is built."""
     if cfg.input is None:
         raise ConfigError("input is not set: python predict.py ckpt=PATH input=IMAGE_OR_FOLDER output=DIR")
     if cfg.output is None:

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from dense.cli import runner
 from dense.cli.imports import import_modules
 from dense.cli.predict.model import depth_colour_range, prepare_model, segmentation_classes
-from dense.cli.predict.options import check_options, resolve_device
+from dense.cli.predict.options import resolve_device, validate
 from dense.cli.predict.outputs import (
     Journal,
     MultiLayout,
@@ -200,7 +200,7 @@ def predict(cfg: DictConfig) -> int:
     with status 2 and one line (dense.cli.runner), before any image is processed."""
     with runner.setup_errors():
         import_modules(cfg.get("imports"))  # the user's own registered heads, backbones, datasets
-        check_options(cfg)
+        validate(cfg)
         output = Path(cfg.output).expanduser()
         paths = list_images(cfg.input)
         check_output_path(output)

@@ -1,0 +1,144 @@
+"""One typed schema per config group (dense/core/schema.py, registered by dense/cli/schema.py): every
+group file composes to its schema's type, the schemas say what the code takes, a value of the wrong
+type is one line before anything loads, and --help prints the schemas' docs."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import pytest
+from omegaconf import OmegaConf
+
+from dense.cli import help as cli_help
+from dense.cli import runner
+from dense.cli import schema as cli_schema
+from dense.config import HEAD_BUILD_KEYS
+from dense.core import schema
+from dense.data import DATASETS
+from dense.model import build_model
+from tests._tiny_run import CONFIGS, ROOT, compose_config
+
+pytestmark = pytest.mark.first_hour
+
+
+def option_files(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", ["backbone", "head", "data"])
+def test_every_option_of_a_group_composes_to_its_schema(group):
+    for option in option_files(group):
+        node = compose_config("train", f"{group}={option}")[group]
+        typed = OmegaConf.get_type(node)
+        expected = {
+            "backbone": schema.BackboneConfig,
+            "head": schema.MultiHeadConfig if option == "multi" else schema.HeadConfig,
+            "data": schema.DATA_SCHEMAS.get(option),
+        }[group]
+        assert typed is expected, (group, option, typed)
+
+
+def test_the_task_node_and_predict_keys_are_typed():
+    assert OmegaConf.get_type(compose_config("train").task) is schema.TaskConfig
+    assert OmegaConf.get_type(compose_config("predict")) is schema.PredictConfig
+
+
+def test_every_experiment_composes_against_the_schemas():
+    """The recipes set keys of several groups: each must be a field of the group's schema with a value
+    of its type (Hydra refuses the composition otherwise)."""
+    for option in option_files("experiment"):
+        compose_config("train", f"experiment={option}")
+
+
+@pytest.mark.parametrize("name", sorted(schema.DATA_SCHEMAS))
+def test_a_data_schema_is_its_format_s_constructor(name):
+    """The schema's own fields are the dataset's keyword options (its constructor's and its recipe's),
+    with the same defaults; the shared fields are DenseDataModule's keys."""
+    typed = schema.DATA_SCHEMAS[name]
+    shared = set(schema.field_names(schema.DataConfig))
+    parameters = {p.name: p for p in DATASETS.get(name)._parameters() if p.name not in ("split", "root")}
+    own = {f.name: f for f in dataclasses.fields(typed) if f.name not in shared or f.name in parameters}
+    assert set(own) - shared == set(parameters) - shared, name
+    for key, parameter in parameters.items():
+        if key in shared or parameter.default is inspect.Parameter.empty:
+            continue
+        f = own[key]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        expected = list(parameter.default) if isinstance(parameter.default, tuple) else parameter.default
+        assert default == expected, (name, key, default, expected)
+
+
+def test_the_head_keys_are_build_model_s_options():
+    """Each head key that is not a name, a file or the head's own options reaches build_model: a model
+    built with it differs from the default one, so a field cannot be declared and then dropped."""
+    assert set(HEAD_BUILD_KEYS) == {
+        "layers",
+        "norm",
+        "use_cls_token",
+        "min_depth",
+        "max_depth",
+        "num_classes",
+    }
+    model = build_model(
+        "tiny14", "depth_linear", layers=[1, 3], norm=False, use_cls_token=False, max_depth=20.0
+    )
+    assert model.config["layers"] == [1, 3] and model.config["max_depth"] == 20.0
+    assert model.config["norm"] is False and model.config["use_cls_token"] is False
+
+
+def test_the_model_record_schema_holds_what_a_model_records():
+    model = build_model("tiny14", "depth_linear", max_depth=20.0)
+    assert set(model.config) <= set(schema.field_names(schema.ModelRecord)), model.config
+    assert schema.type_problem(model.config, schema.ModelRecord) is None
+
+
+WRONG_TYPES = {
+    "train": [
+        ("data.batch_size=abc", "data.batch_size takes an integer (SyntheticData"),
+        ("head.norm=maybe", "head.norm takes true or false (HeadConfig"),
+        ("task.test_scales=abc", "task.test_scales takes a list"),
+        ("task.scheduler.power=x", "task.scheduler.power takes a number (SchedulerConfig"),
+        ("backbone.pretrained=often", "backbone.pretrained takes true or false (BackboneConfig"),
+    ],
+    "predict": [("batch_size=x", "batch_size takes an integer (PredictConfig")],
+}
+
+
+@pytest.mark.parametrize(
+    "script,override,words", [(s, o, w) for s, cases in WRONG_TYPES.items() for o, w in cases]
+)
+def test_a_value_of_the_wrong_type_is_one_line(script, override, words, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        runner.check_keys(CONFIGS, script, [override])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == runner.EXIT_USAGE
+    assert err.count("\n") == 0 and err.startswith(f"error: {override}: ") and words in err, err
+
+
+def test_a_value_of_the_right_type_passes(capsys):
+    runner.check_keys(CONFIGS, "train", ["data.batch_size=4", "head.norm=true", "task.test_scales=[1.0,2.0]"])
+    assert capsys.readouterr().err == ""
+
+
+def test_help_prints_the_schema_docs_of_the_groups_used():
+    text = cli_help.help_text(CONFIGS, "train", "train", [])
+    for key, meaning in schema.field_docs(schema.TaskConfig, "task.", shown_only=True).items():
+        if key != "task.optimizer":  # a mapping with a YAML comment on its lr
+            assert meaning in text, key
+    # A group's shown fields are listed; a YAML comment may say what the file's own value means instead.
+    for key in schema.field_docs(schema.SyntheticData, "data.", shown_only=True):
+        assert f"\n  {key}=" in text, key
+    hidden = schema.field_docs(schema.MaskLossConfig)["num_points"]
+    assert hidden not in text  # shown=False keeps it out
+    predict = cli_help.help_text(CONFIGS, "predict", "predict", [])
+    for meaning in schema.field_docs(schema.PredictConfig, shown_only=True).values():
+        assert meaning in predict
+
+
+def test_every_registered_schema_is_named_by_a_config_file():
+    """A schema registered and named by no file would check nothing."""
+    texts = "\n".join(p.read_text() for p in (ROOT / "configs").rglob("*.yaml"))
+    for group, name in cli_schema.SCHEMAS:
+        entry = f"- {name}\n" if group != "schema" else f"- schema/{name}@"
+        assert entry in texts, (group, name)
