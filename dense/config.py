@@ -66,6 +66,9 @@ def multi_head_entries(head: Mapping) -> dict[str, dict]:
             raise ValueError(
                 f"unknown key(s) {', '.join(f'head.heads.{name}.{k}' for k in unknown)}; valid: {sorted(MULTI_ENTRY_KEYS)}"
             )
+        problem = schema.type_problem(entry, schema.MultiHeadEntry, f"head.heads.{name}.")
+        if problem:
+            raise ValueError(problem)
         weight = entry.get("loss_weight", 1.0)
         if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight >= 0:
             raise ValueError(f"head.heads.{name}.loss_weight={weight!r} must be a number >= 0")

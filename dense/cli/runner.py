@@ -227,10 +227,16 @@ def type_error_line(override: str, cause: BaseException) -> str:
     (dense/core/schema.py), from OmegaConf's several-line ValidationError."""
     import re
 
+    from dense.core import schema
+
     key = override.lstrip("+~").split("=", 1)[0]
     text = str(cause)
-    schema = re.search(r"object_type=(\w+)", text)
-    where = f" ({schema.group(1)} in dense/core/schema.py)" if schema else ""
+    full_key = re.search(r"full_key: (\S+)", text)
+    key = full_key.group(1) if full_key else key  # head.layers[1] for one item of a list
+    typed = re.search(r"object_type=(\w+)", text)
+    where = (
+        f" ({typed.group(1)} in dense/core/schema.py)" if typed and hasattr(schema, typed.group(1)) else ""
+    )
     converted = re.search(r"could not be converted to (\w+)", text)
     kind = TYPE_WORDS.get(converted.group(1)) if converted else None
     if "is not a valid bool" in text:

@@ -92,8 +92,11 @@ class MultiHeadConfig:
     """configs/head/multi.yaml: several heads on one backbone pass."""
 
     name: str = doc("multi: several heads on one backbone pass", "multi")
-    heads: dict[str, MultiHeadEntry] = doc(
-        "{name: a head's keys + loss_weight}, e.g. head.heads.depth.name=depth_dpt", factory=dict
+    # Entries stay untyped for Hydra (dict[str, MultiHeadEntry] would refuse `+head.heads.seg4={name:seg_ms}`,
+    # the way to add a head): dense.config.multi_head_entries checks each against MultiHeadEntry.
+    heads: dict[str, Any] = doc(
+        "{name: a head's keys + loss_weight}, e.g. head.heads.depth.name=depth_dpt; add one: +head.heads.seg4={name:seg_ms}",
+        factory=dict,
     )
 
 

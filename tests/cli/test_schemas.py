@@ -142,3 +142,18 @@ def test_every_registered_schema_is_named_by_a_config_file():
     for group, name in cli_schema.SCHEMAS:
         entry = f"- {name}\n" if group != "schema" else f"- schema/{name}@"
         assert entry in texts, (group, name)
+
+
+def test_a_head_is_added_to_head_multi_as_the_readme_says(capsys):
+    """`+head.heads.seg4={name:seg_ms}` (README, Several heads) composes: the entries are checked
+    against MultiHeadEntry by dense.config, not refused by Hydra's typing."""
+    from dense.config import multi_head_entries
+
+    overrides = ["head=multi", "+head.heads.seg4={name:seg_ms}"]
+    runner.check_keys(CONFIGS, "train", overrides)
+    assert capsys.readouterr().err == ""
+    head = OmegaConf.to_container(compose_config("train", *overrides).head, resolve=True)
+    assert set(multi_head_entries(head)) == {"depth", "seg", "seg4"}
+    head["heads"]["depth"]["loss_weight"] = "x"
+    with pytest.raises(ValueError, match=r"^head.heads.depth.loss_weight='x' must be a number$"):
+        multi_head_entries(head)
