@@ -173,7 +173,7 @@ def in_config_order(
 
     own = list(flatten(yaml.safe_load(primary.read_text()) or {}))
     composed = list(values)
-    blocks = [None, *groups]
+    blocks = [None, *(group for group, option in groups.items() if option is not None)]
 
     def position(item: tuple[str, str]) -> tuple[int, int]:
         key = item[0]

@@ -1,8 +1,8 @@
 """The config groups' schemas (dense/core/schema.py) registered with Hydra's ConfigStore.
 
 A group's YAML file names its schema first in its defaults list (`- schema` in configs/backbone and
-configs/head, `- schema_multi` in head/multi.yaml, `- schema_<format>` in configs/data); train.yaml
-types its `task:` node with `- schema/task@task`, predict.yaml its own keys with `- schema/predict@_here_`.
+configs/head, `- schema_multi` in head/multi.yaml, `- schema_<format>` in configs/data); each script's
+own file types its keys with `- schema/<script>@_here_` (train, eval, predict, export).
 Hydra then refuses, while composing, a key the schema lacks or a value of the wrong type.
 
 `register()` must run before a configuration is composed: the entry scripts call it first
@@ -20,8 +20,10 @@ SCHEMAS: dict[tuple[str | None, str], type] = {
     ("head", "schema"): schema.HeadConfig,
     ("head", "schema_multi"): schema.MultiHeadConfig,
     **{("data", f"schema_{name}"): cls for name, cls in schema.DATA_SCHEMAS.items()},
-    ("schema", "task"): schema.TaskConfig,
+    ("schema", "train"): schema.TrainConfig,
+    ("schema", "eval"): schema.EvalConfig,
     ("schema", "predict"): schema.PredictConfig,
+    ("schema", "export"): schema.ExportConfig,
 }
 
 

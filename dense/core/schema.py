@@ -321,6 +321,110 @@ class TaskConfig:
     best_ckpt_dtype: str = doc("fp32 | bf16: the weights in best.ckpt (last.ckpt keeps fp32)", "fp32")
 
 
+# ---- train.py, eval.py, export.py: the scripts' own keys -----------------------------------------
+
+
+@dataclass
+class CacheConfig:
+    """train.py's frozen-feature cache (dense/cache.py)."""
+
+    features: bool = doc("true: train the head on cached backbone features, not on images", False)
+    dir: str = doc(
+        "where the cache's entries go (a folder per backbone/weights/layers/norm/size/dataset)",
+        REQUIRED,
+        shown=False,
+    )
+    batch_size: int = doc("images per backbone pass while filling the cache", 16)
+    precision: str = doc("fp32 | bf16: the backbone's precision while filling", "fp32")
+
+
+@dataclass
+class TrainConfig:
+    """configs/train.yaml: train.py's own keys (the groups have theirs)."""
+
+    backbone: Any = doc("", shown=False)  # the groups: listed as groups, typed by their own schemas
+    head: Any = doc("", shown=False)
+    data: Any = doc("", shown=False)
+    trainer: Any = doc("", shown=False)
+    logger: Any = doc("", shown=False)
+    callbacks: Any = doc("", shown=False)
+    paths: Any = doc("", shown=False)
+    seed: int = doc("seed_everything(seed, workers=True): head init, shuffling, augmentation", 0)
+    imports: list[str] = doc(
+        "your own modules to import first (their @dense.register_head etc.): imports=[my_package.heads]",
+        factory=list,
+    )
+    ckpt_path: str | None = doc("a last.ckpt to resume from: the run continues exactly where it stopped")
+    compile: Any = doc(
+        "torch.compile the backbone (and the head in validation): true | false | a mode (max-autotune, ...)",
+        False,
+    )
+    float32_matmul_precision: str | None = doc(
+        "on a CUDA GPU: float32 matmuls on TF32 tensor cores (highest: full float32; null: torch's own)",
+        "high",
+    )
+    test: bool = doc("evaluate on the test split after training (with best.ckpt)", True)
+    threads: int | None = doc(
+        "CPU runs: threads of the main process; null = half the cores (shared cores stall more), 0 = PyTorch's one per core"
+    )
+    cache: CacheConfig = doc("the frozen-feature cache (dense/cache.py)", factory=CacheConfig)
+    task: TaskConfig = doc("the LightningModule (dense/tasks), chosen by the head's task", factory=TaskConfig)
+
+
+@dataclass
+class EvalTaskOverrides:
+    """eval.py's task: node: the checkpoint's prediction settings, replaced where not null."""
+
+    test_mode: str | None = doc("whole | slide (null: the checkpoint's)")
+    test_crop_size: Any = doc("slide window (null: the checkpoint's)")
+    test_stride: Any = doc("slide stride (null: the checkpoint's)")
+    test_scales: list[float] | None = doc("image ratios averaged (null: the checkpoint's)")
+    test_flip: bool | None = doc("average with the flipped image (null: the checkpoint's)")
+
+
+@dataclass
+class EvalConfig:
+    """configs/eval.yaml: eval.py's own keys."""
+
+    trainer: Any = doc("", shown=False)
+    paths: Any = doc("", shown=False)
+    data: Any = doc("", shown=False)  # the checkpoint's data config, replaced where not null (or data=NAME)
+    ckpt_path: str = doc("a checkpoint written by train.py", REQUIRED)
+    split: str = doc("val | test", "test")
+    backbone_weights: str | None = doc("where the backbone weights file lies now, if it moved since training")
+    seed: int = doc("seed of the evaluation", 0, shown=False)
+    imports: list[str] = doc(
+        "modules defining the checkpoint's own head/backbone/dataset: imports=[my_package.heads]",
+        factory=list,
+    )
+    compile: Any = doc(
+        "torch.compile the backbone and the head: true | false | a mode (max-autotune, ...)", False
+    )
+    float32_matmul_precision: str | None = doc(
+        "on a CUDA GPU: float32 matmuls on TF32 tensor cores (highest: full float32; null: torch's own)",
+        "high",
+    )
+    task: EvalTaskOverrides = doc(
+        "the checkpoint's prediction settings, replaced where not null", factory=EvalTaskOverrides
+    )
+
+
+@dataclass
+class ExportConfig:
+    """configs/export.yaml: export.py's own keys."""
+
+    backbone: Any = doc("", shown=False)
+    head: Any = doc("", shown=False)
+    ckpt: str | None = doc("checkpoint written by train.py")
+    output: str = doc(
+        ".onnx (ONNX Runtime, TensorRT; predict.py model=FILE.onnx) | .pt2 (torch.export.load)", "model.onnx"
+    )
+    fp16: bool = doc(".onnx: store the weights in float16 (half the file; computed in float32)", False)
+    normalise: bool = doc(
+        "true: the graph takes uint8 RGB B×3×H×W and normalises it; false: ImageNet-normalised float32", False
+    )
+
+
 # ---- predict.py ----------------------------------------------------------------------------------
 
 

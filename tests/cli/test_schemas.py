@@ -39,9 +39,14 @@ def test_every_option_of_a_group_composes_to_its_schema(group):
         assert typed is expected, (group, option, typed)
 
 
-def test_the_task_node_and_predict_keys_are_typed():
-    assert OmegaConf.get_type(compose_config("train").task) is schema.TaskConfig
+def test_each_script_s_own_keys_are_typed():
+    train = compose_config("train")
+    assert OmegaConf.get_type(train) is schema.TrainConfig
+    assert OmegaConf.get_type(train.task) is schema.TaskConfig
+    assert OmegaConf.get_type(train.data) is schema.SyntheticData  # a group keeps its own schema
+    assert OmegaConf.get_type(compose_config("eval")) is schema.EvalConfig
     assert OmegaConf.get_type(compose_config("predict")) is schema.PredictConfig
+    assert OmegaConf.get_type(compose_config("export")) is schema.ExportConfig
 
 
 def test_every_experiment_composes_against_the_schemas():
@@ -95,6 +100,8 @@ def test_the_model_record_schema_holds_what_a_model_records():
 
 WRONG_TYPES = {
     "train": [
+        ("seed=x", "seed takes an integer (TrainConfig"),
+        ("cache.features=sometimes", "cache.features takes true or false (CacheConfig"),
         ("data.batch_size=abc", "data.batch_size takes an integer (SyntheticData"),
         ("head.norm=maybe", "head.norm takes true or false (HeadConfig"),
         ("task.test_scales=abc", "task.test_scales takes a list"),
@@ -102,6 +109,8 @@ WRONG_TYPES = {
         ("backbone.pretrained=often", "backbone.pretrained takes true or false (BackboneConfig"),
     ],
     "predict": [("batch_size=x", "batch_size takes an integer (PredictConfig")],
+    "eval": [("task.test_flip=maybe", "task.test_flip takes true or false (EvalTaskOverrides")],
+    "export": [("fp16=half", "fp16 takes true or false (ExportConfig")],
 }
 
 
