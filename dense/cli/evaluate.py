@@ -31,7 +31,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     import lightning as L
     from hydra.utils import instantiate
 
-    from dense.checkpoint import model_from_checkpoint, read_model_config
+    from dense.cli.model import from_checkpoint
     from dense.config import apply_matmul_precision, apply_speed_options, compile_mode, resolve_precision
     from dense.core.io import atomic_path
     from dense.multi_head import MultiHeadModel
@@ -48,11 +48,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         runner.absolute_paths(cfg, ("ckpt_path", "backbone_weights", "data.root"))
         runner.require(cfg.split in SPLITS, f"split={cfg.split} is not one of {', '.join(SPLITS)}")
         compile_mode(cfg.compile)
-        checkpoint, _ = read_model_config(cfg.ckpt_path)
+        checkpoint, model = from_checkpoint(cfg.ckpt_path, backbone_weights=cfg.backbone_weights)
         stored = checkpoint.get("hyper_parameters") or {}
         L.seed_everything(cfg.seed, workers=True)
         datamodule = build_datamodule(cfg, stored.get("config") or {})
-        model = model_from_checkpoint(checkpoint, cfg.ckpt_path, backbone_weights=cfg.backbone_weights)
         if isinstance(model, MultiHeadModel):  # every head scored by its own task (dense/tasks/multi.py)
             task = build_multi_task(model, datamodule, **predict_options(cfg, stored.get("predict")))
             check_data_carries(task, datamodule, cfg.split)

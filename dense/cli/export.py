@@ -8,7 +8,7 @@ import time
 from omegaconf import DictConfig
 
 from dense.cli import runner
-from dense.cli.predict.model import build, class_names  # the model exactly as predict.py builds it
+from dense.cli.model import class_names, for_inference  # the model exactly as predict.py builds it
 from dense.core.errors import ExportError
 from dense.multi_head import MultiHeadModel
 from dense.tools.export import check_output, to_onnx, to_torch_export
@@ -35,7 +35,7 @@ def export(cfg: DictConfig) -> str:
                 "fp16=true is for .onnx files; a .pt2 program keeps the model's float32 weights"
             )
         check_output(output, suffix)  # before the model is built: a wrong path fails in a second
-        model, stored_names = build(cfg)
+        model, stored_names = for_inference(cfg)
         if isinstance(model, MultiHeadModel):  # one graph, one output named by each head
             names = {
                 n: class_names(p, stored_names.get(n))

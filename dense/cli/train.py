@@ -289,8 +289,9 @@ def build_run_model(cfg: DictConfig, datamodule, spec, depth_mode: str = "metric
 
     import heads
     from dense.backbones import get_spec
-    from dense.checkpoint import atomic_save, backbone_is_stored, model_from_checkpoint, read_model_config
-    from dense.config import model_from_config, multi_head_entries
+    from dense.checkpoint import atomic_save, backbone_is_stored
+    from dense.cli.model import from_checkpoint, from_groups
+    from dense.config import multi_head_entries
     from dense.core.hashing import file_sha256, tensors_sha256
 
     backbone, head = runner.plain(cfg.backbone), runner.plain(cfg.head)
@@ -302,8 +303,7 @@ def build_run_model(cfg: DictConfig, datamodule, spec, depth_mode: str = "metric
     if cfg.ckpt_path is not None:
         # Resuming: the exact model that wrote the checkpoint (a config that asks for another one is
         # a mistake, not a wish: the optimiser state would not fit).
-        checkpoint, _ = read_model_config(cfg.ckpt_path)
-        model = model_from_checkpoint(checkpoint, cfg.ckpt_path, backbone_weights=backbone.get("weights"))
+        checkpoint, model = from_checkpoint(cfg.ckpt_path, backbone_weights=backbone.get("weights"))
         wanted = (get_spec(backbone["name"]).name, head_names(head) if spec is None else spec.name)
         stored = (model.config["backbone"], model.config.get("head") or head_names(model.config))
         runner.require(
@@ -325,7 +325,7 @@ def build_run_model(cfg: DictConfig, datamodule, spec, depth_mode: str = "metric
             fill_from_data(entry, heads.get_head_spec(entry["name"]).task, datamodule)
     else:
         fill_from_data(head, spec.task, datamodule)
-    model = model_from_config(backbone, head, depth_mode=depth_mode)
+    model = from_groups(backbone, head, depth_mode=depth_mode)
 
     if backbone_is_stored(model.config):
         # A random-initialised backbone (backbone.pretrained=false): write it once to a weights file

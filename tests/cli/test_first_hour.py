@@ -21,9 +21,9 @@ from dense import backbones
 from dense.backbones.dinov2 import specs as dinov2_specs
 from dense.cli import evaluate as eval_script
 from dense.cli import help as cli_help
+from dense.cli import model as cli_model
 from dense.cli import runner
 from dense.cli import train as train_script
-from dense.cli.predict import model as predict_model
 from dense.cli.predict import run as predict
 from dense.core import schema
 from dense.data import SYNTHETIC_CLASSES
@@ -330,9 +330,9 @@ def test_segmentation_gets_a_legend_and_the_class_names(tmp_path, seg_run, capsy
 
 
 def test_released_heads_get_the_dataset_names_by_class_count(tiny_checkpoints):
-    model, names = predict_model.build(predict_config(f"ckpt={tiny_checkpoints['seg']}"))
+    model, names = cli_model.for_inference(predict_config(f"ckpt={tiny_checkpoints['seg']}"))
     assert names == {}  # tiny_checkpoints store no class names
-    assert predict_model.class_names(model, names) == [f"class {i}" for i in range(5)]
+    assert cli_model.class_names(model, names) == [f"class {i}" for i in range(5)]
 
 
 # --------------------------------------------------------------------------- 4. logs

@@ -16,7 +16,8 @@ from tqdm import tqdm
 
 from dense.cli import runner
 from dense.cli.imports import import_modules
-from dense.cli.predict.model import depth_colour_range, prepare_model, segmentation_classes
+from dense.cli.model import segmentation_classes
+from dense.cli.predict.model import depth_colour_range, prepare_model
 from dense.cli.predict.options import resolve_device, validate
 from dense.cli.predict.outputs import (
     Journal,
