@@ -126,7 +126,7 @@ def check_group_choices(config_dir: Path, config_name: str, overrides: list[str]
     """`group=option` overrides (e.g. `head=depht`) whose option file does not exist, or of a group the
     script does not use (`predict.py trainer=cpu`) → one line, exit 2. Multirun lists
     (`backbone=vits14,vitb14`) are checked item by item."""
-    from dense.cli.help import compose
+    from dense.cli.help import read_comments
 
     used = None
     for override in overrides:
@@ -134,7 +134,8 @@ def check_group_choices(config_dir: Path, config_name: str, overrides: list[str]
         group = key.lstrip("+~")
         if not sep or "." in group or "/" in group or not (config_dir / group).is_dir() or not value:
             continue
-        used = list(compose(config_dir, config_name)[1]) if used is None else used
+        # The groups of the script's defaults list, read from its file: no composition needed.
+        used = list(read_comments(config_dir / f"{config_name}.yaml").groups) if used is None else used
         if group not in used and not key.startswith("+"):
             fail(f"{group}= is not a config group of {config_name}.py: its groups are {', '.join(used)}")
         for choice in value.split(","):
