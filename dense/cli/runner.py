@@ -149,21 +149,61 @@ def check_keys(config_dir: Path, config_name: str, arguments: list[str]) -> None
     """A `key=value` override whose key the config does not have (`data.batchsize=4`) → one line naming
     the closest existing key, exit 2. Found by composing the config as Hydra will; any other problem
     is left to Hydra's own message. Hydra flags other than --multirun (--cfg, --help, ...) skip the check."""
-    import difflib
-    import re
-
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import ConfigCompositionException
-    from omegaconf import OmegaConf
-
     from dense.cli import schema
 
     schema.register()
     if any(a.startswith("-") and a not in ("-m", "--multirun") for a in arguments):
         return
     multirun = any(a in ("-m", "--multirun") for a in arguments)
-    # Sweeps (a=1,2) cannot be composed; their keys are checked by Hydra when the jobs start.
-    overrides = [a for a in arguments if not a.startswith("-") and not (multirun and "," in a)]
+    overrides = [a for a in arguments if not a.startswith("-")]
+    if multirun:  # a sweep (a=1,2) cannot be composed: each of its values is checked in turn
+        for chosen in sweep_choices(overrides):
+            check_overrides(config_dir, config_name, chosen)
+        return
+    check_overrides(config_dir, config_name, overrides)
+
+
+def sweep_choices(overrides: list[str]) -> list[list[str]]:
+    """Override lists that, together, hold every value of every sweep of a --multirun command line
+    (`data.batch_size=2,abc` → data.batch_size=2, then data.batch_size=abc; the other sweeps at their
+    first value), so that a wrong key or value of any job is refused in one line before the first job
+    starts, as without --multirun. An override Hydra's parser cannot read is left to Hydra."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    fixed: list[str] = []
+    sweeps: list[tuple[int, list[str]]] = []
+    for override in overrides:
+        try:
+            parsed = parser.parse_overrides([override])[0]
+            values = list(parsed.sweep_string_iterator()) if parsed.is_sweep_override() else None
+        except (HydraException, ValueError, TypeError):
+            continue
+        if values is None:
+            fixed.append(override)
+        elif values:
+            fixed.append(f"{parsed.get_key_element()}={values[0]}")
+            sweeps.append((len(fixed) - 1, [f"{parsed.get_key_element()}={v}" for v in values[1:]]))
+    choices = [fixed]
+    for index, others in sweeps:
+        for other in others[:MAX_SWEEP_CHECKS]:
+            choices.append(fixed[:index] + [other] + fixed[index + 1 :])
+    return choices[: MAX_SWEEP_CHECKS + 1]
+
+
+# The sweep values checked before a --multirun starts (each is one composition, a fraction of a second).
+MAX_SWEEP_CHECKS = 32
+
+
+def check_overrides(config_dir: Path, config_name: str, overrides: list[str]) -> None:
+    """check_keys for one composable override list."""
+    import difflib
+    import re
+
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException
+    from omegaconf import OmegaConf
 
     def composition_error(chosen: list[str]) -> ConfigCompositionException | None:
         try:

@@ -157,3 +157,39 @@ def test_a_head_is_added_to_head_multi_as_the_readme_says(capsys):
     head["heads"]["depth"]["loss_weight"] = "x"
     with pytest.raises(ValueError, match=r"^head.heads.depth.loss_weight='x' must be a number$"):
         multi_head_entries(head)
+
+
+@pytest.mark.parametrize(
+    "arguments,words",
+    [
+        (
+            ["-m", "backbone=tiny14,tiny16", "data.batch_size=2,abc"],
+            "error: data.batch_size=abc: data.batch_size takes an integer",
+        ),
+        (
+            ["--multirun", "data.batchsize=2,4"],
+            "error: data.batchsize is not a key of the train configuration",
+        ),
+        (
+            ["-m", "head=depth_dpt", "head.layers=[1,2],[a]"],
+            "error: head.layers=[a]: head.layers[0] takes an integer",
+        ),
+    ],
+)
+def test_a_sweep_s_every_value_is_checked_before_the_jobs_start(arguments, words, capsys):
+    """--multirun: a wrong value or key in any job of a sweep is one line, exit 2, before the first job
+    (Hydra's own message, several lines and exit 1, came once the jobs had started)."""
+    with pytest.raises(SystemExit) as exit_info:
+        runner.check_keys(CONFIGS, "train", arguments)
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == runner.EXIT_USAGE
+    assert err.count("\n") == 0 and err.startswith(words), err
+
+
+def test_a_sweep_of_right_values_passes(capsys):
+    runner.check_keys(
+        CONFIGS,
+        "train",
+        ["-m", "backbone=tiny14,tiny16", "data.batch_size=range(1,3)", "task.test_scales=[1.0],[1.0,2.0]"],
+    )
+    assert capsys.readouterr().err == ""
