@@ -285,6 +285,13 @@ def type_error_line(override: str, cause: BaseException) -> str:
         kind = "a list, e.g. [1.0,2.0]"
     elif "is not a DictConfig" in text:
         kind = "a mapping"
+    elif "is not a subclass of" in text:  # a value for a nested schema (task.scheduler=3)
+        kind = "a mapping"
+    if "does not support deletion" in text:  # ~key of a schema's field
+        return (
+            f"{override}: {key} is a key of its group's schema{where} and cannot be dropped; "
+            f"set it instead ({key}=VALUE, null where the schema allows it)"
+        )
     if kind:
         return f"{override}: {key} takes {kind}{where}"
     return f"{override}: {text.splitlines()[0].strip()}{where}"
@@ -421,7 +428,13 @@ def with_key_origin(message: str) -> str:
     if origin is None:
         return message
     key = match.group(1)
-    return f"{message} ({key} was set by {origin}, not on the command line: override it there, or drop it with ~{key})"
+    # A key of a typed group (dense/core/schema.py) cannot be dropped (~key): only set to another value.
+    fix = f"{key}=VALUE" if key.partition(".")[0] in TYPED_GROUPS else f"~{key}"
+    return f"{message} ({key} was set by {origin}, not on the command line: override it there, or with {fix})"
+
+
+# The top-level nodes a schema types (a `~key` below them is refused by Hydra).
+TYPED_GROUPS = ("backbone", "head", "data", "task")
 
 
 def key_origin(key: str) -> str | None:

@@ -193,3 +193,32 @@ def test_a_sweep_of_right_values_passes(capsys):
         ["-m", "backbone=tiny14,tiny16", "data.batch_size=range(1,3)", "task.test_scales=[1.0],[1.0,2.0]"],
     )
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    "override,words",
+    [
+        (
+            "~data.seed",
+            "data.seed is a key of its group's schema (SyntheticData in dense/core/schema.py) and cannot be dropped; set it instead (data.seed=VALUE",
+        ),
+        ("~task.test_flip", "task.test_flip is a key of its group's schema (TaskConfig"),
+        ("task.scheduler=3", "task.scheduler takes a mapping (TaskConfig"),
+    ],
+)
+def test_dropping_a_schema_key_or_replacing_a_nested_one_is_one_clear_line(override, words, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        runner.check_keys(CONFIGS, "train", [override])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == runner.EXIT_USAGE
+    assert err.count("\n") == 0 and err.startswith(f"error: {override}: {words}"), err
+
+
+def test_a_key_set_by_a_file_is_not_told_to_be_dropped_when_its_schema_forbids_it(monkeypatch):
+    """with_key_origin's advice must work: `~data.batch_size` is refused (a schema's field), `~trainer.x` is not."""
+    monkeypatch.setattr(runner, "key_origin", lambda key: "experiment=mine (configs/experiment/mine.yaml)")
+    typed = runner.with_key_origin("data.batch_size=0 must be a positive integer")
+    assert typed.endswith("override it there, or with data.batch_size=VALUE)") and "~" not in typed
+    untyped = runner.with_key_origin("trainer.foo=1 is not a Trainer argument")
+    assert untyped.endswith("override it there, or with ~trainer.foo)")
+    runner.check_keys(CONFIGS, "train", ["~trainer.max_steps"])  # what it advises there composes
