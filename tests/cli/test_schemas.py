@@ -222,3 +222,33 @@ def test_a_key_set_by_a_file_is_not_told_to_be_dropped_when_its_schema_forbids_i
     untyped = runner.with_key_origin("trainer.foo=1 is not a Trainer argument")
     assert untyped.endswith("override it there, or with ~trainer.foo)")
     runner.check_keys(CONFIGS, "train", ["~trainer.max_steps"])  # what it advises there composes
+
+
+@pytest.mark.parametrize(
+    "key,value,words",
+    [
+        ("layers", "abc", "dense_model.layers='abc' must be a list"),
+        ("pretrained", "yes", "dense_model.pretrained='yes' must be true or false"),
+        ("max_depth", "10", "dense_model.max_depth='10' must be a number"),
+    ],
+)
+def test_a_crafted_record_of_the_wrong_type_says_what_its_key_takes(key, value, words):
+    from dense.checkpoint import check_model_config
+    from dense.core.errors import WeightsError
+
+    record = build_model("tiny14", "depth_linear", max_depth=20.0).config
+    check_model_config(dict(record), "run.ckpt")  # as written: loads
+    check_model_config({**record, "min_depth": 0, "max_depth": 20}, "run.ckpt")  # integers are numbers
+    with pytest.raises(WeightsError) as error:
+        check_model_config({**record, key: value}, "run.ckpt")
+    assert str(error.value) == f"run.ckpt: {words}"
+
+
+def test_a_stored_data_option_of_the_wrong_type_says_what_it_takes():
+    from dense.core.errors import DatasetError
+    from dense.data.datamodule import datamodule_from_config
+
+    config = {"name": "synthetic", "num_train": 2, "num_val": 2, "num_test": 2, "shadows": "maybe"}
+    with pytest.raises(DatasetError) as error:
+        datamodule_from_config(config, "run.ckpt")
+    assert str(error.value) == "run.ckpt: data.shadows='maybe' must be true or false"
