@@ -287,6 +287,10 @@ def type_error_line(override: str, cause: BaseException) -> str:
         kind = "a mapping"
     elif "is not a subclass of" in text:  # a value for a nested schema (task.scheduler=3)
         kind = "a mapping"
+    if "is not Optional" in text and typed and hasattr(schema, typed.group(1)):  # key=null
+        hint = schema.type_hints(getattr(schema, typed.group(1))).get(key.rpartition(".")[2])
+        if hint is not None:
+            return f"{override}: {key} takes {schema.describe(hint)}, not null{where}"
     if "does not support deletion" in text:  # ~key of a schema's field
         return (
             f"{override}: {key} is a key of its group's schema{where} and cannot be dropped; "

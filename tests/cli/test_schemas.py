@@ -204,6 +204,8 @@ def test_a_sweep_of_right_values_passes(capsys):
         ),
         ("~task.test_flip", "task.test_flip is a key of its group's schema (TaskConfig"),
         ("task.scheduler=3", "task.scheduler takes a mapping (TaskConfig"),
+        ("data.batch_size=null", "data.batch_size takes an integer, not null (SyntheticData"),
+        ("task.scheduler.power=null", "task.scheduler.power takes a number, not null (SchedulerConfig"),
     ],
 )
 def test_dropping_a_schema_key_or_replacing_a_nested_one_is_one_clear_line(override, words, capsys):
