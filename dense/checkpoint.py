@@ -188,8 +188,9 @@ def check_model_config(config, where: str) -> None:
         problem = plain_value_problem(value, f"{MODEL_KEY}.{key}")
         if problem:
             raise WeightsError(f"{where}: {problem}")
-        if schema.type_problem({key: value}, schema.ModelRecord, required=False):
-            raise WeightsError(f"{where}: {MODEL_KEY}.{key}={shown(value)} has the wrong type")
+        problem = schema.type_problem({key: value}, schema.ModelRecord, f"{MODEL_KEY}.", required=False)
+        if problem:  # dense_model.layers='abc' must be a list
+            raise WeightsError(f"{where}: {problem}")
     check_classes(config, where)
 
 

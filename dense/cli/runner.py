@@ -150,21 +150,61 @@ def check_keys(config_dir: Path, config_name: str, arguments: list[str]) -> None
     """A `key=value` override whose key the config does not have (`data.batchsize=4`) → one line naming
     the closest existing key, exit 2. Found by composing the config as Hydra will; any other problem
     is left to Hydra's own message. Hydra flags other than --multirun (--cfg, --help, ...) skip the check."""
-    import difflib
-    import re
-
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import ConfigCompositionException
-    from omegaconf import OmegaConf
-
     from dense.cli import schema
 
     schema.register()
     if any(a.startswith("-") and a not in ("-m", "--multirun") for a in arguments):
         return
     multirun = any(a in ("-m", "--multirun") for a in arguments)
-    # Sweeps (a=1,2) cannot be composed; their keys are checked by Hydra when the jobs start.
-    overrides = [a for a in arguments if not a.startswith("-") and not (multirun and "," in a)]
+    overrides = [a for a in arguments if not a.startswith("-")]
+    if multirun:  # a sweep (a=1,2) cannot be composed: each of its values is checked in turn
+        for chosen in sweep_choices(overrides):
+            check_overrides(config_dir, config_name, chosen)
+        return
+    check_overrides(config_dir, config_name, overrides)
+
+
+def sweep_choices(overrides: list[str]) -> list[list[str]]:
+    """Override lists that, together, hold every value of every sweep of a --multirun command line
+    (`data.batch_size=2,abc` → data.batch_size=2, then data.batch_size=abc; the other sweeps at their
+    first value), so that a wrong key or value of any job is refused in one line before the first job
+    starts, as without --multirun. An override Hydra's parser cannot read is left to Hydra."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    fixed: list[str] = []
+    sweeps: list[tuple[int, list[str]]] = []
+    for override in overrides:
+        try:
+            parsed = parser.parse_overrides([override])[0]
+            values = list(parsed.sweep_string_iterator()) if parsed.is_sweep_override() else None
+        except (HydraException, ValueError, TypeError):
+            continue
+        if values is None:
+            fixed.append(override)
+        elif values:
+            fixed.append(f"{parsed.get_key_element()}={values[0]}")
+            sweeps.append((len(fixed) - 1, [f"{parsed.get_key_element()}={v}" for v in values[1:]]))
+    choices = [fixed]
+    for index, others in sweeps:
+        for other in others[:MAX_SWEEP_CHECKS]:
+            choices.append(fixed[:index] + [other] + fixed[index + 1 :])
+    return choices[: MAX_SWEEP_CHECKS + 1]
+
+
+# The sweep values checked before a --multirun starts (each is one composition, a fraction of a second).
+MAX_SWEEP_CHECKS = 32
+
+
+def check_overrides(config_dir: Path, config_name: str, overrides: list[str]) -> None:
+    """check_keys for one composable override list."""
+    import difflib
+    import re
+
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException
+    from omegaconf import OmegaConf
 
     def composition_error(chosen: list[str]) -> ConfigCompositionException | None:
         try:
@@ -246,6 +286,17 @@ def type_error_line(override: str, cause: BaseException) -> str:
         kind = "a list, e.g. [1.0,2.0]"
     elif "is not a DictConfig" in text:
         kind = "a mapping"
+    elif "is not a subclass of" in text:  # a value for a nested schema (task.scheduler=3)
+        kind = "a mapping"
+    if "is not Optional" in text and typed and hasattr(schema, typed.group(1)):  # key=null
+        hint = schema.type_hints(getattr(schema, typed.group(1))).get(key.rpartition(".")[2])
+        if hint is not None:
+            return f"{override}: {key} takes {schema.describe(hint)}, not null{where}"
+    if "does not support deletion" in text:  # ~key of a schema's field
+        return (
+            f"{override}: {key} is a key of its group's schema{where} and cannot be dropped; "
+            f"set it instead ({key}=VALUE, null where the schema allows it)"
+        )
     if kind:
         return f"{override}: {key} takes {kind}{where}"
     return f"{override}: {text.splitlines()[0].strip()}{where}"
@@ -382,7 +433,13 @@ def with_key_origin(message: str) -> str:
     if origin is None:
         return message
     key = match.group(1)
-    return f"{message} ({key} was set by {origin}, not on the command line: override it there, or drop it with ~{key})"
+    # A key of a typed group (dense/core/schema.py) cannot be dropped (~key): only set to another value.
+    fix = f"{key}=VALUE" if key.partition(".")[0] in TYPED_GROUPS else f"~{key}"
+    return f"{message} ({key} was set by {origin}, not on the command line: override it there, or with {fix})"
+
+
+# The top-level nodes a schema types (a `~key` below them is refused by Hydra).
+TYPED_GROUPS = ("backbone", "head", "data", "task")
 
 
 def key_origin(key: str) -> str | None:

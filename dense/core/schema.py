@@ -527,10 +527,10 @@ def field_docs(schema: type, prefix: str = "", shown_only: bool = False) -> dict
     return docs
 
 
-def _describe(annotation) -> str:
+def describe(annotation) -> str:
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
+        return " or ".join("null" if a is type(None) else describe(a) for a in args)
     if origin is list:
         return "a list"
     if origin is dict or dataclasses.is_dataclass(annotation):
@@ -574,5 +574,5 @@ def type_problem(values: dict, schema: type, prefix: str = "", required: bool = 
     for key, value in values.items():
         if key in hints and not _fits(value, hints[key]):
             shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:59] + "…"
-            return f"{prefix}{key}={shown} must be {_describe(hints[key])}"
+            return f"{prefix}{key}={shown} must be {describe(hints[key])}"
     return None

@@ -408,8 +408,9 @@ def datamodule_from_config(config, source: str | None = None) -> DenseDataModule
                 )
             continue
         if key in known:
-            if schema.type_problem({key: value}, format_schema, required=False):
-                raise DatasetError(f"{prefix}data.{key}={value!r} has the wrong type")
+            problem = schema.type_problem({key: value}, format_schema, "data.", required=False)
+            if problem:  # data.shadows='maybe' must be true or false
+                raise DatasetError(prefix + problem)
             continue
         types = _option_types(parameters[key]) if key in parameters else None
         if types is None:

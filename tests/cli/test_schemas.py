@@ -166,3 +166,100 @@ def test_a_head_is_added_to_head_multi_as_the_readme_says(capsys):
     head["heads"]["depth"]["loss_weight"] = "x"
     with pytest.raises(ValueError, match=r"^head.heads.depth.loss_weight='x' must be a number$"):
         multi_head_entries(head)
+
+
+@pytest.mark.parametrize(
+    "arguments,words",
+    [
+        (
+            ["-m", "backbone=tiny14,tiny16", "data.batch_size=2,abc"],
+            "error: data.batch_size=abc: data.batch_size takes an integer",
+        ),
+        (
+            ["--multirun", "data.batchsize=2,4"],
+            "error: data.batchsize is not a key of the train configuration",
+        ),
+        (
+            ["-m", "head=depth_dpt", "head.layers=[1,2],[a]"],
+            "error: head.layers=[a]: head.layers[0] takes an integer",
+        ),
+    ],
+)
+def test_a_sweep_s_every_value_is_checked_before_the_jobs_start(arguments, words, capsys):
+    """--multirun: a wrong value or key in any job of a sweep is one line, exit 2, before the first job
+    (Hydra's own message, several lines and exit 1, came once the jobs had started)."""
+    with pytest.raises(SystemExit) as exit_info:
+        runner.check_keys(CONFIGS, "train", arguments)
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == runner.EXIT_USAGE
+    assert err.count("\n") == 0 and err.startswith(words), err
+
+
+def test_a_sweep_of_right_values_passes(capsys):
+    runner.check_keys(
+        CONFIGS,
+        "train",
+        ["-m", "backbone=tiny14,tiny16", "data.batch_size=range(1,3)", "task.test_scales=[1.0],[1.0,2.0]"],
+    )
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    "override,words",
+    [
+        (
+            "~data.seed",
+            "data.seed is a key of its group's schema (SyntheticData in dense/core/schema.py) and cannot be dropped; set it instead (data.seed=VALUE",
+        ),
+        ("~task.test_flip", "task.test_flip is a key of its group's schema (TaskConfig"),
+        ("task.scheduler=3", "task.scheduler takes a mapping (TaskConfig"),
+        ("data.batch_size=null", "data.batch_size takes an integer, not null (SyntheticData"),
+        ("task.scheduler.power=null", "task.scheduler.power takes a number, not null (SchedulerConfig"),
+    ],
+)
+def test_dropping_a_schema_key_or_replacing_a_nested_one_is_one_clear_line(override, words, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        runner.check_keys(CONFIGS, "train", [override])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == runner.EXIT_USAGE
+    assert err.count("\n") == 0 and err.startswith(f"error: {override}: {words}"), err
+
+
+def test_a_key_set_by_a_file_is_not_told_to_be_dropped_when_its_schema_forbids_it(monkeypatch):
+    """with_key_origin's advice must work: `~data.batch_size` is refused (a schema's field), `~trainer.x` is not."""
+    monkeypatch.setattr(runner, "key_origin", lambda key: "experiment=mine (configs/experiment/mine.yaml)")
+    typed = runner.with_key_origin("data.batch_size=0 must be a positive integer")
+    assert typed.endswith("override it there, or with data.batch_size=VALUE)") and "~" not in typed
+    untyped = runner.with_key_origin("trainer.foo=1 is not a Trainer argument")
+    assert untyped.endswith("override it there, or with ~trainer.foo)")
+    runner.check_keys(CONFIGS, "train", ["~trainer.max_steps"])  # what it advises there composes
+
+
+@pytest.mark.parametrize(
+    "key,value,words",
+    [
+        ("layers", "abc", "dense_model.layers='abc' must be a list"),
+        ("pretrained", "yes", "dense_model.pretrained='yes' must be true or false"),
+        ("max_depth", "10", "dense_model.max_depth='10' must be a number"),
+    ],
+)
+def test_a_crafted_record_of_the_wrong_type_says_what_its_key_takes(key, value, words):
+    from dense.checkpoint import check_model_config
+    from dense.core.errors import WeightsError
+
+    record = build_model("tiny14", "depth_linear", max_depth=20.0).config
+    check_model_config(dict(record), "run.ckpt")  # as written: loads
+    check_model_config({**record, "min_depth": 0, "max_depth": 20}, "run.ckpt")  # integers are numbers
+    with pytest.raises(WeightsError) as error:
+        check_model_config({**record, key: value}, "run.ckpt")
+    assert str(error.value) == f"run.ckpt: {words}"
+
+
+def test_a_stored_data_option_of_the_wrong_type_says_what_it_takes():
+    from dense.core.errors import DatasetError
+    from dense.data.datamodule import datamodule_from_config
+
+    config = {"name": "synthetic", "num_train": 2, "num_val": 2, "num_test": 2, "shadows": "maybe"}
+    with pytest.raises(DatasetError) as error:
+        datamodule_from_config(config, "run.ckpt")
+    assert str(error.value) == "run.ckpt: data.shadows='maybe' must be true or false"
