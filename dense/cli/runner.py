@@ -138,7 +138,9 @@ def check_group_choices(config_dir: Path, config_name: str, overrides: list[str]
         used = list(read_comments(config_dir / f"{config_name}.yaml").groups) if used is None else used
         if group not in used and not key.startswith("+"):
             fail(f"{group}= is not a config group of {config_name}.py: its groups are {', '.join(used)}")
-        for choice in value.split(","):
+        # A list of options (logger=[csv,tensorboard]) is checked item by item, as a sweep's values.
+        choices = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+        for choice in choices.split(","):
             if choice != "null" and not (config_dir / group / f"{choice}.yaml").is_file():
                 options = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
                 fail(
@@ -315,12 +317,21 @@ def key_of_another_option_line(source: str, schema_name: str, key: str) -> str:
     )
     group, _, option = source.rpartition("/")
     setter = f"{group}={option} (configs/{source}.yaml)" if group else f"configs/{source}.yaml"
-    return (
-        f"{key} is not an option of {what} ({schema_name} in dense/core/schema.py): {key} was set by {setter}, "
-        f"made for other options; choose a preset made for yours (experiment=folder_depth, folder_seg for your own folder)"
-        if group == "experiment"
-        else f"{key} is not an option of {what} ({schema_name} in dense/core/schema.py): {key} was set by {setter}"
+    line = (
+        f"{key} is not an option of {what} ({schema_name} in dense/core/schema.py): {key} was set by {setter}"
     )
+    if group != "experiment":
+        return line
+    # A preset made for another option of the group (experiment=smoke is the synthetic scenes').
+    own = formats.get(schema_name)
+    fits = (
+        "experiment=folder_depth or folder_seg, made for your own folder"
+        if own == "folder"
+        else f"a preset made for data={own}, or none"
+        if own
+        else "a preset made for your choice, or none"
+    )
+    return f"{line}, a preset for other options: choose {fits}"
 
 
 def nested_keys_named(config: dict, name: str) -> list[str]:

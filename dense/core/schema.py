@@ -139,9 +139,13 @@ class SegmentationRecipe:
 
     crop_size: Any = doc("training crop, an int or [H, W]", 512)
     short_side: int = doc("train rescale: short side short_side × ratio", 512)
-    max_long_side: int = doc("the rescale's long side at most", 2048)
-    ratio_range: list[float] = doc("the rescale's random ratio range", factory=lambda: [0.5, 2.0])
-    cat_max_ratio: float = doc("a crop is redrawn while one class covers more than this share", 0.75)
+    max_long_side: int = doc("the rescale's long side at most", 2048, shown=False)
+    ratio_range: list[float] = doc(
+        "the rescale's random ratio range", factory=lambda: [0.5, 2.0], shown=False
+    )
+    cat_max_ratio: float = doc(
+        "a crop is redrawn while one class covers more than this share", 0.75, shown=False
+    )
     eval_short_side: int | None = doc("evaluation short side (null: each image at its original size)", 512)
 
 
@@ -206,8 +210,8 @@ class FolderData(SegmentationRecipe, DataConfig):
     min_depth: float = doc("depth: metres", 0.001)
     max_depth: float = doc("depth: metres", 10.0)
     num_classes: int | None = doc("segmentation: num_classes, class_names or root/classes.txt")
-    class_names: Any = doc("segmentation: a list of names (null: root/classes.txt or numbers)")
-    val_fraction: float = doc("the val share without split files", 0.1)
+    class_names: Any = doc("segmentation: a list of names (null: root/classes.txt or numbers)", shown=False)
+    val_fraction: float = doc("the val share without split files", 0.1, shown=False)
     crop_size: Any = doc(
         "depth: [H, W] random crop (null: whole); segmentation: null = short side, at most 512"
     )

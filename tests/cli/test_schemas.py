@@ -263,3 +263,20 @@ def test_a_stored_data_option_of_the_wrong_type_says_what_it_takes():
     with pytest.raises(DatasetError) as error:
         datamodule_from_config(config, "run.ckpt")
     assert str(error.value) == "run.ckpt: data.shadows='maybe' must be true or false"
+
+
+def test_a_list_of_group_options_is_checked_item_by_item(capsys):
+    """`logger=[csv,tensorboard]` (README, Configuration keys) passes; an unknown item is named."""
+    runner.check_group_choices(CONFIGS, "train", ["logger=[csv,tensorboard]"])
+    assert capsys.readouterr().err == ""
+    with pytest.raises(SystemExit):
+        runner.check_group_choices(CONFIGS, "train", ["logger=[csv,nope]"])
+    assert "logger=nope is not an option of configs/logger/" in capsys.readouterr().err
+
+
+def test_a_preset_for_other_data_names_the_data_it_would_need(capsys):
+    with pytest.raises(SystemExit):
+        runner.check_keys(CONFIGS, "train", ["experiment=smoke", "data=nyu"])
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: data.image_size is not an option of the nyu dataset")
+    assert err.endswith("choose a preset made for data=nyu, or none") and "\n" not in err
