@@ -245,12 +245,17 @@ def check_overrides(config_dir: Path, config_name: str, overrides: list[str]) ->
     override = next(o for o in overrides if o.split("=", 1)[0] == key)
     parent, _, name = key.rpartition(".")
     hint = ""
+    # An untyped node takes new keys with +; a node typed by a schema takes its fields only.
+    ending = f"; to add a new key write +{override}"
     rest = [o for o in overrides if o != override]
     if compose_error(rest) is None:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
             config = compose(config_name, overrides=rest)
             node = OmegaConf.select(config, parent) if parent else config
         keys = list(node.keys()) if OmegaConf.is_dict(node) else []
+        typed = OmegaConf.get_type(node) if OmegaConf.is_dict(node) else None
+        if typed is not None and typed.__module__ == "dense.core.schema":
+            ending = f"; its keys are the fields of {typed.__name__} in dense/core/schema.py"
         close = difflib.get_close_matches(name, [str(k) for k in keys], n=1)
         if close:
             hint = f" (did you mean {parent + '.' if parent else ''}{close[0]}?)"
@@ -258,7 +263,7 @@ def check_overrides(config_dir: Path, config_name: str, overrides: list[str]) ->
             nested = nested_keys_named(OmegaConf.to_container(config, resolve=False), name)
             if nested:
                 hint = f" (did you mean {' or '.join(nested)}?)"
-    fail(f"{key} is not a key of the {config_name} configuration{hint}; to add a new key write +{override}")
+    fail(f"{key} is not a key of the {config_name} configuration{hint}{ending}")
 
 
 # OmegaConf's names of the types a schema field takes (its "could not be converted to ..." message).

@@ -280,3 +280,18 @@ def test_a_preset_for_other_data_names_the_data_it_would_need(capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: data.image_size is not an option of the nyu dataset")
     assert err.endswith("choose a preset made for data=nyu, or none") and "\n" not in err
+
+
+def test_an_unknown_key_under_a_typed_node_points_at_its_schema(capsys):
+    """Under a schema's node a new key cannot be added with + (the fields are the keys): the line names
+    the schema instead; an untyped node (trainer) keeps the + hint."""
+    with pytest.raises(SystemExit):
+        runner.check_keys(CONFIGS, "train", ["data.batchsize=4"])
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "error: data.batchsize is not a key of the train configuration (did you mean data.batch_size?); "
+        "its keys are the fields of SyntheticData in dense/core/schema.py"
+    )
+    with pytest.raises(SystemExit):
+        runner.check_keys(CONFIGS, "train", ["trainer.max_step=5"])
+    assert capsys.readouterr().err.strip().endswith("to add a new key write +trainer.max_step=5")
