@@ -162,28 +162,31 @@ class SyntheticData(DataConfig):
 
 
 @dataclass
-class NyuData(DataConfig):
-    """configs/data/nyu.yaml: NYU-Depth v2 (dense/data/nyu.py)."""
+class DepthColourRecipe:
+    """The colour augmentation of NYU's and KITTI's training recipe (dense.data.transforms)."""
 
-    layout: str = doc("auto | mat (the official labelled .mat) | filelist (BTS lists of 16-bit PNGs)", "auto")
-    crop_size: Any = doc("training crop [H, W]", factory=lambda: [416, 544])
-    depth_scale: float = doc("file lists: PNG value / depth_scale = metres", 1000.0)
     color_aug: str = doc(
         "toolbox: gamma on 0–255 values, as the published heads were trained | bts: on 0–1", "toolbox"
     )
 
 
 @dataclass
-class KittiData(DataConfig):
+class NyuData(DepthColourRecipe, DataConfig):
+    """configs/data/nyu.yaml: NYU-Depth v2 (dense/data/nyu.py)."""
+
+    layout: str = doc("auto | mat (the official labelled .mat) | filelist (BTS lists of 16-bit PNGs)", "auto")
+    crop_size: Any = doc("training crop [H, W]", factory=lambda: [416, 544])
+    depth_scale: float = doc("file lists: PNG value / depth_scale = metres", 1000.0)
+
+
+@dataclass
+class KittiData(DepthColourRecipe, DataConfig):
     """configs/data/kitti.yaml: KITTI Eigen split (dense/data/kitti.py)."""
 
     image_dir: str = doc("the RGB images' folder under root", "input")
     depth_dir: str = doc("the depth PNGs' folder under root (or KITTI's data_depth_annotated)", "gt_depth")
     crop_size: Any = doc("training crop [H, W]", factory=lambda: [352, 704])
     depth_scale: float = doc("PNG value / depth_scale = metres", 256.0)
-    color_aug: str = doc(
-        "toolbox: gamma on 0–255 values, as the published heads were trained | bts: on 0–1", "toolbox"
-    )
 
 
 @dataclass
