@@ -8,7 +8,11 @@ import time
 from omegaconf import DictConfig
 
 from dense.cli import runner
-from dense.cli.model import class_names, for_inference  # the model exactly as predict.py builds it
+from dense.cli.model import (
+    class_names,
+    for_inference,
+    stored_palette,
+)  # the model exactly as predict.py builds it
 from dense.core.errors import ExportError
 from dense.multi_head import MultiHeadModel
 from dense.tools.export import check_output, to_onnx, to_torch_export
@@ -37,16 +41,23 @@ def export(cfg: DictConfig) -> str:
         check_output(output, suffix)  # before the model is built: a wrong path fails in a second
         model, stored_names = for_inference(cfg)
         if isinstance(model, MultiHeadModel):  # one graph, one output named by each head
-            names = {
-                n: class_names(p, stored_names.get(n))
-                for n, p in model.parts.items()
-                if p.task == "segmentation"
-            }
+            segmentation = {n: p for n, p in model.parts.items() if p.task == "segmentation"}
+            names = {n: class_names(p, stored_names.get(n)) for n, p in segmentation.items()}
+            palette = {n: stored_palette(p, stored_names.get(n)) for n, p in segmentation.items()}
+        elif model.task == "segmentation":
+            names, palette = class_names(model, stored_names), stored_palette(model, stored_names)
         else:
-            names = class_names(model, stored_names) if model.task == "segmentation" else None
+            names = palette = None
     start = time.perf_counter()
     if suffix == ".onnx":
-        to_onnx(model.cpu(), output, uint8_input=cfg.normalise, fp16_weights=cfg.fp16, class_names=names)
+        to_onnx(
+            model.cpu(),
+            output,
+            uint8_input=cfg.normalise,
+            fp16_weights=cfg.fp16,
+            class_names=names,
+            palette=palette,
+        )
     else:
         to_torch_export(model.cpu(), output, uint8_input=cfg.normalise)
     size_mb = os.path.getsize(output) / 2**20

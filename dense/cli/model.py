@@ -91,6 +91,13 @@ def segmentation_classes(
     return list(names), table, f"classes: {names_from}, {palette_from}"
 
 
+def stored_palette(model: DenseModel, stored: dict) -> list | None:
+    """The palette a checkpoint stores for the model's classes (one [r, g, b] per class), else None:
+    what export.py writes into an ONNX file for predict.py's colours."""
+    colours = stored.get("palette")
+    return colours if colours is not None and len(colours) == num_classes(model) else None
+
+
 def class_names(model: DenseModel, stored: dict) -> list[str]:
     """The names of the model's classes (segmentation_classes)."""
     return segmentation_classes(model, stored)[0]

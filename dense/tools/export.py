@@ -260,16 +260,24 @@ def to_torch_export(model: DenseModel, path: str | os.PathLike, *, uint8_input: 
 
 
 def model_metadata(
-    model: DenseModel, *, uint8_input: bool, fp16_weights: bool, class_names: Sequence[str] | None = None
+    model: DenseModel,
+    *,
+    uint8_input: bool,
+    fp16_weights: bool,
+    class_names: Sequence[str] | None = None,
+    palette: Sequence[Sequence[int]] | None = None,
 ) -> dict:
-    """What predict.py needs to run the file, as plain values (the ONNX file's `dense` metadata entry)."""
+    """What predict.py needs to run the file, as plain values (the ONNX file's `dense` metadata entry).
+    class_names, palette: a segmentation model's, as its checkpoint stores them (one per class)."""
     num_classes = None
     if model.task == "segmentation":
         num_classes = int(model.num_classes or model.config["num_classes"])
         if class_names is not None and len(class_names) != num_classes:
             class_names = None
+        if palette is not None and len(palette) != num_classes:
+            palette = None
     else:
-        class_names = None
+        class_names = palette = None
     return {
         "format": FORMAT,
         "backbone": str(model.config.get("backbone", "")),
@@ -280,6 +288,7 @@ def model_metadata(
         "max_depth": None if model.task != "depth" else float(model.max_depth),
         "num_classes": num_classes,
         "class_names": list(class_names) if class_names is not None else None,
+        "palette": [[int(v) for v in colour] for colour in palette] if palette is not None else None,
         "seg_output": model.seg_output if model.task == "segmentation" else None,
         "input": "uint8" if uint8_input else "float32",
         "mean": list(IMAGENET_MEAN),
@@ -291,15 +300,17 @@ def model_metadata(
 MULTI_FORMAT = "dense export multi-head v1"
 
 
-def multi_metadata(model: MultiHeadModel, *, class_names=None, **options) -> dict:
+def multi_metadata(model: MultiHeadModel, *, class_names=None, palette=None, **options) -> dict:
     """A multi-head file's metadata: {"format": MULTI_FORMAT, "outputs": the graph's output names
     (the heads, in order), "heads": {head: model_metadata of that head}}."""
-    class_names = class_names or {}
+    class_names, palette = class_names or {}, palette or {}
     return {
         "format": MULTI_FORMAT,
         "outputs": list(model.names),
         "heads": {
-            name: model_metadata(part, class_names=class_names.get(name), **options)
+            name: model_metadata(
+                part, class_names=class_names.get(name), palette=palette.get(name), **options
+            )
             for name, part in model.parts.items()
         },
     }
@@ -374,11 +385,13 @@ def to_onnx(
     uint8_input: bool = False,
     fp16_weights: bool = False,
     class_names: Sequence[str] | None = None,
+    palette: Sequence[Sequence[int]] | None = None,
 ) -> str:
     """Write `model` as one ONNX graph with dynamic batch, height and width, and our metadata.
 
     uint8_input: the graph normalises uint8 RGB itself; fp16_weights: weights stored in float16
-    (computed in float32); class_names: stored for predict.py's legend (segmentation).
+    (computed in float32); class_names, palette: stored for predict.py's legend and colours
+    (segmentation; a multi-head model: {head: ...}).
     The file is self-contained (weights inside): the 2 GB protobuf limit holds up to ViT-L in float32
     and ViT-g in float16.
     """
@@ -394,12 +407,20 @@ def to_onnx(
     path = check_output(path, ".onnx")
     if isinstance(model, MultiHeadModel):  # class_names: {head: names}
         metadata = multi_metadata(
-            model, uint8_input=uint8_input, fp16_weights=fp16_weights, class_names=class_names
+            model,
+            uint8_input=uint8_input,
+            fp16_weights=fp16_weights,
+            class_names=class_names,
+            palette=palette,
         )
         check_multi_metadata(metadata, path)
     else:
         metadata = model_metadata(
-            model, uint8_input=uint8_input, fp16_weights=fp16_weights, class_names=class_names
+            model,
+            uint8_input=uint8_input,
+            fp16_weights=fp16_weights,
+            class_names=class_names,
+            palette=palette,
         )
         check_metadata(metadata, path)
     onnx_model = onnx_proto(model, uint8_input=uint8_input, fp16_weights=fp16_weights)
@@ -486,6 +507,7 @@ _FIELDS = {
     "max_depth": (float, type(None)),
     "num_classes": (int, type(None)),
     "class_names": (list, type(None)),
+    "palette": (list, type(None)),
     "seg_output": (str, type(None)),
     "input": str,
     "mean": list,
@@ -500,9 +522,14 @@ def check_metadata(metadata: dict, where: str) -> dict:
     def refuse(reason: str) -> ExportError:
         return ExportError(f"{where}: {reason}; export the model again with export.py")
 
-    # Files written before seg_mask have no seg_output: their segmentation outputs are logits.
-    if isinstance(metadata, dict) and set(metadata) == set(_FIELDS) - {"seg_output"}:
-        metadata = {**metadata, "seg_output": "logits" if metadata.get("task") == "segmentation" else None}
+    # Fields that older files lack, with what they meant then: files written before seg_mask have no
+    # seg_output (their segmentation outputs are logits), before the palette field no palette.
+    if isinstance(metadata, dict) and set(_FIELDS) - set(metadata) <= {"seg_output", "palette"}:
+        metadata = {
+            "seg_output": "logits" if metadata.get("task") == "segmentation" else None,
+            "palette": None,
+            **metadata,
+        }
     if not isinstance(metadata, dict) or set(metadata) != set(_FIELDS):
         raise refuse("its dense metadata does not hold exactly the fields export.py writes")
     for key, kind in _FIELDS.items():
@@ -542,6 +569,19 @@ def check_metadata(metadata: dict, where: str) -> dict:
             raise refuse(
                 f"class_names must be {count} printable names of at most {MAX_NAME_CHARS} characters"
             )
+        colours = metadata["palette"]
+        if colours is not None and (
+            len(colours) != count
+            or not all(
+                isinstance(c, list)
+                and len(c) == 3
+                and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in c)
+                for c in colours
+            )
+        ):
+            raise refuse(f"palette must be {count} colours [r, g, b] of integers 0-255")
+    if metadata["task"] == "depth" and metadata["palette"] is not None:
+        raise refuse("a depth model's metadata has no palette")
     return metadata
 
 
@@ -686,6 +726,7 @@ class OnnxDenseModel(InferenceModes):
             "num_classes": metadata["num_classes"],
         }
         self.class_names = metadata["class_names"]
+        self.palette = metadata["palette"]
         self._seg_output = metadata["seg_output"]
         self.input_name = session.get_inputs()[0].name
         self.mean = torch.tensor(metadata["mean"]).view(1, 3, 1, 1)

@@ -15,7 +15,14 @@ from dense.cli.predict import run as predict
 from dense.data import ADE20K, SYNTHETIC_CLASSES, FolderDataset, PascalVOC, SyntheticScenes
 from dense.data.palettes import ADE20K_PALETTE, generic_palette, voc_palette
 from tests._fixtures_data import rgb
-from tests._tiny_run import QUIET_TINY_RUN, SCENES_28, one_line_exit, predict_config, train_in_process
+from tests._tiny_run import (
+    QUIET_TINY_RUN,
+    SCENES_28,
+    compose_config,
+    one_line_exit,
+    predict_config,
+    train_in_process,
+)
 
 
 def test_datasets_state_their_palette():
@@ -73,6 +80,29 @@ def test_a_seg_checkpoint_carries_names_and_palette_and_predict_uses_them(seg_ch
     classes = json.loads((out / "classes.json").read_text())["classes"]
     assert [c["name"] for c in classes] == names
     assert [c["color"] for c in classes] == own
+    ids = np.asarray(Image.open(out / "scene.png"))
+    colour = np.asarray(Image.open(out / "scene_color.png"))
+    for class_id in np.unique(ids):
+        assert (colour[ids == class_id] == own[class_id]).all()
+
+
+def test_an_onnx_file_carries_the_checkpoint_s_names_and_palette(seg_checkpoint, tmp_path, capsys):
+    """export.py stores the checkpoint's palette beside its class names; predict.py colours an ONNX
+    file's maps with it, as it does the checkpoint's."""
+    from dense.cli import export as export_script
+    from dense.tools.export import load_onnx_model
+
+    own = [[10 * i, 255 - 10 * i, 7] for i in range(len(SYNTHETIC_CLASSES))]
+    names = [f"thing {i}" for i in range(len(SYNTHETIC_CLASSES))]
+    ckpt = rewritten(seg_checkpoint, "own_onnx.ckpt", palette=own, class_names=names)
+    onnx_path = tmp_path / "seg.onnx"
+    export_script.export(compose_config("export", f"ckpt={ckpt}", f"output={onnx_path}"))
+    assert load_onnx_model(str(onnx_path)).palette == own
+    out = tmp_path / "out"
+    config = predict_config(f"model={onnx_path}", f"input={one_image(tmp_path)}", f"output={out}")
+    assert predict.predict(config) == 0
+    assert "classes: the checkpoint's names, the checkpoint's palette" in capsys.readouterr().out
+    assert [c["color"] for c in json.loads((out / "classes.json").read_text())["classes"]] == own
     ids = np.asarray(Image.open(out / "scene.png"))
     colour = np.asarray(Image.open(out / "scene_color.png"))
     for class_id in np.unique(ids):

@@ -217,6 +217,7 @@ def test_metadata_round_trip(seg_onnx):
         "max_depth": None,
         "num_classes": 5,
         "class_names": [f"thing {i}" for i in range(5)],
+        "palette": None,
         "seg_output": "logits",
         "input": "float32",
         "mean": [0.485, 0.456, 0.406],
@@ -351,6 +352,11 @@ def test_crafted_onnx_files_are_refused_in_one_line(seg_onnx, images, tmp_path, 
         "format.onnx": ({**good, "format": "dense export v999"}, "not a 'dense export v1' file"),
         "input.onnx": ({**good, "input": "uint8"}, "its metadata says uint8"),
         "output.onnx": ({**good, "seg_output": "probabilities"}, "seg_output must be one of logits, scores"),
+        "palette_count.onnx": ({**good, "palette": [[1, 2, 3]]}, "palette must be 5 colours [r, g, b]"),
+        "palette_256.onnx": ({**good, "palette": [[1, 2, 256]] * 5}, "palette must be 5 colours [r, g, b]"),
+        "palette_bool.onnx": ({**good, "palette": [[True, 2, 3]] * 5}, "palette must be 5 colours [r, g, b]"),
+        "palette_rg.onnx": ({**good, "palette": [[1, 2]] * 5}, "palette must be 5 colours [r, g, b]"),
+        "palette_text.onnx": ({**good, "palette": "red"}, "palette has the wrong type"),
         "garbage.onnx": (..., "ONNX Runtime cannot load it"),
     }
     for name, (metadata, message) in cases.items():
@@ -361,6 +367,11 @@ def test_crafted_onnx_files_are_refused_in_one_line(seg_onnx, images, tmp_path, 
         err = one_line_exit(lambda o=overrides: predict.predict(predict_config(*o)), capsys)
         assert message in err and name in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_files_from_before_the_palette_field_have_none(seg_onnx, tmp_path):
+    older = {k: v for k, v in export.load_onnx_model(seg_onnx[1]).metadata.items() if k != "palette"}
+    assert export.load_onnx_model(write_onnx(tmp_path / "older.onnx", older)).palette is None
 
 
 def test_files_from_before_seg_output_hold_logits(seg_onnx, tmp_path):

@@ -18,7 +18,11 @@ def prepare_model(cfg: DictConfig, device: torch.device) -> tuple[DenseModel | O
     of its classes (stored_classes; a multi-head model: per head)."""
     if cfg.get("model") is not None:  # a file written by export.py, run by ONNX Runtime
         model = onnx_model(cfg)
-        return model, {"class_names": model.class_names} if model.class_names else {}
+        stored = {
+            "class_names": model.class_names,
+            "palette": model.palette,
+        }  # export.py's, from the checkpoint
+        return model, {key: value for key, value in stored.items() if value is not None}
     model, stored_names = for_inference(cfg)
     model = apply_speed_options(model.to(device), compile=cfg.compile, bf16_autocast=cfg.precision == "bf16")
     return model, stored_names
