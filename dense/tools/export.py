@@ -41,7 +41,7 @@ from dense.core.errors import ExportError, OnnxRunError, shown
 from dense.core.io import atomic_path
 from dense.core.ops import imagenet_normalised
 from dense.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from dense.model import DenseModel, InferenceModes, build_model
+from dense.model import DEPTH_MODES, DenseModel, InferenceModes, build_model
 from dense.multi_head import MultiHeadModel, check_head_names
 
 METADATA_KEY = "dense"
@@ -284,6 +284,8 @@ def model_metadata(
         "head": str(model.config.get("head", "")),
         "task": model.task,
         "patch_size": int(model.patch_size),
+        # relative: the output is a disparity up to scale and shift (no unit, never clamped)
+        "depth_mode": model.depth_mode if model.task == "depth" else None,
         "min_depth": None if model.task != "depth" else float(model.min_depth),
         "max_depth": None if model.task != "depth" else float(model.max_depth),
         "num_classes": num_classes,
@@ -397,13 +399,6 @@ def to_onnx(
     """
     import onnx
 
-    parts = model.parts.values() if isinstance(model, MultiHeadModel) else [model]
-    if any(getattr(part, "depth_mode", "metric") != "metric" for part in parts):
-        # predict.py would read the file's output as metres; its metadata has no field for a relative map.
-        raise ExportError(
-            "a relative-depth model (task.depth_mode=relative) cannot be exported yet: its ONNX metadata "
-            "would describe metres; use predict.py with the checkpoint (ckpt=...)"
-        )
     path = check_output(path, ".onnx")
     if isinstance(model, MultiHeadModel):  # class_names: {head: names}
         metadata = multi_metadata(
@@ -503,6 +498,7 @@ _FIELDS = {
     "head": str,
     "task": str,
     "patch_size": int,
+    "depth_mode": (str, type(None)),
     "min_depth": (float, type(None)),
     "max_depth": (float, type(None)),
     "num_classes": (int, type(None)),
@@ -523,11 +519,13 @@ def check_metadata(metadata: dict, where: str) -> dict:
         return ExportError(f"{where}: {reason}; export the model again with export.py")
 
     # Fields that older files lack, with what they meant then: files written before seg_mask have no
-    # seg_output (their segmentation outputs are logits), before the palette field no palette.
-    if isinstance(metadata, dict) and set(_FIELDS) - set(metadata) <= {"seg_output", "palette"}:
+    # seg_output (their segmentation outputs are logits), before the palette field no palette, before
+    # depth_mode metric depth (relative models could not be exported).
+    if isinstance(metadata, dict) and set(_FIELDS) - set(metadata) <= {"seg_output", "palette", "depth_mode"}:
         metadata = {
             "seg_output": "logits" if metadata.get("task") == "segmentation" else None,
             "palette": None,
+            "depth_mode": "metric" if metadata.get("task") == "depth" else None,
             **metadata,
         }
     if not isinstance(metadata, dict) or set(metadata) != set(_FIELDS):
@@ -549,6 +547,8 @@ def check_metadata(metadata: dict, where: str) -> dict:
         ):
             raise refuse(f"metadata field {key} is not three numbers between 0 and 1")
     if metadata["task"] == "depth":
+        if metadata["depth_mode"] not in DEPTH_MODES:
+            raise refuse(f"metadata field depth_mode must be one of {', '.join(DEPTH_MODES)}")
         low, high = metadata["min_depth"], metadata["max_depth"]
         if (
             low is None
@@ -557,6 +557,8 @@ def check_metadata(metadata: dict, where: str) -> dict:
         ):
             raise refuse("a depth model needs 0 ≤ min_depth < max_depth in its metadata")
     else:
+        if metadata["depth_mode"] is not None:
+            raise refuse("a segmentation model's metadata has no depth_mode")
         count, names = metadata["num_classes"], metadata["class_names"]
         if metadata["seg_output"] not in SEG_OUTPUTS:
             raise refuse(f"metadata field seg_output must be one of {', '.join(SEG_OUTPUTS)}")
@@ -720,6 +722,7 @@ class OnnxDenseModel(InferenceModes):
         self._deadline: float | None = None
         self.task = metadata["task"]
         self.min_depth, self.max_depth = metadata["min_depth"], metadata["max_depth"]
+        self.depth_mode = metadata["depth_mode"] or "metric"
         self.config = {
             "backbone": metadata["backbone"],
             "head": metadata["head"],
@@ -796,7 +799,7 @@ class OnnxDenseModel(InferenceModes):
                 f"{batch}×{self.channels}×{height}×{width} ({self.task}); export the model again with export.py"
             )
         result = torch.from_numpy(out)
-        if self.task == "depth":
+        if self.task == "depth" and self.depth_mode == "metric":  # a relative map is never clamped
             result = result.clamp(self.min_depth, self.max_depth)
         return result.to(images.device)
 

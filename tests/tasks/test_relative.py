@@ -19,11 +19,11 @@ from PIL import Image
 import dense
 from dense.cli import evaluate as eval_script
 from dense.cli.predict import run as predict_script
-from dense.core.errors import BadInputError, DatasetError, ExportError, WeightsError
+from dense.core.errors import BadInputError, DatasetError, WeightsError
 from dense.data import datamodule_from_config
 from dense.tasks.losses import ScaleShiftInvariantLoss
 from dense.tasks.metrics import DEPTH_METRIC_NAMES, DepthMetrics, align_least_squares
-from dense.tools.export import to_onnx
+from dense.tools.export import load_onnx_model, to_onnx
 from tests._fixtures_data import pattern_image, save_rgb
 from tests._tiny_run import (
     LEARNING_RUN,
@@ -457,8 +457,19 @@ def test_a_relative_checkpoint_evaluates_and_predicts_as_relative(relative_run, 
     expected = np.rint((raw - raw.min()) / (raw.max() - raw.min()) * 65535)
     assert np.array_equal(png, expected.astype(np.uint16))  # the raw output, normalised per image
     assert not (tmp_path / "maps" / "colorbar.png").exists()  # no unit, no colour bar
-    with pytest.raises(ExportError, match="relative"):
-        to_onnx(model, tmp_path / "model.onnx")
+    # Exported, the graph gives the same unclamped disparity, and predict.py reads it as relative depth.
+    to_onnx(model, tmp_path / "model.onnx")
+    assert load_onnx_model(str(tmp_path / "model.onnx")).depth_mode == "relative"
+    status = predict_script.predict(
+        predict_config(
+            f"model={tmp_path / 'model.onnx'}", f"input={tmp_path / 'in'}", f"output={tmp_path / 'onnx'}"
+        )
+    )
+    assert status == 0 and "wrote relative depth results for 1 of 1 images" in capsys.readouterr().out
+    from_onnx = np.load(tmp_path / "onnx" / "room.npy").astype(np.float64)
+    assert np.allclose(from_onnx, raw, rtol=1e-4, atol=1e-5 * np.abs(raw).max())
+    onnx_png = np.asarray(Image.open(tmp_path / "onnx" / "room_relative.png")).astype(np.int64)
+    assert np.abs(onnx_png - png.astype(np.int64)).max() <= 2  # the same map, to rounding
     crafted = dense.build_model("tiny14", "depth_linear", depth_mode="relative")
     crafted.config["depth_mode"] = "absolute"  # a checkpoint is data: its mode is checked too
     with pytest.raises(WeightsError, match="depth_mode") as error:

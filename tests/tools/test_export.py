@@ -213,6 +213,7 @@ def test_metadata_round_trip(seg_onnx):
         "head": "seg_linear",
         "task": "segmentation",
         "patch_size": 14,
+        "depth_mode": None,
         "min_depth": None,
         "max_depth": None,
         "num_classes": 5,
@@ -357,6 +358,10 @@ def test_crafted_onnx_files_are_refused_in_one_line(seg_onnx, images, tmp_path, 
         "palette_bool.onnx": ({**good, "palette": [[True, 2, 3]] * 5}, "palette must be 5 colours [r, g, b]"),
         "palette_rg.onnx": ({**good, "palette": [[1, 2]] * 5}, "palette must be 5 colours [r, g, b]"),
         "palette_text.onnx": ({**good, "palette": "red"}, "palette has the wrong type"),
+        "seg_mode.onnx": (
+            {**good, "depth_mode": "relative"},
+            "a segmentation model's metadata has no depth_mode",
+        ),
         "garbage.onnx": (..., "ONNX Runtime cannot load it"),
     }
     for name, (metadata, message) in cases.items():

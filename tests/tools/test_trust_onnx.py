@@ -313,3 +313,12 @@ def test_onnx_time_limit_must_be_positive(tmp_path, images, capsys):
             )
         err = capsys.readouterr().err.strip()
         assert stop.value.code == 2 and err.startswith("error: onnx_time_limit=") and "\n" not in err
+
+
+def test_a_depth_mode_other_than_metric_or_relative_is_refused(tmp_path):
+    path = valid_file(tmp_path / "mode.onnx", metadata(depth_mode="absolute"))
+    with pytest.raises(export.ExportError, match="depth_mode must be one of metric, relative") as refused:
+        export.load_onnx_model(str(path))
+    assert "\n" not in str(refused.value)
+    # A file from before the field: metric depth, clamped as before.
+    assert export.load_onnx_model(str(valid_file(tmp_path / "old.onnx"))).depth_mode == "metric"
