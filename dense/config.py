@@ -69,8 +69,8 @@ def multi_head_entries(head: Mapping) -> dict[str, dict]:
         problem = schema.type_problem(entry, schema.MultiHeadEntry, f"head.heads.{name}.")
         if problem:
             raise ValueError(problem)
-        weight = entry.get("loss_weight", 1.0)
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight >= 0:
+        weight = entry.get("loss_weight", 1.0)  # a number: type_problem checked it
+        if not weight >= 0:
             raise ValueError(f"head.heads.{name}.loss_weight={weight!r} must be a number >= 0")
         out[name] = entry
     return out

@@ -32,6 +32,7 @@ from dense.core.errors import (  # ConfigError: used by dense.cli as runner.Conf
 )
 from dense.core.host_memory import keep_large_allocations
 from dense.core.plain import flatten, plain  # noqa: F401  (dense.cli uses runner.flatten, runner.plain)
+from dense.core.schema import UNTYPED_GROUPS
 
 EXIT_USAGE = 2
 EXIT_TRAINING_FAILED = 3  # the run started but cannot succeed (diverged, dead head): see TrainingFailedError
@@ -208,19 +209,15 @@ def check_overrides(config_dir: Path, config_name: str, overrides: list[str]) ->
     from hydra.errors import ConfigCompositionException
     from omegaconf import OmegaConf
 
-    def composition_error(chosen: list[str]) -> ConfigCompositionException | None:
+    def composed(chosen: list[str]):
+        """(the composed configuration, None) or (None, Hydra's error)."""
         try:
             with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-                compose(config_name, overrides=chosen)
+                return compose(config_name, overrides=chosen), None
         except ConfigCompositionException as error:
-            return error
-        return None
+            return None, error
 
-    def compose_error(chosen: list[str]) -> str | None:
-        error = composition_error(chosen)
-        return None if error is None else str(error)
-
-    error = composition_error(overrides)
+    _, error = composed(overrides)
     message = None if error is None else str(error)
     wrong_type = re.match(r"Error merging override (.+)", message or "")
     if wrong_type is not None and error.__cause__ is not None:
@@ -247,11 +244,9 @@ def check_overrides(config_dir: Path, config_name: str, overrides: list[str]) ->
     hint = ""
     # An untyped node takes new keys with +; a node typed by a schema takes its fields only.
     ending = f"; to add a new key write +{override}"
-    rest = [o for o in overrides if o != override]
-    if compose_error(rest) is None:
-        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            config = compose(config_name, overrides=rest)
-            node = OmegaConf.select(config, parent) if parent else config
+    config, _ = composed([o for o in overrides if o != override])
+    if config is not None:
+        node = OmegaConf.select(config, parent) if parent else config
         keys = list(node.keys()) if OmegaConf.is_dict(node) else []
         typed = OmegaConf.get_type(node) if OmegaConf.is_dict(node) else None
         if typed is not None and typed.__module__ == "dense.core.schema":
@@ -449,13 +444,9 @@ def with_key_origin(message: str) -> str:
     if origin is None:
         return message
     key = match.group(1)
-    # A key of a typed group (dense/core/schema.py) cannot be dropped (~key): only set to another value.
-    fix = f"{key}=VALUE" if key.partition(".")[0] in TYPED_GROUPS else f"~{key}"
+    # A key a schema types (dense/core/schema.py) cannot be dropped (~key): only set to another value.
+    fix = f"~{key}" if key.partition(".")[0] in UNTYPED_GROUPS else f"{key}=VALUE"
     return f"{message} ({key} was set by {origin}, not on the command line: override it there, or with {fix})"
-
-
-# The top-level nodes a schema types (a `~key` below them is refused by Hydra).
-TYPED_GROUPS = ("backbone", "head", "data", "task")
 
 
 def key_origin(key: str) -> str | None:

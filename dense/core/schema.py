@@ -345,6 +345,11 @@ class CacheConfig:
     precision: str = doc("fp32 | bf16: the backbone's precision while filling", "fp32")
 
 
+# The groups no schema types: their keys are Lightning's (trainer, logger, callbacks) and the run's
+# folders (paths). Every other key of train.py's configuration is a field of a schema.
+UNTYPED_GROUPS = ("trainer", "logger", "callbacks", "paths")
+
+
 @dataclass
 class TrainConfig:
     """configs/train.yaml: train.py's own keys (the groups have theirs)."""
@@ -579,7 +584,15 @@ def type_problem(values: dict, schema: type, prefix: str = "", required: bool = 
         if required and f.default == REQUIRED and f.name not in values:
             return f"{prefix}{f.name} is missing"
     for key, value in values.items():
-        if key in hints and not _fits(value, hints[key]):
-            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:59] + "…"
-            return f"{prefix}{key}={shown} must be {describe(hints[key])}"
+        problem = value_problem(prefix + key, value, hints[key]) if key in hints else None
+        if problem:
+            return problem
     return None
+
+
+def value_problem(key: str, value, annotation) -> str | None:
+    """`<key>=<value> must be <type>` when a plain value does not have the annotation's type, else None."""
+    if _fits(value, annotation):
+        return None
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:59] + "…"
+    return f"{key}={shown} must be {describe(annotation)}"

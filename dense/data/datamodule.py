@@ -16,6 +16,7 @@ import os
 import random
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import lightning as L
@@ -257,9 +258,8 @@ class DenseDataModule(L.LightningDataModule):
         """One line on the sizes the model sees: the first training sample as read and after the train
         recipe, the segmentation recipe's rescale and crop, and the evaluation size. The user's images
         may be far smaller (or larger) than a recipe made for another dataset expects: a run says so."""
-        if (
-            self.train_set_description is not None
-        ):  # the wrapper's train split (the cache's: built when filled)
+        # The wrapper's train split (the cache's, built when it is filled) is described by its line.
+        if self.train_set_description is not None:
             return self.train_set_description
         train = self.dataset("train")
         raw = train.read(0)
@@ -340,32 +340,14 @@ LOADER_MINIMUMS = {"batch_size": 1, "val_batch_size": 1, "num_workers": 0}
 LOADER_MAXIMUMS = {"batch_size": 65536, "val_batch_size": 65536, "num_workers": 256}
 
 
-def _fits(value, types: tuple) -> bool:
-    if value is None:
-        return None in types
-    if isinstance(value, bool):
-        return bool in types
-    if isinstance(value, int):
-        return int in types or float in types
-    if isinstance(value, float):
-        return float in types
-    return any(isinstance(value, t) for t in types if t is not None)
-
-
-def _option_types(parameter: inspect.Parameter) -> tuple:
-    """The types a dataset option accepts, from its default value (None: any plain value), plus null
-    where the annotation allows None (`eval_short_side: int | None = 512`)."""
+def _option_annotation(parameter: inspect.Parameter):
+    """The type a dataset option registered without a schema accepts, from its default value (None:
+    any plain value), with null where the annotation allows None (`eval_short_side: int | None = 512`)."""
     default = parameter.default
     if default is None or default is inspect.Parameter.empty:
-        return (bool, int, float, str, list, tuple, None)
-    nullable = (None,) if "None" in str(parameter.annotation) else ()
-    if isinstance(default, bool):
-        return (bool, *nullable)
-    if isinstance(default, int | float):
-        return ((int, float) if isinstance(default, float) else (int,)) + nullable
-    if isinstance(default, list | tuple):
-        return (list, tuple, *nullable)
-    return (type(default), *nullable)
+        return Any
+    kind = list[Any] if isinstance(default, list | tuple) else type(default)
+    return kind | None if "None" in str(parameter.annotation) else kind
 
 
 def datamodule_from_config(config, source: str | None = None) -> DenseDataModule:
@@ -407,16 +389,14 @@ def datamodule_from_config(config, source: str | None = None) -> DenseDataModule
                     f"{prefix}data.{key}={value!r} must be {kind} (at most {LOADER_MAXIMUMS[key]})"
                 )
             continue
-        if key in known:
+        if key in known:  # data.shadows='maybe' must be true or false
             problem = schema.type_problem({key: value}, format_schema, "data.", required=False)
-            if problem:  # data.shadows='maybe' must be true or false
-                raise DatasetError(prefix + problem)
-            continue
-        types = _option_types(parameters[key]) if key in parameters else None
-        if types is None:
+        elif key in parameters:  # a format registered without a schema: its constructor's defaults
+            problem = schema.value_problem(f"data.{key}", value, _option_annotation(parameters[key]))
+        else:
             continue  # an unknown option: DenseDataModule names it and the valid ones
-        if not _fits(value, types):
-            raise DatasetError(f"{prefix}data.{key}={value!r} has the wrong type")
+        if problem:
+            raise DatasetError(prefix + problem)
     try:
         return DenseDataModule(**values)
     except DatasetError as error:

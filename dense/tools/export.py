@@ -400,23 +400,14 @@ def to_onnx(
     import onnx
 
     path = check_output(path, ".onnx")
-    if isinstance(model, MultiHeadModel):  # class_names: {head: names}
-        metadata = multi_metadata(
-            model,
-            uint8_input=uint8_input,
-            fp16_weights=fp16_weights,
-            class_names=class_names,
-            palette=palette,
-        )
+    options = dict(
+        uint8_input=uint8_input, fp16_weights=fp16_weights, class_names=class_names, palette=palette
+    )
+    if isinstance(model, MultiHeadModel):  # class_names, palette: {head: ...}
+        metadata = multi_metadata(model, **options)
         check_multi_metadata(metadata, path)
     else:
-        metadata = model_metadata(
-            model,
-            uint8_input=uint8_input,
-            fp16_weights=fp16_weights,
-            class_names=class_names,
-            palette=palette,
-        )
+        metadata = model_metadata(model, **options)
         check_metadata(metadata, path)
     onnx_model = onnx_proto(model, uint8_input=uint8_input, fp16_weights=fp16_weights)
     entry = onnx_model.metadata_props.add()
