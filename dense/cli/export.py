@@ -8,11 +8,7 @@ import time
 from omegaconf import DictConfig
 
 from dense.cli import runner
-from dense.cli.model import (
-    class_names,
-    for_inference,
-    stored_palette,
-)  # the model exactly as predict.py builds it
+from dense.cli.model import class_names, for_inference, stored_palette  # the model as predict.py builds it
 from dense.core.errors import ExportError
 from dense.multi_head import MultiHeadModel
 from dense.tools.export import check_output, to_onnx, to_torch_export

@@ -81,8 +81,8 @@ def segmentation_classes(
     else:
         names = [f"class {i}" for i in range(count)]
         names_from = "names 'class N' (the model stores none)"
-    colours = stored.get("palette")
-    if palette == "auto" and colours is not None and len(colours) == count:
+    colours = stored_palette(model, stored)
+    if palette == "auto" and colours is not None:
         table, palette_from = np.array(colours, dtype=np.uint8), "the checkpoint's palette"
     else:
         table = viz.get_palette(count, palette)
@@ -93,7 +93,7 @@ def segmentation_classes(
 
 def stored_palette(model: DenseModel, stored: dict) -> list | None:
     """The palette a checkpoint stores for the model's classes (one [r, g, b] per class), else None:
-    what export.py writes into an ONNX file for predict.py's colours."""
+    predict.py's colours with palette=auto, and what export.py writes into an ONNX file."""
     colours = stored.get("palette")
     return colours if colours is not None and len(colours) == num_classes(model) else None
 
